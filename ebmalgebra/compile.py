@@ -1,0 +1,343 @@
+"""Compile an expression into one fused ``energy_and_score`` function.
+
+``compile(expr)`` folds the tree once (DESIGN §3):
+
+* weights and temperatures become coefficients, so a product of powers is
+  the affine form E = c + Σ_l β_l E_l over the distinct leaves l;
+* mixtures become log-sum-exp nodes, E = −logsumexp_j(−(E_j + o_j)), with
+  weights folded into the offsets o_j;
+* each distinct leaf is evaluated once per call, however often the
+  expression mentions it;
+* the score is assembled by the chain rule, s = Σ_l c_l(x) s_l(x) with
+  c_l = ∂E/∂E_l: leaves with analytic scores contribute directly, and all
+  autograd leaves share one reverse pass of Σ_l c_l E_l.
+
+With ``closed_form=True`` Gaussian sub-expressions are first rewritten to
+Gaussians / Gaussian mixtures with exact log Z and sampling
+(:mod:`ebmalgebra.rewrites`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
+from ebmalgebra.leaves import One
+from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
+
+
+@dataclass(frozen=True)
+class LeafRef:
+    """The energy of distinct leaf number ``index``."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Affine:
+    """E = constant + Σ coefficient · E_term."""
+
+    constant: float
+    terms: tuple[tuple[float, object], ...]
+
+
+@dataclass(frozen=True)
+class LogSumExp:
+    """E = −logsumexp_j(−(E_j + offset_j)) over ``terms = ((offset_j, node_j), ...)``."""
+
+    terms: tuple[tuple[float, object], ...]
+
+
+Program = LeafRef | Affine | LogSumExp
+
+_ANALYTIC, _AUTOGRAD, _SCORE_ONLY = "analytic", "autograd", "score-only"
+
+
+def _leaf_kind(leaf: EnergyModel) -> str:
+    if not leaf.has_energy:
+        return _SCORE_ONLY
+    return _ANALYTIC if getattr(leaf, "analytic_score", False) else _AUTOGRAD
+
+
+class _Folder:
+    """Turns an expression tree into a :data:`Program` over its distinct leaves."""
+
+    def __init__(self) -> None:
+        self.leaves: list[EnergyModel] = []
+        self._index: dict[int, int] = {}
+
+    def fold(self, model: EnergyModel) -> Program:
+        if isinstance(model, CompiledEnergy):
+            return self.fold(model.expr)
+        if isinstance(model, Product):
+            return self._affine(0.0, [(1.0, self.fold(c)) for c in model.operands()])
+        if isinstance(model, Weight):
+            return self._affine(-model.log_weight, [(1.0, self.fold(model.base))])
+        if isinstance(model, Power):
+            return self._affine(0.0, [(model.exponent, self.fold(model.base))])
+        if isinstance(model, Normalized):
+            return self._affine(float(model.log_normalizer), [(1.0, self.fold(model.base))])
+        if isinstance(model, Mixture):
+            return self._log_sum_exp([(0.0, self.fold(c)) for c in model.operands()])
+        if isinstance(model, One):
+            return Affine(0.0, ())
+        if model.operands():
+            raise TypeError(f"compile: unknown composite node {type(model).__name__}")
+        key = id(model)
+        if key not in self._index:
+            self._index[key] = len(self.leaves)
+            self.leaves.append(model)
+        return LeafRef(self._index[key])
+
+    @staticmethod
+    def _affine(constant: float, terms: list[tuple[float, Program]]) -> Program:
+        merged: dict[object, float] = {}
+        for coefficient, node in terms:
+            if isinstance(node, Affine):
+                constant += coefficient * node.constant
+                for sub_coefficient, sub in node.terms:
+                    merged[sub] = merged.get(sub, 0.0) + coefficient * sub_coefficient
+            else:
+                merged[node] = merged.get(node, 0.0) + coefficient
+        kept = tuple((c, n) for n, c in merged.items() if c != 0.0)
+        if constant == 0.0 and len(kept) == 1 and kept[0][0] == 1.0:
+            return kept[0][1]
+        return Affine(constant, kept)
+
+    @staticmethod
+    def _log_sum_exp(terms: list[tuple[float, Program]]) -> Program:
+        flat: list[tuple[float, Program]] = []
+        for offset, node in terms:
+            if isinstance(node, Affine) and len(node.terms) == 1 and node.terms[0][0] == 1.0:
+                offset, node = offset + node.constant, node.terms[0][1]
+            if isinstance(node, LogSumExp):
+                flat.extend((offset + o, n) for o, n in node.terms)
+            else:
+                flat.append((offset, node))
+        return LogSumExp(tuple(flat))
+
+
+def _has_log_sum_exp(node: Program) -> bool:
+    if isinstance(node, LogSumExp):
+        return True
+    return isinstance(node, Affine) and any(_has_log_sum_exp(n) for _, n in node.terms)
+
+
+class CompiledEnergy(EnergyModel):
+    """A compiled expression: same API as any model, one fused evaluation per call.
+
+    Attributes:
+        expr: the expression being evaluated (after closed-form rewrites).
+        source: the expression as given.
+        program: the folded form (``LeafRef`` / ``Affine`` / ``LogSumExp`` nodes).
+        leaf_models: the distinct leaves, each evaluated once per call.
+    """
+
+    def __init__(self, expr: EnergyModel, *, closed_form: bool = False) -> None:
+        super().__init__()
+        if not isinstance(expr, EnergyModel):
+            raise TypeError(f"compile expects an EnergyModel, got {type(expr).__name__}")
+        source = expr
+        if closed_form:
+            from ebmalgebra.rewrites import rewrite_closed_forms
+
+            expr = rewrite_closed_forms(expr)
+        self.expr = expr
+        self._source = source
+        self.closed_form = closed_form
+        folder = _Folder()
+        self.program: Program = folder.fold(expr)
+        self.leaf_models: tuple[EnergyModel, ...] = tuple(folder.leaves)
+        self._kinds = tuple(_leaf_kind(leaf) for leaf in self.leaf_models)
+        self._linear = None if _has_log_sum_exp(self.program) else self._linear_form()
+        self._freeze()
+
+    def _linear_form(self) -> tuple[float, tuple[float, ...]]:
+        """(c, (β_l)) with E = c + Σ β_l E_l, for programs without mixtures."""
+        coefficients = [0.0] * len(self.leaf_models)
+        if isinstance(self.program, LeafRef):
+            coefficients[self.program.index] = 1.0
+            return 0.0, tuple(coefficients)
+        for coefficient, node in self.program.terms:
+            coefficients[node.index] += coefficient
+        return self.program.constant, tuple(coefficients)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def source(self) -> EnergyModel:
+        return self._source
+
+    @property
+    def event_shape(self) -> torch.Size | None:
+        return self.expr.event_shape
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.expr.capabilities
+
+    @property
+    def args(self) -> tuple:
+        return (self._source,)
+
+    def operands(self) -> tuple[EnergyModel, ...]:
+        return (self.expr,)
+
+    def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
+        return self.expr._why_not(capability)
+
+    def _log_z(self) -> Tensor:
+        return self.expr._log_z()
+
+    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        return self.expr._sample(n, generator)
+
+    def __repr__(self) -> str:
+        return f"compile({self._source!r})"
+
+    # ------------------------------------------------------------- evaluation
+    def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
+        energies = [leaf._energy(x, t) if kind != _SCORE_ONLY else None
+                    for leaf, kind in zip(self.leaf_models, self._kinds, strict=True)]
+        return self._forward(self.program, energies, x.new_zeros(x.shape[0]), {})
+
+    def _score(self, x: Tensor, t: TimeLike, create_graph: bool) -> Tensor:
+        return self._evaluate(x, t, create_graph)[1]
+
+    def _energy_and_score(
+        self, x: Tensor, t: TimeLike, create_graph: bool
+    ) -> tuple[Tensor, Tensor]:
+        return self._evaluate(x, t, create_graph)
+
+    def _evaluate(
+        self, x: Tensor, t: TimeLike, create_graph: bool
+    ) -> tuple[Tensor | None, Tensor]:
+        """Energy (``None`` if some leaf is score-only) and score, each leaf evaluated once."""
+        n = len(self.leaf_models)
+        energies: list[Tensor | None] = [None] * n
+        scores: list[Tensor | None] = [None] * n
+        with torch.set_grad_enabled(create_graph):
+            for i, (leaf, kind) in enumerate(zip(self.leaf_models, self._kinds, strict=True)):
+                if kind == _ANALYTIC:
+                    energies[i], scores[i] = leaf._energy_and_score(x, t, create_graph)
+                elif kind == _SCORE_ONLY:
+                    scores[i] = leaf._score(x, t, create_graph)
+        autograd = [i for i, kind in enumerate(self._kinds) if kind == _AUTOGRAD]
+        inputs = x
+        if autograd:
+            with torch.enable_grad():
+                if not (create_graph and x.requires_grad):
+                    inputs = x.detach().requires_grad_(True)
+                for i in autograd:
+                    energies[i] = self.leaf_models[i]._energy(inputs, t)
+        with torch.set_grad_enabled(create_graph):
+            cache: dict[int, Tensor] = {}
+            energy = self._forward(self.program, energies, x.new_zeros(x.shape[0]), cache)
+            if self._linear is not None:
+                coefficients: list = list(self._linear[1])
+            else:
+                coefficients = [0.0] * n
+                self._backward(self.program, 1.0, cache, coefficients)
+            score = self._combine_scores(x, inputs, autograd, energies, scores, coefficients,
+                                         create_graph)
+        if not create_graph:
+            energy = None if energy is None else energy.detach()
+            score = score.detach()
+        return energy, score
+
+    @staticmethod
+    def _combine_scores(x: Tensor, inputs: Tensor, autograd: list[int], energies: list,
+                        scores: list, coefficients: list, create_graph: bool) -> Tensor:
+        """s = Σ_l c_l s_l, the autograd leaves sharing one reverse pass where they can."""
+        score = torch.zeros_like(x)
+        for i, leaf_score in enumerate(scores):
+            if leaf_score is not None and not _is_zero(coefficients[i]):
+                score = score + _broadcast(coefficients[i], leaf_score) * leaf_score
+        if not autograd:
+            return score
+        with torch.enable_grad():
+            if create_graph and any(isinstance(coefficients[i], Tensor) for i in autograd):
+                # Mixture weights c_l(x) must stay in the graph of a differentiable score,
+                # so each autograd leaf gets its own pass.
+                for i in autograd:
+                    grad = _grad(energies[i].sum(), inputs, True)
+                    score = score - _broadcast(coefficients[i], grad) * grad
+                return score
+            # Constant (or safely detached) coefficients: one pass for all autograd leaves.
+            total = sum((_detached(coefficients[i]) * energies[i]).sum() for i in autograd)
+            return score - _grad(total, inputs, create_graph)
+
+    def _forward(self, node: Program, energies: list, zeros: Tensor,
+                 cache: dict[int, Tensor]) -> Tensor | None:
+        """E of ``node``; ``None`` when it involves a score-only leaf."""
+        if isinstance(node, LeafRef):
+            return energies[node.index]
+        if isinstance(node, Affine):
+            total = zeros
+            for coefficient, sub in node.terms:
+                energy = self._forward(sub, energies, zeros, cache)
+                if energy is None:
+                    return None
+                total = total + coefficient * energy
+            return total + node.constant
+        logits = torch.stack([-(self._forward(sub, energies, zeros, cache) + offset)
+                              for offset, sub in node.terms])
+        cache[id(node)] = logits
+        return -torch.logsumexp(logits, dim=0)
+
+    def _backward(self, node: Program, upstream: float | Tensor, cache: dict[int, Tensor],
+                  coefficients: list) -> None:
+        """Accumulate c_l = ∂E/∂E_l into ``coefficients`` (floats or per-sample tensors)."""
+        if isinstance(node, LeafRef):
+            coefficients[node.index] = coefficients[node.index] + upstream
+        elif isinstance(node, Affine):
+            for coefficient, sub in node.terms:
+                self._backward(sub, upstream * coefficient, cache, coefficients)
+        else:
+            weights = torch.softmax(cache[id(node)], dim=0)
+            for weight, (_, sub) in zip(weights, node.terms, strict=True):
+                self._backward(sub, upstream * weight, cache, coefficients)
+
+
+def _is_zero(coefficient) -> bool:
+    return isinstance(coefficient, float) and coefficient == 0.0
+
+
+def _detached(coefficient):
+    return coefficient.detach() if isinstance(coefficient, Tensor) else coefficient
+
+
+def _broadcast(coefficient, like: Tensor):
+    if isinstance(coefficient, Tensor):
+        return coefficient.reshape(coefficient.shape + (1,) * (like.dim() - 1))
+    return coefficient
+
+
+def _grad(total: Tensor, inputs: Tensor, create_graph: bool) -> Tensor:
+    if not total.requires_grad:
+        return torch.zeros_like(inputs)
+    (grad,) = torch.autograd.grad(total, inputs, create_graph=create_graph, allow_unused=True)
+    return torch.zeros_like(inputs) if grad is None else grad
+
+
+def compile(expr: EnergyModel, *, closed_form: bool = False) -> CompiledEnergy:  # noqa: A001
+    """Compile ``expr`` into a :class:`CompiledEnergy` with the same API, built once.
+
+    Args:
+        expr: any expression.
+        closed_form: rewrite Gaussian sub-expressions (Gaussian & Gaussian,
+            Gaussian ** β, mixtures of weighted Gaussians) into Gaussians /
+            Gaussian mixtures with exact log Z and exact sampling.
+
+    Example:
+        >>> model = compile(ring & bar)
+        >>> energy, score = model.energy_and_score(torch.randn(1000, 2))
+    """
+    if isinstance(expr, CompiledEnergy) and expr.closed_form == closed_form:
+        return expr
+    if isinstance(expr, CompiledEnergy):
+        expr = expr.source
+    return CompiledEnergy(expr, closed_form=closed_form)
+

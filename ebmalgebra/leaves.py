@@ -1,0 +1,340 @@
+"""Leaves: models built from user functions, modules and distributions.
+
+Every leaf has a ``name`` (printed by ``repr``, so expressions print back as
+``glasses & hat ** 2``). A leaf states its capabilities; energies given as
+callables get their score by autograd, analytic leaves (``targets.py``)
+provide it in closed form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
+from ebmalgebra.errors import CompositionError
+
+_REASONS = {
+    "energy": "is score-only (it has no energy)",
+    "score": "has no score",
+    "normalizer": "has an unknown normaliser Z; estimate it with ebmalgebra.normalize(...) "
+    "or pass log_z= when you know it",
+    "sample": "has no exact sampler; draw MCMC samples with ebmalgebra.sample(model, sampler=...)",
+}
+
+
+def autograd_energy_and_score(
+    energy_fn: Callable[[Tensor, TimeLike], Tensor],
+    x: Tensor,
+    t: TimeLike,
+    create_graph: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(E(x), −∇ₓE(x))`` for an energy function by one reverse-mode pass.
+
+    With ``create_graph`` the score stays differentiable (in x when x requires
+    grad, and in parameters); otherwise both outputs are detached.
+    """
+    with torch.enable_grad():
+        inputs = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
+        energy = energy_fn(inputs, t)
+        if energy.requires_grad:
+            (grad,) = torch.autograd.grad(
+                energy.sum(), inputs, create_graph=create_graph, allow_unused=True
+            )
+        else:
+            grad = None
+    if grad is None:
+        grad = torch.zeros_like(x)
+    if not create_graph:
+        energy, grad = energy.detach(), grad.detach()
+    return energy, -grad
+
+
+def as_event_shape(event_shape: int | Sequence[int] | torch.Size) -> torch.Size:
+    """``torch.Size`` from an int or a sequence of non-negative ints."""
+    if isinstance(event_shape, int):
+        event_shape = (event_shape,)
+    try:
+        shape = torch.Size(event_shape)
+    except TypeError:
+        raise CompositionError(
+            f"event_shape must be an int or a sequence of ints, got {event_shape!r}"
+        ) from None
+    if any(d < 0 for d in shape):
+        raise CompositionError(f"event_shape must be non-negative, got {tuple(shape)}")
+    return shape
+
+
+class Leaf(EnergyModel):
+    """Base class of leaves: a named model with fixed capabilities.
+
+    Subclasses implement ``_energy`` and, when they can do better than
+    autograd, ``_score`` / ``_energy_and_score`` with ``analytic_score = True``;
+    normalised leaves implement ``_log_z`` and exact samplers ``_sample``.
+    """
+
+    analytic_score = False
+    """True when ``_energy_and_score`` is closed-form (no autograd needed)."""
+
+    noise_conditioned = False
+    """True when the energy depends on the noise level / time ``t``."""
+
+    def __init__(self, event_shape: torch.Size | None, name: str, capabilities: Capabilities):
+        super().__init__()
+        if not isinstance(name, str) or not name:
+            raise CompositionError(f"name must be a non-empty string, got {name!r}")
+        self._event_shape = event_shape
+        self._name = name
+        self._capabilities = capabilities
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def event_shape(self) -> torch.Size | None:
+        return self._event_shape
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def args(self) -> tuple:
+        return ()
+
+    def structure(self) -> tuple:
+        return ("leaf", id(self))
+
+    def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
+        return None if self._capabilities.supports(capability) else (self, _REASONS[capability])
+
+    def _score(self, x: Tensor, t: TimeLike, create_graph: bool) -> Tensor:
+        return self._energy_and_score(x, t, create_graph)[1]
+
+    def _energy_and_score(
+        self, x: Tensor, t: TimeLike, create_graph: bool
+    ) -> tuple[Tensor, Tensor]:
+        return autograd_energy_and_score(self._energy, x, t, create_graph)
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+class One(Leaf):
+    """The identity of ``&``: E = 0 on any event shape (p̃ = 1, not normalisable)."""
+
+    analytic_score = True
+
+    def __init__(self) -> None:
+        super().__init__(None, "one", Capabilities(True, True, False, False))
+        self._freeze()
+
+    def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
+        if capability == "normalizer":
+            return (self, "is the identity (E = 0), whose integral diverges")
+        return super()._why_not(capability)
+
+    def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
+        return x.new_zeros(x.shape[0])
+
+    def _energy_and_score(
+        self, x: Tensor, t: TimeLike, create_graph: bool
+    ) -> tuple[Tensor, Tensor]:
+        return x.new_zeros(x.shape[0]), torch.zeros_like(x)
+
+
+one = One()
+"""The identity model: ``a & one`` is ``a``."""
+
+
+def _check_energy_output(leaf: Leaf, x: Tensor, energy: object) -> Tensor:
+    if not isinstance(energy, Tensor):
+        raise CompositionError(f"{leaf!r}: the function must return a Tensor, "
+                               f"got {type(energy).__name__}")
+    if energy.dim() == 2 and energy.shape[1] == 1:
+        energy = energy.squeeze(1)
+    if tuple(energy.shape) != (x.shape[0],):
+        raise CompositionError(
+            f"{leaf!r}: the function must return one value per sample, shape ({x.shape[0]},), "
+            f"for x of shape {tuple(x.shape)}; got {tuple(energy.shape)}"
+        )
+    return energy
+
+
+class _CallableLeaf(Leaf):
+    """A leaf around a user callable; an ``nn.Module`` is registered as a submodule."""
+
+    def __init__(
+        self,
+        fn: Callable,
+        event_shape: int | Sequence[int],
+        name: str,
+        capabilities: Capabilities,
+        noise_conditioned: bool,
+    ) -> None:
+        if not callable(fn):
+            raise CompositionError(f"{name!r}: expected a callable or nn.Module, got "
+                                   f"{type(fn).__name__}")
+        super().__init__(as_event_shape(event_shape), name, capabilities)
+        if isinstance(fn, nn.Module):
+            self.module = fn
+        else:
+            self._fn = fn
+        self.noise_conditioned = bool(noise_conditioned)
+
+    def _call(self, x: Tensor, t: TimeLike) -> Tensor:
+        fn = self.module if "module" in self._modules else self._fn
+        return fn(x, t) if self.noise_conditioned else fn(x)
+
+
+class EnergyFunction(_CallableLeaf):
+    """A leaf E(x) (or E(x, t)) from a callable or module; score by autograd.
+
+    ``sign=-1`` turns a log-density function into an energy.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        event_shape: int | Sequence[int],
+        *,
+        name: str = "energy",
+        log_z: float | Tensor | None = None,
+        noise_conditioned: bool = False,
+        sign: float = 1.0,
+    ) -> None:
+        caps = Capabilities(True, True, log_z is not None, False)
+        super().__init__(fn, event_shape, name, caps, noise_conditioned)
+        self._sign = sign
+        if log_z is not None:
+            value = torch.as_tensor(log_z, dtype=torch.float64).detach()
+            if value.numel() != 1 or not torch.isfinite(value):
+                raise CompositionError(f"{name!r}: log_z must be a finite scalar, got {log_z!r}")
+            self.register_buffer("log_normalizer", value.reshape(()))
+
+    def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
+        return self._sign * _check_energy_output(self, x, self._call(x, t))
+
+    def _log_z(self) -> Tensor:
+        return self.log_normalizer
+
+
+class ScoreFunction(_CallableLeaf):
+    """A score-only leaf s(x) (or s(x, t)): usable in ``&``, ``**``, ``w *`` and with ULA."""
+
+    def __init__(
+        self,
+        fn: Callable,
+        event_shape: int | Sequence[int],
+        *,
+        name: str = "score",
+        noise_conditioned: bool = False,
+    ) -> None:
+        super().__init__(fn, event_shape, name, Capabilities(False, True, False, False),
+                         noise_conditioned)
+
+    def _score(self, x: Tensor, t: TimeLike, create_graph: bool) -> Tensor:
+        score = self._call(x, t)
+        if not isinstance(score, Tensor) or score.shape != x.shape:
+            shape = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+            raise CompositionError(
+                f"{self!r}: the score function must return a tensor shaped like x "
+                f"{tuple(x.shape)}; got {shape}"
+            )
+        return score
+
+
+class DistributionLeaf(Leaf):
+    """A normalised leaf from a ``torch.distributions.Distribution``: E = −log p(x).
+
+    Exact sampling uses the distribution's sampler with a seed drawn from
+    the given generator, so draws are reproducible.
+    """
+
+    def __init__(self, distribution: Distribution, *, name: str = "distribution") -> None:
+        if not isinstance(distribution, Distribution):
+            raise CompositionError(f"{name!r}: expected a torch.distributions.Distribution, "
+                                   f"got {type(distribution).__name__}")
+        if distribution.batch_shape != torch.Size():
+            raise CompositionError(
+                f"{name!r}: the distribution must have an empty batch_shape (one density), got "
+                f"batch_shape {tuple(distribution.batch_shape)}; wrap it in "
+                "torch.distributions.Independent to turn batch dims into event dims"
+            )
+        super().__init__(distribution.event_shape, name, Capabilities(True, True, True, True))
+        self.distribution = distribution
+
+    def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
+        return -self.distribution.log_prob(x)
+
+    def _log_z(self) -> Tensor:
+        return torch.zeros((), dtype=torch.float64)
+
+    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.distribution.sample((n,))
+
+
+def from_energy(
+    fn: Callable[..., Tensor],
+    event_shape: int | Sequence[int],
+    *,
+    name: str = "energy",
+    log_z: float | Tensor | None = None,
+    noise_conditioned: bool = False,
+) -> EnergyModel:
+    """A model with energy ``fn(x)`` (or ``fn(x, t)`` when ``noise_conditioned``).
+
+    Args:
+        fn: callable or ``nn.Module`` mapping ``(batch, *event_shape)`` to
+            ``(batch,)`` (``(batch, 1)`` is squeezed). Module parameters are
+            registered, so ``.parameters()`` of any expression using the leaf
+            includes them.
+        event_shape: shape of one sample.
+        name: printed by ``repr``.
+        log_z: log ∫ exp(−fn(x)) dx when known.
+
+    Example:
+        >>> quad = from_energy(lambda x: 0.5 * (x**2).sum(-1), event_shape=2, name="quad")
+    """
+    return EnergyFunction(fn, event_shape, name=name, log_z=log_z,
+                          noise_conditioned=noise_conditioned)
+
+
+def from_log_prob(
+    fn: Callable[..., Tensor],
+    event_shape: int | Sequence[int],
+    *,
+    name: str = "log_prob",
+    normalized: bool = False,
+    noise_conditioned: bool = False,
+) -> EnergyModel:
+    """A model with energy E = −fn(x); ``normalized=True`` declares ∫ exp(fn) = 1."""
+    return EnergyFunction(fn, event_shape, name=name, log_z=0.0 if normalized else None,
+                          noise_conditioned=noise_conditioned, sign=-1.0)
+
+
+def from_score(
+    fn: Callable[..., Tensor],
+    event_shape: int | Sequence[int],
+    *,
+    name: str = "score",
+    noise_conditioned: bool = False,
+) -> EnergyModel:
+    """A score-only model s(x) = ∇ₓ log p̃(x) (e.g. a diffusion model's denoiser).
+
+    Works in ``&``, ``**``, ``w *`` and with unadjusted Langevin samplers; it has no
+    energy, so ``|``, ``energy`` and Metropolis-corrected samplers reject it.
+    """
+    return ScoreFunction(fn, event_shape, name=name, noise_conditioned=noise_conditioned)
+
+
+def from_distribution(distribution: Distribution, *, name: str = "distribution") -> EnergyModel:
+    """A normalised model with exact sampling from a ``torch.distributions`` object."""
+    return DistributionLeaf(distribution, name=name)

@@ -1,0 +1,18 @@
+"""Property-testing kit: hypothesis strategies for expressions and an equivalence check.
+
+Users property-test their own compositions with it::
+
+    from hypothesis import given
+    from ebmalgebra.testing import expressions, points, assert_equivalent
+
+    @given(expressions(max_depth=3), points((2,)))
+    def test_my_law(e, x):
+        assert_equivalent(e & one, e, x)
+
+Requires ``hypothesis`` (installed with the ``dev`` extra).
+"""
+
+from ebmalgebra.testing.assertions import assert_equivalent
+from ebmalgebra.testing.strategies import expressions, leaves, points
+
+__all__ = ["assert_equivalent", "expressions", "leaves", "points"]

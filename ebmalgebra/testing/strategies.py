@@ -1,0 +1,148 @@
+"""Hypothesis strategies for random leaves, expressions and points.
+
+Leaves are analytic targets with closed forms (Gaussians, Gaussian mixtures,
+and 2-D toys), parameters drawn in ranges where energies stay moderate, so
+that algebraic laws can be checked to tight float64 tolerances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from ebmalgebra.base import EnergyModel
+from ebmalgebra.targets import (
+    Banana,
+    Bar,
+    Funnel,
+    Gaussian,
+    GaussianMixture,
+    MultivariateGaussian,
+    Ring,
+)
+
+_names = iter(f"leaf{i}" for i in range(10**9))
+
+
+def _floats(low: float, high: float) -> st.SearchStrategy[float]:
+    return st.floats(low, high, allow_nan=False, allow_infinity=False)
+
+
+def _vectors(dim: int, low: float, high: float) -> st.SearchStrategy[torch.Tensor]:
+    return arrays(np.float64, (dim,), elements=_floats(low, high)).map(torch.from_numpy)
+
+
+@st.composite
+def _diagonal_gaussian(draw: st.DrawFn, dim: int) -> EnergyModel:
+    return Gaussian(draw(_vectors(dim, -2, 2)), draw(_vectors(dim, 0.5, 2)), name=next(_names))
+
+
+@st.composite
+def _full_gaussian(draw: st.DrawFn, dim: int) -> EnergyModel:
+    factor = draw(arrays(np.float64, (dim, dim), elements=_floats(-0.5, 0.5)))
+    covariance = torch.from_numpy(factor @ factor.T) + torch.eye(dim, dtype=torch.float64)
+    return MultivariateGaussian(draw(_vectors(dim, -2, 2)), covariance, name=next(_names))
+
+
+@st.composite
+def _mixture(draw: st.DrawFn, dim: int) -> EnergyModel:
+    k = draw(st.integers(2, 3))
+    locs = torch.stack([draw(_vectors(dim, -2, 2)) for _ in range(k)])
+    scales = draw(_vectors(k, 0.5, 1.5))
+    weights = draw(_vectors(k, 0.2, 1.0))
+    return GaussianMixture(locs, scales, weights=weights, name=next(_names))
+
+
+@st.composite
+def _toy(draw: st.DrawFn) -> EnergyModel:
+    kind = draw(st.sampled_from(["banana", "ring", "bar", "funnel"]))
+    if kind == "banana":
+        return Banana(scale=draw(_floats(1, 2)), curvature=draw(_floats(-0.5, 0.5)),
+                      name=next(_names))
+    if kind == "ring":
+        return Ring(radius=draw(_floats(1, 3)), width=draw(_floats(0.3, 1)), name=next(_names))
+    if kind == "funnel":
+        return Funnel(2, scale=draw(_floats(1, 2)), name=next(_names))
+    return Bar(length=draw(_floats(1, 3)), width=draw(_floats(0.3, 1)),
+               angle=draw(_floats(0, 3.14)), name=next(_names))
+
+
+def leaves(event_shape: Sequence[int] = (2,)) -> st.SearchStrategy[EnergyModel]:
+    """Random analytic leaves over vectors of shape ``event_shape`` (one dimension).
+
+    Gaussians (diagonal and full covariance) and Gaussian mixtures for any
+    dimension; for ``(2,)`` also the banana, ring, bar and funnel toys. Each
+    leaf is new (own parameters) and named ``leafN``.
+    """
+    if len(event_shape) != 1:
+        raise ValueError(f"leaves: event_shape must have one dimension, got {event_shape!r}")
+    dim = int(event_shape[0])
+    options = [_diagonal_gaussian(dim), _full_gaussian(dim), _mixture(dim)]
+    if dim == 2:
+        options.append(_toy())
+    return st.one_of(options)
+
+
+_OPERATORS = ("&", "|", "**", "leaf", "&", "|", "*", "~")
+
+
+@st.composite
+def _expression(draw: st.DrawFn, base: st.SearchStrategy[EnergyModel], max_depth: int
+                ) -> EnergyModel:
+    """A leaf or one operator applied to expressions of depth ≤ ``max_depth`` − 1."""
+    operator = "leaf" if max_depth == 0 else draw(st.sampled_from(_OPERATORS))
+    if operator == "leaf":
+        return draw(base)
+    first = draw(_expression(base, max_depth - 1))
+    if operator == "&":
+        return first & draw(_expression(base, max_depth - 1))
+    if operator == "|":
+        return first | draw(_expression(base, max_depth - 1))
+    if operator == "*":
+        return draw(_floats(0.1, 10)) * first
+    if operator == "**":
+        return first ** draw(_floats(-2, 2).filter(lambda b: abs(b) > 0.1))
+    return ~first
+
+
+def expressions(
+    base: st.SearchStrategy[EnergyModel] | None = None,
+    *,
+    max_depth: int = 3,
+    event_shape: Sequence[int] = (2,),
+) -> st.SearchStrategy[EnergyModel]:
+    """Random expressions of depth ≤ ``max_depth`` over leaves from ``base``.
+
+    Operators: ``&``, ``|``, ``w *`` (w in [0.1, 10]), ``** beta`` (|β| in
+    [0.1, 2]) and ``~``, binary ones drawn twice as often; each node is a leaf
+    with probability 1/8 before the depth bound forces one. The depth bound
+    holds by construction (``st.recursive`` bounds the number of leaves, not
+    the depth, and drifted towards chains of unary operators here). Pass
+    ``base=st.sampled_from([a, b, c])`` to reuse a pool of leaves, so that
+    expressions mention the same leaf several times.
+    """
+    base = leaves(event_shape) if base is None else base
+    return _expression(base, max_depth)
+
+
+def depth(model: EnergyModel) -> int:
+    """Height of the expression tree (a leaf has depth 0)."""
+    children = model.operands()
+    return 0 if not children else 1 + max(depth(c) for c in children)
+
+
+def points(
+    event_shape: Sequence[int] = (2,),
+    *,
+    batch: int = 8,
+    bound: float = 4.0,
+    dtype: torch.dtype = torch.float64,
+) -> st.SearchStrategy[torch.Tensor]:
+    """Batches of points ``(batch, *event_shape)`` with entries in [−bound, bound]."""
+    shape = (batch, *event_shape)
+    return arrays(np.float64, shape, elements=_floats(-bound, bound)).map(
+        lambda a: torch.from_numpy(a).to(dtype))

@@ -1,0 +1,93 @@
+"""Leaves from callables, modules, score functions and torch distributions."""
+
+import pytest
+import torch
+from torch import distributions as D
+
+import ebmalgebra as eb
+from ebmalgebra import CapabilityError, CompositionError
+
+F64 = torch.float64
+
+
+def test_from_energy_module_registers_parameters_and_scores_by_autograd():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    leaf = eb.from_energy(net.double(), event_shape=3, name="net")
+    x = torch.randn(7, 3, dtype=F64)
+    energy, score = leaf.energy_and_score(x)
+    assert energy.shape == (7,)  # (batch, 1) outputs are squeezed
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(net(xg).sum(), xg)
+    torch.testing.assert_close(score, -grad)
+    assert {id(p) for p in leaf.parameters()} == {id(p) for p in net.parameters()}
+    assert not leaf.normalizer_known and not leaf.can_sample
+
+
+def test_from_energy_with_known_log_z_supports_log_prob():
+    quad = eb.from_energy(lambda x: 0.5 * (x**2).sum(-1), 2, name="quad",
+                          log_z=torch.log(torch.tensor(2 * torch.pi)))
+    x = torch.randn(4, 2, dtype=F64)
+    torch.testing.assert_close(quad.log_prob(x), D.Normal(0.0, 1.0).log_prob(x).sum(-1))
+
+
+def test_from_log_prob_flips_the_sign():
+    normal = D.Independent(D.Normal(torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64)), 1)
+    leaf = eb.from_log_prob(normal.log_prob, 2, name="lp", normalized=True)
+    x = torch.randn(4, 2, dtype=F64)
+    torch.testing.assert_close(leaf.energy(x), -normal.log_prob(x))
+    torch.testing.assert_close(leaf.score(x), -x)
+    torch.testing.assert_close(leaf.log_prob(x), normal.log_prob(x))
+
+
+def test_from_score_is_score_only():
+    leaf = eb.from_score(lambda x: -x, 2, name="s")
+    x = torch.randn(4, 2)
+    torch.testing.assert_close(leaf.score(x), -x)
+    with pytest.raises(CapabilityError, match="'s' is score-only"):
+        leaf.energy(x)
+    bad = eb.from_score(lambda x: x[:, 0], 2, name="bad")
+    with pytest.raises(CompositionError, match="shaped like x"):
+        bad.score(x)
+
+
+def test_from_distribution_is_normalised_and_samples_reproducibly():
+    mvn = D.MultivariateNormal(torch.zeros(2), torch.tensor([[1.0, 0.5], [0.5, 2.0]]))
+    leaf = eb.from_distribution(mvn, name="mvn")
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(leaf.log_prob(x), mvn.log_prob(x))
+    first = leaf.sample(10, torch.Generator().manual_seed(4))
+    second = leaf.sample(10, torch.Generator().manual_seed(4))
+    assert torch.equal(first, second) and first.shape == (10, 2)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    leaf.sample(3, torch.Generator().manual_seed(4))
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is left alone
+    mixture = 0.5 * leaf | 0.5 * eb.targets.Ring(name="ring")
+    assert mixture.can_sample and mixture.sample(6).shape == (6, 2)
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: eb.from_distribution(D.Normal(torch.zeros(3), 1.0)), "empty batch_shape"),
+    (lambda: eb.from_distribution("normal"), "Distribution"),
+    (lambda: eb.from_energy(3.0, 2), "callable"),
+    (lambda: eb.from_energy(lambda x: x, (2, "a")), "event_shape"),
+    (lambda: eb.from_energy(lambda x: x, 2, name=""), "name"),
+    (lambda: eb.from_energy(lambda x: x, 2, log_z=float("nan")), "log_z"),
+])
+def test_bad_leaf_arguments(build, match):
+    with pytest.raises(CompositionError, match=match):
+        build()
+
+
+def test_energy_functions_must_return_one_value_per_sample():
+    leaf = eb.from_energy(lambda x: x, 2, name="wrong")
+    with pytest.raises(CompositionError, match=r"'wrong'|wrong: the function must return one"):
+        leaf.energy(torch.zeros(4, 2))
+
+
+def test_one_is_shape_free():
+    x = torch.randn(3, 5)
+    assert torch.equal(eb.one.energy(x), torch.zeros(3))
+    assert torch.equal(eb.one.score(x), torch.zeros(3, 5))
+    with pytest.raises(CapabilityError, match="identity"):
+        eb.one.log_z()

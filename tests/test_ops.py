@@ -1,0 +1,168 @@
+"""Construction of expressions: canonical form, printing, capabilities and errors."""
+
+import pytest
+import torch
+
+import ebmalgebra as eb
+from ebmalgebra import CapabilityError, CompositionError, one
+from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
+from ebmalgebra.targets import Gaussian, Ring
+
+
+@pytest.fixture
+def abc():
+    return (Gaussian(torch.zeros(2), 1.0, name="a"), Gaussian(torch.ones(2), 2.0, name="b"),
+            Ring(name="c"))
+
+
+def test_products_and_mixtures_flatten(abc):
+    a, b, c = abc
+    assert isinstance((a & b) & c, Product) and len(((a & b) & c).operands()) == 3
+    assert ((a & b) & c).operands() == (a & (b & c)).operands() == (a, b, c)
+    assert isinstance((a | b) | c, Mixture) and ((a | b) | c).operands() == (a, b, c)
+
+
+def test_canonical_identities(abc):
+    a, b, _ = abc
+    assert (a & one) is a and (one & a) is a
+    assert (a ** 1) is a and (1.0 * a) is a and ~~a is a
+    assert a ** 0 is one and one ** 3 is one
+    assert isinstance((a ** 2) ** 3, Power) and ((a ** 2) ** 3).exponent == 6
+    nested = 2 * (3 * a)
+    assert isinstance(nested, Weight) and nested.weight == 6
+    assert ((2 * a) ** 2).structure() == (4 * a ** 2).structure()
+
+
+@pytest.mark.parametrize("build,text", [
+    (lambda a, b, c: a & b ** 2, "a & b ** 2"),
+    (lambda a, b, c: 0.25 * a | 0.75 * b, "0.25 * a | 0.75 * b"),
+    (lambda a, b, c: (a | b) & c, "(a | b) & c"),
+    (lambda a, b, c: ~a & b, "~a & b"),
+    (lambda a, b, c: ~(a & b), "~(a & b)"),
+    (lambda a, b, c: (a & b) ** 0.5, "(a & b) ** 0.5"),
+    (lambda a, b, c: 2 * (a & b), "2 * (a & b)"),
+    (lambda a, b, c: 2 * ~a, "2 * ~a"),
+    (lambda a, b, c: a ** -2, "a ** -2"),
+    (lambda a, b, c: (a | b) ** 2 | c, "(a | b) ** 2 | c"),
+])
+def test_repr_is_typeable(abc, build, text):
+    a, b, c = abc
+    expr = build(a, b, c)
+    assert repr(expr) == text
+    rebuilt = eval(text, {"a": a, "b": b, "c": c})  # noqa: S307 - the point of the test
+    assert rebuilt.structure() == expr.structure()
+
+
+def test_rebuilding_from_args_gives_an_equal_node(abc):
+    a, b, c = abc
+    for node in ((a & b) | c, 0.5 * a, a ** 3, ~b, (a | b).normalized(), a.normalized(1.5)):
+        assert type(node)(*node.args).structure() == node.structure()
+
+
+def test_nodes_are_immutable(abc):
+    a, b, _ = abc
+    node = a & b
+    with pytest.raises(AttributeError, match="immutable"):
+        node.foo = 1
+    with pytest.raises(AttributeError, match="immutable"):
+        (2 * a).weight = 3.0
+    node.eval()  # nn.Module bookkeeping still works
+
+
+def test_parameters_are_shared_through_expressions():
+    net = torch.nn.Linear(2, 1)
+    leaf = eb.from_energy(net, 2, name="net")
+    expr = leaf & leaf ** 2 | leaf
+    assert len(list(expr.parameters())) == 2
+    expr.to(torch.float64)
+    assert net.weight.dtype == torch.float64
+
+
+def test_capability_rules(abc):
+    a, b, c = abc
+    score_only = eb.from_score(lambda x: -x, 2, name="denoiser")
+    assert (a | b).capabilities.normalizer_known and (a | b).can_sample
+    assert not (a & b).normalizer_known and not (a & b).can_sample
+    assert not (a ** 2).can_sample and (2 * a).can_sample and (2 * a).normalizer_known
+    assert (a & b).normalized(1.0).normalizer_known
+    assert not (a & score_only).has_energy and (a & score_only).has_score
+    assert (a & b).normalized(0.0).log_z() == 0
+    torch.testing.assert_close((0.25 * a | 0.75 * b).component_weights(),
+                               torch.tensor([0.25, 0.75], dtype=torch.float64))
+    torch.testing.assert_close((2 * a).log_z(), torch.log(torch.tensor(2.0)).double())
+
+
+def test_errors_name_the_smallest_offending_subexpression(abc):
+    a, b, c = abc
+    score_only = eb.from_score(lambda x: -x, 2, name="denoiser")
+    with pytest.raises(CompositionError, match="mixture needs energies.*'denoiser' is score-only"):
+        _ = a | (b & score_only)
+    with pytest.raises(CapabilityError, match=r"energy: 'denoiser' is score-only.*in a & denoiser"):
+        (a & score_only).energy(torch.zeros(3, 2))
+    with pytest.raises(CapabilityError, match=r"log_prob: 'a & b' is a product of experts"):
+        (a & b).log_prob(torch.zeros(3, 2))
+    unknown = eb.from_energy(lambda x: x.pow(2).sum(-1), 2, name="quad")
+    with pytest.raises(CapabilityError, match=r"'quad' has an unknown normaliser"):
+        (a | unknown).log_prob(torch.zeros(3, 2))
+    with pytest.raises(CapabilityError, match=r"component weights .* 'quad'|of quad is unknown"):
+        (a | unknown).component_weights()
+    with pytest.raises(CapabilityError, match=r"sample: 'a \*\* 2' is tempered"):
+        (a ** 2 | b).sample(3)
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda a, b, c: a & Gaussian(torch.zeros(3), 1.0, name="d"), r"event shapes differ.*d"),
+    (lambda a, b, c: a | Gaussian(torch.zeros(3), 1.0, name="d"), r"event shapes differ"),
+    (lambda a, b, c: 0 * a, "weight must be positive"),
+    (lambda a, b, c: -2.0 * a, "weight must be positive"),
+    (lambda a, b, c: float("inf") * a, "weight must be finite"),
+    (lambda a, b, c: a ** float("nan"), "exponent of a \\*\\* beta must be finite"),
+    (lambda a, b, c: a ** "2", "must be a real number"),
+    (lambda a, b, c: a * b, "use `a & b`"),
+    (lambda a, b, c: a & 3, "combines two EnergyModels"),
+])
+def test_composition_errors(abc, build, match):
+    a, b, c = abc
+    with pytest.raises(CompositionError, match=match):
+        build(a, b, c)
+
+
+def test_input_validation(abc):
+    a, _, _ = abc
+    with pytest.raises(CompositionError, match=r"event_shape \(2,\).*got \(4, 3\)"):
+        a.energy(torch.zeros(4, 3))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        a.energy([[0.0, 0.0]])
+    with pytest.raises(TypeError, match="floating-point"):
+        a.energy(torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(CompositionError, match="t must be a scalar"):
+        a.energy(torch.zeros(4, 2), t=torch.zeros(3))
+
+
+def test_batch_dimensions_are_flattened_and_restored(abc):
+    a, b, c = abc
+    expr = (a & c) | b
+    x = torch.randn(3, 5, 2)
+    energy, score = expr.energy_and_score(x)
+    assert energy.shape == (3, 5) and score.shape == x.shape
+    torch.testing.assert_close(energy[1], expr.energy(x[1]))
+
+
+def test_normalized_requires_known_or_given_log_z(abc):
+    a, b, _ = abc
+    with pytest.raises(CapabilityError, match=r"normalized\(\) without log_z"):
+        (a & b).normalized()
+    node = (a & b).normalized(log_z=2.5)
+    assert isinstance(node, Normalized)
+    x = torch.randn(4, 2)
+    torch.testing.assert_close(node.log_prob(x), -(a & b).energy(x) - 2.5)
+    assert repr(node) == "(a & b).normalized(log_z=2.5)"
+
+
+def test_explain_reports_capabilities_and_weights(abc):
+    a, b, _ = abc
+    unknown = eb.from_energy(lambda x: x.pow(2).sum(-1), 2, name="quad")
+    text = (0.25 * a | 0.75 * b).explain()
+    assert "component weights 0.25, 0.75" in text
+    assert "unknown" in (a | unknown).explain()
+    assert "score-only" in (a & eb.from_score(lambda x: -x, 2, name="s")).explain()
