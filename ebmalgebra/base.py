@@ -52,12 +52,15 @@ class Capabilities:
 
     def supports(self, capability: str) -> bool:
         """Whether ``capability`` (one of :data:`CAPABILITY_NAMES`) holds."""
-        return {
-            "energy": self.has_energy,
-            "score": self.has_score,
-            "normalizer": self.normalizer_known,
-            "sample": self.can_sample,
-        }[capability]
+        return getattr(self, _CAPABILITY_FIELDS[capability])
+
+
+_CAPABILITY_FIELDS = {
+    "energy": "has_energy",
+    "score": "has_score",
+    "normalizer": "normalizer_known",
+    "sample": "can_sample",
+}
 
 
 def format_number(value: float) -> str:
@@ -159,6 +162,8 @@ class EnergyModel(nn.Module):
         lacking the capability, with the reason, e.g.
         ``energy needs energies, but 'denoiser' is score-only``.
         """
+        if self.capabilities.supports(capability):
+            return
         blame = self._why_not(capability)
         if blame is None:
             return
@@ -237,12 +242,16 @@ class EnergyModel(nn.Module):
         self, x: Tensor, t: TimeLike = None, *, create_graph: bool = False
     ) -> tuple[Tensor, Tensor]:
         """``(E(x), s(x))`` computed together; see :meth:`energy` and :meth:`score`."""
-        self.require("energy", "energy_and_score")
-        self.require("score", "energy_and_score")
+        caps = self.capabilities
+        if not (caps.has_energy and caps.has_score):
+            self.require("energy", "energy_and_score")
+            self.require("score", "energy_and_score")
         flat, batch_shape, t = self._flatten(x, t)
         energy, score = self._energy_and_score(flat, t, create_graph)
         if not create_graph:
             energy, score = energy.detach(), score.detach()
+        if flat is x:
+            return energy, score
         return energy.reshape(batch_shape), score.reshape(x.shape)
 
     def log_z(self) -> Tensor:
@@ -291,6 +300,10 @@ class EnergyModel(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"{self!r}: x must be a floating-point tensor, got {x.dtype}")
         event_shape = self.event_shape
+        if (event_shape is not None and x.dim() == len(event_shape) + 1
+                and x.shape[1:] == event_shape and (t is None or not isinstance(t, Tensor)
+                                                    or t.dim() == 0 or t.shape == x.shape[:1])):
+            return x, x.shape[:1], t  # already (batch, *event_shape): nothing to reshape
         if event_shape is None:
             if x.dim() == 0:
                 raise CompositionError(f"{self!r}: x needs a batch dimension, got a 0-d tensor")

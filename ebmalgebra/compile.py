@@ -153,6 +153,10 @@ class CompiledEnergy(EnergyModel):
         self.leaf_models: tuple[EnergyModel, ...] = tuple(folder.leaves)
         self._kinds = tuple(_leaf_kind(leaf) for leaf in self.leaf_models)
         self._linear = None if _has_log_sum_exp(self.program) else self._linear_form()
+        # Leaves without trainable parameters build no autograd graph on plain inputs,
+        # so the no-grad context (a few µs per call) is only entered when it saves work.
+        self._needs_no_grad = any(p.requires_grad for p in expr.parameters())
+        self._score_only = _SCORE_ONLY in self._kinds
         self._freeze()
 
     def _linear_form(self) -> tuple[float, tuple[float, ...]]:
@@ -214,6 +218,62 @@ class CompiledEnergy(EnergyModel):
     def _evaluate(
         self, x: Tensor, t: TimeLike, create_graph: bool
     ) -> tuple[Tensor | None, Tensor]:
+        if self._linear is not None and not (self._needs_no_grad and not create_graph):
+            return self._evaluate_linear(x, t, create_graph)
+        return self._evaluate_general(x, t, create_graph)
+
+    def _evaluate_linear(
+        self, x: Tensor, t: TimeLike, create_graph: bool
+    ) -> tuple[Tensor | None, Tensor]:
+        """E = c + Σ β_l E_l, s = Σ β_l s_l: the lean path for products of powers."""
+        constant, coefficients = self._linear
+        energy = score = autograd_total = None
+        inputs = x
+        grad_mode = torch.is_grad_enabled()
+        try:
+            for leaf, kind, beta in zip(self.leaf_models, self._kinds, coefficients,
+                                        strict=True):
+                if beta == 0.0:
+                    continue
+                if kind == _AUTOGRAD:
+                    if autograd_total is None:
+                        torch.set_grad_enabled(True)
+                        if not (create_graph and x.requires_grad):
+                            inputs = x.detach().requires_grad_(True)
+                    term = leaf._energy(inputs, t)
+                    term = term if beta == 1.0 else beta * term
+                    autograd_total = term if autograd_total is None else autograd_total + term
+                    energy = term if energy is None else energy + term
+                    continue
+                if kind == _SCORE_ONLY:
+                    leaf_energy, leaf_score = None, leaf._score(x, t, create_graph)
+                else:
+                    leaf_energy, leaf_score = leaf._energy_and_score(x, t, create_graph)
+                if beta != 1.0:
+                    leaf_score = beta * leaf_score
+                    leaf_energy = None if leaf_energy is None else beta * leaf_energy
+                score = leaf_score if score is None else score + leaf_score
+                if leaf_energy is not None:
+                    energy = leaf_energy if energy is None else energy + leaf_energy
+            if autograd_total is not None:
+                grad = _grad(autograd_total.sum(), inputs, create_graph)
+                score = -grad if score is None else score - grad
+        finally:
+            torch.set_grad_enabled(grad_mode)
+        score = torch.zeros_like(x) if score is None else score
+        if self._score_only:
+            energy = None
+        else:
+            energy = x.new_zeros(x.shape[0]) if energy is None else energy
+            energy = energy + constant if constant != 0.0 else energy
+        if not create_graph:
+            energy = None if energy is None else energy.detach()
+            score = score.detach()
+        return energy, score
+
+    def _evaluate_general(
+        self, x: Tensor, t: TimeLike, create_graph: bool
+    ) -> tuple[Tensor | None, Tensor]:
         """Energy (``None`` if some leaf is score-only) and score, each leaf evaluated once."""
         n = len(self.leaf_models)
         energies: list[Tensor | None] = [None] * n
@@ -251,10 +311,12 @@ class CompiledEnergy(EnergyModel):
     def _combine_scores(x: Tensor, inputs: Tensor, autograd: list[int], energies: list,
                         scores: list, coefficients: list, create_graph: bool) -> Tensor:
         """s = Σ_l c_l s_l, the autograd leaves sharing one reverse pass where they can."""
-        score = torch.zeros_like(x)
+        score = None
         for i, leaf_score in enumerate(scores):
             if leaf_score is not None and not _is_zero(coefficients[i]):
-                score = score + _broadcast(coefficients[i], leaf_score) * leaf_score
+                term = _broadcast(coefficients[i], leaf_score) * leaf_score
+                score = term if score is None else score + term
+        score = torch.zeros_like(x) if score is None else score
         if not autograd:
             return score
         with torch.enable_grad():

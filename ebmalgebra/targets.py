@@ -110,25 +110,17 @@ class Gaussian(AnalyticTarget):
         super().__init__(loc.shape, name)
         self.register_buffer("loc", loc)
         self.register_buffer("scale", scale)
+        self.register_buffer("precision", scale**-2)
+        self.register_buffer("log_constant", scale.log().sum() + 0.5 * loc.numel() * _LOG_2PI)
         self._freeze()
-
-    def _dims(self, x: Tensor) -> tuple[int, ...]:
-        return tuple(range(1, x.dim()))
-
-    def _constant(self) -> Tensor:
-        return self.scale.log().sum() + 0.5 * self.loc.numel() * _LOG_2PI
-
-    def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
-        z = (x - self.loc.to(x)) / self.scale.to(x)
-        return 0.5 * (z * z).sum(self._dims(x)) + self._constant().to(x)
 
     def _energy_and_score(
         self, x: Tensor, t: TimeLike, create_graph: bool
     ) -> tuple[Tensor, Tensor]:
-        scale = self.scale.to(x)
-        z = (x - self.loc.to(x)) / scale
-        energy = 0.5 * (z * z).sum(self._dims(x)) + self._constant().to(x)
-        return energy, -z / scale
+        diff = x - self.loc.to(x)
+        precision_diff = diff * self.precision.to(x)
+        energy = 0.5 * (diff * precision_diff).flatten(1).sum(1) + self.log_constant.to(x)
+        return energy, -precision_diff
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         return self.loc + self.scale * self._randn(n, generator, *self.loc.shape)
