@@ -379,13 +379,16 @@ class Normalized(_Unary):
     """p̃ / Z: E = E_base + log Z, log Z of the result is 0.
 
     ``log_z`` defaults to the base's known log normaliser; give it explicitly
-    (e.g. from :func:`ebmalgebra.estimate_log_z`) for models whose Z is unknown.
-    It is stored as a buffer, so it moves with ``.to()`` and is saved.
+    (e.g. from :func:`ebmalgebra.estimate_log_z`) for models whose Z is unknown,
+    with its standard error ``stderr`` when estimated. It is stored as a buffer,
+    so it moves with ``.to()`` and is saved.
     """
 
-    def __init__(self, base: EnergyModel, log_z: float | Tensor | None = None) -> None:
+    def __init__(self, base: EnergyModel, log_z: float | Tensor | None = None,
+                 stderr: float | None = None) -> None:
         super().__init__(base, "normalized")
         self._given = log_z is not None
+        self.log_z_stderr = None if stderr is None else _as_finite_float(stderr, "stderr")
         if log_z is None:
             base.require("normalizer", "normalized() without log_z")
             value = base._log_z().detach()
@@ -402,7 +405,8 @@ class Normalized(_Unary):
 
     @property
     def args(self) -> tuple:
-        return (self.base, float(self.log_normalizer) if self._given else None)
+        return (self.base, float(self.log_normalizer) if self._given else None,
+                self.log_z_stderr)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -427,6 +431,12 @@ class Normalized(_Unary):
     ) -> tuple[Tensor, Tensor]:
         energy, score = self.base._energy_and_score(x, t, create_graph)
         return energy + self.log_normalizer.to(x.dtype), score
+
+    def _explain_label(self) -> str:
+        if self.log_z_stderr is None:
+            return repr(self)
+        return (f"{self!r}  (log Z = {float(self.log_normalizer):.4g} ± "
+                f"{self.log_z_stderr:.2g}, estimated)")
 
     def __repr__(self) -> str:
         base = self.base.parenthesized(_ATOM)

@@ -1,0 +1,130 @@
+"""Normalising constants: exact closed forms, AIS accuracy and calibration, true mixture
+weights after ``normalize``."""
+
+import math
+
+import pytest
+import torch
+
+import ebmalgebra as eb
+from ebmalgebra import CapabilityError, CompositionError
+from ebmalgebra.diagnostics import ess
+from ebmalgebra.normalize import estimate_log_z, normalize
+from ebmalgebra.samplers import RandomWalkMH
+from ebmalgebra.targets import Banana, Gaussian, GaussianMixture
+
+F64 = torch.float64
+
+
+def _seed(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_exact_log_z_is_used_when_known():
+    a = Gaussian(torch.zeros(2, dtype=F64), 1.0, name="a")
+    b = Gaussian(torch.full((2,), 2.0, dtype=F64), 1.0, name="b")
+    assert estimate_log_z(3.0 * a).method == "exact"
+    assert estimate_log_z(3.0 * a).log_z == pytest.approx(math.log(3.0))
+    product = estimate_log_z(a & b)  # closed form: ∫ N(x; 0, I) N(x; 2, I) = N(2; 0, 2I)
+    assert product.method == "exact"
+    assert product.log_z == pytest.approx(-math.log(4 * math.pi) - 2.0, abs=1e-12)
+
+
+def _unnormalised_gaussian_10d():
+    scales = torch.linspace(0.3, 3.0, 10, dtype=F64)
+    model = eb.from_energy(lambda x: 0.5 * ((x / scales) ** 2).sum(-1), 10, name="g10")
+    return model, float(scales.log().sum() + 5 * math.log(2 * math.pi))
+
+
+def _separated_gmm():
+    gmm = GaussianMixture(torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]], dtype=F64), 0.5,
+                          weights=torch.tensor([0.2, 0.3, 0.5], dtype=F64))
+    return eb.from_energy(lambda x: gmm.energy(x) - 2.0, 2, name="gmm"), 2.0
+
+
+def _shifted_banana():
+    banana = Banana()
+    return eb.from_energy(lambda x: banana.energy(x) + 1.7, 2, name="banana"), -1.7
+
+
+@pytest.mark.parametrize("case", [_unnormalised_gaussian_10d, _separated_gmm, _shifted_banana])
+def test_ais_is_within_five_hundredths_of_a_nat(case):
+    model, truth = case()
+    estimate = estimate_log_z(model, n_particles=2048, generator=_seed(0))
+    assert estimate.method == "ais"
+    assert abs(estimate.log_z - truth) < 0.05, estimate
+    # The 0.05-nat bound is a 4σ margin when stderr < 0.0125, which 2048 particles give here
+    # (ESS ≈ 1600); the stderr's calibration is tested below.
+    assert estimate.stderr < 0.0125 and estimate.ess > 512
+
+
+@pytest.mark.slow
+def test_reported_stderr_is_calibrated():
+    # Over 20 seeds the error should exceed 3 stderr rarely (P ≈ 0.003 each if calibrated):
+    # the issue's criterion is ≥ 18 of 20 within 3 stderr.
+    model, truth = _shifted_banana()
+    within = 0
+    for seed in range(20):
+        estimate = estimate_log_z(model, n_particles=256, generator=_seed(seed))
+        within += abs(estimate.log_z - truth) <= 3 * estimate.stderr
+    assert within >= 18
+
+
+def test_fixed_sigmoid_schedule_and_user_base():
+    model, truth = _shifted_banana()
+    base = Gaussian(torch.zeros(2, dtype=F64), 3.0, name="wide")
+    estimate = estimate_log_z(model, base=base, n_temps=200, generator=_seed(1))
+    assert len(estimate.temperatures) == 201 and estimate.temperatures[0] == 0
+    assert abs(estimate.log_z - truth) < 4 * estimate.stderr + 0.01
+
+
+def _two_bumps():
+    # Z_a = √(2π), Z_b = e² √(2π): the raw mixture puts 1/(1 + e²) ≈ 0.119 on a.
+    a = eb.from_energy(lambda x: 0.5 * ((x + 3.0) ** 2).sum(-1), 1, name="a")
+    b = eb.from_energy(lambda x: 0.5 * ((x - 3.0) ** 2).sum(-1) - 2.0, 1, name="b")
+    return a, b
+
+
+def _fraction_negative(model, seed):
+    """Share of MH draws with x < 0, and its Monte-Carlo standard error from the indicator's
+    ESS (rank-normalised bulk ESS of Vehtari et al. 2021)."""
+    x0 = 4.0 * torch.randn(1000, 1, generator=_seed(seed), dtype=F64)
+    run = eb.sample(model, RandomWalkMH(step_size=4.0, adapt_step_size=False), x0=x0,
+                    n_steps=400, warmup=100, generator=_seed(seed + 1), progress=False)
+    indicator = (run.draws < 0).double()
+    p = float(indicator.mean())
+    return p, math.sqrt(p * (1 - p) / float(ess(indicator, kind="mean")[0]))
+
+
+def test_normalized_mixture_has_true_weights():
+    a, b = _two_bumps()
+    raw, raw_se = _fraction_negative(a | b, seed=2)
+    assert abs(raw - 1 / (1 + math.e**2)) < 4 * raw_se
+    options = {"n_particles": 512, "generator": _seed(3)}
+    fair = normalize(a, **options) | normalize(b, **options)
+    torch.testing.assert_close(fair.component_weights(), torch.tensor([0.5, 0.5], dtype=F64),
+                               atol=0.02, rtol=0)
+    freq, freq_se = _fraction_negative(fair, seed=4)
+    # The issue's tolerance is ±0.02; the sampling error alone is far smaller (4·se < 0.01).
+    assert 4 * freq_se < 0.01 and abs(freq - 0.5) < 0.02
+    weighted = 0.25 * normalize(a, **options) | 0.75 * normalize(b, **options)
+    freq, _ = _fraction_negative(weighted, seed=5)
+    assert abs(freq - 0.25) < 0.02
+    assert "estimated" in fair.explain()
+
+
+def test_normalize_with_known_log_z_and_errors():
+    a, _ = _two_bumps()
+    node = normalize(a, log_z=0.5 * math.log(2 * math.pi))
+    x = torch.randn(5, 1, dtype=F64)
+    torch.testing.assert_close(node.log_prob(x),
+                               torch.distributions.Normal(-3.0, 1.0).log_prob(x[:, 0]).double())
+    with pytest.raises(CapabilityError, match="exact sampler"):
+        estimate_log_z(a, base=eb.from_energy(lambda x: (x**2).sum(-1), 1, name="q",
+                                              log_z=0.0))
+    with pytest.raises(CompositionError, match="pass base="):
+        estimate_log_z(eb.from_energy(lambda x: (x**2).sum((-1, -2)), (2, 2), name="m"))
+    with pytest.raises(ValueError, match="n_particles"):
+        estimate_log_z(a, n_particles=1)
+    with pytest.raises(CapabilityError, match="score-only"):
+        estimate_log_z(eb.from_score(lambda x: -x, 1, name="s"))
