@@ -1,0 +1,44 @@
+"""MCMC samplers for any expression, and the ``sample`` driver (DESIGN §4).
+
+Each sampler is a small kernel with keyword-only hyper-parameters::
+
+    state = sampler.init(x0, model)            # compiles model, caches E and s at x0
+    state, info = sampler.step(state, generator)
+
+and :func:`sample` runs one with warmup (adaptation), thinning and diagnostics.
+See docs/samplers.md for the math of each sampler.
+"""
+
+from ebmalgebra.samplers.annealed import AnnealedInfo, AnnealedLangevin, AnnealedState
+from ebmalgebra.samplers.base import NonFiniteError, Potential, Sampler
+from ebmalgebra.samplers.driver import Samples, sample
+from ebmalgebra.samplers.hmc import HMC, HMCInfo, HMCState
+from ebmalgebra.samplers.langevin import ULA, LangevinState, ULAInfo
+from ebmalgebra.samplers.mala import MALA, MALAInfo
+from ebmalgebra.samplers.mh import MHInfo, MHState, RandomWalkMH
+from ebmalgebra.samplers.tempering import ParallelTempering, TemperingInfo, TemperingState
+
+__all__ = [
+    "AnnealedInfo",
+    "AnnealedLangevin",
+    "AnnealedState",
+    "HMC",
+    "HMCInfo",
+    "HMCState",
+    "LangevinState",
+    "MALA",
+    "MALAInfo",
+    "MHInfo",
+    "MHState",
+    "NonFiniteError",
+    "ParallelTempering",
+    "Potential",
+    "RandomWalkMH",
+    "Sampler",
+    "Samples",
+    "TemperingInfo",
+    "TemperingState",
+    "ULA",
+    "ULAInfo",
+    "sample",
+]

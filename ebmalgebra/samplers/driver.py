@@ -1,0 +1,333 @@
+"""``sample``: run a sampler on a model, with warmup, thinning and bookkeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ebmalgebra import diagnostics
+from ebmalgebra.base import EnergyModel
+from ebmalgebra.compile import compile
+from ebmalgebra.errors import CompositionError
+from ebmalgebra.progress import progress_bar
+from ebmalgebra.samplers.base import NonFiniteError, Sampler, is_nonfinite
+
+__all__ = ["Samples", "sample"]
+
+ON_NONFINITE = ("reject", "raise")
+
+_FLUSH_EVERY = 64
+"""Per-step records are reduced in blocks, so the loop adds one op per field per step."""
+
+
+@dataclass(frozen=True, eq=False)
+class Samples:
+    """Draws and per-step statistics of an MCMC run (returned by :func:`sample`).
+
+    Attributes:
+        draws: ``(n_draws, n_chains, *event_shape)``, the positions after warmup,
+            every ``thin``-th step.
+        state: the final sampler state (continue with ``sampler.step(state, g)``;
+            it holds the tuned step size and metric after warmup).
+        sampler: the sampler that produced the draws.
+        warmup: number of warmup steps (discarded) before the draws.
+        thin: keep every ``thin``-th step.
+        stats: per-step statistics over all ``warmup + n_steps`` steps, one entry
+            per field of the sampler's info: the mean over chains for per-chain
+            values (``acceptance_rate``, ``energy_error``), the number of chains
+            for per-chain flags (``divergent``, ``nonfinite``, ``frozen``), the value
+            itself otherwise (``n_leapfrog``; ``swap_acceptance`` of tempering is
+            ``(n_steps, n_replicas − 1)``); plus ``step_size``, the mean over chains.
+        chain_counts: per-chain totals of each flag over the sampling phase
+            (after warmup), e.g. ``chain_counts["divergent"]`` is ``(n_chains,)``.
+    """
+
+    draws: Tensor
+    state: NamedTuple
+    sampler: Sampler
+    warmup: int
+    thin: int
+    stats: dict[str, Tensor] = field(repr=False)
+    chain_counts: dict[str, Tensor] = field(repr=False)
+
+    @property
+    def n_chains(self) -> int:
+        return self.draws.shape[1]
+
+    @property
+    def acceptance_rate(self) -> Tensor | None:
+        """Mean acceptance probability over chains, per step ``(warmup + n_steps,)``;
+        ``None`` for samplers without an accept step (ULA)."""
+        return self.stats.get("acceptance_rate")
+
+    @property
+    def step_size(self) -> Tensor | None:
+        """Mean step size over chains, per step ``(warmup + n_steps,)``."""
+        return self.stats.get("step_size")
+
+    @property
+    def n_divergent(self) -> Tensor:
+        """Divergent transitions per chain after warmup, ``(n_chains,)`` (zeros if none)."""
+        return self._count("divergent")
+
+    @property
+    def n_nonfinite(self) -> Tensor:
+        """Non-finite proposals per chain after warmup, ``(n_chains,)``: rejected by
+        corrected samplers, freezing the chain for unadjusted ones."""
+        return self._count("nonfinite")
+
+    @property
+    def frozen(self) -> Tensor:
+        """Chains frozen by a non-finite step (unadjusted samplers), ``(n_chains,)``."""
+        frozen = getattr(self.state, "frozen", None)
+        if frozen is None:
+            return torch.zeros(self.n_chains, dtype=torch.bool, device=self.draws.device)
+        return frozen
+
+    def _count(self, name: str) -> Tensor:
+        counts = self.chain_counts.get(name)
+        if counts is None:
+            return torch.zeros(self.n_chains, dtype=torch.long, device=self.draws.device)
+        return counts
+
+    def ess(self, kind: str = "bulk") -> Tensor:
+        """Effective sample size per coordinate, shaped ``event_shape``
+        (:func:`ebmalgebra.diagnostics.ess`)."""
+        return diagnostics.ess(self.draws, kind=kind)
+
+    def rhat(self) -> Tensor:
+        """Rank-normalised split-R̂ per coordinate (:func:`ebmalgebra.diagnostics.rhat`)."""
+        return diagnostics.rhat(self.draws)
+
+    def summary(self, names: str | list[str] | None = None) -> diagnostics.Summary:
+        """Mean, sd, quantiles, MCSE, ESS and R̂ per coordinate
+        (:func:`ebmalgebra.diagnostics.summary`); ``print`` it for a table."""
+        return diagnostics.summary(self.draws, names=names)
+
+    def __repr__(self) -> str:
+        n_draws, n_chains = self.draws.shape[:2]
+        parts = [f"{n_draws} draws x {n_chains} chains", f"event_shape="
+                 f"{tuple(self.draws.shape[2:])}", f"warmup={self.warmup}"]
+        rate = self.acceptance_rate
+        if rate is not None and rate.numel() > self.warmup:
+            parts.append(f"acceptance={float(rate[self.warmup:].mean()):.3f}")
+        for name in ("divergent", "nonfinite"):
+            if name in self.chain_counts:
+                parts.append(f"{name}={int(self.chain_counts[name].sum())}")
+        if "frozen" in self.stats:
+            parts.append(f"frozen={int(self.frozen.sum())}")
+        return f"Samples({type(self.sampler).__name__}: {', '.join(parts)})"
+
+
+class _Recorder:
+    """Collects per-step info cheaply: per-chain values are stacked in blocks and reduced."""
+
+    def __init__(self, n_chains: int, warmup: int) -> None:
+        self.n_chains = n_chains
+        self.warmup = warmup
+        self.pending: dict[str, list] = {}
+        self.done: dict[str, list[Tensor]] = {}
+        self.counts: dict[str, Tensor] = {}
+        self.step = 0
+
+    def add(self, state: NamedTuple, info: NamedTuple) -> None:
+        for name, value in zip(info._fields, info, strict=True):
+            if isinstance(value, Tensor | int | float):
+                self.pending.setdefault(name, []).append(value)
+        step_size = getattr(state, "step_size", None)
+        if step_size is not None:
+            self.pending.setdefault("step_size", []).append(step_size)
+        self.step += 1
+        if self.step % _FLUSH_EVERY == 0 or self.step == self.warmup:
+            self.flush()
+
+    def flush(self) -> None:
+        sampling = self.step > self.warmup
+        for name, values in self.pending.items():
+            if not values:
+                continue
+            block = (torch.stack(values) if isinstance(values[0], Tensor)
+                     else torch.as_tensor(values))
+            values.clear()
+            if block.dim() == 2 and block.shape[1] == self.n_chains:
+                if block.dtype == torch.bool:
+                    if sampling:
+                        total = self.counts.get(name, 0)
+                        self.counts[name] = total + block.sum(0)
+                    reduced = block.sum(1)
+                else:
+                    reduced = block.mean(1)
+            else:
+                reduced = block
+            self.done.setdefault(name, []).append(reduced)
+
+    def result(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        self.flush()
+        stats = {name: torch.cat(blocks) for name, blocks in self.done.items()}
+        return stats, self.counts
+
+
+def default_x0(model: EnergyModel, n_chains: int, generator: torch.Generator | None) -> Tensor:
+    """Starting points: exact draws if the model can sample, else standard normal.
+
+    The standard-normal draws take the device and dtype of the model's first
+    floating parameter or buffer (float32 on the CPU for models without any).
+    """
+    if model.can_sample:
+        return model.sample(n_chains, generator=generator).detach()
+    event_shape = model.event_shape
+    if event_shape is None:
+        raise CompositionError(f"sample: {model!r} has no event shape; pass x0")
+    reference = next((t for t in (*model.parameters(), *model.buffers())
+                      if t.is_floating_point()), None)
+    dtype = reference.dtype if reference is not None else torch.get_default_dtype()
+    device = reference.device if reference is not None else torch.device("cpu")
+    return torch.randn((n_chains, *event_shape), generator=generator, dtype=dtype,
+                       device=device)
+
+
+def _check_count(value: object, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"sample: {what} must be an int ≥ {minimum}, got {value!r}")
+    return value
+
+
+def _first_nonfinite(info: NamedTuple) -> Tensor | None:
+    flags = getattr(info, "nonfinite", None)
+    if flags is None or not bool(flags.any()):
+        return None
+    return flags.nonzero().flatten()
+
+
+def sample(
+    model: EnergyModel,
+    sampler: Sampler,
+    *,
+    n_chains: int | None = None,
+    x0: Tensor | None = None,
+    n_steps: int,
+    warmup: int = 0,
+    thin: int = 1,
+    generator: torch.Generator | None = None,
+    progress: bool | None = None,
+    callback: Callable[[int, NamedTuple, NamedTuple], Any] | None = None,
+    on_nonfinite: str = "reject",
+) -> Samples:
+    """Draw MCMC samples of ``model`` with ``sampler``; all chains run batched.
+
+    Runs ``warmup`` steps (adapting the sampler's step size and metric where it
+    supports it, then discarded) followed by ``n_steps`` steps, keeping every
+    ``thin``-th position. The model is compiled once (``ebmalgebra.compile``).
+
+    Args:
+        model: any expression (score-only models only with ``ULA`` /
+            ``AnnealedLangevin`` without correction).
+        sampler: e.g. ``MALA(step_size=0.05)`` or ``HMC()``.
+        n_chains: number of chains, when ``x0`` is not given.
+        x0: starting points ``(n_chains, *event_shape)``; device and dtype of the
+            run follow it. Default: exact draws when ``model.can_sample``, else
+            standard normal draws (see :func:`default_x0`).
+        n_steps: steps after warmup; ``n_steps // thin`` draws are kept.
+        warmup: adaptation / burn-in steps before the draws.
+        thin: keep every ``thin``-th step.
+        generator: source of all randomness; the same seed gives bit-identical
+            draws. ``None`` uses torch's global generator.
+        progress: show a tqdm progress bar; ``None`` shows it when stderr is a
+            terminal.
+        callback: called as ``callback(step, state, info)`` after every step
+            (``step`` counts from 0 over warmup and sampling).
+        on_nonfinite: ``"reject"`` (default): NaN/inf proposals are rejected and
+            counted (unadjusted samplers freeze the chain); ``"raise"``: raise
+            :class:`NonFiniteError` naming the step and the chains.
+
+    Returns:
+        :class:`Samples` with ``draws`` ``(n_steps // thin, n_chains, *event_shape)``.
+
+    Raises:
+        NonFiniteError: if a starting point has a non-finite energy or score, or
+            (with ``on_nonfinite="raise"``) when a step produces one.
+
+    Example:
+        >>> from ebmalgebra.targets import Gaussian
+        >>> model = Gaussian(torch.zeros(1), 1.0) & Gaussian(torch.full((1,), 2.0), 1.0)
+        >>> samples = ebmalgebra.sample(model, HMC(), n_chains=64, n_steps=500, warmup=200,
+        ...                             generator=torch.Generator().manual_seed(0))
+        >>> samples.draws.shape
+        torch.Size([500, 64, 1])
+    """
+    if not isinstance(sampler, Sampler):
+        raise TypeError(f"sample: sampler must be an ebmalgebra.samplers.Sampler, got "
+                        f"{type(sampler).__name__}")
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"sample: on_nonfinite must be one of {ON_NONFINITE}, got "
+                         f"{on_nonfinite!r}")
+    _check_count(n_steps, "n_steps", 0)
+    _check_count(warmup, "warmup", 0)
+    _check_count(thin, "thin", 1)
+    compiled = compile(model)
+    if x0 is None:
+        if n_chains is None:
+            raise ValueError("sample: give n_chains or x0")
+        x0 = default_x0(compiled, _check_count(n_chains, "n_chains", 1), generator)
+    elif n_chains is not None and (not isinstance(x0, Tensor) or x0.shape[:1] != (n_chains,)):
+        shape = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
+        raise ValueError(f"sample: x0 has shape {shape}, which disagrees with "
+                         f"n_chains={n_chains}")
+
+    state = sampler.init(x0, compiled)
+    _check_start(state)
+    n_total = warmup + n_steps
+    n_draws = n_steps // thin
+    position = state.position
+    draws = torch.empty((n_draws, *position.shape), dtype=position.dtype, device=position.device)
+    recorder = _Recorder(position.shape[0], warmup)
+    adaptation = sampler.adaptation(state, warmup) if warmup else None
+    bar = progress_bar(n_total, progress, type(sampler).__name__)
+    try:
+        for index in range(n_total):
+            state, info = sampler.step(state, generator)
+            recorder.add(state, info)  # before adaptation: the step size this step used
+            if on_nonfinite == "raise":
+                chains = _first_nonfinite(info)
+                if chains is not None:
+                    phase = "warmup" if index < warmup else "sampling"
+                    raise NonFiniteError(
+                        f"{type(sampler).__name__} step {index} ({phase}): non-finite energy "
+                        f"or score in chain(s) {chains[:10].tolist()}"
+                        f"{' …' if len(chains) > 10 else ''}; pass on_nonfinite='reject' to "
+                        "reject (or, for unadjusted samplers, freeze) such chains instead"
+                    )
+            if index < warmup:
+                if adaptation is not None:
+                    state = adaptation.update(state, info)
+                    if index == warmup - 1:
+                        state = adaptation.finish(state)
+            else:
+                after = index - warmup + 1
+                if after % thin == 0:
+                    draws[after // thin - 1] = state.position
+            if callback is not None:
+                callback(index, state, info)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    stats, counts = recorder.result()
+    return Samples(draws, state, sampler, warmup, thin, stats, counts)
+
+
+def _check_start(state: NamedTuple) -> None:
+    score = getattr(state, "score", None)
+    energy = state.energy if state.potential.has_energy else None
+    bad = is_nonfinite(energy, score)
+    if bad.any():
+        chains = bad.nonzero().flatten()
+        raise NonFiniteError(
+            f"sample: the starting point of chain(s) {chains[:10].tolist()} has a non-finite "
+            "energy or score; start those chains elsewhere (pass x0)"
+        )

@@ -1,0 +1,154 @@
+"""Unadjusted Langevin algorithm (ULA), and the state Langevin-type samplers share."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ebmalgebra.base import EnergyModel
+from ebmalgebra.samplers.base import (
+    Potential,
+    Sampler,
+    as_chain_values,
+    check_step_size,
+    draw_normal,
+    expand_to_event,
+    finite_rows,
+    none_set_eagerly,
+    select,
+)
+
+__all__ = ["LangevinState", "ULA", "ULAInfo", "ula_step", "ula_update"]
+
+
+class LangevinState(NamedTuple):
+    """State of ULA, MALA and annealed Langevin.
+
+    Attributes:
+        position: ``(n_chains, *event_shape)``.
+        energy: E(position), ``(n_chains,)``; NaN for score-only models.
+        score: s(position) = −∇E, like ``position``.
+        step_size: ε per chain, ``(n_chains,)``.
+        frozen: ``(n_chains,)`` chains stopped because a step produced a NaN or
+            infinite energy or score; they stay at their last finite position.
+        potential: the compiled model (see :class:`~ebmalgebra.samplers.Potential`).
+    """
+
+    position: Tensor
+    energy: Tensor
+    score: Tensor
+    step_size: Tensor
+    frozen: Tensor
+    potential: Potential
+
+
+class ULAInfo(NamedTuple):
+    """Per-step facts, one entry per chain.
+
+    Attributes:
+        nonfinite: this step's proposal had a NaN/inf energy or score, so the
+            chain froze.
+        frozen: the chain is frozen (now or earlier).
+    """
+
+    nonfinite: Tensor
+    frozen: Tensor
+
+
+def init_langevin(x0: Tensor, potential: Potential, step_size: float | Tensor,
+                  operation: str) -> LangevinState:
+    """Evaluate the potential at ``x0``; chains starting at non-finite points are frozen."""
+    potential.check(x0, operation)
+    position = x0.detach()
+    energy, score = potential.energy_and_score(position)
+    frozen = ~finite_rows(energy if potential.has_energy else None, score)
+    step = as_chain_values(step_size, position, f"{operation}: step_size")
+    return LangevinState(position, energy, score, step, frozen, potential)
+
+
+def ula_step(state: LangevinState, generator: torch.Generator | None,
+             noise_scale: float | Tensor | None = None) -> tuple[LangevinState, ULAInfo]:
+    """x′ = x + ε s(x) + σ ξ with σ = √(2ε) unless ``noise_scale`` is given."""
+    return ula_update(state, draw_normal(state.position, generator), noise_scale)
+
+
+def ula_update(state: LangevinState, noise: Tensor, noise_scale: float | Tensor | None = None,
+               ) -> tuple[LangevinState, ULAInfo]:
+    """The deterministic part of a ULA step given ``noise`` ξ ~ N(0, I) like the position.
+
+    Traceable whole by ``torch.compile`` (the eager-only shortcut in
+    :func:`~ebmalgebra.samplers.base.none_set_eagerly` switches itself off).
+    """
+    x, energy, score, step_size, frozen, potential = state
+    epsilon = expand_to_event(step_size, x)
+    sigma = (2.0 * epsilon).sqrt() if noise_scale is None else expand_to_event(noise_scale, x)
+    # Fused multiply-adds: this loop runs once per step, so op count is speed here.
+    proposal = torch.addcmul(torch.addcmul(x, epsilon, score), sigma, noise)
+    new_energy, new_score = potential.energy_and_score(proposal)
+    finite = finite_rows(new_energy if potential.has_energy else None, new_score)
+    now_frozen = finite <= frozen  # frozen or not finite (bools: a <= b is ¬a ∨ b)
+    if none_set_eagerly(now_frozen):
+        newly_frozen = now_frozen  # all False
+    else:
+        moving = ~now_frozen
+        proposal = select(moving, proposal, x)
+        new_energy = torch.where(moving, new_energy, energy)
+        new_score = select(moving, new_score, score)
+        newly_frozen = now_frozen ^ frozen
+    new_state = LangevinState(proposal, new_energy, new_score, step_size, now_frozen, potential)
+    return new_state, ULAInfo(newly_frozen, now_frozen)
+
+
+class ULA(Sampler):
+    """Unadjusted Langevin algorithm: x′ = x + ε s(x) + √(2ε) ξ, ξ ~ N(0, I).
+
+    The Euler–Maruyama discretisation of the Langevin diffusion
+    dx = s(x) dt + √2 dW with time step ε (the step size multiplies the score).
+    There is no accept/reject step, so the chain is **biased**: its stationary
+    law differs from p by O(ε). For a Gaussian N(μ, σ²) the chain is an AR(1)
+    process x′ − μ = (1 − ε/σ²)(x − μ) + √(2ε) ξ whose stationary variance is
+    σ² / (1 − ε/(2σ²)) (and it diverges for ε ≥ 2σ²). Use :class:`MALA` for
+    exact sampling.
+
+    ULA needs only scores, so it runs on score-only models (``from_score``); the
+    state's energy is then NaN.
+
+    Non-finite values: a chain whose proposal has a NaN or infinite energy or
+    score is **frozen** at its last finite position for the rest of the run
+    (``state.frozen``, ``info.frozen``), since an unadjusted chain has nothing to
+    reject to.
+
+    Args:
+        step_size: ε, a float or one value per chain ``(n_chains,)``.
+        noise_scale: σ of the injected noise, replacing √(2ε): a float or one value
+            per chain. Decoupling it gives the "SGLD" used for contrastive
+            divergence (Du & Mordatch 2019: x′ = x − (λ/2)∇E + ω, ω ~ N(0, σ²));
+            the chain then targets roughly p^{2ε/σ²}, a tempered model, not p.
+
+    Example:
+        >>> samples = ebmalgebra.sample(model, ULA(step_size=0.01), n_chains=256, n_steps=500)
+    """
+
+    name = "ULA"
+
+    def __init__(self, *, step_size: float | Tensor = 0.01,
+                 noise_scale: float | Tensor | None = None) -> None:
+        self.step_size = check_step_size(step_size)
+        self.noise_scale = None if noise_scale is None else check_step_size(
+            noise_scale, "noise_scale")
+
+    def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
+        potential = Potential(model, operation=self.name, needs_energy=False)
+        state = init_langevin(x0, potential, self.step_size, self.name)
+        if isinstance(self.noise_scale, Tensor):
+            as_chain_values(self.noise_scale, state.position, f"{self.name}: noise_scale")
+        return state
+
+    def step(self, state: LangevinState, generator: torch.Generator | None = None,
+             ) -> tuple[LangevinState, ULAInfo]:
+        noise_scale = self.noise_scale
+        if isinstance(noise_scale, Tensor):
+            noise_scale = noise_scale.to(state.position)
+        return ula_step(state, generator, noise_scale)
