@@ -157,6 +157,8 @@ class CompiledEnergy(EnergyModel):
         # so the no-grad context (a few µs per call) is only entered when it saves work.
         self._needs_no_grad = any(p.requires_grad for p in expr.parameters())
         self._score_only = _SCORE_ONLY in self._kinds
+        self._single_analytic = (self.leaf_models[0] if isinstance(self.program, LeafRef)
+                                 and self._kinds[0] == _ANALYTIC else None)
         self._freeze()
 
     def _linear_form(self) -> tuple[float, tuple[float, ...]]:
@@ -218,6 +220,10 @@ class CompiledEnergy(EnergyModel):
     def _evaluate(
         self, x: Tensor, t: TimeLike, create_graph: bool
     ) -> tuple[Tensor | None, Tensor]:
+        if self._single_analytic is not None:
+            # The whole expression is one analytic leaf: no bookkeeping at all.
+            energy, score = self._single_analytic._energy_and_score(x, t, create_graph)
+            return (energy, score) if create_graph else (energy.detach(), score.detach())
         if self._linear is not None and not (self._needs_no_grad and not create_graph):
             return self._evaluate_linear(x, t, create_graph)
         return self._evaluate_general(x, t, create_graph)
