@@ -157,8 +157,9 @@ class CompiledEnergy(EnergyModel):
         # so the no-grad context (a few µs per call) is only entered when it saves work.
         self._needs_no_grad = any(p.requires_grad for p in expr.parameters())
         self._score_only = _SCORE_ONLY in self._kinds
-        self._single_analytic = (self.leaf_models[0] if isinstance(self.program, LeafRef)
-                                 and self._kinds[0] == _ANALYTIC else None)
+        # A plain attribute, not a registered submodule (state_dict keys stay unique).
+        object.__setattr__(self, "_single_analytic", self.leaf_models[0] if isinstance(
+            self.program, LeafRef) and self._kinds[0] == _ANALYTIC else None)
         self._freeze()
 
     def _linear_form(self) -> tuple[float, tuple[float, ...]]:
