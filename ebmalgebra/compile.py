@@ -146,7 +146,9 @@ class CompiledEnergy(EnergyModel):
 
             expr = rewrite_closed_forms(expr)
         self.expr = expr
-        self._source = source
+        # The source is for printing and re-compiling only; it is not evaluated, so it is
+        # not registered (state_dict keys stay unique).
+        object.__setattr__(self, "_source", source)
         self.closed_form = closed_form
         folder = _Folder()
         self.program: Program = folder.fold(expr)
