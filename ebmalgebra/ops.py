@@ -70,6 +70,14 @@ class _Composite(EnergyModel):
     def operands(self) -> tuple[EnergyModel, ...]:
         return tuple(self._children)
 
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def args(self) -> tuple:
+        return self.operands()
+
     def _first_missing(self, capability: str) -> tuple[EnergyModel, str] | None:
         for child in self._children:
             blame = child._why_not(capability)
@@ -103,14 +111,6 @@ class Product(_Composite):
             can_sample=False,
         )
         self._freeze()
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    @property
-    def args(self) -> tuple:
-        return self.operands()
 
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
         if capability in ("energy", "score"):
@@ -177,14 +177,6 @@ class Mixture(_Composite):
             can_sample=known and all(c.can_sample for c in caps),
         )
         self._freeze()
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    @property
-    def args(self) -> tuple:
-        return self.operands()
 
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
         if capability == "sample":
@@ -253,14 +245,11 @@ class _Unary(_Composite):
 
     def __init__(self, base: EnergyModel, operator: str) -> None:
         super().__init__((base,), operator)
+        self._capabilities = base.capabilities
 
     @property
     def base(self) -> EnergyModel:
         return self._children[0]
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self.base.capabilities
 
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
         return self.base._why_not(capability)
@@ -338,10 +327,6 @@ class Power(_Unary):
     def args(self) -> tuple:
         return (self.base, self.exponent)
 
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
         if capability in ("energy", "score"):
             return self.base._why_not(capability)
@@ -407,10 +392,6 @@ class Normalized(_Unary):
     def args(self) -> tuple:
         return (self.base, float(self.log_normalizer) if self._given else None,
                 self.log_z_stderr)
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
 
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
         if capability == "normalizer":
