@@ -7,7 +7,7 @@ fused ``energy_and_score`` function, and feed samplers, normalisers and
 training losses.
 """
 
-from ebmalgebra import targets
+from ebmalgebra import samplers, targets
 from ebmalgebra.base import Capabilities, EnergyModel
 from ebmalgebra.compile import CompiledEnergy, compile
 from ebmalgebra.errors import CapabilityError, CompositionError, EBMAlgebraError
@@ -19,7 +19,9 @@ from ebmalgebra.leaves import (
     from_score,
     one,
 )
+from ebmalgebra.normalize import LogZEstimate, estimate_log_z, normalize
 from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
+from ebmalgebra.samplers import sample
 
 __version__ = "0.1.0"
 
@@ -31,16 +33,21 @@ __all__ = [
     "EBMAlgebraError",
     "EnergyModel",
     "Leaf",
+    "LogZEstimate",
     "Mixture",
     "Normalized",
     "Power",
     "Product",
     "Weight",
     "compile",
+    "estimate_log_z",
     "from_distribution",
     "from_energy",
     "from_log_prob",
     "from_score",
+    "normalize",
     "one",
+    "sample",
+    "samplers",
     "targets",
 ]

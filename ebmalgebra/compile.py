@@ -14,7 +14,9 @@
 
 With ``closed_form=True`` Gaussian sub-expressions are first rewritten to
 Gaussians / Gaussian mixtures with exact log Z and sampling
-(:mod:`ebmalgebra.rewrites`).
+(:mod:`ebmalgebra.rewrites`). With ``backend="inductor"`` the fused function
+is also compiled by ``torch.compile`` (:mod:`ebmalgebra.jit`); inside any
+compiled region the reverse pass goes through ``torch.func`` instead.
 """
 
 from __future__ import annotations
@@ -134,7 +136,10 @@ class CompiledEnergy(EnergyModel):
         source: the expression as given.
         program: the folded form (``LeafRef`` / ``Affine`` / ``LogSumExp`` nodes).
         leaf_models: the distinct leaves, each evaluated once per call.
+        backend: ``"eager"``, or ``"inductor"`` for :class:`ebmalgebra.jit.InductorEnergy`.
     """
+
+    backend = "eager"
 
     def __init__(self, expr: EnergyModel, *, closed_form: bool = False) -> None:
         super().__init__()
@@ -208,6 +213,11 @@ class CompiledEnergy(EnergyModel):
 
     # ------------------------------------------------------------- evaluation
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
+        if torch.compiler.is_compiling():
+            # Without the id()-keyed cache below, which torch.compile would guard on.
+            from ebmalgebra.jit import traced_energy
+
+            return traced_energy(self, x, t)
         energies = [leaf._energy(x, t) if kind != _SCORE_ONLY else None
                     for leaf, kind in zip(self.leaf_models, self._kinds, strict=True)]
         return self._forward(self.program, energies, x.new_zeros(x.shape[0]), {})
@@ -223,6 +233,11 @@ class CompiledEnergy(EnergyModel):
     def _evaluate(
         self, x: Tensor, t: TimeLike, create_graph: bool
     ) -> tuple[Tensor | None, Tensor]:
+        if torch.compiler.is_compiling():
+            # torch.compile cannot trace torch.autograd.grad; torch.func.vjp it can.
+            from ebmalgebra.jit import traced_energy_and_score
+
+            return traced_energy_and_score(self, x, t, create_graph)
         if self._single_analytic is not None:
             # The whole expression is one analytic leaf: no bookkeeping at all.
             energy, score = self._single_analytic._energy_and_score(x, t, create_graph)
@@ -393,7 +408,11 @@ def _grad(total: Tensor, inputs: Tensor, create_graph: bool) -> Tensor:
     return torch.zeros_like(inputs) if grad is None else grad
 
 
-def compile(expr: EnergyModel, *, closed_form: bool = False) -> CompiledEnergy:  # noqa: A001
+BACKENDS = ("eager", "inductor")
+
+
+def compile(expr: EnergyModel, *, closed_form: bool = False,  # noqa: A001
+            backend: str | None = None) -> CompiledEnergy:
     """Compile ``expr`` into a :class:`CompiledEnergy` with the same API, built once.
 
     Args:
@@ -401,14 +420,27 @@ def compile(expr: EnergyModel, *, closed_form: bool = False) -> CompiledEnergy: 
         closed_form: rewrite Gaussian sub-expressions (Gaussian & Gaussian,
             Gaussian ** β, mixtures of weighted Gaussians) into Gaussians /
             Gaussian mixtures with exact log Z and exact sampling.
+        backend: ``"eager"`` (PyTorch eager autograd) or ``"inductor"``: the fused
+            energy-and-score is also compiled by ``torch.compile``, once per input
+            shape, dtype and device, falling back to eager with one warning where
+            compilation is unavailable (:mod:`ebmalgebra.jit`). ``None`` keeps the
+            backend of an already compiled ``expr`` and is ``"eager"`` otherwise.
 
     Example:
         >>> model = compile(ring & bar)
         >>> energy, score = model.energy_and_score(torch.randn(1000, 2))
     """
-    if isinstance(expr, CompiledEnergy) and expr.closed_form == closed_form:
-        return expr
+    if backend is None:
+        backend = expr.backend if isinstance(expr, CompiledEnergy) else "eager"
+    if backend not in BACKENDS:
+        raise ValueError(f"compile: backend must be one of {BACKENDS}, got {backend!r}")
     if isinstance(expr, CompiledEnergy):
+        if expr.closed_form == closed_form and expr.backend == backend:
+            return expr
         expr = expr.source
+    if backend == "inductor":
+        from ebmalgebra.jit import InductorEnergy
+
+        return InductorEnergy(expr, closed_form=closed_form)
     return CompiledEnergy(expr, closed_form=closed_form)
 

@@ -23,6 +23,7 @@ replicas), and a step depends only on ``(state, generator)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -31,6 +32,7 @@ from torch import Tensor
 from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import CompiledEnergy, compile
 from ebmalgebra.errors import CompositionError, EBMAlgebraError
+from ebmalgebra.jit import call_compiled
 from ebmalgebra.samplers.adaptation import DualAveraging, StepSizeAdaptation
 
 __all__ = [
@@ -39,11 +41,13 @@ __all__ = [
     "Sampler",
     "StepSizeSampler",
     "as_chain_values",
+    "check_flag",
     "draw_normal",
     "draw_uniform",
     "expand_to_event",
     "finite_rows",
     "is_nonfinite",
+    "run_update",
     "squared_norm",
     "sum_event",
 ]
@@ -184,16 +188,17 @@ class StepSizeSampler(Sampler):
     """A sampler with a step size that warmup tunes by dual averaging (pooled over chains).
 
     Holds the shared hyper-parameters ``step_size`` (a float, or a tensor with one
-    value per chain, validated at ``init``), ``target_accept`` and
-    ``adapt_step_size``.
+    value per chain, validated at ``init``), ``target_accept``,
+    ``adapt_step_size`` and ``jit`` (see :func:`run_update`).
     """
 
     def __init__(self, *, step_size: float | Tensor, target_accept: float,
-                 adapt_step_size: bool) -> None:
+                 adapt_step_size: bool, jit: bool = False) -> None:
         self.step_size = check_step_size(step_size)
         DualAveraging(target_accept=target_accept)  # validates
         self.target_accept = target_accept
         self.adapt_step_size = adapt_step_size
+        self.jit = check_flag(jit, "jit")
 
     def adaptation(self, state: NamedTuple, n_warmup: int) -> StepSizeAdaptation | None:
         if not self.adapt_step_size or n_warmup == 0:
@@ -243,6 +248,28 @@ def check_positive(value: float, what: str) -> float:
     ):
         raise ValueError(f"{what} must be a positive finite number, got {value!r}")
     return float(value)
+
+
+def check_flag(value: bool, what: str) -> bool:
+    """A bool hyper-parameter (checked at construction)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be True or False, got {value!r}")
+    return value
+
+
+def run_update(update: Callable, jit: bool, state: NamedTuple, *args: Any,
+               ) -> tuple[NamedTuple, NamedTuple]:
+    """``update(state, *args)``: a kernel's deterministic update given its random numbers.
+
+    With ``jit`` the whole update runs as one kernel compiled by ``torch.compile``
+    for this model, these shapes, dtype and device, cached across steps and runs
+    (:func:`ebmalgebra.jit.call_compiled`; eager with one warning where compilation
+    is unavailable). The random numbers in ``args`` are drawn by the caller, so a
+    seed gives the same chain either way, up to float rounding.
+    """
+    if jit:
+        return call_compiled(update, state.potential.model, state, *args)
+    return update(state, *args)
 
 
 def check_step_size(value: float | Tensor, what: str = "step_size") -> float | Tensor:

@@ -25,6 +25,7 @@ from ebmalgebra.samplers.base import (
     expand_to_event,
     finite_rows,
     metropolis_accept,
+    run_update,
     select,
     squared_norm,
 )
@@ -118,6 +119,11 @@ class HMC(StepSizeSampler):
         adapt_step_size: tune ε in warmup.
         adapt_mass: tune M⁻¹ in warmup.
         max_energy_error: energy error beyond which a step counts as divergent.
+        jit: compile the whole deterministic update with ``torch.compile`` (one
+            kernel per trajectory length, compiled as lengths first occur; random
+            numbers still come from ``generator``, so a seed gives the same chain as
+            ``jit=False`` up to float rounding). Each kernel pays a one-off compile of
+            a few seconds; see :mod:`ebmalgebra.jit`.
 
     Example:
         >>> samples = ebmalgebra.sample(model, HMC(step_size=0.1, n_leapfrog=16), n_chains=100,
@@ -139,9 +145,10 @@ class HMC(StepSizeSampler):
         adapt_step_size: bool = True,
         adapt_mass: bool = True,
         max_energy_error: float = 1000.0,
+        jit: bool = False,
     ) -> None:
         super().__init__(step_size=step_size, target_accept=target_accept,
-                         adapt_step_size=adapt_step_size)
+                         adapt_step_size=adapt_step_size, jit=jit)
         if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or n_leapfrog < 1:
             raise ValueError(f"n_leapfrog must be a positive int, got {n_leapfrog!r}")
         if not 0.0 <= jitter < 1.0:
@@ -246,8 +253,8 @@ class HMC(StepSizeSampler):
              ) -> tuple[HMCState, HMCInfo]:
         x = state.position
         n_leapfrog = self._draw_n_leapfrog(x, generator)
-        return self.update(state, draw_normal(x, generator), draw_uniform(x, generator),
-                           n_leapfrog)
+        return run_update(self.update, self.jit, state, draw_normal(x, generator),
+                          draw_uniform(x, generator), n_leapfrog)
 
     def update(self, state: HMCState, noise: Tensor, uniform: Tensor, n_leapfrog: int,
                ) -> tuple[HMCState, HMCInfo]:

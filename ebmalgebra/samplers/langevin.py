@@ -12,11 +12,13 @@ from ebmalgebra.samplers.base import (
     Potential,
     Sampler,
     as_chain_values,
+    check_flag,
     check_step_size,
     draw_normal,
     expand_to_event,
     finite_rows,
     none_set_eagerly,
+    run_update,
     select,
 )
 
@@ -126,6 +128,10 @@ class ULA(Sampler):
             per chain. Decoupling it gives the "SGLD" used for contrastive
             divergence (Du & Mordatch 2019: x′ = x − (λ/2)∇E + ω, ω ~ N(0, σ²));
             the chain then targets roughly p^{2ε/σ²}, a tempered model, not p.
+        jit: compile the whole deterministic update with ``torch.compile`` (one
+            kernel per step; random numbers still come from ``generator``, so a seed
+            gives the same chain as ``jit=False`` up to float rounding). The first
+            step pays a one-off compile of a few seconds; see :mod:`ebmalgebra.jit`.
 
     Example:
         >>> samples = ebmalgebra.sample(model, ULA(step_size=0.01), n_chains=256, n_steps=500)
@@ -134,10 +140,11 @@ class ULA(Sampler):
     name = "ULA"
 
     def __init__(self, *, step_size: float | Tensor = 0.01,
-                 noise_scale: float | Tensor | None = None) -> None:
+                 noise_scale: float | Tensor | None = None, jit: bool = False) -> None:
         self.step_size = check_step_size(step_size)
         self.noise_scale = None if noise_scale is None else check_step_size(
             noise_scale, "noise_scale")
+        self.jit = check_flag(jit, "jit")
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
         potential = Potential(model, operation=self.name, needs_energy=False)
@@ -151,4 +158,5 @@ class ULA(Sampler):
         noise_scale = self.noise_scale
         if isinstance(noise_scale, Tensor):
             noise_scale = noise_scale.to(state.position)
-        return ula_step(state, generator, noise_scale)
+        return run_update(ula_update, self.jit, state, draw_normal(state.position, generator),
+                          noise_scale)

@@ -16,6 +16,7 @@ from ebmalgebra.samplers.base import (
     expand_to_event,
     finite_rows,
     metropolis_accept,
+    run_update,
     select,
     squared_norm,
 )
@@ -103,6 +104,10 @@ class MALA(StepSizeSampler):
         target_accept: acceptance rate that warmup tunes ε towards (0.574 is optimal
             in high dimension, Roberts & Rosenthal 1998).
         adapt_step_size: tune ε by dual averaging during warmup, pooled over chains.
+        jit: compile the whole deterministic update with ``torch.compile`` (one
+            kernel per step; random numbers still come from ``generator``, so a seed
+            gives the same chain as ``jit=False`` up to float rounding). The first
+            step pays a one-off compile of a few seconds; see :mod:`ebmalgebra.jit`.
 
     Example:
         >>> samples = ebmalgebra.sample(ring & bar, MALA(step_size=0.05), n_chains=512,
@@ -112,9 +117,9 @@ class MALA(StepSizeSampler):
     name = "MALA"
 
     def __init__(self, *, step_size: float | Tensor = 0.1, target_accept: float = 0.574,
-                 adapt_step_size: bool = True) -> None:
+                 adapt_step_size: bool = True, jit: bool = False) -> None:
         super().__init__(step_size=step_size, target_accept=target_accept,
-                         adapt_step_size=adapt_step_size)
+                         adapt_step_size=adapt_step_size, jit=jit)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
         return init_langevin(x0, Potential(model, operation=self.name), self.step_size,
@@ -122,4 +127,6 @@ class MALA(StepSizeSampler):
 
     def step(self, state: LangevinState, generator: torch.Generator | None = None,
              ) -> tuple[LangevinState, MALAInfo]:
-        return mala_step(state, generator)
+        x = state.position
+        return run_update(mala_update, self.jit, state, draw_normal(x, generator),
+                          draw_uniform(x, generator))

@@ -17,6 +17,7 @@ from ebmalgebra.samplers.base import (
     expand_to_event,
     finite_rows,
     metropolis_accept,
+    run_update,
     select,
 )
 
@@ -70,6 +71,10 @@ class RandomWalkMH(StepSizeSampler):
             averaging (0.234 is optimal for high-dimensional targets,
             Roberts, Gelman & Gilks 1997).
         adapt_step_size: tune σ during warmup (pooled over chains).
+        jit: compile the whole deterministic update with ``torch.compile`` (one
+            kernel per step; random numbers still come from ``generator``, so a seed
+            gives the same chain as ``jit=False`` up to float rounding). The first
+            step pays a one-off compile of a few seconds; see :mod:`ebmalgebra.jit`.
 
     Example:
         >>> samples = ebmalgebra.sample(model, RandomWalkMH(step_size=0.5), n_chains=64,
@@ -79,9 +84,9 @@ class RandomWalkMH(StepSizeSampler):
     name = "RandomWalkMH"
 
     def __init__(self, *, step_size: float | Tensor = 0.5, target_accept: float = 0.234,
-                 adapt_step_size: bool = True) -> None:
+                 adapt_step_size: bool = True, jit: bool = False) -> None:
         super().__init__(step_size=step_size, target_accept=target_accept,
-                         adapt_step_size=adapt_step_size)
+                         adapt_step_size=adapt_step_size, jit=jit)
 
     def init(self, x0: Tensor, model: EnergyModel) -> MHState:
         potential = Potential(model, operation=self.name, needs_score=False)
@@ -93,7 +98,8 @@ class RandomWalkMH(StepSizeSampler):
     def step(self, state: MHState, generator: torch.Generator | None = None,
              ) -> tuple[MHState, MHInfo]:
         x = state.position
-        return self.update(state, draw_normal(x, generator), draw_uniform(x, generator))
+        return run_update(self.update, self.jit, state, draw_normal(x, generator),
+                          draw_uniform(x, generator))
 
     def update(self, state: MHState, noise: Tensor, uniform: Tensor) -> tuple[MHState, MHInfo]:
         """The deterministic part of a step given ξ ~ N(0, I) (like the position) and

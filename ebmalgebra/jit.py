@@ -1,0 +1,509 @@
+"""Compiled kernels: ``torch.compile`` (inductor) for expressions, sampler steps and losses.
+
+Three entry points use it:
+
+* ``ebmalgebra.compile(expr, backend="inductor")`` returns an
+  :class:`InductorEnergy`: the fused energy-and-score of the whole expression
+  is traced once per input signature and compiled into one kernel.
+* ``MALA(jit=True)`` (likewise ``HMC``, ``ULA``, ``RandomWalkMH``) compiles the
+  sampler's whole deterministic update (proposal, energy and score,
+  acceptance, row selection) into one kernel per step. The random numbers are
+  drawn before the call, outside the compiled region, from the user's
+  ``torch.Generator``, in the same order as the eager step, so a seed gives the
+  same chain as ``jit=False`` up to float rounding.
+* ``denoising_score_matching(..., jit=True)`` and ``multi_noise_dsm(..., jit=True)``
+  compile score and loss into one training kernel, differentiated once by
+  ``loss.backward()``.
+
+**What is traced.** Inside a compiled region every
+:class:`~ebmalgebra.CompiledEnergy` evaluates through
+:func:`traced_energy_and_score`: the same folded program as the eager path
+(each distinct leaf once, analytic leaf scores used as they are), with the one
+reverse pass over the autograd leaves taken by :func:`torch.func.vjp` instead of
+``torch.autograd.grad``, which dynamo cannot trace. The pass is functional: it
+writes no ``.grad`` into leaf parameters and keeps per-sample energies, since
+the cotangent is the per-sample coefficient ∂E/∂E_l (constant β_l for products
+of powers, the softmax weights for mixtures).
+
+**Caching and shapes.** Kernels are specialised to static shapes and cached
+per expression (the expression object, held weakly) and per input signature:
+shapes, dtype and device, the noise level ``t``, the tempering exponent, the
+sampler's hyper-parameters and the function being compiled. Within a run
+nothing changes between steps, so nothing recompiles, and a new run (a new
+sampler object, a new ``compile`` of the same expression) reuses the kernel.
+Each kernel has a code object of its own, so kernels of different expressions
+never compete for dynamo's per-function limit of eight compiled variants. HMC
+compiles one kernel per trajectory length: with the default jitter of 20%
+around L₀ = 10 that is up to five kernels, compiled as the lengths first occur.
+
+**Compile cost.** The first call of a kernel traces and compiles it: a few
+seconds for a 2-D analytic target on one CPU core, 10–30 s for network leaves
+and long HMC trajectories, plus a start-up of about ten seconds for the first
+``torch.compile`` in a process. Later calls, and later runs on the same
+expression and shapes in the same process, reuse the kernel.
+:func:`compile_seconds` lists what each kernel cost; docs/performance.md has
+measurements and says when ``jit=True`` pays.
+
+**Fallback.** When compilation is unavailable (no working C++ compiler for
+the CPU backend, a Python version torch.compile does not support, or
+``EBMALGEBRA_DISABLE_JIT=1`` in the environment), or fails for a particular
+expression (an operation dynamo cannot trace without breaking the graph, a
+compiler error), the eager path runs instead and one :class:`JitFallbackWarning`
+says why. Results are then exactly those of ``backend="eager"`` / ``jit=False``;
+they are never silently different. Set ``EBMALGEBRA_DISABLE_JIT=1`` to force the
+fallback (the tests do).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+import types
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ebmalgebra.base import EnergyModel, TimeLike
+from ebmalgebra.compile import (
+    _ANALYTIC,
+    _AUTOGRAD,
+    _SCORE_ONLY,
+    Affine,
+    CompiledEnergy,
+    LeafRef,
+    Program,
+    _broadcast,
+    _is_zero,
+)
+
+__all__ = [
+    "DISABLE_ENV",
+    "InductorEnergy",
+    "JitFallbackWarning",
+    "call_compiled",
+    "clear_cache",
+    "compile_seconds",
+    "traced_energy",
+    "traced_energy_and_score",
+    "unavailable_reason",
+]
+
+DISABLE_ENV = "EBMALGEBRA_DISABLE_JIT"
+"""Environment variable: set it to ``1`` to run every jit path eagerly (with one warning)."""
+
+
+class JitFallbackWarning(RuntimeWarning):
+    """Compilation was unavailable or failed, so the eager path ran instead."""
+
+
+# ------------------------------------------------------------ traced evaluation
+
+def traced_energy_and_score(
+    model: CompiledEnergy, x: Tensor, t: TimeLike, create_graph: bool
+) -> tuple[Tensor | None, Tensor]:
+    """(E(x), s(x)) of a compiled expression in a form ``torch.compile`` traces whole.
+
+    The math of :meth:`CompiledEnergy._evaluate_general`: analytic leaves give
+    energy and score directly, score-only leaves their score, and all autograd
+    leaves share one reverse pass, here ``torch.func.vjp`` with the per-sample
+    cotangents c_l = ∂E/∂E_l (constants β_l for products of powers, softmax
+    weights for mixtures). Returns energy ``(n,)`` (``None`` when the model is
+    score-only) and score like ``x``.
+    """
+    leaves, kinds = model.leaf_models, model._kinds
+    n = len(leaves)
+    energies: list[Tensor | None] = [None] * n
+    scores: list[Tensor | None] = [None] * n
+    for i, (leaf, kind) in enumerate(zip(leaves, kinds, strict=True)):
+        if kind == _ANALYTIC:
+            energies[i], scores[i] = leaf._energy_and_score(x, t, create_graph)
+        elif kind == _SCORE_ONLY:
+            scores[i] = leaf._score(x, t, create_graph)
+    autograd = [i for i, kind in enumerate(kinds) if kind == _AUTOGRAD]
+    pullback = None
+    if autograd:
+        def autograd_energies(inputs: Tensor) -> tuple[Tensor, ...]:
+            return tuple(leaves[i]._energy(inputs, t) for i in autograd)
+
+        values, pullback = torch.func.vjp(autograd_energies, x)
+        for i, value in zip(autograd, values, strict=True):
+            energies[i] = value
+    energy, coefficients = _energy_and_coefficients(model.program, energies,
+                                                    x.new_zeros(x.shape[0]))
+    score = None
+    for i, leaf_score in enumerate(scores):
+        coefficient = coefficients.get(i, 0.0)
+        if leaf_score is not None and not _is_zero(coefficient):
+            term = _broadcast(coefficient, leaf_score) * leaf_score
+            score = term if score is None else score + term
+    if pullback is not None:
+        cotangents = tuple(
+            coefficients[i] if isinstance(coefficients.get(i), Tensor)
+            else torch.full_like(energies[i], coefficients.get(i, 0.0)) for i in autograd)
+        (grad,) = pullback(cotangents)
+        score = -grad if score is None else score - grad
+    if score is None:
+        score = torch.zeros_like(x)
+    return (None if model._score_only else energy), score
+
+
+def traced_energy(model: CompiledEnergy, x: Tensor, t: TimeLike) -> Tensor:
+    """E(x) of a compiled expression, as :meth:`CompiledEnergy._energy` computes it, in a
+    form ``torch.compile`` traces without guarding on the program's node identities."""
+    energies = [leaf._energy(x, t) if kind != _SCORE_ONLY else None
+                for leaf, kind in zip(model.leaf_models, model._kinds, strict=True)]
+    return _energy_and_coefficients(model.program, energies, x.new_zeros(x.shape[0]))[0]
+
+
+def _energy_and_coefficients(node: Program, energies: list, zeros: Tensor,
+                             ) -> tuple[Tensor | None, dict[int, float | Tensor]]:
+    """E of ``node`` (``None`` if it involves a score-only leaf) and c_l = ∂E/∂E_l for
+    the leaves under it, in one forward pass.
+
+    The eager path caches mixture weights by ``id(node)``; under ``torch.compile`` that
+    would guard every kernel on the identity of the program's nodes and recompile it
+    for each new ``compile`` of the same expression, so the weights are carried along
+    instead.
+    """
+    if isinstance(node, LeafRef):
+        return energies[node.index], {node.index: 1.0}
+    coefficients: dict[int, float | Tensor] = {}
+    if isinstance(node, Affine):
+        energy: Tensor | None = zeros
+        for factor, sub in node.terms:
+            sub_energy, sub_coefficients = _energy_and_coefficients(sub, energies, zeros)
+            energy = None if energy is None or sub_energy is None else (
+                energy + factor * sub_energy)
+            for index, value in sub_coefficients.items():
+                coefficients[index] = coefficients.get(index, 0.0) + factor * value
+        return (None if energy is None else energy + node.constant), coefficients
+    parts = [_energy_and_coefficients(sub, energies, zeros) for _, sub in node.terms]
+    logits = torch.stack([-(sub_energy + offset)
+                          for (offset, _), (sub_energy, _) in zip(node.terms, parts, strict=True)])
+    weights = torch.softmax(logits, dim=0)
+    for weight, (_, sub_coefficients) in zip(weights, parts, strict=True):
+        for index, value in sub_coefficients.items():
+            coefficients[index] = coefficients.get(index, 0.0) + weight * value
+    return -torch.logsumexp(logits, dim=0), coefficients
+
+
+# ---------------------------------------------------------------- availability
+
+def unavailable_reason(device: torch.device | str = "cpu") -> str | None:
+    """Why compiled kernels cannot run on ``device`` here, or ``None`` if they can.
+
+    Checks ``EBMALGEBRA_DISABLE_JIT``, torch.compile's support for this Python, and,
+    for the CPU, a working C++ compiler (inductor's CPU backend builds C++).
+    """
+    if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
+        return f"{DISABLE_ENV} is set"
+    problem = _platform_problem()
+    if problem is None and torch.device(device).type == "cpu":
+        problem = _cpu_compiler_problem()
+    return problem
+
+
+@functools.cache
+def _platform_problem() -> str | None:
+    try:
+        import torch._dynamo
+
+        supported = torch._dynamo.is_dynamo_supported()
+    except Exception as error:  # noqa: BLE001 - any failure means "unsupported"
+        return f"torch.compile is unavailable ({type(error).__name__}: {error})"
+    return None if supported else "torch.compile does not support this Python version"
+
+
+@functools.cache
+def _cpu_compiler_problem() -> str | None:
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as error:  # noqa: BLE001 - InvalidCxxCompiler, missing modules, ...
+        return f"no working C++ compiler for torch.compile's CPU backend ({_first_line(error)})"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, JitFallbackWarning, stacklevel=4)
+
+
+# ---------------------------------------------------------------------- kernels
+
+class _Kernel:
+    """One function compiled for one input signature, falling back to eager on failure."""
+
+    __slots__ = ("function", "compiled", "label", "seconds")
+
+    def __init__(self, function: Callable, label: str, owner: EnergyModel,
+                 example: Tensor | None) -> None:
+        self.function = function
+        self.label = label
+        self.seconds: float | None = None
+        device = example.device if example is not None else torch.device("cpu")
+        reason = unavailable_reason(device)
+        if reason is not None:
+            _warn_once(f"ebmalgebra jit: {reason}; running eagerly (results are those of "
+                       "backend='eager' / jit=False)")
+            self.compiled = None
+        else:
+            # Static shapes: kernels are cached per shape and traced with dynamic shapes
+            # off (see _first_call). dynamic=False would pin the same, but it patches
+            # dynamo's config around every call: ~7 µs of a ~40 µs 2-D step.
+            self.compiled = torch.compile(_own_code(function),
+                                          options=_inductor_options(owner, example))
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is None:
+            return self.function(*args)
+        if self.seconds is not None:
+            return self.compiled(*args)
+        return self._first_call(args)
+
+    def _first_call(self, args: tuple) -> Any:
+        start = time.perf_counter()
+        try:
+            # Graph breaks would leave parts of the step eager and slow: refuse them
+            # while tracing (fullgraph=True would instead cost ~6 µs on every call).
+            with torch._dynamo.error_on_graph_break(True), torch._dynamo.config.patch(
+                    automatic_dynamic_shapes=False, assume_static_by_default=True):
+                result = self.compiled(*args)
+        except Exception as error:  # noqa: BLE001 - dynamo, inductor and compiler errors
+            result = self.function(*args)  # a genuine user error re-raises from here
+            self.compiled = None
+            _warn_once(f"ebmalgebra jit: could not compile {self.label} "
+                       f"({_first_line(error)}); running it eagerly")
+            return result
+        self.seconds = time.perf_counter() - start
+        return result
+
+
+def _inductor_options(owner: EnergyModel, example: Tensor | None) -> dict[str, Any] | None:
+    """Inductor settings for kernels of ``owner`` over rows like ``example``.
+
+    On AVX-512 CPUs inductor vectorises 16 floats at a time; rows narrower than
+    that (2-D targets) then take masked loads and gathers, and 8 lanes measured
+    1.2-2x faster for a 2-D MALA step. Only for expressions of analytic leaves:
+    networks compute on wide hidden layers whatever the input width, and there
+    the default was 1.5-2x faster (a 64-D MLP mixture, a 2-D MLP energy).
+    """
+    if example is None or example.device.type != "cpu" or example.dim() < 1:
+        return None
+    analytic = isinstance(owner, CompiledEnergy) and all(
+        kind == _ANALYTIC for kind in owner._kinds)
+    width = math.prod(example.shape[1:])
+    capability = torch.backends.cpu.get_cpu_capability()
+    if analytic and capability.startswith("AVX512") and 0 < width < 16:
+        return {"cpp.simdlen": 8}
+    return None
+
+
+def _own_code(function: Callable) -> Callable:
+    """A copy of ``function`` with a code object of its own.
+
+    Dynamo keeps its compiled graphs per code object, with a limit of eight
+    before it gives up and runs eagerly; a private code object per kernel keeps
+    kernels of different expressions from competing for those slots.
+    """
+    code = function.__code__
+    copy = types.FunctionType(code.replace(co_varnames=code.co_varnames), function.__globals__,
+                              function.__name__, function.__defaults__, function.__closure__)
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__qualname__ = function.__qualname__
+    return copy
+
+
+_kernels: weakref.WeakKeyDictionary[EnergyModel, dict[tuple, _Kernel]] = (
+    weakref.WeakKeyDictionary())
+"""Kernels per expression (held weakly), by the full signature of their arguments."""
+
+_routes: dict[tuple, _Kernel] = {}
+"""Kernels by a cheap per-call key (see :func:`_route`), looked up on every step."""
+
+_MAX_ROUTES = 4096
+
+_SCALARS = (bool, int, float, str)
+
+
+def _route(value: Any) -> Any:
+    """A cheap per-call key: tensor shapes and dtypes, Python scalars, identity of other
+    objects (a sampler state's potential lives as long as its run). Computed on every
+    call, so it stays a few hashes; a recycled ``id`` can at worst route a call to a
+    kernel traced for other objects, whose guards then recompile it (never a wrong
+    result)."""
+    if isinstance(value, Tensor):
+        return (value.shape, value.dtype)
+    if isinstance(value, tuple):
+        return tuple(map(_route, value))
+    if value is None or isinstance(value, _SCALARS):
+        return value
+    return id(value)
+
+
+def _signature(value: Any) -> Any:
+    """The full cache key of an argument: what a trace specialises on (shapes, dtypes,
+    devices, Python constants), so that equal settings share a kernel across runs.
+    Models are left to the table's owner and to dynamo's guards."""
+    if isinstance(value, Tensor):
+        return (tuple(value.shape), value.dtype, value.device)
+    if value is None or isinstance(value, _SCALARS):
+        return (type(value), value)
+    if isinstance(value, tuple | list):
+        return (type(value), tuple(_signature(item) for item in value))
+    if isinstance(value, EnergyModel):
+        return type(value)
+    if isinstance(value, types.FunctionType):
+        return value
+    fields = getattr(value, "__dict__", None)
+    if fields is None and hasattr(type(value), "__slots__"):
+        fields = {name: getattr(value, name) for name in type(value).__slots__}
+    if fields is None:
+        return (type(value), id(value))
+    return (type(value), tuple((name, _signature(item)) for name, item in fields.items()))
+
+
+def call_compiled(function: Callable, owner: EnergyModel, *args: Any,
+                  differentiable: bool = False) -> Any:
+    """``function(*args)`` through a kernel compiled for ``owner`` and these arguments.
+
+    ``function`` is a plain function or a bound method (its instance then counts
+    as the first argument). ``owner`` is the expression the call evaluates (a
+    ``CompiledEnergy`` counts as its expression); kernels are cached per owner and
+    per signature of the arguments (shapes, dtypes, devices, Python constants and
+    hyper-parameters), and dropped with the expression.
+
+    By default the call runs without autograd recording, like the detached eager
+    evaluations it replaces. ``differentiable=True`` keeps autograd on: the kernel
+    is then a training graph whose outputs backpropagate into the parameters once
+    (first derivatives only, e.g. a denoising score-matching loss).
+    """
+    if isinstance(function, types.MethodType):
+        function, args = function.__func__, (function.__self__, *args)
+    route = (function, differentiable, id(owner), *map(_route, args))
+    kernel = _routes.get(route)
+    if kernel is None:
+        if len(_routes) >= _MAX_ROUTES:  # mostly routes of finished runs: start afresh
+            _routes.clear()
+        kernel = _routes[route] = _kernel_for(function, differentiable, owner, args)
+    if differentiable:
+        return kernel(*args)
+    with torch.no_grad():
+        return kernel(*args)
+
+
+def _kernel_for(function: Callable, differentiable: bool, owner: EnergyModel, args: tuple,
+                ) -> _Kernel:
+    expression = owner.expr if isinstance(owner, CompiledEnergy) else owner
+    table = _kernels.get(expression)
+    if table is None:
+        table = _kernels[expression] = {}
+    key = (function, differentiable, *map(_signature, args))
+    kernel = table.get(key)
+    if kernel is None:
+        example = next(_tensors(args), None)
+        label = _label(function, expression) + (" (training)" if differentiable else "")
+        kernel = table[key] = _Kernel(function, label, owner, example)
+    return kernel
+
+
+def _tensors(args: tuple) -> Any:
+    for arg in args:
+        if isinstance(arg, Tensor):
+            yield arg
+        elif isinstance(arg, tuple):
+            yield from _tensors(arg)
+
+
+def _label(function: Callable, expression: EnergyModel) -> str:
+    return f"{getattr(function, '__qualname__', function)} on {expression!r}"
+
+
+def clear_cache() -> None:
+    """Forget every compiled kernel and availability check (and which warnings were shown)."""
+    _kernels.clear()
+    _routes.clear()
+    _warned.clear()
+    _platform_problem.cache_clear()
+    _cpu_compiler_problem.cache_clear()
+
+
+def compile_seconds() -> list[tuple[str, float]]:
+    """(kernel, seconds its first call took to trace and compile) for every cached kernel
+    that compiled; useful to report the one-off cost apart from the run time."""
+    return [(kernel.label, kernel.seconds) for table in list(_kernels.values())
+            for kernel in table.values() if kernel.seconds is not None]
+
+
+# ------------------------------------------------------------ compiled energies
+
+# Kernels call the eager methods: traced, those take the traced path (see
+# ``CompiledEnergy._evaluate``); run eagerly after a failed compile, they give exactly the
+# eager results.
+def _energy_and_score_kernel(model: CompiledEnergy, x: Tensor, t: TimeLike
+                             ) -> tuple[Tensor | None, Tensor]:
+    return CompiledEnergy._evaluate(model, x, t, False)
+
+
+def _energy_kernel(model: CompiledEnergy, x: Tensor, t: TimeLike) -> Tensor:
+    return CompiledEnergy._energy(model, x, t)
+
+
+def _as_input(t: TimeLike, x: Tensor) -> TimeLike:
+    if isinstance(t, int | float) and not isinstance(t, bool):
+        return torch.tensor(t, dtype=x.dtype, device=x.device)
+    return t
+
+
+class InductorEnergy(CompiledEnergy):
+    """A :class:`~ebmalgebra.CompiledEnergy` whose evaluations run as compiled kernels.
+
+    Built by ``ebmalgebra.compile(expr, backend="inductor")``. ``energy`` and
+    ``energy_and_score`` (and ``score``) call a kernel compiled for the input's
+    shape, dtype and device; the first call per signature pays the compile time.
+    A float noise level ``t`` is passed as a 0-d tensor of x's dtype, so that one
+    kernel serves every level (as a Python float it would be a constant of the
+    trace). Differentiable evaluations (``create_graph=True``, used by training
+    losses) run the eager path, whose autograd graph supports the higher
+    derivatives those losses take. Falls back to eager with one
+    :class:`JitFallbackWarning` when compilation is unavailable.
+
+    Example:
+        >>> model = ebmalgebra.compile(ring & bar, backend="inductor")
+        >>> energy, score = model.energy_and_score(torch.randn(1000, 2))  # compiles once
+    """
+
+    backend = "inductor"
+
+    def _evaluate(self, x: Tensor, t: TimeLike, create_graph: bool
+                  ) -> tuple[Tensor | None, Tensor]:
+        if create_graph or torch.compiler.is_compiling():
+            return super()._evaluate(x, t, create_graph)
+        return call_compiled(_energy_and_score_kernel, self, self, x, _as_input(t, x))
+
+    def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
+        if torch.compiler.is_compiling() or torch.is_grad_enabled() and (
+                x.requires_grad or self._needs_no_grad):
+            # Energies differentiable in x or in the parameters (contrastive divergence)
+            # stay eager: kernels run without autograd recording.
+            return super()._energy(x, t)
+        return call_compiled(_energy_kernel, self, self, x, _as_input(t, x))
+
+    def __repr__(self) -> str:
+        return f"compile({self.source!r}, backend='inductor')"

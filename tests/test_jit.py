@@ -1,0 +1,257 @@
+"""Compiled kernels (``ebmalgebra.jit``): inductor agrees with eager on energies, scores
+and sampler runs for the same seed, kernels are cached and never recompile across steps,
+and every failure to compile falls back to the eager path with one warning.
+
+Compilation dominates the run time (1-8 s per kernel, ~25 s for a training kernel),
+so each test compiles as few kernels as it can; the slowest are marked ``slow``.
+
+Tolerances: compiled kernels reorder and fuse float64 arithmetic, which moves results by
+a few ulps per operation. 1e-9 relative for single evaluations, and 1e-7 for chains of
+10-20 steps, where rounding differences compound from step to step, are thousands of
+times looser than that and far tighter than any real disagreement.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+import ebmalgebra as eb
+from ebmalgebra import jit
+from ebmalgebra.jit import DISABLE_ENV, InductorEnergy, JitFallbackWarning
+from ebmalgebra.samplers import HMC, MALA, ULA, RandomWalkMH
+from ebmalgebra.targets import Banana, Gaussian, Ring
+from ebmalgebra.testing import assert_equivalent, expressions, points
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def fresh_jit():
+    """Each test starts without cached kernels, availability checks or shown warnings."""
+    jit.clear_cache()
+    yield
+    jit.clear_cache()
+
+
+def mlp(dim: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(dim, 16), torch.nn.SiLU(),
+                               torch.nn.Linear(16, 1)).to(F64)
+
+
+def network_mixture(dim: int = 3):
+    """(a & b ** 0.5) | 2 * c over three small networks, as in the compile benchmark."""
+    nets = [mlp(dim, seed) for seed in range(3)]
+    a, b, c = (eb.from_energy(net, dim, name=name) for net, name in zip(nets, "abc",
+                                                                           strict=True))
+    return nets, (a & b ** 0.5) | 2.0 * c
+
+
+def run(sampler, model, x0, n_steps=20, seed=1):
+    return eb.sample(model, sampler, x0=x0, n_steps=n_steps,
+                     generator=torch.Generator().manual_seed(seed), progress=False)
+
+
+# ----------------------------------------------------------------- energies
+
+@settings(max_examples=3)
+@given(expressions(max_depth=2), points((2,), batch=16))
+def test_inductor_agrees_with_eager_on_random_expressions(expr, x):
+    compiled = eb.compile(expr, backend="inductor")
+    assert isinstance(compiled, InductorEnergy)
+    assert_equivalent(compiled, eb.compile(expr), x, rtol=1e-9, atol=1e-9)
+
+
+def test_network_leaves_use_a_functional_reverse_pass():
+    nets, expr = network_mixture()
+    compiled = eb.compile(expr, backend="inductor")
+    x = torch.randn(32, 3, dtype=F64)
+    energy, score = compiled.energy_and_score(x)
+    expected_energy, expected_score = eb.compile(expr).energy_and_score(x)
+    assert energy.shape == (32,) and not energy.requires_grad  # per-sample, detached
+    torch.testing.assert_close(energy, expected_energy, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(score, expected_score, rtol=1e-9, atol=1e-9)
+    # torch.func.vjp, unlike .backward(), leaves the parameters' gradients alone.
+    assert all(p.grad is None for net in nets for p in net.parameters())
+    assert len(jit.compile_seconds()) == 1
+
+
+def test_noise_levels_share_one_kernel():
+    model = eb.from_energy(lambda x, t: 0.5 * (x * x).sum(-1) / (1.0 + t**2), 2,
+                           name="noisy", noise_conditioned=True)
+    compiled = eb.compile(model, backend="inductor")
+    x = torch.randn(16, 2, dtype=F64)
+    for t in (0.1, 0.5, 2.0):
+        for actual, expected in zip(compiled.energy_and_score(x, t),
+                                    eb.compile(model).energy_and_score(x, t), strict=True):
+            torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
+    assert len(jit.compile_seconds()) == 1
+
+
+def test_differentiable_evaluations_stay_eager():
+    """Training needs scores differentiable in the parameters; those run the eager path."""
+    nets, expr = network_mixture()
+    compiled = eb.compile(expr, backend="inductor")
+    x = torch.randn(8, 3, dtype=F64)
+    score = compiled.score(x, create_graph=True)
+    assert score.requires_grad
+    energy = compiled.energy(x)
+    energy.sum().backward()
+    assert all(p.grad is not None for p in nets[0].parameters())
+    assert jit.compile_seconds() == []
+
+
+def test_backend_argument():
+    model = Banana()
+    inductor = eb.compile(model, backend="inductor")
+    assert repr(inductor) == "compile(banana, backend='inductor')"
+    assert eb.compile(inductor) is inductor  # None keeps the backend
+    assert eb.compile(inductor, backend="eager").backend == "eager"
+    assert eb.compile(model).backend == "eager"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        eb.compile(model, backend="tvm")
+    with pytest.raises(TypeError, match="jit must be True or False"):
+        MALA(jit=1)
+
+
+# ----------------------------------------------------------------- samplers
+
+def test_mala_jit_matches_eager_and_never_recompiles():
+    model = Banana() & Ring() ** 0.5
+    x0 = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    eager = run(MALA(step_size=0.05), model, x0)
+    run(MALA(step_size=0.05, jit=True), model, x0, n_steps=1)  # compiles the kernel
+    with torch.compiler.set_stance("fail_on_recompile"):
+        # A new sampler object on the same expression and shapes reuses the kernel.
+        compiled = run(MALA(step_size=0.05, jit=True), model, x0)
+    torch.testing.assert_close(compiled.draws, eager.draws, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(compiled.acceptance_rate, eager.acceptance_rate, rtol=1e-7,
+                               atol=1e-9)
+    assert [label for label, _ in jit.compile_seconds()] == [
+        "mala_update on banana & ring ** 0.5"]
+
+
+def test_hmc_jit_matches_eager_on_network_leaves():
+    _, expr = network_mixture()
+    x0 = torch.randn(32, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    sampler = dict(step_size=0.1, n_leapfrog=3, jitter=0.0)
+    eager = run(HMC(**sampler), expr, x0, n_steps=10)
+    run(HMC(**sampler, jit=True), expr, x0, n_steps=1)  # compiles the kernel
+    with torch.compiler.set_stance("fail_on_recompile"):
+        # A new run compiles the expression anew (new program nodes, same kernel).
+        compiled = run(HMC(**sampler, jit=True), expr, x0, n_steps=10)
+    torch.testing.assert_close(compiled.draws, eager.draws, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(compiled.stats["energy_error"], eager.stats["energy_error"],
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_ula_jit_runs_score_only_models():
+    drift = eb.from_score(lambda x: -x, 2, name="drift")
+    model = Gaussian(torch.ones(2, dtype=F64), 2.0, name="g") & drift ** 0.5
+    x0 = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    eager = run(ULA(step_size=0.05), model, x0)
+    compiled = run(ULA(step_size=0.05, jit=True), model, x0)
+    torch.testing.assert_close(compiled.draws, eager.draws, rtol=1e-7, atol=1e-9)
+    assert torch.isnan(compiled.state.energy).all()
+
+
+@pytest.mark.slow
+def test_hmc_jit_with_jitter_and_warmup_matches_eager():
+    """One kernel per trajectory length, plus step-size and mass adaptation in warmup.
+
+    On a Gaussian the leapfrog map is linear and stable, so rounding differences stay at
+    rounding level; on the banana with the large steps early warmup tries, trajectories
+    are chaotic and amplify them ~3x per step (eager runs with reordered arithmetic
+    part ways the same), so paths there agree only for a few steps.
+    """
+    model = Gaussian(torch.zeros(2, dtype=F64), torch.tensor([0.5, 2.0], dtype=F64))
+    x0 = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    runs = [eb.sample(model, HMC(step_size=0.2, n_leapfrog=5, jit=flag), x0=x0, n_steps=20,
+                      warmup=40, generator=torch.Generator().manual_seed(3), progress=False)
+            for flag in (False, True)]
+    torch.testing.assert_close(runs[1].draws, runs[0].draws, rtol=1e-6, atol=1e-8)
+    lengths = {int(n) for n in runs[1].stats["n_leapfrog"]}
+    assert len(jit.compile_seconds()) == len(lengths) > 1
+
+
+@pytest.mark.slow
+def test_random_walk_jit_matches_eager():
+    model = Banana()
+    x0 = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    eager = run(RandomWalkMH(step_size=0.5), model, x0)
+    compiled = run(RandomWalkMH(step_size=0.5, jit=True), model, x0)
+    torch.testing.assert_close(compiled.draws, eager.draws, rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------- fallback
+
+def exact_fallback_checks(model, x) -> None:
+    """Fallback results are the eager results, bit for bit."""
+    compiled = eb.compile(model, backend="inductor")
+    expected = eb.compile(model).energy_and_score(x)
+    actual = compiled.energy_and_score(x)
+    assert all(torch.equal(a, e) for a, e in zip(actual, expected, strict=True))
+    x0 = x[:16]
+    eager = run(MALA(step_size=0.05), model, x0, n_steps=5)
+    fallback = run(MALA(step_size=0.05, jit=True), model, x0, n_steps=5)
+    assert torch.equal(fallback.draws, eager.draws)
+    assert jit.compile_seconds() == []
+
+
+def test_environment_variable_forces_the_eager_path_with_one_warning(monkeypatch):
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    assert jit.unavailable_reason() == f"{DISABLE_ENV} is set"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exact_fallback_checks(Banana(), torch.randn(32, 2, dtype=F64))
+    messages = [str(w.message) for w in caught if issubclass(w.category, JitFallbackWarning)]
+    assert len(messages) == 1 and DISABLE_ENV in messages[0]
+
+
+def test_missing_cpp_compiler_falls_back():
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",)}), \
+            pytest.warns(JitFallbackWarning, match="no working C\\+\\+ compiler"):
+        exact_fallback_checks(Ring(), torch.randn(32, 2, dtype=F64))
+
+
+def test_untraceable_leaf_falls_back_with_a_warning_naming_it():
+    def energy(x):
+        # .item() reads a value on the host: dynamo must break the graph there.
+        return 0.5 * (x * x).sum(-1) * (1.0 + 0.0 * x.sum().item())
+
+    model = eb.from_energy(energy, 2, name="host_sync") & Banana()
+    x = torch.randn(16, 2, dtype=F64)
+    with pytest.warns(JitFallbackWarning, match="could not compile .* on host_sync & banana"):
+        energy_value, score = eb.compile(model, backend="inductor").energy_and_score(x)
+    expected = eb.compile(model).energy_and_score(x)
+    assert torch.equal(energy_value, expected[0]) and torch.equal(score, expected[1])
+
+
+# ----------------------------------------------------------------- training
+
+@pytest.mark.slow
+def test_denoising_score_matching_jit_matches_eager_loss_and_gradients():
+    """The training kernel (forward with the functional reverse pass, and its backward)
+    gives the eager loss and parameter gradients; its cold compile takes ~25 s."""
+    from ebmalgebra.learning.score_matching import denoising_score_matching
+
+    nets, expr = network_mixture()
+    x = torch.randn(64, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    gradients = []
+    for flag in (False, True):
+        for net in nets:
+            net.zero_grad()
+        loss = denoising_score_matching(expr, x, sigma=0.3, jit=flag,
+                                        generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        gradients.append([torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                          for net in nets for p in net.parameters()])
+        gradients[-1].append(loss.detach())
+    for compiled, eager in zip(gradients[1], gradients[0], strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-12)
+    assert [label for label, _ in jit.compile_seconds()] == [
+        "_denoising_objective on a & b ** 0.5 | 2 * c (training)"]
