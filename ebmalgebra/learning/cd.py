@@ -1,0 +1,117 @@
+"""Contrastive divergence: maximum likelihood with MCMC negatives.
+
+For p_θ = exp(−E_θ)/Z_θ the gradient of the negative log-likelihood is
+
+    ∇_θ NLL = E_data[∇_θ E_θ(x)] − E_{p_θ}[∇_θ E_θ(x)],
+
+because ∇_θ log Z_θ = −E_{p_θ}[∇_θ E_θ]. The second expectation is
+estimated with negatives x⁻ from a short MCMC run, held fixed (no gradient
+through the sampler), which makes it the gradient of the surrogate
+
+    L(θ) = mean E_θ(x⁺) − mean E_θ(x⁻) + α (mean E_θ(x⁺)² + mean E_θ(x⁻)²),
+
+where the optional α term (Du & Mordatch 2019) keeps energies near zero so
+that they cannot drift without bound. Where the chains start decides the
+variant:
+
+* ``buffer=None``: at the data batch, CD-k (Hinton 2002);
+* ``buffer=ReplayBuffer(...)``: from a replay buffer with 5% fresh noise
+  (Du & Mordatch 2019);
+* ``buffer=ReplayBuffer.persistent(x0)``: persistent chains (Tieleman 2008).
+
+The negatives come from any sampler of the library (``ULA``, ``MALA``,
+``HMC``, …): ``sampler.init(x0, model)`` then ``n_steps`` calls of
+``sampler.step(state, generator)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ebmalgebra.base import EnergyModel
+from ebmalgebra.learning._checks import check_batch, check_model
+from ebmalgebra.learning.buffer import ReplayBuffer
+
+__all__ = ["contrastive_divergence"]
+
+
+def contrastive_divergence(
+    model: EnergyModel,
+    batch: Tensor,
+    *,
+    sampler: object,
+    n_steps: int = 20,
+    buffer: ReplayBuffer | None = None,
+    alpha: float = 0.0,
+    generator: torch.Generator | None = None,
+    return_negatives: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Surrogate loss whose gradient is the MLE gradient; see the module docstring.
+
+    Args:
+        model: an expression with an energy (score-only models cannot be
+            trained by CD: the loss needs E itself).
+        batch: data x⁺ ``(batch, *event_shape)``.
+        sampler: any library sampler (an object with ``init(x0, model)`` and
+            ``step(state, generator)``), e.g. ``ULA(step_size=0.01)``.
+        n_steps: MCMC steps per loss evaluation.
+        buffer: where chains start (``None``: at the data); one negative per
+            data point is drawn and written back after sampling.
+        alpha: weight of the energy-magnitude regulariser α (E⁺² + E⁻²).
+        generator: randomness for the buffer and the sampler.
+        return_negatives: also return the negatives x⁻.
+
+    Returns:
+        The 0-d loss (and x⁻ ``(batch, *event_shape)`` with
+        ``return_negatives``). Negatives whose energy is not finite are left
+        out of the loss (and re-initialised in the buffer); if none is
+        finite a ``FloatingPointError`` suggests a smaller step size.
+
+    Example:
+        >>> buffer = ReplayBuffer(10_000, 2, low=-4, high=4)
+        >>> loss = contrastive_divergence(model, x, sampler=ULA(step_size=0.01),
+        ...                               n_steps=20, buffer=buffer, alpha=0.1)
+    """
+    check_model(model, "contrastive_divergence", "energy")
+    positives = check_batch(model, batch, "contrastive_divergence")
+    if not hasattr(sampler, "init") or not hasattr(sampler, "step"):
+        raise TypeError(f"contrastive_divergence: sampler must have init(x0, model) and "
+                        f"step(state, generator), got {type(sampler).__name__}; "
+                        "use e.g. ebmalgebra.samplers.ULA(step_size=...)")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
+        raise ValueError(f"contrastive_divergence: n_steps must be a non-negative int, "
+                         f"got {n_steps!r}")
+    if alpha < 0:
+        raise ValueError(f"contrastive_divergence: alpha must be non-negative, got {alpha!r}")
+    n = positives.shape[0]
+    if buffer is None:
+        starts, index = positives.detach(), None
+    else:
+        if tuple(buffer.event_shape) != tuple(positives.shape[1:]):
+            raise ValueError(f"contrastive_divergence: the buffer holds points of shape "
+                             f"{tuple(buffer.event_shape)} but data points are "
+                             f"{tuple(positives.shape[1:])}")
+        starts, index = buffer.draw(n, generator)
+
+    state = sampler.init(starts.to(positives), model)
+    for _ in range(n_steps):
+        state, _ = sampler.step(state, generator)
+    negatives = state.position.detach()
+    if index is not None:
+        buffer.update(index, negatives)
+
+    energy_pos = model.energy(positives)
+    energy_neg = model.energy(negatives)
+    finite = torch.isfinite(energy_neg.detach())
+    if not finite.all():
+        if not finite.any():
+            raise FloatingPointError(
+                "contrastive_divergence: every negative has a non-finite energy; the sampler "
+                "diverged, so lower its step size or add the regulariser alpha"
+            )
+        energy_neg = energy_neg[finite]
+    loss = energy_pos.mean() - energy_neg.mean()
+    if alpha:
+        loss = loss + alpha * (energy_pos.square().mean() + energy_neg.square().mean())
+    return (loss, negatives) if return_negatives else loss

@@ -1,0 +1,90 @@
+"""The fit loop: reproducibility, history, callbacks, validation."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from ebmalgebra import CompositionError, from_energy, targets
+from ebmalgebra.learning import GaussianEnergy, History, as_model, fit, score_matching
+
+
+def gaussian_model():
+    net = GaussianEnergy(2)
+    return net, as_model(net, name="gaussian")
+
+
+def data(n=256, seed=0):
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * 0.5 + 1.0
+
+
+def test_fit_is_reproducible_with_a_seeded_generator():
+    losses = []
+    for _ in range(2):
+        _, model = gaussian_model()
+        history = fit(model, data(), partial(score_matching, method="sliced"), epochs=3,
+                      batch_size=64, generator=torch.Generator().manual_seed(3), progress=False)
+        losses.append(history.losses)
+    assert losses[0] == losses[1]
+
+
+def test_history_records_every_step_and_plots(tmp_path):
+    _, model = gaussian_model()
+    path = tmp_path / "loss.png"
+    history = fit(model, data(250), partial(score_matching, method="exact"), epochs=2,
+                  batch_size=100, progress=False, plot=path)
+    assert isinstance(history, History)
+    assert history.steps == 6 and history.epochs == 2  # ceil(250 / 100) = 3 per epoch
+    assert history.seconds > 0 and path.stat().st_size > 0
+    assert len(history.smoothed(4)) == 6
+
+
+def test_callback_can_stop_training():
+    _, model = gaussian_model()
+    seen = []
+
+    def callback(step, loss):
+        seen.append((step, loss))
+        return step == 3
+
+    history = fit(model, data(), partial(score_matching, method="exact"), epochs=5,
+                  batch_size=32, callback=callback, progress=False)
+    assert history.stopped_early and history.steps == 3
+    assert [s for s, _ in seen] == [1, 2, 3]
+
+
+def test_fit_trains_with_a_given_optimizer_and_clipping():
+    net, model = gaussian_model()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    fit(model, data(), partial(score_matching, method="exact"), epochs=30, batch_size=256,
+        optimizer=optimizer, max_grad_norm=10.0, progress=False)
+    torch.testing.assert_close(net.loc.detach(), data().mean(0), atol=0.05, rtol=0)
+
+
+def test_fit_validates_its_inputs():
+    _, model = gaussian_model()
+    loss = partial(score_matching, method="exact")
+    with pytest.raises(CompositionError, match=r"event_shape \(2,\).*\(n, 2\).*\(10, 3\)"):
+        fit(model, torch.zeros(10, 3), loss)
+    with pytest.raises(ValueError, match="non-finite.*sample 4"):
+        bad = data(10)
+        bad[4, 1] = float("inf")
+        fit(model, bad, loss)
+    with pytest.raises(TypeError, match="floating point"):
+        fit(model, torch.zeros(10, 2, dtype=torch.int64), loss)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(model, data(), loss, epochs=0)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        fit(targets.Gaussian(torch.zeros(2), 1.0), data(), loss)
+    with pytest.raises(TypeError, match="as_model"):
+        fit(GaussianEnergy(2), data(), loss)
+
+
+def test_fit_reports_a_non_finite_loss_with_its_step():
+    model = from_energy(torch.nn.Linear(2, 1), 2, name="linear")
+
+    def exploding(model, batch, generator=None):
+        return model.energy(batch).mean() * float("nan")
+
+    with pytest.raises(FloatingPointError, match="step 0"):
+        fit(model, data(), exploding, progress=False)
