@@ -11,6 +11,7 @@ from ebmalgebra import samplers, targets
 from ebmalgebra.base import Capabilities, EnergyModel
 from ebmalgebra.compile import CompiledEnergy, compile
 from ebmalgebra.errors import CapabilityError, CompositionError, EBMAlgebraError
+from ebmalgebra.io import SerializationError, load, save
 from ebmalgebra.leaves import (
     Leaf,
     from_distribution,
@@ -38,6 +39,7 @@ __all__ = [
     "Normalized",
     "Power",
     "Product",
+    "SerializationError",
     "Weight",
     "compile",
     "estimate_log_z",
@@ -45,9 +47,11 @@ __all__ = [
     "from_energy",
     "from_log_prob",
     "from_score",
+    "load",
     "normalize",
     "one",
     "sample",
     "samplers",
+    "save",
     "targets",
 ]

@@ -1,0 +1,124 @@
+"""How the library's own leaves and modules describe their config for :mod:`ebmalgebra.io`.
+
+Each ``config`` function returns keyword arguments that rebuild the object
+with the right shapes, dtypes and plain-float hyper-parameters; the file's
+parameters and buffers are then loaded into it, so derived quantities need
+not be reproduced exactly. Classes that define their own ``config()`` method
+use it instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ebmalgebra import targets
+from ebmalgebra.leaves import EnergyFunction, ScoreFunction
+
+
+def _wrapped(leaf: EnergyFunction | ScoreFunction) -> Callable:
+    """The module or callable a function leaf evaluates."""
+    return leaf.module if "module" in leaf._modules else leaf._fn
+
+
+def _energy_function(leaf: EnergyFunction) -> dict:
+    has_log_z = "log_normalizer" in leaf._buffers
+    return {"fn": _wrapped(leaf), "event_shape": list(leaf.event_shape), "name": leaf.name,
+            "log_z": float(leaf.log_normalizer) if has_log_z else None,
+            "noise_conditioned": leaf.noise_conditioned, "sign": float(leaf._sign)}
+
+
+def _score_function(leaf: ScoreFunction) -> dict:
+    return {"fn": _wrapped(leaf), "event_shape": list(leaf.event_shape), "name": leaf.name,
+            "noise_conditioned": leaf.noise_conditioned}
+
+
+def _bar(leaf: targets.Bar) -> dict:
+    # A Bar keeps only its covariance; any (length, width, angle) reproducing it
+    # rebuilds the right shapes, and the saved buffers then restore it exactly.
+    covariance = (leaf.scale_tril @ leaf.scale_tril.mT).double()
+    variances, vectors = torch.linalg.eigh(covariance)
+    along = vectors[:, 1]
+    return {"length": math.sqrt(float(variances[1])), "width": math.sqrt(float(variances[0])),
+            "angle": math.atan2(float(along[1]), float(along[0])), "center": leaf.loc,
+            "name": leaf.name}
+
+
+_TARGETS: dict[str, tuple[type, Callable[[object], dict]]] = {
+    "gaussian": (targets.Gaussian,
+                 lambda g: {"loc": g.loc, "scale": g.scale, "name": g.name}),
+    "multivariate_gaussian": (targets.MultivariateGaussian,
+                              lambda g: {"loc": g.loc, "scale_tril": g.scale_tril,
+                                         "name": g.name}),
+    "bar": (targets.Bar, _bar),
+    "gaussian_mixture": (targets.GaussianMixture,
+                         lambda g: {"locs": g.locs,
+                                    "covariances": g.scale_trils @ g.scale_trils.mT,
+                                    "weights": g.weights, "name": g.name}),
+    "banana": (targets.Banana,
+               lambda b: {"scale": b.scale, "curvature": b.curvature, "noise": b.noise,
+                          "name": b.name}),
+    "funnel": (targets.Funnel,
+               lambda f: {"dim": f.event_shape[0], "scale": f.scale, "name": f.name}),
+    "ring": (targets.Ring, lambda r: {"radius": r.radius, "width": r.width, "name": r.name}),
+}
+
+
+def _activation_name(module: nn.Module) -> str:
+    names = {nn.SiLU: "silu", nn.Softplus: "softplus", nn.ELU: "elu", nn.Tanh: "tanh",
+             nn.GELU: "gelu"}
+    return names[type(module)]
+
+
+def _net_configs() -> dict[str, tuple[type, Callable[[object], dict] | None]]:
+    """Networks of :mod:`ebmalgebra.learning.nets`, with a config for those lacking ``config()``."""
+    from ebmalgebra.learning import nets
+
+    return {
+        "MLPEnergy": (nets.MLPEnergy, lambda m: {
+            "event_shape": list(m.event_shape),
+            "hidden": [layer.out_features for layer in m.layers],
+            "activation": _activation_name(m.activation),
+            "noise_conditioned": m.noise_conditioned}),
+        "ConvEnergy": (nets.ConvEnergy, lambda m: {
+            "image_shape": list(m.event_shape),
+            "channels": [conv.out_channels for conv in m.convs],
+            "activation": _activation_name(m.activation),
+            "noise_conditioned": m.noise_conditioned}),
+        "GaussianEnergy": (nets.GaussianEnergy, lambda m: {"dim": m.event_shape[0]}),
+        "ResidualMLPDenoiser": (nets.ResidualMLPDenoiser, None),  # has config()
+        "DenoiserEnergy": (nets.DenoiserEnergy, lambda m: {"denoiser": m.denoiser}),
+    }
+
+
+_TORCH_MODULES: dict[str, tuple[type, Callable[[nn.Module], dict]]] = {
+    "torch.nn.Linear": (nn.Linear, lambda m: {"in_features": m.in_features,
+                                              "out_features": m.out_features,
+                                              "bias": m.bias is not None}),
+    "torch.nn.Flatten": (nn.Flatten, lambda m: {"start_dim": m.start_dim,
+                                                "end_dim": m.end_dim}),
+    "torch.nn.Identity": (nn.Identity, lambda m: {}),
+    "torch.nn.SiLU": (nn.SiLU, lambda m: {}),
+    "torch.nn.ReLU": (nn.ReLU, lambda m: {}),
+    "torch.nn.Tanh": (nn.Tanh, lambda m: {}),
+    "torch.nn.Sigmoid": (nn.Sigmoid, lambda m: {}),
+    "torch.nn.ELU": (nn.ELU, lambda m: {"alpha": m.alpha}),
+    "torch.nn.GELU": (nn.GELU, lambda m: {"approximate": m.approximate}),
+    "torch.nn.LeakyReLU": (nn.LeakyReLU, lambda m: {"negative_slope": m.negative_slope}),
+    "torch.nn.Softplus": (nn.Softplus, lambda m: {"beta": m.beta, "threshold": m.threshold}),
+}
+
+
+def register(register_leaf: Callable, register_module: Callable) -> None:
+    """Register the built-in leaf and module types with :mod:`ebmalgebra.io`."""
+    register_leaf("energy_function", config=_energy_function)(EnergyFunction)
+    register_leaf("score_function", config=_score_function)(ScoreFunction)
+    for name, (cls, config) in _TARGETS.items():
+        register_leaf(name, config=getattr(cls, "config", None) or config)(cls)
+    for name, (cls, config) in {**_net_configs(), **_TORCH_MODULES}.items():
+        register_module(name, config=getattr(cls, "config", None) or config)(cls)
+    register_module("torch.nn.Sequential", config=lambda m: {"modules": list(m)},
+                    build=lambda modules: nn.Sequential(*modules))(nn.Sequential)

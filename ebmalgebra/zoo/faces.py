@@ -1,0 +1,134 @@
+"""Scoring face samples: attribute rates by the exact detectors, and realism.
+
+The faces zoo (``face``, ``glasses``, ``hat``, ``smile``) is judged by
+:data:`ebmalgebra.datasets.faces`: its detectors read each attribute off the
+pixels exactly, and its realism check says whether a sample looks like a real
+face at all (detectors also fire on garbage), so composition success is a
+number.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "FACE_SHAPE",
+    "RATE_COLUMNS",
+    "TABLE_COLUMNS",
+    "attribute_rates",
+    "image_rows",
+    "is_face_model",
+    "rates_table",
+]
+
+FACE_SHAPE = (16, 16)
+
+RATE_COLUMNS = {
+    "glasses": "glasses",
+    "hat": "hat",
+    "both": "glasses and hat",
+    "glasses_no_hat": "glasses without hat",
+    "either": "at least one of glasses, hat",
+    "smile": "smile",
+    "realistic": "looks like a real face (realism check)",
+}
+"""Keys of :func:`attribute_rates` and what each measures."""
+
+
+def attribute_rates(images: Tensor) -> dict[str, float]:
+    """Fractions of ``images`` ``(n, 16, 16)`` with each attribute combination.
+
+    Keys (see :data:`RATE_COLUMNS`): ``glasses``, ``hat``, ``both``,
+    ``glasses_no_hat``, ``either``, ``smile``, ``realistic``. Non-finite
+    images count as having no attribute and as unrealistic.
+
+    Example:
+        >>> rates = attribute_rates(faces(256, glasses=True, hat=True))
+        >>> rates["both"]
+        1.0
+    """
+    from ebmalgebra.datasets import faces
+
+    images = images.detach().float().reshape(-1, *FACE_SHAPE)
+    finite = torch.isfinite(images).flatten(1).all(dim=1)
+    safe = torch.where(finite[:, None, None], images, torch.zeros_like(images))
+    found = {name: flags & finite for name, flags in faces.attributes(safe).items()}
+    realistic = faces.is_realistic(safe) & finite
+    glasses, hat = found["glasses"], found["hat"]
+    flags = {
+        "glasses": glasses,
+        "hat": hat,
+        "both": glasses & hat,
+        "glasses_no_hat": glasses & ~hat,
+        "either": glasses | hat,
+        "smile": found["smile"],
+        "realistic": realistic,
+    }
+    return {name: float(value.float().mean()) for name, value in flags.items()}
+
+
+def is_face_model(model) -> bool:
+    """Whether ``model`` lives on 16×16 images (so the face detectors apply)."""
+    shape = model.event_shape
+    return shape is not None and tuple(shape) == FACE_SHAPE
+
+
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("glasses", "glasses"),
+    ("hat", "hat"),
+    ("both", "both"),
+    ("glasses_no_hat", "glasses, no hat"),
+    ("either", "either"),
+    ("realistic", "realistic"),
+)
+"""(rate key, column title) pairs of :func:`rates_table`."""
+
+
+def rates_table(rows: list[tuple[str, int, dict[str, float]]],
+                columns: tuple[tuple[str, str], ...] = TABLE_COLUMNS) -> str:
+    """A plain-text table of attribute rates: one row per ``(expression, n, rates)``.
+
+    Example:
+        >>> print(rates_table([("glasses & hat", 256, attribute_rates(images))]))
+        expression       n  glasses     hat    both  glasses, no hat  either  realistic
+        ...
+    """
+    header = ["expression", "n"] + [title for _, title in columns]
+    body = [[label, str(n)] + [f"{100 * rates[key]:.1f}%" for key, _ in columns]
+            for label, n, rates in rows]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest])
+
+    rule = "-" * len(line(header))
+    return "\n".join([line(header), rule, *(line(row) for row in body)])
+
+
+def image_rows(figure, rows: list[tuple[str, Tensor]], columns: int, *, top: float = 0.92,
+               bottom: float = 0.03) -> None:
+    """Draw rows of 16×16 images into a matplotlib ``figure``, each row labelled on the left.
+
+    Args:
+        figure: a ``matplotlib.figure.Figure``.
+        rows: ``(label, images (k, 16, 16))`` pairs; the first ``columns`` images
+            of each row are shown, pixel values clipped to [0, 1].
+        columns: images per row.
+        top, bottom: the vertical extent of the grid, as figure fractions.
+    """
+    grid = figure.add_gridspec(len(rows), columns, left=0.3, right=0.98, top=top,
+                               bottom=bottom, wspace=0.05, hspace=0.1)
+    for r, (label, images) in enumerate(rows):
+        for c in range(columns):
+            axis = figure.add_subplot(grid[r, c])
+            if c < len(images):
+                axis.imshow(images[c].detach().clamp(0, 1).numpy(), cmap="gray", vmin=0,
+                            vmax=1, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if c == 0:
+                axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8,
+                                family="monospace")

@@ -1,0 +1,224 @@
+"""Drawing samples from zoo expressions: annealed Langevin over the noise levels the cards give.
+
+A zoo model is noise-conditioned, E(x, σ). :func:`draw` starts chains from
+N(μ, σ_max² I), runs Langevin dynamics at each of ``n_levels`` geometrically
+spaced noise levels σ_max > … > σ_min with step ε_k = ε (σ_k / σ_min)² (ULA at
+high noise, MALA below ``mala_below``), and returns the final positions.
+
+The settings come from the cards of the zoo models in the expression
+(:func:`plan_for`); the step at σ_min is divided by the expression's total
+exponent (``glasses & hat`` sums two energies, so its curvature is twice a
+single model's). Step sizes are fixed, not adapted: a denoiser energy is
+nearly flat far from the data at small σ, where acceptance-driven adaptation
+grows the steps without bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from ebmalgebra.base import EnergyModel
+from ebmalgebra.errors import CompositionError
+
+__all__ = ["KERNELS", "SamplingPlan", "draw", "is_noise_conditioned", "plan_for", "total_exponent"]
+
+KERNELS = ("annealed", "mala", "ula", "hmc")
+"""Kernel names :func:`draw` (and the CLI's ``--sampler``) accept."""
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Annealed-Langevin settings for one expression.
+
+    Attributes:
+        sigma_max, sigma_min: the first and last noise level.
+        n_levels: number of geometrically spaced levels.
+        steps_per_level: Langevin steps per level.
+        step_size: ε at σ_min (level k uses ε (σ_k / σ_min)²).
+        mala_below: levels with σ below this are MALA-corrected.
+        init_mean: chains start at ``init_mean + sigma_max · ξ``.
+    """
+
+    sigma_max: float = 12.0
+    sigma_min: float = 0.01
+    n_levels: int = 60
+    steps_per_level: int = 5
+    step_size: float = 2.5e-5
+    mala_below: float = 0.5
+    init_mean: float = 0.0
+
+    def noise_levels(self) -> list[float]:
+        """σ_max … σ_min, geometrically spaced, ``n_levels`` values."""
+        if self.n_levels == 1:
+            return [self.sigma_min]
+        ratio = math.log(self.sigma_min / self.sigma_max) / (self.n_levels - 1)
+        return [self.sigma_max * math.exp(k * ratio) for k in range(self.n_levels)]
+
+
+_PLAN_FIELDS = {"sigma_max", "sigma_min", "n_levels", "steps_per_level", "step_size",
+                "mala_below", "init_mean"}
+
+
+def total_exponent(model: EnergyModel) -> float:
+    """Σ|β| over the leaves of products and powers: how many energies the expression stacks.
+
+    A product adds its factors', a power multiplies by |β|, a mixture takes
+    its largest component's, a leaf counts 1.
+    """
+    from ebmalgebra.compile import CompiledEnergy
+    from ebmalgebra.leaves import One
+    from ebmalgebra.ops import Mixture, Power, Product
+
+    if isinstance(model, CompiledEnergy):
+        return total_exponent(model.source)
+    if isinstance(model, Product):
+        return sum(total_exponent(c) for c in model.operands())
+    if isinstance(model, Mixture):
+        return max(total_exponent(c) for c in model.operands())
+    if isinstance(model, Power):
+        return abs(model.exponent) * total_exponent(model.base)
+    if isinstance(model, One):
+        return 0.0
+    children = model.operands()
+    return total_exponent(children[0]) if children else 1.0
+
+
+def plan_for(model: EnergyModel, **overrides: float) -> SamplingPlan:
+    """The sampling plan of an expression over zoo models.
+
+    Combines the ``"sampling"`` entries of the cards of its zoo leaves (the
+    widest σ range that every model was trained on: the largest σ_max and the
+    largest σ_min; the smallest step) and divides the step by
+    :func:`total_exponent`. Leaves that are not from the zoo contribute
+    nothing; an expression without zoo leaves gets the defaults.
+    ``overrides`` (fields of :class:`SamplingPlan`) replace the cards' values
+    before the step is divided.
+
+    Example:
+        >>> plan_for(zoo.parse("glasses & hat"), steps_per_level=5).steps_per_level
+        5
+    """
+    from ebmalgebra.zoo import card_of
+
+    settings = [card_of(leaf) for leaf in model.leaves()]
+    settings = [record.get("sampling", {}) for record in settings if record]
+    plan = SamplingPlan()
+    if settings:
+        merged: dict[str, float] = {}
+        for entry in settings:
+            for key, value in entry.items():
+                if key not in _PLAN_FIELDS:
+                    continue
+                if key in ("step_size", "mala_below"):
+                    merged[key] = min(merged.get(key, value), value)
+                else:
+                    merged[key] = max(merged.get(key, value), value)
+        plan = replace(plan, **merged)
+    unknown = set(overrides) - _PLAN_FIELDS
+    if unknown:
+        raise TypeError(f"plan_for: unknown settings {sorted(unknown)}; valid: "
+                        f"{sorted(_PLAN_FIELDS)}")
+    plan = replace(plan, **overrides)
+    exponent = max(total_exponent(model), 1.0)
+    return replace(plan, step_size=plan.step_size / exponent)
+
+
+def is_noise_conditioned(model: EnergyModel) -> bool:
+    """Whether any leaf of ``model`` takes a noise level."""
+    return any(getattr(leaf, "noise_conditioned", False) for leaf in model.leaves())
+
+
+def draw(
+    model: EnergyModel,
+    n: int,
+    *,
+    kernel: str = "annealed",
+    steps: int | None = None,
+    plan: SamplingPlan | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool | None = None,
+) -> Tensor:
+    """``n`` approximate samples of ``model``, shaped ``(n, *event_shape)``.
+
+    Args:
+        model: an expression, typically over zoo models.
+        n: number of chains (one sample each).
+        kernel: for noise-conditioned models, ``"annealed"`` (ULA at high
+            noise, MALA below ``plan.mala_below``), ``"mala"`` (MALA at every
+            level), ``"ula"`` (no correction), or ``"hmc"`` (annealed, then HMC
+            at σ_min); for other models ``"mala"``, ``"ula"`` or ``"hmc"``.
+        steps: total Langevin steps over all levels (annealed kernels; spread
+            evenly over the levels) or HMC / MCMC steps (``"hmc"`` and models
+            without noise levels). Default: the plan's.
+        plan: annealing settings; default :func:`plan_for` ``(model)``.
+        generator: the only source of randomness: same seed, same samples.
+        progress: tqdm progress bar; ``None`` shows it on a terminal.
+
+    Raises:
+        ValueError: unknown kernel, or ``"annealed"`` for a model without noise levels.
+
+    Example:
+        >>> images = draw(zoo.load("glasses") & zoo.load("hat"), 16,
+        ...               generator=torch.Generator().manual_seed(0))
+    """
+    from ebmalgebra.samplers import HMC, MALA, ULA, sample
+    from ebmalgebra.samplers.annealed import AnnealedLangevin
+
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown sampler {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                              or steps < 1):
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    event_shape = model.event_shape
+    if event_shape is None:
+        raise CompositionError(f"draw: {model!r} has no event shape")
+    reference = next((t for t in (*model.parameters(), *model.buffers())
+                      if t.is_floating_point()), None)
+    dtype = reference.dtype if reference is not None else torch.get_default_dtype()
+
+    if not is_noise_conditioned(model):
+        if kernel == "annealed":
+            raise ValueError(f"the annealed sampler needs noise-conditioned models, and "
+                             f"{model!r} has none; use mala, hmc or ula")
+        n_steps = steps or 1000
+        sampler = {"mala": MALA, "ula": ULA, "hmc": HMC}[kernel]()
+        x0 = 3.0 * torch.randn((n, *event_shape), generator=generator, dtype=dtype)
+        result = sample(model, sampler, x0=x0, n_steps=max(n_steps // 2, 1),
+                        warmup=n_steps // 2, generator=generator, progress=progress)
+        return result.draws[-1]
+
+    plan = plan_for(model) if plan is None else plan
+    if steps is not None and kernel != "hmc":
+        plan = replace(plan, steps_per_level=max(1, steps // plan.n_levels))
+    mala = {"annealed": plan.mala_below, "mala": True, "ula": False, "hmc": plan.mala_below}
+    annealed = AnnealedLangevin(noise_levels=plan.noise_levels(),
+                                steps_per_level=plan.steps_per_level,
+                                step_size=plan.step_size, mala=mala[kernel],
+                                adapt_step_size=False)
+    x0 = plan.init_mean + plan.sigma_max * torch.randn((n, *event_shape), generator=generator,
+                                                       dtype=dtype)
+    result = sample(model, annealed, x0=x0, n_steps=1, warmup=annealed.n_annealing_steps - 1,
+                    generator=generator, progress=progress)
+    positions = result.draws[-1]
+    if kernel != "hmc":
+        return positions
+    from ebmalgebra.leaves import from_energy
+
+    fixed = from_energy(partial(_energy_at, model, plan.sigma_min), event_shape,
+                        name=f"({model!r}) at sigma={plan.sigma_min:g}")
+    n_steps = steps or 100
+    result = sample(fixed, HMC(), x0=positions, n_steps=max(n_steps // 2, 1),
+                    warmup=n_steps // 2, generator=generator, progress=progress)
+    return result.draws[-1]
+
+
+def _energy_at(model: EnergyModel, sigma: float, x: Tensor) -> Tensor:
+    """E(x, σ) at a fixed σ, for kernels that know no noise levels."""
+    return model.energy(x, sigma)

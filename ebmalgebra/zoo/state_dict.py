@@ -1,0 +1,97 @@
+"""Zoo entries stored as a plain state dict plus an architecture description in the card.
+
+A card with ``"format": "state_dict"`` describes its network under
+``"architecture"`` as a registered module type and its constructor keyword
+arguments, nested for sub-modules, in either spelling::
+
+    {"$module": "DenoiserEnergy", "config": {"denoiser": {"$module": "ResidualMLPDenoiser",
+                                             "config": {"event_shape": [16, 16], "width": 512}}}}
+    {"class": "DenoiserEnergy", "denoiser": {"class": "ResidualMLPDenoiser",
+                                             "event_shape": [16, 16], "width": 512}}
+
+The network is rebuilt from the module registry of :mod:`ebmalgebra.io` (no
+code from the file runs), the safetensors state dict is loaded into it
+(float16 storage is widened to the network's dtype; any other mismatch is an
+error), and it is wrapped into a leaf named after the model with
+:func:`ebmalgebra.learning.nets.as_model`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ebmalgebra.base import EnergyModel
+from ebmalgebra.io import SerializationError
+
+__all__ = ["build_from_card", "build_module"]
+
+_TYPE_KEYS = ("$module", "class", "type", "module")
+
+
+def build_module(spec: object, where: str) -> nn.Module:
+    """Rebuild a registered module from an architecture description (see module docstring)."""
+    from ebmalgebra import io
+
+    io._ensure_builtins()
+    if not isinstance(spec, dict):
+        raise SerializationError(f"{where}: an architecture must be a JSON object, got "
+                                 f"{type(spec).__name__}")
+    type_key = next((key for key in _TYPE_KEYS if isinstance(spec.get(key), str)), None)
+    if type_key is None:
+        raise SerializationError(f"{where}: the architecture names no module type (one of the "
+                                 f"keys {', '.join(_TYPE_KEYS)})")
+    name = spec[type_key]
+    entry = io._MODULES.by_name.get(name)
+    if entry is None:
+        raise SerializationError(f"{where}: unknown module type {name!r}; registered: "
+                                 f"{', '.join(io._MODULES.names())}")
+    config = spec.get("config") if isinstance(spec.get("config"), dict) else {
+        key: value for key, value in spec.items() if key != type_key}
+    kwargs = {key: _value(value, f"{where}.{key}") for key, value in config.items()}
+    try:
+        return entry.build(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise SerializationError(f"{where}: cannot build {name}: {error}") from None
+
+
+def _value(value: object, where: str) -> object:
+    if isinstance(value, dict) and any(isinstance(value.get(k), str) for k in _TYPE_KEYS):
+        return build_module(value, where)
+    if isinstance(value, list):
+        return [_value(v, where) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise SerializationError(f"{where}: unsupported architecture value {value!r}")
+
+
+def build_from_card(name: str, card: dict, path: Path) -> EnergyModel:
+    """The leaf ``name`` from its card's architecture and the state dict at ``path``."""
+    from safetensors.torch import load as load_bytes
+
+    from ebmalgebra.learning.nets import as_model
+
+    where = f"zoo model {name!r}"
+    net = build_module(card.get("architecture"), f"{where} architecture")
+    try:
+        state = load_bytes(path.read_bytes())
+    except Exception as error:  # safetensors raises its own SafetensorError
+        raise SerializationError(f"{where}: corrupt weights {path.name}: {error}") from None
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise SerializationError(f"{where}: weights do not fit the architecture (missing "
+                                 f"{missing[:3]}, unexpected {extra[:3]})")
+    for key, tensor in state.items():
+        want = expected[key]
+        widened = tensor.dtype == torch.float16 and want.dtype == torch.float32
+        if tensor.shape != want.shape or (tensor.dtype != want.dtype and not widened):
+            raise SerializationError(f"{where}: tensor {key!r} is {tensor.dtype} "
+                                     f"{list(tensor.shape)}, the architecture expects "
+                                     f"{want.dtype} {list(want.shape)}")
+    net.load_state_dict({key: tensor.to(expected[key].dtype) for key, tensor in state.items()})
+    net.eval()
+    return as_model(net, name=name)

@@ -1,0 +1,201 @@
+"""The expression grammar and the ``ebmalgebra`` command line (run on the 2-D zoo models)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ebmalgebra import zoo
+from ebmalgebra.cli import format_program, main
+from ebmalgebra.expression_parser import ExpressionError, parse_expression
+from ebmalgebra.targets import Bar, Gaussian, Ring
+
+
+@pytest.fixture(scope="module")
+def names() -> dict:
+    return {"a": Gaussian(torch.zeros(2), 1.0, name="a"),
+            "b": Gaussian(torch.ones(2), 2.0, name="b"),
+            "c": Ring(name="c"), "hat": Bar(name="hat"),
+            "g3": Gaussian(torch.zeros(3), 1.0, name="g3")}
+
+
+# ----------------------------------------------------------------- the grammar
+@pytest.mark.parametrize("text, expected", [
+    ("a & b", "a & b"),
+    ("a | b & c", "a | b & c"),            # & binds tighter than |
+    ("(a | b) & c", "(a | b) & c"),
+    ("2 * a & b", "2 * a & b"),             # * binds tighter than &
+    ("a * 2 | 3 * b", "2 * a | 3 * b"),
+    ("~a ** 2", "a ** -2"),                 # ** binds tighter than unary ~
+    ("(~a) ** 2", "a ** -2"),
+    ("a ** -1", "~a"),                      # the exponent may carry a sign
+    ("a ** 2 ** 0.5", "a ** 1.4142135623730951"),  # ** is right-associative
+    ("a ** -2 ** 2", "a ** -4"),            # -2 ** 2 is -(2 ** 2), as in Python
+    ("a ** (0.5 * 3)", "a ** 1.5"),
+    ("a & (b & ~hat) ** 0.75", "a & (b & ~hat) ** 0.75"),
+    ("0.5*a|0.5*b", "0.5 * a | 0.5 * b"),
+    ("  a\t&\nb ", "a & b"),
+    ("a & 1e-1 * b", "a & 0.1 * b"),
+    ("~~a", "a"),
+])
+def test_expressions_parse_with_python_precedence(names, text, expected):
+    assert repr(parse_expression(text, names)) == expected
+
+
+def test_a_repeated_name_is_one_shared_leaf(names):
+    expr = parse_expression("a & a ** 2 | a", names)
+    assert len(list(expr.leaves())) == 1
+
+
+@pytest.mark.parametrize("text, message, position", [
+    ("", "empty expression", 0),
+    ("a &", "expected a name, a number or '('", 3),
+    ("a & hta", "unknown model 'hta'; did you mean 'hat'?", 4),
+    ("a & zzz", "unknown model 'zzz' (known: a, b, c, g3, hat)", 4),
+    ("a b", "unexpected name 'b'; did you forget an operator?", 2),
+    ("(a & b", "expected ')' to close the '(' at position 0", 6),
+    ("a & b)", "unexpected ')'", 5),
+    ("a & 2", "'&' needs a model here, but this is the number 2", 4),
+    ("2 | a", "'|' needs a model here, but this is the number 2", 0),
+    ("3", "the expression is the number 3, not a model", 0),
+    ("a * b", "'*' multiplies a model by a number", 2),
+    ("-a", "'-' applies to numbers", 1),
+    ("~2", "'~' needs a model here", 1),
+    ("a ** b", "the exponent must be a number", 5),
+    ("a $ b", "unexpected character '$'", 2),
+    ("-2 * a", "weight must be positive", 3),
+    ("a & g3", "event shapes differ", 2),
+    ("a ** 1e999", "too large", 5),
+    ("0 ** -1 * a", "cannot compute 0 ** -1", 2),
+    ("(-8) ** 0.5 * a", "not a finite real number", 5),
+    ("__import__('os')", "unexpected character \"'\"", 11),
+    ("__import__(os)", "unknown model '__import__'", 0),
+])
+def test_bad_expressions_raise_with_the_position(names, text, message, position):
+    with pytest.raises(ExpressionError) as caught:
+        parse_expression(text, names)
+    error = caught.value
+    assert message in error.reason
+    assert error.position == position
+    # The message shows the text and a caret under the offending character.
+    *_, shown, caret = str(error).splitlines()
+    assert shown == f"  {text}" and caret == "  " + " " * position + "^"
+
+
+def test_the_parser_never_evaluates_python(names, monkeypatch):
+    import builtins
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("eval/exec must not be used")
+
+    monkeypatch.setattr(builtins, "eval", forbidden)
+    monkeypatch.setattr(builtins, "exec", forbidden)
+    assert repr(parse_expression("a & b ** 2", names)) == "a & b ** 2"
+
+
+def test_lookup_may_be_a_function(names):
+    assert repr(parse_expression("a & b", names.get)) == "a & b"
+    with pytest.raises(ExpressionError, match="unknown model 'nope'"):
+        parse_expression("nope", names.get)
+
+
+# ----------------------------------------------------------------------- the CLI
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_zoo_lists_the_models(capsys):
+    status, out, _ = run(capsys, "zoo")
+    assert status == 0
+    for name in ("ring", "bar", "left", "right"):
+        assert f"\n{name} " in out
+
+
+@pytest.mark.parametrize("expression", ["ring & bar", "ring & (left & ~right) ** 0.5",
+                                        "0.3 * left | 0.7 * right", "(ring & bar) ** 0.5"])
+def test_sample_writes_a_picture(capsys, tmp_path, expression):
+    out = tmp_path / "grid.png"
+    status, stdout, _ = run(capsys, "sample", expression, "--n", "32", "--steps", "80",
+                            "--out", str(out))
+    assert status == 0, stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out}" in stdout
+
+
+@pytest.mark.parametrize("sampler", ["annealed", "mala", "ula", "hmc"])
+def test_sample_is_reproducible_with_a_seed(capsys, tmp_path, sampler):
+    def draw(seed: int, name: str) -> torch.Tensor:
+        out = tmp_path / f"{name}.safetensors"
+        status, _, err = run(capsys, "sample", "ring & left", "--n", "16", "--steps", "40",
+                             "--sampler", sampler, "--seed", str(seed), "--out", str(out))
+        assert status == 0, err
+        return load_file(out)["samples"]
+
+    first, again, other = draw(3, "first"), draw(3, "again"), draw(4, "other")
+    assert first.shape == (16, 2) and torch.isfinite(first).all()
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_info_prints_the_compiled_form_and_capabilities(capsys):
+    status, out, _ = run(capsys, "info", "ring & (left & ~right) ** 0.5", "--n", "16")
+    assert status == 0
+    assert "E(x, σ) = E_ring + 0.5 E_left − 0.5 E_right" in out
+    assert "ring & (left & ~right) ** 0.5  [energy, score]" in out
+    assert "annealed Langevin" in out and "samples       16 (seed 0): mean" in out
+
+
+def test_format_program_folds_weights_and_mixtures():
+    a, b = Gaussian(torch.zeros(2), 1.0, name="a"), Gaussian(torch.ones(2), 1.0, name="b")
+    assert format_program(a & a ** 2) == "E(x) = 3 E_a"
+    assert format_program((a | b) ** 0.5) == "E(x) = 0.5 [−logsumexp(−E_a, −E_b)]"
+    assert format_program(2 * a | b) == "E(x) = −logsumexp(−(E_a − 0.6931), −E_b)"
+
+
+@pytest.mark.parametrize("argv, message, position", [
+    (["sample", "ring & rign"], "unknown model 'rign'; did you mean 'ring'?", 7),
+    (["sample", "ring &"], "expected a name, a number or '('", 6),
+    (["info", "ring ** ring"], "the exponent must be a number", 8),
+    (["sample", "ring | 2"], "'|' needs a model here", 7),
+    (["sample", "(ring"], "expected ')'", 5),
+    (["sample", "ring & glasses_"], "unknown model 'glasses_'", 7),
+])
+def test_bad_expressions_exit_2_and_point_at_the_position(capsys, argv, message, position):
+    status, out, err = run(capsys, *argv)
+    assert status == 2 and out == ""
+    assert message in err
+    shown, caret = err.rstrip("\n").splitlines()[-2:]
+    assert shown == f"  {argv[1]}"
+    assert caret == "  " + " " * position + "^"
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "ring", "--n", "0"],
+    ["sample", "ring", "--sampler", "gibbs"],
+    ["sample", "ring", "--steps", "many"],
+    ["bake"],
+    [],
+])
+def test_bad_options_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert "usage: ebmalgebra" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "ebmalgebra", "sample", "ring & nope"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unknown model 'nope'" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == "  " + " " * 7 + "^"
+
+
+def test_zoo_parse_uses_the_zoo_names():
+    assert repr(zoo.parse("ring & bar ** 2")) == "ring & bar ** 2"

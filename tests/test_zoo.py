@@ -1,0 +1,108 @@
+"""The pretrained zoo: shipped files load and match their checksums; compositions work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+
+from ebmalgebra import zoo
+from ebmalgebra.cli import DEMO_SAMPLING, run_demo
+from ebmalgebra.io import SerializationError
+from ebmalgebra.zoo.faces import attribute_rates
+
+FACES = ("face", "glasses", "hat", "smile")
+TWO_D = ("ring", "bar", "left", "right")
+
+
+def test_the_zoo_ships_every_model():
+    assert set(FACES + TWO_D) <= set(zoo.list())
+
+
+@pytest.mark.parametrize("name", zoo.list())
+def test_shipped_files_load_and_match_their_recorded_checksums(name):
+    card = zoo.card(name)
+    weights = zoo.WEIGHTS / f"{name}.safetensors"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == card["sha256"]
+    assert zoo.verify(name) == card["sha256"]
+    model = zoo.load(name)
+    assert repr(model) == name
+    assert list(model.event_shape) == card["event_shape"]
+    assert zoo.card_of(model) == card
+    for key in ("training", "seed", "sampling"):
+        assert key in card, f"the card of {name} lacks {key!r}"
+
+
+def test_the_zoo_fits_in_the_wheel():
+    total = sum(path.stat().st_size for path in zoo.WEIGHTS.iterdir())
+    assert total < 40e6
+
+
+def test_models_compose_and_print_back():
+    glasses, hat = zoo.load("ring"), zoo.load("bar")
+    assert repr(glasses & hat ** 2) == "ring & bar ** 2"
+    assert repr(zoo.parse("ring & (left & ~right) ** 0.5")) == "ring & (left & ~right) ** 0.5"
+
+
+def test_unknown_names_and_tampered_weights_are_errors(tmp_path, monkeypatch):
+    with pytest.raises(zoo.ZooError, match="unknown zoo model 'nope' \\(available: .*ring"):
+        zoo.load("nope")
+    for path in zoo.WEIGHTS.glob("ring.*"):
+        shutil.copy(path, tmp_path / path.name)
+    monkeypatch.setattr(zoo, "WEIGHTS", tmp_path)
+    data = bytearray((tmp_path / "ring.safetensors").read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "ring.safetensors").write_bytes(bytes(data))
+    with pytest.raises(zoo.ZooError, match="do not match the card's sha256"):
+        zoo.load("ring")
+    card = json.loads((tmp_path / "ring.json").read_text())
+    del card["sha256"]
+    (tmp_path / "ring.json").write_text(json.dumps(card))
+    with pytest.raises(zoo.ZooError, match="records no sha256"):
+        zoo.load("ring")
+    assert issubclass(zoo.ZooError, SerializationError)
+
+
+def test_two_d_compositions_land_where_the_algebra_says():
+    generator = torch.Generator().manual_seed(0)
+    ring_and_left = zoo.draw(zoo.parse("ring & left"), 256, generator=generator)
+    radius = ring_and_left.norm(dim=1)
+    # The ring has radius 2 and width 0.1 (+ smoothing); `left` pulls onto its left half.
+    assert abs(float(radius.median()) - 2.0) < 0.1
+    assert float((ring_and_left[:, 0] < 0).float().mean()) > 0.9
+    ring_and_bar = zoo.draw(zoo.parse("ring & bar"), 256, generator=generator)
+    assert float(ring_and_bar[:, 1].abs().median()) < 0.3  # on the bar: |x2| ≲ 0.15
+    assert abs(float(ring_and_bar.norm(dim=1).median()) - 2.0) < 0.1
+
+
+def test_face_models_have_their_attribute():
+    """64 samples each; the models reach ≥ 95% (demo, 256 samples), so 85% is > 3 SE below."""
+    generator = torch.Generator().manual_seed(0)
+    models = zoo.models()
+    for name in ("glasses", "hat", "smile"):
+        model = models[name]
+        samples = zoo.draw(model, 64, plan=zoo.plan_for(model, **DEMO_SAMPLING),
+                           generator=generator)
+        rates = attribute_rates(samples)
+        assert rates[name] >= 0.85, (name, rates)
+
+
+@pytest.mark.slow
+def test_glasses_and_hats_meet_the_acceptance_rates():
+    """The demo's claims on 128 samples per expression (the demo itself uses 256).
+
+    Tolerances: the demo measures both 100%, either ≥ 99% and glasses-without-hat
+    86–91% (α = 0.35, several seeds); on 128 samples the binomial standard
+    error is ≤ 3.1 points, so each goal (90%, 95%, 80%) sits ≥ 2.5 standard
+    errors below the measured rate. Seeds are fixed, so the test is
+    deterministic for given weights.
+    """
+    rows = {label: rates for label, _, rates in run_demo(n=128, out=None, echo=lambda *a: None)}
+    assert rows["glasses & hat"]["both"] >= 0.90
+    assert rows["glasses"]["both"] <= 0.70  # without composition only about half wear a hat
+    negation = next(label for label in rows if label.startswith("glasses & (face & ~hat)"))
+    assert rows[negation]["glasses_no_hat"] >= 0.80
+    assert rows["glasses | hat"]["either"] >= 0.95
