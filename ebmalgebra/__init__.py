@@ -8,6 +8,7 @@ training losses.
 """
 
 from ebmalgebra import samplers, targets
+from ebmalgebra.apps.guidance import ClassifierEnergy
 from ebmalgebra.base import Capabilities, EnergyModel
 from ebmalgebra.compile import CompiledEnergy, compile
 from ebmalgebra.errors import CapabilityError, CompositionError, EBMAlgebraError
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Capabilities",
     "CapabilityError",
+    "ClassifierEnergy",
     "CompiledEnergy",
     "CompositionError",
     "EBMAlgebraError",
