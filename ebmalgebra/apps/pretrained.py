@@ -32,8 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import weakref
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from torch import nn
 
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.io import SerializationError
+from ebmalgebra.zoo.store import WeightStore
 
 __all__ = ["WEIGHTS", "card", "card_of", "load", "names", "sampling_settings"]
 
@@ -52,21 +51,12 @@ _CARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def names() -> list[str]:
     """Names of the shipped models (both files present), sorted."""
-    if not WEIGHTS.is_dir():
-        return []
-    return sorted(p.stem for p in WEIGHTS.glob("*.json") if p.with_suffix(".safetensors").is_file())
+    return _store().names()
 
 
 def card(name: str) -> dict:
     """The model card of ``name`` (architecture, training, metrics, sha256)."""
-    path = _path(name, ".json")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise SerializationError(f"pretrained model {name!r}: malformed card: {error}") from None
-    if not isinstance(record, dict):
-        raise SerializationError(f"pretrained model {name!r}: the card is not a JSON object")
-    return record
+    return _store().card(name)
 
 
 def load(name: str) -> EnergyModel | nn.Module:
@@ -76,27 +66,12 @@ def load(name: str) -> EnergyModel | nn.Module:
     (``requires_grad=False``) for inference; call ``.requires_grad_(True)`` on
     the result to fine-tune it.
     """
-    from safetensors.torch import load as load_bytes
-
     from ebmalgebra.learning.nets import as_model
-    from ebmalgebra.zoo.state_dict import build_module
+    from ebmalgebra.zoo.state_dict import load_network
 
-    record = card(name)
-    data = _path(name, ".safetensors").read_bytes()
-    expected = record.get("sha256")
-    actual = hashlib.sha256(data).hexdigest()
-    if expected != actual:
-        raise SerializationError(f"pretrained model {name!r}: weights do not match the card's "
-                                 f"sha256 (expected {str(expected)[:12]}…, got {actual[:12]}…); "
-                                 "retrain with scripts/train_apps.py")
+    record, data = _store().read(name)
     where = f"pretrained model {name!r}"
-    net = build_module(record.get("architecture"), f"{where} architecture")
-    state = load_bytes(data)
-    wanted = net.state_dict()
-    if set(state) != set(wanted):
-        raise SerializationError(f"{where}: weights do not fit the architecture")
-    net.load_state_dict({key: tensor.to(wanted[key].dtype) for key, tensor in state.items()})
-    net.eval().requires_grad_(False)
+    net = load_network(record.get("architecture"), data, where).requires_grad_(False)
     kind = record.get("kind")
     if kind == "classifier":
         return net
@@ -133,9 +108,6 @@ def sampling_settings(model: EnergyModel) -> dict:
     return {}
 
 
-def _path(name: str, suffix: str) -> Path:
-    if not isinstance(name, str) or name not in names():
-        raise SerializationError(f"unknown pretrained model {name!r} (available: "
-                                 f"{', '.join(names()) or 'none'})")
-    return WEIGHTS / f"{name}{suffix}"
-
+def _store() -> WeightStore:
+    return WeightStore(WEIGHTS, label="pretrained model", error=SerializationError,
+                       retrain="scripts/train_apps.py")

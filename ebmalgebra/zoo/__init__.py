@@ -35,8 +35,6 @@ file, which :func:`load` checks. ``scripts/train_zoo.py`` (faces) and
 from __future__ import annotations
 
 import builtins
-import hashlib
-import json
 import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -44,6 +42,7 @@ from pathlib import Path
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.io import SerializationError
 from ebmalgebra.zoo.sampling import SamplingPlan, draw, plan_for
+from ebmalgebra.zoo.store import WeightStore
 
 __all__ = [
     "WEIGHTS",
@@ -80,10 +79,7 @@ def list() -> builtins.list[str]:  # noqa: A001 - the zoo's own vocabulary: zoo.
         >>> zoo.list()
         ['bar', 'face', 'glasses', 'hat', 'left', 'right', 'ring', 'smile']
     """
-    if not WEIGHTS.is_dir():
-        return []
-    return sorted(path.stem for path in WEIGHTS.glob("*.json")
-                  if path.with_suffix(".safetensors").is_file())
+    return _store().names()
 
 
 def card(name: str) -> dict:
@@ -91,14 +87,7 @@ def card(name: str) -> dict:
 
     Raises :class:`ZooError` for unknown names.
     """
-    path = _path(name, ".json")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ZooError(f"zoo model {name!r}: malformed card {path.name}: {error}") from None
-    if not isinstance(record, dict):
-        raise ZooError(f"zoo model {name!r}: card {path.name} is not a JSON object")
-    return record
+    return _store().card(name)
 
 
 def verify(name: str) -> str:
@@ -106,19 +95,8 @@ def verify(name: str) -> str:
 
     Raises :class:`ZooError` when the card has no checksum or it does not match.
     """
-    return _check_digest(name, card(name), _path(name, ".safetensors").read_bytes())
-
-
-def _check_digest(name: str, record: dict, data: bytes) -> str:
-    expected = record.get("sha256")
-    if not isinstance(expected, str):
-        raise ZooError(f"zoo model {name!r}: its card records no sha256")
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
-        raise ZooError(f"zoo model {name!r}: weights do not match the card's sha256 "
-                       f"(expected {expected[:12]}…, got {actual[:12]}…); reinstall the "
-                       "package or retrain with scripts/train_zoo.py")
-    return actual
+    record, _ = _store().read(name)
+    return record["sha256"]
 
 
 def load(name: str) -> EnergyModel:
@@ -134,10 +112,9 @@ def load(name: str) -> EnergyModel:
     """
     from ebmalgebra.io import METADATA_KEY, load_bytes, read_header
 
-    record = card(name)
-    path = _path(name, ".safetensors")
-    data = path.read_bytes()
-    _check_digest(name, record, data)
+    store = _store()
+    record, data = store.read(name)
+    path = store.path(name, ".safetensors")
     if METADATA_KEY in read_header(data, str(path)).get("__metadata__", {}):
         model = load_bytes(data, str(path))
     else:
@@ -192,8 +169,7 @@ def parse(text: str, namespace: Mapping[str, EnergyModel] | None = None) -> Ener
     return parse_expression(text, models() if namespace is None else namespace)
 
 
-def _path(name: str, suffix: str) -> Path:
-    if not isinstance(name, str) or name not in list():
-        known = ", ".join(list()) or "none installed"
-        raise ZooError(f"unknown zoo model {name!r} (available: {known})")
-    return WEIGHTS / f"{name}{suffix}"
+def _store() -> WeightStore:
+    # Built per call, so that WEIGHTS can be pointed elsewhere (tests do).
+    return WeightStore(WEIGHTS, label="zoo model", error=ZooError,
+                       retrain="scripts/train_zoo.py")

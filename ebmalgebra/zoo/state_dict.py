@@ -26,7 +26,7 @@ from torch import nn
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.io import SerializationError
 
-__all__ = ["build_from_card", "build_module"]
+__all__ = ["build_from_card", "build_module", "load_network"]
 
 _TYPE_KEYS = ("$module", "class", "type", "module")
 
@@ -69,16 +69,26 @@ def _value(value: object, where: str) -> object:
 
 def build_from_card(name: str, card: dict, path: Path) -> EnergyModel:
     """The leaf ``name`` from its card's architecture and the state dict at ``path``."""
-    from safetensors.torch import load as load_bytes
-
     from ebmalgebra.learning.nets import as_model
 
-    where = f"zoo model {name!r}"
-    net = build_module(card.get("architecture"), f"{where} architecture")
+    net = load_network(card.get("architecture"), path.read_bytes(), f"zoo model {name!r}")
+    return as_model(net, name=name)
+
+
+def load_network(architecture: object, data: bytes, where: str) -> nn.Module:
+    """The network ``architecture`` describes, holding the safetensors state dict ``data``.
+
+    float16 tensors are widened to the network's float32; any other mismatch
+    of names, shapes or dtypes is a :class:`SerializationError` that starts
+    with ``where``. The network is returned in eval mode.
+    """
+    from safetensors.torch import load as load_bytes
+
+    net = build_module(architecture, f"{where} architecture")
     try:
-        state = load_bytes(path.read_bytes())
+        state = load_bytes(data)
     except Exception as error:  # safetensors raises its own SafetensorError
-        raise SerializationError(f"{where}: corrupt weights {path.name}: {error}") from None
+        raise SerializationError(f"{where}: corrupt weights: {error}") from None
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -93,5 +103,4 @@ def build_from_card(name: str, card: dict, path: Path) -> EnergyModel:
                                      f"{list(tensor.shape)}, the architecture expects "
                                      f"{want.dtype} {list(want.shape)}")
     net.load_state_dict({key: tensor.to(expected[key].dtype) for key, tensor in state.items()})
-    net.eval()
-    return as_model(net, name=name)
+    return net.eval()
