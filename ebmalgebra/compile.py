@@ -357,19 +357,28 @@ class CompiledEnergy(EnergyModel):
 
     def _forward(self, node: Program, energies: list, zeros: Tensor,
                  cache: dict[int, Tensor]) -> Tensor | None:
-        """E of ``node``; ``None`` when it involves a score-only leaf."""
+        """E of ``node``; ``None`` when it involves a score-only leaf.
+
+        Multiplications by 1 and additions of 0 are skipped: on small batches each
+        tensor op costs a dispatch whatever its size.
+        """
         if isinstance(node, LeafRef):
             return energies[node.index]
         if isinstance(node, Affine):
-            total = zeros
+            total = None
             for coefficient, sub in node.terms:
                 energy = self._forward(sub, energies, zeros, cache)
                 if energy is None:
                     return None
-                total = total + coefficient * energy
-            return total + node.constant
-        logits = torch.stack([-(self._forward(sub, energies, zeros, cache) + offset)
-                              for offset, sub in node.terms])
+                term = energy if coefficient == 1.0 else coefficient * energy
+                total = term if total is None else total + term
+            total = zeros if total is None else total
+            return total + node.constant if node.constant != 0.0 else total
+        logits = []
+        for offset, sub in node.terms:
+            energy = self._forward(sub, energies, zeros, cache)
+            logits.append(-energy if offset == 0.0 else (-offset) - energy)
+        logits = torch.stack(logits)
         cache[id(node)] = logits
         return -torch.logsumexp(logits, dim=0)
 
@@ -377,14 +386,22 @@ class CompiledEnergy(EnergyModel):
                   coefficients: list) -> None:
         """Accumulate c_l = ∂E/∂E_l into ``coefficients`` (floats or per-sample tensors)."""
         if isinstance(node, LeafRef):
-            coefficients[node.index] = coefficients[node.index] + upstream
+            current = coefficients[node.index]
+            coefficients[node.index] = upstream if _is_zero(current) else current + upstream
         elif isinstance(node, Affine):
             for coefficient, sub in node.terms:
-                self._backward(sub, upstream * coefficient, cache, coefficients)
+                self._backward(sub, _scale(upstream, coefficient), cache, coefficients)
         else:
             weights = torch.softmax(cache[id(node)], dim=0)
             for weight, (_, sub) in zip(weights, node.terms, strict=True):
-                self._backward(sub, upstream * weight, cache, coefficients)
+                self._backward(sub, _scale(weight, upstream), cache, coefficients)
+
+
+def _scale(value: float | Tensor, factor: float | Tensor) -> float | Tensor:
+    """``value * factor``, skipping the op when ``factor`` is the number 1."""
+    if isinstance(factor, float) and factor == 1.0:
+        return value
+    return value * factor
 
 
 def _is_zero(coefficient) -> bool:
