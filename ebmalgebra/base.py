@@ -71,6 +71,25 @@ def format_number(value: float) -> str:
     return repr(value)
 
 
+def as_finite_float(value: object, what: str, *, positive: bool = False) -> float:
+    """``value``, a real number or one-element tensor, as a finite float (> 0 if ``positive``).
+
+    Anything else is a :class:`CompositionError` that starts with ``what``,
+    e.g. ``"weight must be finite, got inf"``.
+    """
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise CompositionError(f"{what} must be a scalar, got a tensor of shape "
+                                   f"{tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CompositionError(f"{what} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value) or (positive and value <= 0):
+        requirement = "a positive finite number" if positive else "finite"
+        raise CompositionError(f"{what} must be {requirement}, got {value!r}")
+    return float(value)
+
+
 class EnergyModel(nn.Module):
     """An unnormalised density p̃(x) = exp(−E(x)); the base of every node.
 

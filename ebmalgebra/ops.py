@@ -27,6 +27,7 @@ from ebmalgebra.base import (
     Capabilities,
     EnergyModel,
     TimeLike,
+    as_finite_float,
     check_same_event_shape,
     format_number,
 )
@@ -34,20 +35,6 @@ from ebmalgebra.errors import CapabilityError, CompositionError
 
 # Python precedence levels of the printed forms.
 _MIXTURE, _PRODUCT, _WEIGHT, _INVERT, _POWER, _ATOM = 1, 2, 3, 4, 5, 6
-
-
-def _as_finite_float(value: object, what: str) -> float:
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise CompositionError(f"{what} must be a scalar, got a tensor of shape "
-                                   f"{tuple(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CompositionError(f"{what} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise CompositionError(f"{what} must be finite, got {value}")
-    return value
 
 
 class _Composite(EnergyModel):
@@ -268,7 +255,7 @@ class Weight(_Unary):
     precedence = _WEIGHT
 
     def __init__(self, weight: float, base: EnergyModel) -> None:
-        weight = _as_finite_float(weight, "weight")
+        weight = as_finite_float(weight, "weight")
         if weight <= 0:
             raise CompositionError(f"weight must be positive, got {format_number(weight)} "
                                    f"in {format_number(weight)} * {base!r}")
@@ -308,7 +295,7 @@ class Power(_Unary):
     """
 
     def __init__(self, base: EnergyModel, exponent: float) -> None:
-        exponent = _as_finite_float(exponent, f"exponent of {base!r} ** beta")
+        exponent = as_finite_float(exponent, f"exponent of {base!r} ** beta")
         super().__init__(base, "**")
         self.exponent = exponent
         self._capabilities = Capabilities(
@@ -373,12 +360,12 @@ class Normalized(_Unary):
                  stderr: float | None = None) -> None:
         super().__init__(base, "normalized")
         self._given = log_z is not None
-        self.log_z_stderr = None if stderr is None else _as_finite_float(stderr, "stderr")
+        self.log_z_stderr = None if stderr is None else as_finite_float(stderr, "stderr")
         if log_z is None:
             base.require("normalizer", "normalized() without log_z")
             value = base._log_z().detach()
         else:
-            value = torch.as_tensor(_as_finite_float(log_z, "log_z"), dtype=torch.float64)
+            value = torch.as_tensor(as_finite_float(log_z, "log_z"), dtype=torch.float64)
         self.register_buffer("log_normalizer", value.reshape(()).double())
         self._capabilities = Capabilities(
             has_energy=base.has_energy,
@@ -445,7 +432,7 @@ def mixture(*components: EnergyModel) -> EnergyModel:
 
 def weighted(weight: float, model: EnergyModel) -> EnergyModel:
     """``w * a``: nested weights multiply; ``1 * a`` is ``a``."""
-    weight = _as_finite_float(weight, "weight")
+    weight = as_finite_float(weight, "weight")
     if weight <= 0:
         raise CompositionError(f"weight must be positive, got {format_number(weight)} "
                                f"in {format_number(weight)} * {model!r}")
@@ -461,7 +448,7 @@ def power(model: EnergyModel, beta: float) -> EnergyModel:
     """
     from ebmalgebra.leaves import One, one
 
-    beta = _as_finite_float(beta, f"exponent of {model!r} ** beta")
+    beta = as_finite_float(beta, f"exponent of {model!r} ** beta")
     if isinstance(model, One) or beta == 0.0:
         return one
     if isinstance(model, Weight):

@@ -3,10 +3,12 @@
 * :mod:`~ebmalgebra.apps.anomaly`: rank inputs by energy, or by the
   likelihood ratio ``model & ~reference`` (Ren et al. 2019); ROC-AUC and
   ROC curves.
-* :mod:`~ebmalgebra.apps.inverse`: an observation as an energy,
-  :class:`~ebmalgebra.apps.inverse.GaussianLikelihood`, so a posterior is
-  ``prior & GaussianLikelihood(y, sigma)``; :func:`~ebmalgebra.apps.inverse.denoise`
-  and :func:`~ebmalgebra.apps.inverse.inpaint` sample or descend it.
+* :mod:`~ebmalgebra.apps.likelihood`: an observation as an energy,
+  :class:`~ebmalgebra.apps.likelihood.GaussianLikelihood`, so a posterior is
+  ``prior & GaussianLikelihood(y, sigma)``.
+* :mod:`~ebmalgebra.apps.inverse`: :func:`~ebmalgebra.apps.inverse.denoise`
+  and :func:`~ebmalgebra.apps.inverse.inpaint` build that posterior and sample
+  or descend it.
 * :mod:`~ebmalgebra.apps.guidance`: a classifier as an energy,
   :class:`~ebmalgebra.ClassifierEnergy`, so guidance is
   ``prior & ClassifierEnergy(clf, y) ** gamma``.
@@ -15,6 +17,6 @@
 The math and measured results are in docs/applications.md.
 """
 
-from ebmalgebra.apps import anomaly, guidance, inverse, pretrained
+from ebmalgebra.apps import anomaly, guidance, inverse, likelihood, pretrained
 
-__all__ = ["anomaly", "guidance", "inverse", "pretrained"]
+__all__ = ["anomaly", "guidance", "inverse", "likelihood", "pretrained"]
