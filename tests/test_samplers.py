@@ -403,6 +403,27 @@ def test_annealed_per_chain_adaptation_shrinks_steps_that_are_too_large():
     assert torch.equal(state.step_size, before)  # no adaptation after annealing
 
 
+def test_annealed_adaptation_cannot_grow_steps_without_bound_on_a_flat_energy():
+    """A denoiser far from its data is nearly flat: MALA accepts almost every move, so
+    ε ← ε · exp(½(α − δ)) grows by ≈ e^0.21 a step; uncapped, these 300 steps end
+    ×10¹⁴ larger (where the 10¹² variance finally lowers acceptance). The step
+    stops at max_step_growth × its initial value instead."""
+    flat = eb.from_energy(lambda x, t: 0.5 * (x * x).sum(-1) / (1e12 + t**2), 3,
+                          name="flat", noise_conditioned=True)
+    sampler = AnnealedLangevin(noise_levels=[1.0, 0.5, 0.1], steps_per_level=100, mala=True,
+                               step_size=torch.tensor([1e-3, 1e-2], dtype=F64),
+                               adapt_step_size=True, max_step_growth=50.0)
+    state = sampler.init(torch.zeros(2, 3, dtype=F64), flat)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(sampler.n_annealing_steps):
+        state, _ = sampler.step(state, generator)
+    torch.testing.assert_close(state.base_step_size,
+                               torch.tensor([5e-2, 5e-1], dtype=F64), rtol=1e-12, atol=0)
+    assert torch.isfinite(state.position).all()
+    with pytest.raises(ValueError, match="max_step_growth must be at least 1"):
+        AnnealedLangevin(models=[gaussian()], max_step_growth=0.5)
+
+
 # ----------------------------------------------------------------- driver
 
 def test_default_x0_exact_draws_when_the_model_can_sample():

@@ -86,9 +86,13 @@ class AnnealedLangevin(Sampler):
 
     Per-chain step sizes (a tensor ``(n_chains,)``) are allowed; with
     ``adapt_step_size`` each chain's step size is also tuned during the annealing
-    phase at corrected levels, ε_c ← ε_c · exp(½(α_c − target_accept)), which
-    shrinks the steps of chains that drift into stiff regions. Adaptation stops at
-    the end of the annealing phase, so the final MALA chain is exact.
+    phase at corrected levels, ε_c ← min(ε_c · exp(½(α_c − target_accept)), g · ε_c⁰),
+    which shrinks the steps of chains that drift into stiff regions. The ceiling
+    g · ε_c⁰ (g = ``max_step_growth``, ε_c⁰ the chain's initial ``step_size``)
+    stops the opposite failure: where the energy is nearly flat (a denoiser far
+    from its data) nearly every move is accepted and the step would otherwise
+    grow by ≈ e^0.21 per step without bound. Adaptation stops at the end of the
+    annealing phase, so the final MALA chain is exact.
 
     Score-only models work when no level is corrected.
 
@@ -101,6 +105,8 @@ class AnnealedLangevin(Sampler):
             the noise levels t < τ.
         target_accept: acceptance rate the per-chain adaptation aims at.
         adapt_step_size: tune per-chain step sizes at corrected levels while annealing.
+        max_step_growth: the most adaptation may multiply a chain's initial step
+            size by (≥ 1; ``math.inf`` removes the ceiling).
 
     Example:
         >>> sampler = AnnealedLangevin(noise_levels=torch.logspace(1, -2, 60).tolist(),
@@ -121,6 +127,7 @@ class AnnealedLangevin(Sampler):
         mala: bool | float = False,
         target_accept: float = 0.574,
         adapt_step_size: bool = False,
+        max_step_growth: float = 1000.0,
     ) -> None:
         if (noise_levels is None) == (models is None):
             raise ValueError(f"{self.name}: give exactly one of noise_levels, models")
@@ -149,11 +156,16 @@ class AnnealedLangevin(Sampler):
                              f"threshold, got {mala!r}")
         if not 0.0 < target_accept < 1.0:
             raise ValueError(f"{self.name}: target_accept must be in (0, 1)")
+        if isinstance(max_step_growth, bool) or not isinstance(max_step_growth, int | float) or (
+                not max_step_growth >= 1.0):
+            raise ValueError(f"{self.name}: max_step_growth must be at least 1, got "
+                             f"{max_step_growth!r}")
         self.steps_per_level = steps_per_level
         self.step_size = check_step_size(step_size)
         self.mala = mala
         self.target_accept = target_accept
         self.adapt_step_size = adapt_step_size
+        self.max_step_growth = float(max_step_growth)
 
     @property
     def n_levels(self) -> int:
@@ -217,7 +229,9 @@ class AnnealedLangevin(Sampler):
         annealing = state.iteration < self.n_annealing_steps
         if corrected and self.adapt_step_size and annealing:
             factor = torch.exp(0.5 * (acceptance - self.target_accept))
-            base_step = torch.where(langevin.frozen, base_step, base_step * factor)
+            ceiling = self.max_step_growth * torch.as_tensor(self.step_size).to(base_step)
+            adapted = torch.minimum(base_step * factor, ceiling)
+            base_step = torch.where(langevin.frozen, base_step, adapted)
         new_state = AnnealedState(langevin.position, langevin.energy, langevin.score,
                                   base_step * self._scale(level), langevin.frozen, base_step,
                                   level, state.iteration + 1, state.levels, state.potential)
