@@ -28,17 +28,13 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import functools
-import hashlib
-import json
 import math
-import platform
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from _cards import provenance, save_float16, training_parser, write_card
 
 from ebmalgebra.apps.guidance import MLPClassifier
 from ebmalgebra.apps.inverse import psnr
@@ -197,15 +193,10 @@ def train(name: str, seed: int, steps: int | None, out: Path) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
-    state = {key: tensor.detach().to(torch.float16).contiguous()
-             for key, tensor in net.state_dict().items()}
-    save_file(state, str(weights), metadata={"name": name, "format": "state_dict"})
-    weights.chmod(0o644)
-    # The card describes the float16 weights: evaluate those.
-    net.load_state_dict({key: tensor.float() for key, tensor in state.items()})
+    save_float16(net, weights, name)
     net.eval()
     metrics = evaluate_classifier(net) if kind == "classifier" else evaluate_digits(name, net)
-    card = {
+    return write_card(out, {
         "name": name,
         "kind": kind,
         "description": MODELS[name],
@@ -220,24 +211,14 @@ def train(name: str, seed: int, steps: int | None, out: Path) -> dict:
                      "final_loss": round(sum(history.losses[-200:]) / 200, 4)},
         "metrics": metrics,
         **extra,
-        "seed": seed,
-        "seconds": round(history.seconds, 1),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "script": "scripts/train_apps.py",
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-    }
-    (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
+        **provenance(weights, seed=seed, seconds=history.seconds,
+                     script="scripts/train_apps.py"),
+    })
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=sorted(MODELS), help="models to train")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = training_parser(__doc__, MODELS, WEIGHTS)
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per model")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", type=Path, default=WEIGHTS, help="output folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.only or MODELS:

@@ -37,17 +37,13 @@ bit-reproducible on the same machine and torch version.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import hashlib
-import json
 import math
-import platform
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from _cards import provenance, save_float16, training_parser, write_card
 
 from ebmalgebra.datasets import faces
 from ebmalgebra.learning import (
@@ -120,12 +116,7 @@ def train(name: str, seed: int, steps: int, out: Path, evaluate: bool) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
-    state = {key: tensor.detach().to(torch.float16).contiguous()
-             for key, tensor in net.state_dict().items()}
-    save_file(state, str(weights), metadata={"name": name, "format": "state_dict"})
-    weights.chmod(0o644)  # package data: readable by everyone
-    # The card describes the float16 weights: evaluate those, not the float32 ones.
-    net.load_state_dict({key: tensor.float() for key, tensor in state.items()})
+    save_float16(net, weights, name)
 
     card = {
         "name": name,
@@ -147,18 +138,12 @@ def train(name: str, seed: int, steps: int, out: Path, evaluate: bool) -> dict:
             "final_loss": round(sum(history.losses[-200:]) / min(200, history.steps), 4),
         },
         "sampling": SAMPLING,
-        "seed": seed,
-        "seconds": round(history.seconds, 1),
-        "cpu_seconds": round(cpu_seconds, 1),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "script": "scripts/train_zoo.py",
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        **provenance(weights, seed=seed, seconds=history.seconds, cpu_seconds=cpu_seconds,
+                     script="scripts/train_zoo.py"),
     }
     if evaluate:
         card["evaluation"] = evaluation(model, seed)
-    (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    return write_card(out, card)
 
 
 def evaluation(model, seed: int) -> dict:
@@ -190,12 +175,8 @@ def _call_args(attributes: dict[str, bool]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=sorted(MODELS), help="models to train")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = training_parser(__doc__, MODELS, WEIGHTS)
     parser.add_argument("--steps", type=int, default=STEPS, help="Adam steps per model")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", type=Path, default=WEIGHTS, help="output folder")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                         help="skip sampling 256 faces after training")
     args = parser.parse_args()

@@ -16,15 +16,12 @@ seed, time, sampling settings and the SHA-256 of the weights).
 
 from __future__ import annotations
 
-import argparse
 import functools
-import hashlib
-import json
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _cards import provenance, training_parser, write_card
 
 import ebmalgebra
 from ebmalgebra.datasets import bar, rings
@@ -81,7 +78,7 @@ def train(name: str, seed: int, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
     ebmalgebra.save(model, weights)
-    card = {
+    return write_card(out, {
         "name": name,
         "description": description,
         "event_shape": [2],
@@ -98,24 +95,14 @@ def train(name: str, seed: int, out: Path) -> dict:
                      "learning_rate": LEARNING_RATE, "schedule": "cosine",
                      "final_loss": round(sum(history.losses[-100:]) / 100, 5)},
         "sampling": SAMPLING,
-        "seed": seed,
-        "seconds": round(history.seconds, 1),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "script": "scripts/train_zoo_2d.py",
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-    }
-    (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
+        **provenance(weights, seed=seed, seconds=history.seconds,
+                     script="scripts/train_zoo_2d.py"),
+    })
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=sorted(DATA), help="models to train")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=WEIGHTS, help="output folder")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = training_parser(__doc__, DATA, WEIGHTS).parse_args()
+    torch.set_num_threads(args.threads)
     for name in args.only or DATA:
         card = train(name, args.seed, args.out)
         print(f"{name}: {card['seconds']} s, final loss {card['training']['final_loss']}, "
