@@ -72,6 +72,22 @@ class _Composite(EnergyModel):
                 return blame
         return None
 
+    def _why_not_without_closed_forms(self, capability: str, kind: str,
+                                      no_closed_form: str) -> tuple[EnergyModel, str] | None:
+        """``_why_not`` of a node whose energy and score follow from its children's but
+        whose normaliser and exact sampler do not (products, powers): ``kind`` says
+        what the node is, ``no_closed_form`` why its normaliser is unknown."""
+        if capability in ("energy", "score"):
+            return self._first_missing(capability)
+        if capability == "normalizer":
+            return self._first_missing("energy") or (
+                self,
+                f"{kind}, {no_closed_form}; estimate it with ebmalgebra.normalize(...) (or "
+                "compile(..., closed_form=True) for Gaussians)",
+            )
+        return (self, f"{kind} and has no exact sampler; draw MCMC samples with "
+                      "ebmalgebra.sample(model, sampler=...)")
+
 
 class Product(_Composite):
     """Product of experts p̃ = Π p̃_i, E = Σ E_i, s = Σ s_i.
@@ -100,19 +116,8 @@ class Product(_Composite):
         self._freeze()
 
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
-        if capability in ("energy", "score"):
-            return self._first_missing(capability)
-        if capability == "normalizer":
-            return self._first_missing("energy") or (
-                self,
-                "is a product of experts, whose normaliser has no closed form; estimate it "
-                "with ebmalgebra.normalize(...) (or compile(..., closed_form=True) for Gaussians)",
-            )
-        return (
-            self,
-            "is a product of experts and has no exact sampler; draw MCMC samples with "
-            "ebmalgebra.sample(model, sampler=...)",
-        )
+        return self._why_not_without_closed_forms(capability, "is a product of experts",
+                                                  "whose normaliser has no closed form")
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
         return sum(child._energy(x, t) for child in self._children)
@@ -315,19 +320,8 @@ class Power(_Unary):
         return (self.base, self.exponent)
 
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
-        if capability in ("energy", "score"):
-            return self.base._why_not(capability)
-        if capability == "normalizer":
-            return self.base._why_not("energy") or (
-                self,
-                "is tempered, and ∫ p̃^β has no closed form in general; estimate it with "
-                "ebmalgebra.normalize(...) (or compile(..., closed_form=True) for Gaussians)",
-            )
-        return (
-            self,
-            "is tempered and has no exact sampler; draw MCMC samples with "
-            "ebmalgebra.sample(model, sampler=...)",
-        )
+        return self._why_not_without_closed_forms(capability, "is tempered",
+                                                  "and ∫ p̃^β has no closed form in general")
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
         return self.exponent * self.base._energy(x, t)
