@@ -90,6 +90,24 @@ def as_finite_float(value: object, what: str, *, positive: bool = False) -> floa
     return float(value)
 
 
+def input_options(module: object, *, dtype: torch.dtype | None = None,
+                  device: torch.device | None = None) -> dict:
+    """``dtype=`` and ``device=`` for tensors fed to ``module``.
+
+    Those of its first floating parameter or buffer; for anything else (not a
+    module, or one without floating tensors) ``dtype`` (default: torch's
+    default dtype) and ``device``.
+
+    Example:
+        >>> zeros = torch.zeros((1, *event_shape), **input_options(classifier))
+    """
+    if isinstance(module, nn.Module):
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.is_floating_point():
+                return {"dtype": tensor.dtype, "device": tensor.device}
+    return {"dtype": dtype if dtype is not None else torch.get_default_dtype(), "device": device}
+
+
 class EnergyModel(nn.Module):
     """An unnormalised density p̃(x) = exp(−E(x)); the base of every node.
 

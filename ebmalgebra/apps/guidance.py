@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ebmalgebra.base import Capabilities, TimeLike
+from ebmalgebra.base import Capabilities, TimeLike, input_options
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.io import register_leaf, register_module
 from ebmalgebra.leaves import Leaf, as_event_shape
@@ -139,11 +139,7 @@ def _count_classes(classifier: Callable, event_shape: torch.Size, noise_conditio
     declared = getattr(classifier, "n_classes", None)
     if isinstance(declared, int) and not isinstance(declared, bool) and declared >= 1:
         return declared
-    reference = next((p for p in classifier.parameters() if p.is_floating_point()), None) if (
-        isinstance(classifier, nn.Module)) else None
-    zeros = torch.zeros((1, *event_shape), dtype=reference.dtype if reference is not None
-                        else torch.get_default_dtype(),
-                        device=reference.device if reference is not None else None)
+    zeros = torch.zeros((1, *event_shape), **input_options(classifier))
     with torch.no_grad():
         logits = classifier(zeros, 1.0) if noise_conditioned else classifier(zeros)
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != 1:

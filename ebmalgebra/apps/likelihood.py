@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ebmalgebra.base import Capabilities, TimeLike, as_finite_float
+from ebmalgebra.base import Capabilities, TimeLike, as_finite_float, input_options
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.io import SerializationError, register_leaf
 from ebmalgebra.leaves import Leaf, as_event_shape
@@ -220,10 +220,7 @@ class GaussianLikelihood(Leaf):
 def _probe_operator(operator: Callable, event_shape: torch.Size, dtype: torch.dtype,
                     name: str) -> torch.Size:
     """obs_shape of a callable operator, from one evaluation at x = 0."""
-    reference = next((p for p in operator.parameters() if p.is_floating_point()), None) if (
-        isinstance(operator, nn.Module)) else None
-    zeros = torch.zeros((1, *event_shape), dtype=reference.dtype if reference is not None
-                        else dtype, device=reference.device if reference is not None else None)
+    zeros = torch.zeros((1, *event_shape), **input_options(operator, dtype=dtype))
     with torch.no_grad():
         out = operator(zeros)
     if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != 1:

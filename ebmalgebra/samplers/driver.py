@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra import diagnostics
-from ebmalgebra.base import EnergyModel
+from ebmalgebra.base import EnergyModel, input_options
 from ebmalgebra.compile import compile
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.progress import progress_bar
@@ -182,12 +182,8 @@ def default_x0(model: EnergyModel, n_chains: int, generator: torch.Generator | N
     event_shape = model.event_shape
     if event_shape is None:
         raise CompositionError(f"sample: {model!r} has no event shape; pass x0")
-    reference = next((t for t in (*model.parameters(), *model.buffers())
-                      if t.is_floating_point()), None)
-    dtype = reference.dtype if reference is not None else torch.get_default_dtype()
-    device = reference.device if reference is not None else torch.device("cpu")
-    return torch.randn((n_chains, *event_shape), generator=generator, dtype=dtype,
-                       device=device)
+    return torch.randn((n_chains, *event_shape), generator=generator,
+                       **input_options(model, device=torch.device("cpu")))
 
 
 def _check_count(value: object, what: str, minimum: int) -> int:

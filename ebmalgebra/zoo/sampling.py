@@ -22,7 +22,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel
+from ebmalgebra.base import EnergyModel, input_options
 from ebmalgebra.errors import CompositionError
 
 __all__ = ["KERNELS", "SamplingPlan", "draw", "is_noise_conditioned", "plan_for", "total_exponent"]
@@ -179,9 +179,7 @@ def draw(
     event_shape = model.event_shape
     if event_shape is None:
         raise CompositionError(f"draw: {model!r} has no event shape")
-    reference = next((t for t in (*model.parameters(), *model.buffers())
-                      if t.is_floating_point()), None)
-    dtype = reference.dtype if reference is not None else torch.get_default_dtype()
+    dtype = input_options(model)["dtype"]
 
     if not is_noise_conditioned(model):
         if kernel == "annealed":
