@@ -39,6 +39,7 @@ from ebmalgebra.apps.likelihood import GaussianLikelihood, _check_mask
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.samplers import MALA, AnnealedLangevin, Sampler, sample
+from ebmalgebra.zoo.sampling import is_noise_conditioned
 
 __all__ = [
     "METHODS",
@@ -53,11 +54,6 @@ __all__ = [
 
 METHODS = ("posterior_mean", "sample", "map")
 """Estimates :func:`posterior_estimate` (and :func:`denoise`, :func:`inpaint`) can return."""
-
-
-def is_noise_conditioned(model: EnergyModel) -> bool:
-    """Whether any leaf of ``model`` takes a noise level t."""
-    return any(getattr(leaf, "noise_conditioned", False) for leaf in model.leaves())
 
 
 def annealed_sampler(

@@ -54,6 +54,7 @@ from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import compile as compile_model
 from ebmalgebra.jit import call_compiled
 from ebmalgebra.learning._checks import check_batch, check_model
+from ebmalgebra.samplers.base import check_positive
 
 __all__ = ["denoising_score_matching", "exact_score_matching", "multi_noise_dsm",
            "score_matching", "sliced_score_matching"]
@@ -191,7 +192,7 @@ def denoising_score_matching(
     """
     check_model(model, "denoising_score_matching", "score")
     x = check_batch(model, batch, "denoising_score_matching")
-    sigma = _positive_float(sigma, "denoising_score_matching: sigma")
+    sigma = check_positive(sigma, "denoising_score_matching: sigma")
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return _run(_denoising_objective, jit, model, x + sigma * noise, noise, sigma, t)
 
@@ -242,8 +243,8 @@ def multi_noise_dsm(
         index = torch.randint(0, levels.numel(), (n,), generator=generator, device=x.device)
         sigma = levels[index]
     else:
-        low = math.log(_positive_float(sigma_min, "multi_noise_dsm: sigma_min"))
-        high = math.log(_positive_float(sigma_max, "multi_noise_dsm: sigma_max"))
+        low = math.log(check_positive(sigma_min, "multi_noise_dsm: sigma_min"))
+        high = math.log(check_positive(sigma_max, "multi_noise_dsm: sigma_max"))
         if low > high:
             raise ValueError(f"multi_noise_dsm: sigma_min ({sigma_min}) must not exceed "
                              f"sigma_max ({sigma_max})")
@@ -258,10 +259,3 @@ def _multi_noise_objective(model: EnergyModel, x: Tensor, noise: Tensor, sigma: 
     per_sample = sigma.reshape(x.shape[0], *([1] * (x.dim() - 1)))
     score = model.score(x + per_sample * noise, sigma, create_graph=True)
     return 0.5 * (per_sample * score + noise).flatten(1).square().sum(1).mean()
-
-
-def _positive_float(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
-            or not math.isfinite(value):
-        raise ValueError(f"{what} must be a positive finite number, got {value!r}")
-    return float(value)
