@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
+from ebmalgebra.base import Capabilities, EnergyModel, TimeLike, input_options
 from ebmalgebra.errors import CompositionError
 
 _REASONS = {
@@ -51,6 +51,35 @@ def autograd_energy_and_score(
     if not create_graph:
         energy, grad = energy.detach(), grad.detach()
     return energy, -grad
+
+
+def call_leaf_function(leaf: EnergyModel, fn: Callable, x: Tensor, t: TimeLike,
+                       noise_conditioned: bool) -> Tensor:
+    """``fn(x, t)`` if ``noise_conditioned`` else ``fn(x)``, with errors that name ``leaf``.
+
+    A noise-conditioned leaf called without ``t`` and a module whose parameters
+    have another dtype or device than ``x`` (networks compute in their own
+    dtype; move them with ``.to(...)``) raise :class:`CompositionError`
+    instead of the function's own error; a ``ValueError`` gets the leaf's name.
+    """
+    if noise_conditioned and t is None:
+        raise CompositionError(
+            f"{leaf!r} is noise-conditioned: give a noise level, energy(x, t=sigma), or sample "
+            "it with AnnealedLangevin over noise levels (ebmalgebra.zoo.draw does for zoo models)"
+        )
+    try:
+        return fn(x, t) if noise_conditioned else fn(x)
+    except ValueError as error:
+        raise ValueError(f"{leaf!r}: {error}") from error
+    except RuntimeError as error:
+        options = input_options(fn) if isinstance(fn, nn.Module) else None
+        if options is not None and (options["dtype"], options["device"]) != (x.dtype, x.device):
+            raise CompositionError(
+                f"{leaf!r} has {options['dtype']} parameters on {options['device']} but x is "
+                f"{x.dtype} on {x.device}; move the model (expr.to(x.dtype) or .to(device)) or "
+                "convert x"
+            ) from error
+        raise
 
 
 def as_event_shape(event_shape: int | Sequence[int] | torch.Size) -> torch.Size:
@@ -188,7 +217,7 @@ class _CallableLeaf(Leaf):
 
     def _call(self, x: Tensor, t: TimeLike) -> Tensor:
         fn = self.module if "module" in self._modules else self._fn
-        return fn(x, t) if self.noise_conditioned else fn(x)
+        return call_leaf_function(self, fn, x, t, self.noise_conditioned)
 
 
 class EnergyFunction(_CallableLeaf):

@@ -49,9 +49,16 @@ def test_noise_conditioned_networks_take_scalar_or_per_sample_sigma(net):
         net(x)
     with pytest.raises(CompositionError, match=r"sigma must be a scalar or shaped \(3,\)"):
         net(x, torch.ones(2))
+    for bad in (0.0, -0.5, float("nan"), torch.tensor([0.1, 0.0, 0.1])):
+        with pytest.raises(ValueError, match="sigma must be positive and finite"):
+            net(x, bad)
     model = as_model(net, name="noisy")
     assert model.energy(x, 0.5).shape == (3,)
     assert model.score(x, torch.full((3,), 0.5)).shape == x.shape
+    with pytest.raises(CompositionError, match="^noisy is noise-conditioned: give a noise level"):
+        (model & model ** 2).energy(x)
+    with pytest.raises(ValueError, match="^noisy: .*sigma must be positive"):
+        model.energy(x, 0.0)
 
 
 def test_networks_reject_wrong_shapes_with_the_expected_one():

@@ -23,6 +23,18 @@ def test_from_energy_module_registers_parameters_and_scores_by_autograd():
     assert not leaf.normalizer_known and not leaf.can_sample
 
 
+def test_a_module_leaf_fed_another_dtype_names_itself_and_the_fix():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    leaf = eb.from_energy(net, event_shape=2, name="net")
+    expr = eb.targets.Gaussian(torch.zeros(2), 1.0, name="g") & leaf
+    x64 = torch.randn(3, 2, dtype=F64)
+    with pytest.raises(CompositionError, match=r"^net has torch.float32 parameters on cpu but "
+                                               r"x is torch.float64 on cpu; move the model"):
+        eb.compile(expr).energy_and_score(x64)
+    expr.to(F64)  # networks compute in their parameters' dtype: moving them is the fix
+    assert eb.compile(expr).energy(x64).dtype == F64
+
+
 def test_from_energy_with_known_log_z_supports_log_prob():
     quad = eb.from_energy(lambda x: 0.5 * (x**2).sum(-1), 2, name="quad",
                           log_z=torch.log(torch.tensor(2 * torch.pi)))

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ebmalgebra.base import Capabilities, TimeLike, input_options
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.io import register_leaf, register_module
-from ebmalgebra.leaves import Leaf, as_event_shape
+from ebmalgebra.leaves import Leaf, as_event_shape, call_leaf_function
 
 __all__ = ["ClassifierEnergy", "MLPClassifier"]
 
@@ -120,8 +120,7 @@ class ClassifierEnergy(Leaf):
 
     def logits(self, x: Tensor, t: TimeLike = None) -> Tensor:
         """The classifier's logits ``(batch, n_classes)`` for x ``(batch, *event_shape)``."""
-        classifier = self._call_target()
-        logits = classifier(x, t) if self.noise_conditioned else classifier(x)
+        logits = call_leaf_function(self, self._call_target(), x, t, self.noise_conditioned)
         if not isinstance(logits, Tensor) or tuple(logits.shape) != (x.shape[0], self.n_classes):
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise CompositionError(f"{self.name}: the classifier returned {got} for x of shape "

@@ -71,6 +71,9 @@ def _sigma_per_sample(sigma: TimeLike, x: Tensor, net: nn.Module) -> Tensor:
             f"{type(net).__name__}: sigma must be a scalar or shaped ({x.shape[0]},), "
             f"got {tuple(sigma.shape)}"
         )
+    if not torch.compiler.is_compiling() and not bool(((sigma > 0) & sigma.isfinite()).all()):
+        raise ValueError(f"{type(net).__name__}: the noise level sigma must be positive and "
+                         f"finite, got {sigma.unique().tolist()[:4]}")
     return sigma
 
 
