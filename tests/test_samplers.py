@@ -363,6 +363,18 @@ def test_hmc_reports_divergences():
     assert float(samples.acceptance_rate.max()) == 0.0
 
 
+def test_hmc_counts_a_nan_energy_error_as_a_divergence_with_acceptance_zero(monkeypatch):
+    """A dense metric's ½ pᵀM⁻¹p can overflow to +∞ − ∞ = NaN for finite momenta; such a
+    step must be reported, not slip through as a NaN acceptance probability."""
+    monkeypatch.setattr(HMC, "_kinetic", lambda self, p, inverse_mass: torch.full(
+        p.shape[:1], math.nan, dtype=p.dtype))
+    sampler = HMC(step_size=0.1, n_leapfrog=2, metric="dense", adapt_step_size=False)
+    samples = eb.sample(Gaussian(torch.zeros(2, dtype=F64), 1.0, name="g"), sampler,
+                        n_chains=4, n_steps=3, generator=torch.Generator().manual_seed(0))
+    assert int(samples.n_divergent.sum()) == 12
+    assert torch.equal(samples.acceptance_rate, torch.zeros(3, dtype=F64))  # per step
+
+
 # ------------------------------------------------------------- annealing
 
 def test_annealing_walks_the_levels_and_scales_step_sizes():

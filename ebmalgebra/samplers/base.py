@@ -333,8 +333,9 @@ def metropolis_accept(log_ratio: Tensor, finite: Tensor, uniform: Tensor,
 
     Returns ``(accepted (n,) bool, acceptance probability (n,))``; the probability
     of a non-finite proposal is 0 (``finite`` also catches −∞ energies, whose ratio
-    would be +∞, and a NaN ratio compares false).
+    would be +∞), and so is that of a NaN ratio (an overflow of finite terms).
     """
+    log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)
     probability = torch.where(finite, log_ratio.clamp(max=0.0).exp(), 0.0)
     return uniform < probability, probability
 

@@ -67,7 +67,7 @@ class HMCInfo(NamedTuple):
         acceptance_rate: min(1, exp(H(x, p) − H(x′, p′))) per chain.
         is_accepted: whether the end of the trajectory was taken, per chain.
         energy_error: H(x′, p′) − H(x, p) per chain (0 for a perfect integrator).
-        divergent: the energy error exceeded ``max_energy_error`` (the integrator
+        divergent: the energy error exceeded ``max_energy_error`` or is NaN (the integrator
             is unstable there; the proposal was almost surely rejected).
         nonfinite: the trajectory ended at a NaN/inf energy or score (rejected).
         n_leapfrog: leapfrog steps in this trajectory (the same for all chains).
@@ -268,7 +268,8 @@ class HMC(StepSizeSampler):
             self._kinetic(p, state.inverse_mass) - 0.5 * squared_norm(noise))
         finite = finite_rows(energy, score)
         accepted, probability = metropolis_accept(-energy_error, finite, uniform)
-        divergent = energy_error > self.max_energy_error
+        # NaN errors (∞ − ∞ from an overflowing kinetic energy) count as divergent too.
+        divergent = ~(energy_error <= self.max_energy_error)
         new_state = state._replace(
             position=select(accepted, x, state.position),
             energy=torch.where(accepted, energy, state.energy),
