@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ import torch
 from ebmalgebra.base import EnergyModel, format_number
 from ebmalgebra.errors import EBMAlgebraError
 from ebmalgebra.expression_parser import ExpressionError
+from ebmalgebra.leaves import one
 from ebmalgebra.zoo.faces import TABLE_COLUMNS, image_rows, rates_table
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # what the shell reports for a process killed by SIGPIPE
 
 DEMO_ALPHA = 0.35
 """α in the demo's negation ``glasses & (face & ~hat) ** α`` (FINDINGS: the stable form).
@@ -144,15 +147,27 @@ def _describe_samples(model: EnergyModel, samples: torch.Tensor) -> str:
         return "  ".join(f"{title} {_percent(rates[key])}" for key, title in TABLE_COLUMNS)
     flat = samples.reshape(len(samples), -1)
     finite = torch.isfinite(flat).all(dim=1)
-    mean = ", ".join(f"{v:.2f}" for v in flat[finite].mean(0).tolist()[:4])
-    std = ", ".join(f"{v:.2f}" for v in flat[finite].std(0).tolist()[:4])
-    return f"mean ({mean}), std ({std}), non-finite {int((~finite).sum())}"
+    kept = flat[finite]
+
+    def leading(values: torch.Tensor) -> str:
+        return "(" + ", ".join(f"{v:.2f}" for v in values.tolist()[:4]) + ")"
+
+    # The sample std divides by n − 1, so it needs two finite samples.
+    mean = leading(kept.mean(0)) if len(kept) > 0 else "n/a"
+    std = leading(kept.std(0)) if len(kept) > 1 else "n/a"
+    return f"mean {mean}, std {std}, non-finite {int((~finite).sum())}"
 
 
 def _draw(model: EnergyModel, n: int, kernel: str, steps: int | None, seed: int,
           progress: bool | None = None) -> torch.Tensor:
     from ebmalgebra.zoo import draw
 
+    if model.event_shape is None:
+        # Zoo models all have a shape; only ``one`` (what ``a ** 0`` simplifies to), alone,
+        # weighted or mixed with itself, is shape-free: a constant energy, no x to sample.
+        raise _Failure(f"the expression simplifies to {model!r}, a constant model: its energy "
+                       "does not depend on x (a ** 0 is the identity `one`), so it has no "
+                       "event shape and cannot be sampled", EXIT_USAGE)
     try:
         return draw(model, n, kernel=kernel, steps=steps, generator=_generator(seed),
                     progress=progress)
@@ -251,7 +266,11 @@ def _info(args: argparse.Namespace) -> int:
     for line in model.explain().splitlines():
         print(f"  {line}")
     print("zoo models")
-    for leaf in model.leaves():
+    # ``one`` is the identity left by ``a ** 0``, not a model of the zoo.
+    zoo_leaves = [leaf for leaf in model.leaves() if leaf is not one]
+    if not zoo_leaves:
+        print("  none")
+    for leaf in zoo_leaves:
         card = zoo.card_of(leaf) or {}
         training = card.get("training", {})
         facts = [card.get("description", "")]
@@ -426,7 +445,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 failure, 2 bad usage or expression)."""
+    """Run the CLI; returns the exit status.
+
+    0 ok, 1 failure, 2 bad usage or expression, 141 when the reader of stdout goes
+    away early (``ebmalgebra zoo | head -2``).
+    """
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # Flush here, not at interpreter exit, so a closed pipe is caught below.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Stop quietly, like a C tool killed by SIGPIPE, and with its status: the output
+        # was cut short, which ``set -o pipefail`` should see as it does for ``cat``.
+        # Point stdout at devnull so the interpreter's final flush cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

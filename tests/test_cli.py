@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -151,6 +153,33 @@ def test_info_prints_the_compiled_form_and_capabilities(capsys):
     assert "annealed Langevin" in out and "samples       16 (seed 0): mean" in out
 
 
+@pytest.mark.parametrize("command", ["info", "sample"])
+@pytest.mark.parametrize("expression", ["ring ** 0", "2 * ring ** 0 | bar ** 0"])
+def test_a_constant_expression_is_not_sampled(capsys, tmp_path, command, expression):
+    out = tmp_path / "grid.png"
+    extra = ["--out", str(out)] if command == "sample" else []
+    status, stdout, err = run(capsys, command, expression, *extra)
+    assert status == 2
+    assert "a constant model" in err and "cannot be sampled" in err
+    assert "no event shape" in err and "Traceback" not in err
+    assert "one:" not in stdout and not out.exists()
+
+
+def test_info_of_a_constant_expression_lists_no_zoo_models(capsys):
+    status, out, _ = run(capsys, "info", "ring ** 0", "--n", "0")
+    assert status == 0
+    assert out.endswith("zoo models\n  none\n")
+
+
+def test_a_single_sample_has_no_std(capsys, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        status, out, err = run(capsys, "sample", "ring", "--n", "1", "--steps", "10",
+                               "--out", str(tmp_path / "one.safetensors"))
+    assert status == 0, err
+    assert "std n/a" in out and "nan" not in out
+
+
 def test_format_program_folds_weights_and_mixtures():
     a, b = Gaussian(torch.zeros(2), 1.0, name="a"), Gaussian(torch.ones(2), 1.0, name="b")
     assert format_program(a & a ** 2) == "E(x) = 3 E_a"
@@ -195,6 +224,21 @@ def test_python_dash_m_runs_the_cli():
     assert result.returncode == 2
     assert "unknown model 'nope'" in result.stderr
     assert result.stderr.rstrip().splitlines()[-1] == "  " + " " * 7 + "^"
+
+
+@pytest.mark.parametrize("argv, unbuffered", [
+    (["zoo"], "1"),                         # fails inside a print
+    (["info", "ring", "--n", "4"], ""),     # fails at the final flush
+])
+def test_a_closed_stdout_stops_quietly(argv, unbuffered):
+    # Closing the only read end before the child writes makes every write fail: no race.
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+    process = subprocess.Popen([sys.executable, "-m", "ebmalgebra", *argv], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert err == ""
+    assert process.returncode == 141
 
 
 def test_zoo_parse_uses_the_zoo_names():
