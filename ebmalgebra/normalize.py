@@ -7,7 +7,8 @@ the geometric path written with the algebra itself,
 
 from a normalised ``base`` with exact samples. Particle i carries the log
 weight Σ_k (β_k − β_{k−1}) (E_base(x_i) − E_model(x_i)) accumulated before
-each move, and moves by MCMC transitions that leave π_{β_k} invariant. Then
+each move, and moves by MCMC transitions that leave π_{β_k} invariant
+(Metropolis–Hastings-corrected kernels: MALA, random-walk MH, HMC). Then
 Ẑ = mean_i exp(log w_i) is unbiased for Z (so E[log Ẑ] ≤ log Z: AIS gives a
 stochastic lower bound), and ``normalize`` attaches the result so that
 mixtures get their true weights.
@@ -16,6 +17,7 @@ mixtures get their true weights.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -24,9 +26,19 @@ from torch import Tensor
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.compile import compile
 from ebmalgebra.errors import CapabilityError, CompositionError
-from ebmalgebra.ops import Normalized
+from ebmalgebra.ops import Mixture, Normalized, Power, Weight
 from ebmalgebra.progress import progress_bar
-from ebmalgebra.samplers import MALA, Sampler, sample
+from ebmalgebra.rewrites import Quadratic, closed_form
+from ebmalgebra.samplers import (
+    HMC,
+    MALA,
+    ULA,
+    AnnealedLangevin,
+    ParallelTempering,
+    RandomWalkMH,
+    Sampler,
+    sample,
+)
 from ebmalgebra.targets import MultivariateGaussian
 
 __all__ = ["LogZEstimate", "estimate_log_z", "normalize"]
@@ -40,7 +52,8 @@ class LogZEstimate:
         log_z: the estimate of log Z, log Ẑ = logmeanexp(log w).
         stderr: standard error of ``log_z`` by the delta method,
             Var(log Ẑ) ≈ Var(w) / (N·mean(w)²) = 1/ESS − 1/N with the Kish ESS
-            of the final weights (0 for exact values).
+            of the final weights (0 for exact values); ``inf`` when the weights are
+            degenerate, ESS < max(5, N/100), where the delta method does not hold.
         ess: Kish effective sample size (Σw)²/Σw² of the final weights.
         method: ``"exact"`` (closed form) or ``"ais"``.
         particles: final particles ``(n_particles, *event_shape)`` (``None`` when exact).
@@ -67,6 +80,62 @@ class LogZEstimate:
             return f"LogZEstimate(log_z={self.log_z:.6g}, exact)"
         return (f"LogZEstimate(log_z={self.log_z:.6g} ± {self.stderr:.2g}, ess={self.ess:.0f}, "
                 f"{len(self.temperatures) - 1} temperatures)")
+
+
+def improper_gaussian_part(model: EnergyModel) -> tuple[EnergyModel, float] | None:
+    """The smallest part of ``model`` whose Gaussian energy makes ``model`` improper, if any.
+
+    A sub-expression whose energy has the closed form ½ xᵀPx − hᵀx + c (Gaussian
+    leaves combined by ``&``, ``**``, weights; see :mod:`ebmalgebra.rewrites`) is
+    improper when P is not positive definite: E is unbounded below (or flat) along
+    an eigenvector with eigenvalue λ ≤ 0, so ∫ exp(−E) = ∞. Impropriety passes up
+    through mixtures (masses add), weights, ``normalized`` and powers β > 0, so the
+    search descends through those; a product can cure an improper factor
+    (``b & ~a`` with P_b > P_a), so a product is judged whole.
+
+    Returns ``(part, λ_min)`` with P's smallest eigenvalue, or ``None`` when no
+    such part is found (the model may still be improper in a non-Gaussian way).
+    """
+    inherits = isinstance(model, Mixture | Weight | Normalized) or (
+        isinstance(model, Power) and model.exponent > 0)
+    if inherits:
+        for child in model.operands():
+            found = improper_gaussian_part(child)
+            if found is not None:
+                return found
+    form = closed_form(model)
+    if isinstance(form, Quadratic):
+        smallest = float(torch.linalg.eigvalsh(0.5 * (form.precision + form.precision.mT))[0])
+        if smallest <= 0.0:
+            return model, smallest
+    return None
+
+
+def _check_transition(sampler: Sampler | None) -> None:
+    """Reject AIS transition kernels that do not leave every π_β invariant.
+
+    AIS is unbiased only if each move leaves its π_β exactly invariant. The
+    Metropolis–Hastings-corrected kernels (:class:`~ebmalgebra.samplers.MALA`,
+    :class:`~ebmalgebra.samplers.RandomWalkMH`, :class:`~ebmalgebra.samplers.HMC`)
+    do; anything else raises ``ValueError`` saying why and what to use instead.
+    """
+    if sampler is None or isinstance(sampler, MALA | RandomWalkMH | HMC):
+        return
+    if isinstance(sampler, ULA):
+        why = ("it has no Metropolis–Hastings correction, so its stationary law differs "
+               "from π_β by O(step_size) and the estimate is biased")
+    elif isinstance(sampler, AnnealedLangevin):
+        why = ("it targets its own levels (noise levels or models) before π_β, and is "
+               "unadjusted Langevin wherever mala= does not correct it")
+    elif isinstance(sampler, ParallelTempering):
+        why = ("its hot replicas restart from the particles at every temperature, so its "
+               "β = 1 replica is not a π_β-invariant move")
+    else:
+        why = ("it is not one of the Metropolis–Hastings-corrected kernels known to leave "
+               "π_β invariant")
+    raise ValueError(
+        f"estimate_log_z: sampler {sampler!r} cannot be an AIS transition: {why}; use "
+        "MALA, RandomWalkMH or HMC (or sampler=None for MALA with a tuned step size)")
 
 
 def exact_log_z(model: EnergyModel) -> float | None:
@@ -118,6 +187,29 @@ def _log_mean_exp(log_w: Tensor) -> float:
 def _kish_ess(log_w: Tensor) -> float:
     w = torch.exp(log_w - log_w.max())
     return float(w.sum() ** 2 / (w * w).sum())
+
+
+def _reliable_ess(n_particles: int) -> float:
+    """The least final ESS whose delta-method stderr is trusted: max(5, N/100).
+
+    A sound run keeps most particles in play (the CESS-controlled schedule loses
+    little weight per step; the tests end near ESS ≈ 0.8 N). When a few particles
+    carry all the weight, Var(w) is estimated from those few and misses the larger
+    weights not yet drawn, so √(1/ESS − 1/N) ≤ 1/√ESS stays near 1 nat however wrong
+    log Ẑ is. Below 5 effective particles no variance is estimable at all, and
+    below 1 % of N the base and schedule have missed the model's mass at any N.
+    """
+    return max(5.0, 0.01 * n_particles)
+
+
+def _unreliable(model: EnergyModel, ess: float, n_particles: int) -> str:
+    """Why an AIS estimate with degenerate weights is not trusted, and what to try."""
+    return (f"the AIS estimate of log Z for {model!r} is unreliable: its final importance "
+            f"weights are degenerate (ESS {ess:.3g} of {n_particles} particles, below "
+            f"max(5, N/100)). The model may be improper (energy unbounded below, as "
+            "`a & ~b` often is); if it is not, use more particles (n_particles=), more "
+            "temperatures (target_cess= closer to 1, or n_temps=), more steps per "
+            "temperature (n_steps=) or a base= closer to the model")
 
 
 def _conditional_ess(log_w: Tensor, increment: Tensor) -> float:
@@ -215,21 +307,42 @@ def estimate_log_z(
             short-run MALA samples (:func:`fit_base`, vector event shapes only).
         n_particles: number of AIS particles N.
         n_steps: MCMC transitions per temperature.
-        sampler: the transition kernel (anything with ``init``/``step``, e.g.
-            ``HMC(step_size=...)``); default MALA whose step size follows the
-            population acceptance rate towards 0.574.
+        sampler: the transition kernel, which must leave each π_β invariant:
+            ``MALA``, ``RandomWalkMH`` or ``HMC`` (e.g. ``HMC(step_size=...)``);
+            default MALA whose step size follows the population acceptance rate
+            towards 0.574.
         generator: source of all randomness.
         progress: tqdm bar over temperatures (default: when stderr is a terminal).
 
     Returns:
         :class:`LogZEstimate` with ``log_z``, ``stderr`` (delta method:
-        √(1/ESS − 1/N)), the final weighted particles and diagnostics.
+        √(1/ESS − 1/N); ``inf`` when the weights are degenerate), the final
+        weighted particles and diagnostics.
+
+    Raises:
+        ValueError: if ``sampler`` does not leave π_β invariant (``ULA``,
+            ``AnnealedLangevin``, ``ParallelTempering``, or a kernel of your own).
+        CapabilityError: if a Gaussian part of ``model`` has a precision that is not
+            positive definite (E unbounded below, Z = ∞); the error names the part.
+
+    Warns:
+        RuntimeWarning: when the final weights are degenerate, ESS < max(5, N/100):
+            the model may be improper, or the run too short; ``stderr`` is then ``inf``.
 
     Example:
         >>> est = estimate_log_z(from_energy(lambda x: 0.5 * (x ** 2).sum(-1), 2))
         >>> est.log_z  # log 2π ≈ 1.8379
     """
     model.require("energy", "estimate_log_z")
+    improper = improper_gaussian_part(model)
+    if improper is not None:
+        part, smallest = improper
+        also = "" if part is model else f", and so is {model!r}"
+        raise CapabilityError(
+            f"estimate_log_z: {part!r} is improper{also}: its energy ½xᵀPx − hᵀx + c has a "
+            f"precision P with eigenvalue {smallest:.3g} ≤ 0, so it is unbounded below (or "
+            "flat) and Z = ∞. Weaken the negated part (a & b ** -α needs P_a − α·P_b "
+            "positive definite) or add a factor that confines it")
     if exact:
         value = exact_log_z(model)
         if value is not None:
@@ -240,6 +353,7 @@ def estimate_log_z(
         raise ValueError(f"estimate_log_z: n_temps must be a positive int, got {n_temps!r}")
     if not 0.0 < target_cess < 1.0:
         raise ValueError(f"estimate_log_z: target_cess must be in (0, 1), got {target_cess!r}")
+    _check_transition(sampler)
     if base is None:
         base = fit_base(model, generator=generator)
     else:
@@ -275,9 +389,15 @@ def estimate_log_z(
             bar.close()
     log_w = torch.nan_to_num(log_w, nan=-math.inf)
     ess = _kish_ess(log_w)
+    if ess >= _reliable_ess(n_particles):
+        stderr = math.sqrt(max(1.0 / ess - 1.0 / n_particles, 0.0))
+    else:  # also a NaN ESS, from infinite weights
+        stderr = math.inf
+        warnings.warn(f"estimate_log_z: {_unreliable(model, ess, n_particles)}. The "
+                      "returned stderr is inf", RuntimeWarning, stacklevel=2)
     return LogZEstimate(
         log_z=log_z_base + _log_mean_exp(log_w),
-        stderr=math.sqrt(max(1.0 / ess - 1.0 / n_particles, 0.0)),
+        stderr=stderr,
         ess=ess,
         method="ais",
         particles=x,
@@ -317,10 +437,19 @@ def normalize(model: EnergyModel, *, log_z: float | None = None,
     ``generator=``). The node remembers the estimate's standard error
     (``node.log_z_stderr``), shown by ``explain()``.
 
+    Raises:
+        CapabilityError: if the estimate is unreliable (degenerate AIS weights,
+            ``stderr`` inf: often an improper model) rather than build a model on it,
+            or if a Gaussian part is improper; see :func:`estimate_log_z`.
+
     Example:
         >>> mixture = 0.25 * normalize(a) | 0.75 * normalize(b)   # weights 0.25 / 0.75
     """
     if log_z is not None:
         return Normalized(model, log_z)
     estimate = estimate_log_z(model, **ais_options)
+    if not math.isfinite(estimate.stderr):
+        raise CapabilityError(
+            f"normalize: {_unreliable(model, estimate.ess, len(estimate.log_weights))}; or "
+            "pass log_z= if it is known")
     return Normalized(model, estimate.log_z, stderr=estimate.stderr)
