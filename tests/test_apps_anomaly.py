@@ -45,6 +45,20 @@ def test_roc_curve_has_the_same_area():
     assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(inliers, outliers))
 
 
+def test_roc_curve_with_infinite_scores_keeps_thresholds_strictly_decreasing():
+    inliers, outliers = np.array([-np.inf, 0.0, 1.0]), np.array([1.0, np.inf, np.inf])
+    fpr, tpr, thresholds = roc_curve(inliers, outliers)
+    assert np.all(np.diff(thresholds) < 0)
+    # (0, 0) stands for "nothing flagged"; every later point is "score ≥ threshold".
+    assert (fpr[0], tpr[0], thresholds[0]) == (0.0, 0.0, np.inf)
+    assert thresholds[1] == np.finfo(np.float64).max
+    for k in range(1, len(thresholds)):
+        assert fpr[k] == np.mean(inliers >= thresholds[k])
+        assert tpr[k] == np.mean(outliers >= thresholds[k])
+    assert (fpr[1], tpr[1]) == (0.0, 2 / 3) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(inliers, outliers))
+
+
 def test_bad_scores_raise():
     with pytest.raises(ValueError, match="NaN"):
         roc_auc([0.0, np.nan], [1.0])
@@ -61,6 +75,28 @@ def test_likelihood_ratio_is_the_energy_of_model_and_not_reference():
     # Both are normalised, so the score is exactly log p_ref(x) − log p_model(x).
     torch.testing.assert_close(detector.score(x), reference.log_prob(x) - model.log_prob(x))
     torch.testing.assert_close(energy_score(model, x), model.energy(x))
+
+
+def test_per_input_noise_levels_are_chunked_with_x():
+    """More inputs than one evaluation chunk (2048), each with its own t."""
+    model = eb.from_energy(lambda x, t: 0.5 * (x**2).sum(1) / (1 + t**2), 2, name="smoothed",
+                           noise_conditioned=True)
+    x = torch.randn(2500, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(0.1, 2.0, 2500)
+    torch.testing.assert_close(energy_score(model, x, t=t), model.energy(x, t))
+    detector = LikelihoodRatioDetector(model, Gaussian(torch.zeros(2), 2.0), t=t)
+    torch.testing.assert_close(detector.score(x), model.energy(x, t) - detector.reference.energy(x))
+    with pytest.raises(eb.CompositionError, match=r"t must be a scalar or shaped like x's batch "
+                                                  r"\(2500,\); got \(30,\)"):
+        energy_score(model, x, t=t[:30])
+
+
+def test_energy_score_needs_a_batch_tensor():
+    model = Gaussian(torch.zeros(3), 1.0)
+    with pytest.raises(eb.CompositionError, match=r"x must be a batch .* got shape \(3,\)"):
+        energy_score(model, torch.zeros(3))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got ndarray"):
+        energy_score(model, np.zeros((4, 3), dtype=np.float32))
 
 
 def test_ranking_ignores_the_normalisers():

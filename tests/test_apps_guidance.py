@@ -115,6 +115,20 @@ def test_mlp_classifier_config_and_save_round_trip(tmp_path):
         clf(x)
 
 
+def test_mlp_classifier_noise_levels_are_validated():
+    torch.manual_seed(0)
+    clf = MLPClassifier((2, 2), 2, hidden=(4,), noise_conditioned=True)
+    x = torch.randn(3, 2, 2)
+    for sigma in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="sigma must be positive and finite"):
+            clf(x, sigma)
+    with pytest.raises(ValueError, match="classifier_1: .*sigma must be positive and finite"):
+        ClassifierEnergy(clf, 1).energy(x, 0.0)
+    with pytest.raises(eb.CompositionError, match=r"sigma must be a scalar or shaped \(3,\)"):
+        clf(x, torch.ones(2))
+    torch.testing.assert_close(clf(x, torch.full((3,), 0.5)), clf(x, 0.5))
+
+
 def test_shipped_glasses_classifier_reads_faces():
     """Card: accuracy 1.0 on clean faces; a fresh seed here."""
     from ebmalgebra.datasets import faces

@@ -222,6 +222,23 @@ def test_posterior_estimate_needs_whole_groups_of_chains():
         posterior_estimate(posterior, torch.zeros(4, 2), 3)
 
 
+def test_posterior_estimate_checks_n_obs_against_the_likelihood():
+    prior = Gaussian(torch.zeros(2), 1.0)
+    posterior = prior & GaussianLikelihood(torch.zeros(3, 2), 0.5, event_shape=2)
+    for n_obs in (0, -3, True, 3.0):
+        with pytest.raises(ValueError, match="n_obs must be a positive int"):
+            posterior_estimate(posterior, torch.zeros(6, 2), n_obs)
+    # 6 chains split evenly into 1 or 2 groups, but the likelihood pairs chain j with y[j % 3].
+    for n_obs in (1, 2):
+        with pytest.raises(eb.CompositionError, match="likelihood holds 3 observations"):
+            posterior_estimate(posterior, torch.zeros(6, 2), n_obs)
+    with pytest.raises(eb.CompositionError, match="pass n_obs=3"):
+        posterior_estimate(posterior ** 2, torch.zeros(6, 2), 2)
+    estimate = posterior_estimate(posterior, torch.zeros(6, 2), 3, method="sample",
+                                  sampler=MALA(), n_steps=1)
+    assert estimate.shape == (3, 2)
+
+
 def test_psnr():
     truth = torch.zeros(2, 4)
     torch.testing.assert_close(psnr(truth + 0.1, truth), torch.full((2,), 20.0))

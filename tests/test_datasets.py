@@ -59,6 +59,8 @@ def test_toy_argument_errors(sample):
         sample(True)
     with pytest.raises(TypeError, match="dtype must be a floating"):
         sample(3, dtype=torch.int64)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        sample(3, generator=3)
 
 
 def test_toy_parameter_errors_name_the_parameter():
@@ -184,6 +186,31 @@ def test_detectors_survive_blur_contrast_changes_and_input_layouts():
     assert torch.equal(faces.has_hat(x), flat["hat"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_detectors_and_realism_read_low_precision_images(dtype):
+    """Read in float32: rounding to 8 (bfloat16) or 11 (float16) significant bits moves
+    pixels by < 0.004, far inside the detectors' margins, so no decision changes."""
+    x = faces(200, noise=0.06, generator=seeded(3))
+    low = x.to(dtype)
+    found, expected = faces.attributes(low), faces.attributes(x)
+    for name in expected:
+        assert torch.equal(found[name], expected[name]), name
+    assert torch.equal(faces.has_glasses(low), expected["glasses"])
+    score = faces.realism(low)
+    assert score.dtype == torch.float32
+    torch.testing.assert_close(score, faces.realism(x), atol=1e-3, rtol=0)
+    assert torch.equal(faces.is_realistic(low), score <= faces.realism_threshold)
+
+
+def test_detectors_accept_an_empty_batch():
+    empty = torch.zeros(0, 16, 16)
+    for detector in (faces.has_glasses, faces.has_hat, faces.has_smile, faces.is_realistic):
+        found = detector(empty)
+        assert found.dtype == torch.bool and found.shape == (0,), detector.__name__
+    assert all(found.shape == (0,) for found in faces.attributes(empty.half()).values())
+    assert faces.realism(empty).shape == (0,)
+
+
 def test_faces_argument_errors():
     with pytest.raises(TypeError, match="glasses must be True, False or None"):
         faces(4, glasses=1)
@@ -193,6 +220,8 @@ def test_faces_argument_errors():
         faces(-1)
     with pytest.raises(ValueError, match="noise"):
         faces(4, noise=-0.01)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        faces(4, generator=3)
     with pytest.raises(ValueError, match=r"x must have shape \(n, 16, 16\)"):
         faces.has_glasses(torch.zeros(4, 8, 8))
     with pytest.raises(ValueError, match="x must have shape"):

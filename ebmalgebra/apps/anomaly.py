@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import compile
+from ebmalgebra.errors import CompositionError
 
 __all__ = ["LikelihoodRatioDetector", "energy_score", "plot_roc", "roc_auc", "roc_curve"]
 
@@ -43,15 +44,42 @@ def energy_score(model: EnergyModel, x: Tensor, *, t: TimeLike = None) -> Tensor
 
     ``x`` is ``(batch, *event_shape)``; ``t`` is the noise level at which to
     read a noise-conditioned model (its energy of the data smoothed by
-    N(0, t² I)). Evaluated without gradients, in chunks.
+    N(0, t² I)), a scalar or one per input, ``(batch,)``. Evaluated without
+    gradients, in chunks.
+
+    Raises:
+        TypeError: x is not a tensor.
+        CompositionError: x has no batch dimension, or t is neither a scalar
+            nor ``(batch,)``.
 
     Example:
         >>> scores = energy_score(model, test_images, t=0.1)
     """
     compiled = compile(model)
     compiled.require("energy", "energy_score")
+    _check_batch(model, x, t)
+    chunks = x.split(_CHUNK)
+    t_chunks = t.split(_CHUNK) if isinstance(t, Tensor) and t.dim() > 0 else [t] * len(chunks)
     with torch.no_grad():
-        return torch.cat([compiled.energy(chunk, t) for chunk in x.split(_CHUNK)])
+        return torch.cat([compiled.energy(chunk, t_chunk)
+                          for chunk, t_chunk in zip(chunks, t_chunks, strict=True)])
+
+
+def _check_batch(model: EnergyModel, x: object, t: TimeLike) -> None:
+    """x is a ``(batch, *event_shape)`` tensor and t a scalar or one level per row."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"energy_score: x must be a torch.Tensor, got {type(x).__name__}")
+    event_shape = model.event_shape
+    n_event = 0 if event_shape is None else len(event_shape)
+    if x.dim() <= n_event:
+        raise CompositionError(
+            f"energy_score: x must be a batch (batch, *event_shape) for {model!r} of "
+            f"event_shape {tuple(event_shape or ())}; got shape {tuple(x.shape)} (use x[None] "
+            "for one input)")
+    batch_shape = x.shape[:1] if event_shape is None else x.shape[:x.dim() - n_event]
+    if isinstance(t, Tensor) and t.dim() > 0 and t.shape != batch_shape:
+        raise CompositionError(f"energy_score: t must be a scalar or shaped like x's batch "
+                               f"{tuple(batch_shape)}; got {tuple(t.shape)}")
 
 
 class LikelihoodRatioDetector:
@@ -134,12 +162,22 @@ def roc_curve(inlier_scores: Tensor | np.ndarray, outlier_scores: Tensor | np.nd
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(false_positive_rate, true_positive_rate, thresholds)`` of "score ≥ threshold → outlier".
 
-    One point per distinct score, thresholds decreasing, starting at (0, 0)
-    with threshold +inf; the trapezoidal area under it equals :func:`roc_auc`.
+    Thresholds are strictly decreasing. The first point is (0, 0), nothing
+    flagged, with threshold +inf; then comes one point per distinct score, at
+    that score, down to (1, 1). A +inf score gets the threshold
+    ``np.finfo(np.float64).max`` (the largest finite float) instead, so that
+    +inf means "nothing flagged" and every later point k is exactly
+    "score ≥ thresholds[k]". The trapezoidal area under the curve equals
+    :func:`roc_auc`.
+
+    Example:
+        >>> roc_curve([0.0, 1.0], [2.0])
+        (array([0. , 0. , 0.5, 1. ]), array([0., 1., 1., 1.]), array([inf,  2.,  1.,  0.]))
     """
     inliers = _as_scores(inlier_scores, "inlier_scores")
     outliers = _as_scores(outlier_scores, "outlier_scores")
-    thresholds = np.unique(np.concatenate([inliers, outliers]))[::-1]
+    scores = np.minimum(np.concatenate([inliers, outliers]), np.finfo(np.float64).max)
+    thresholds = np.unique(scores)[::-1]
     fpr = np.concatenate([[0.0], _fraction_at_least(inliers, thresholds)])
     tpr = np.concatenate([[0.0], _fraction_at_least(outliers, thresholds)])
     return fpr, tpr, np.concatenate([[np.inf], thresholds])

@@ -211,6 +211,10 @@ class MLPClassifier(nn.Module):
                 "noise_conditioned": self.noise_conditioned, "sigma_data": self.sigma_data}
 
     def forward(self, x: Tensor, sigma: TimeLike = None) -> Tensor:
+        """Logits ``(batch, n_classes)`` of x ``(batch, *event_shape)``; when noise-conditioned,
+        σ is a positive, finite scalar or one per row, ``(batch,)``."""
+        from ebmalgebra.learning.nets import _sigma_per_sample
+
         if x.dim() != len(self.event_shape) + 1 or tuple(x.shape[1:]) != tuple(self.event_shape):
             raise CompositionError(f"MLPClassifier expects x of shape (batch, "
                                    f"{', '.join(map(str, self.event_shape))}), got "
@@ -220,7 +224,7 @@ class MLPClassifier(nn.Module):
             if sigma is None:
                 raise CompositionError("MLPClassifier is noise-conditioned: call it with a "
                                        "noise level, clf(x, sigma)")
-            sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+            sigma = _sigma_per_sample(sigma, x, self)
             h = h * (sigma.square() + self.sigma_data**2).rsqrt()[:, None]
             features = self.embedding(sigma)
         for i, layer in enumerate(self.layers):

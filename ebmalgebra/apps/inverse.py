@@ -103,8 +103,9 @@ def posterior_estimate(
     """Estimate x from ``posterior`` by sampling or descent, chains started at ``x0``.
 
     ``x0`` is ``(k · n_obs, *event_shape)``: k chains per observation, chain j
-    serving observation j % n_obs (the pairing of :class:`GaussianLikelihood`).
-    Returns ``(n_obs, *event_shape)``:
+    serving observation j % n_obs (the pairing of :class:`GaussianLikelihood`,
+    so n_obs must equal the number of observations of every batched
+    :class:`GaussianLikelihood` in ``posterior``). Returns ``(n_obs, *event_shape)``:
 
     * ``"posterior_mean"``: the average over chains and over ``n_steps``
       draws after warmup (the annealing phase for
@@ -118,13 +119,21 @@ def posterior_estimate(
 
     ``sampler`` defaults to :func:`annealed_sampler` for noise-conditioned
     posteriors and to :class:`~ebmalgebra.samplers.MALA` otherwise.
+
+    Raises:
+        ValueError: n_obs is not a positive int or does not divide x0's batch size.
+        CompositionError: a batched :class:`GaussianLikelihood` in ``posterior``
+            holds a different number of observations than n_obs.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    if isinstance(n_obs, bool) or not isinstance(n_obs, int) or n_obs < 1:
+        raise ValueError(f"n_obs must be a positive int, got {n_obs!r}")
     if x0.shape[0] % n_obs:
         raise ValueError(f"x0 must hold a multiple of n_obs={n_obs} chains, got {x0.shape[0]}")
+    _check_observation_count(posterior, n_obs)
     noise_conditioned = is_noise_conditioned(posterior)
     if sampler is None:
         sampler = (annealed_sampler(_prior_part(posterior)) if noise_conditioned
@@ -146,6 +155,16 @@ def posterior_estimate(
         return result.draws[-1, :n_obs]
     draws = result.draws.reshape(keep, -1, n_obs, *x0.shape[1:])
     return draws.mean(dim=(0, 1))
+
+
+def _check_observation_count(posterior: EnergyModel, n_obs: int) -> None:
+    """Every batched likelihood pairs chain j with y[j % its n_obs]; grouping the chains by
+    j % n_obs must agree, or estimates would average chains of different observations."""
+    for leaf in posterior.leaves():
+        if isinstance(leaf, GaussianLikelihood) and leaf.n_obs not in (None, n_obs):
+            raise CompositionError(
+                f"posterior_estimate: n_obs={n_obs}, but {leaf!r} holds {leaf.n_obs} "
+                f"observations (chain j observes y[j % {leaf.n_obs}]); pass n_obs={leaf.n_obs}")
 
 
 def _prior_part(posterior: EnergyModel) -> EnergyModel:

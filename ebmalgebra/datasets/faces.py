@@ -152,7 +152,11 @@ def _render(
 
 
 def _as_images(x: object) -> Tensor:
-    """Accept (n, 16, 16), (n, 1, 16, 16) or (n, 256) and return float (n, 16, 16)."""
+    """Accept (n, 16, 16), (n, 1, 16, 16) or (n, 256) and return float (n, 16, 16).
+
+    float32 and float64 are kept; integer, float16 and bfloat16 images become
+    float32 (quantiles need it, and half precision would blur the cut-offs).
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     pixels = _SIZE * _SIZE
@@ -166,7 +170,7 @@ def _as_images(x: object) -> Tensor:
         raise ValueError(
             f"x must have shape (n, 16, 16), (n, 1, 16, 16) or (n, 256), got {tuple(x.shape)}"
         )
-    if not images.is_floating_point():
+    if images.dtype not in (torch.float32, torch.float64):
         images = images.float()
     return images.detach()
 
@@ -208,7 +212,8 @@ class _Landmarks:
         corners = images[:, [0, 1, -2, -1]][:, :, [0, 1, -2, -1]]
         self.background = corners.flatten(1).mean(dim=1)
         face = self.region((-1, 2, 3, 4, 5), range(-4, 4)).flatten(1)
-        self.skin = torch.quantile(face, 0.75, dim=1)
+        # quantile rejects an empty input even when the reduced dimension is not empty
+        self.skin = torch.quantile(face, 0.75, dim=1) if len(face) else face[:, 0]
 
     @staticmethod
     def _find_axis(images: Tensor) -> Tensor:
@@ -251,6 +256,8 @@ class Faces:
     (n, 16, 16), (n, 1, 16, 16) or (n, 256) with :meth:`has_glasses`,
     :meth:`has_hat`, :meth:`has_smile` or :meth:`attributes`; check that they
     look like faces at all with :meth:`realism` / :meth:`is_realistic`.
+    Images may have any real dtype (integer, float16 and bfloat16 ones are
+    read in float32), and n may be 0.
 
     Example:
         >>> from ebmalgebra.datasets import faces
@@ -406,6 +413,7 @@ class Faces:
 
         Lower is more face-like: real faces score ≈ 0.02–0.04, uniform noise
         and constant images ≥ 0.19. :meth:`is_realistic` applies the threshold.
+        Scores have x's dtype (float32 for integer, float16 and bfloat16 x).
 
         Example:
             >>> bool(faces.realism(torch.rand(2, 16, 16)).min() > faces.realism_threshold)

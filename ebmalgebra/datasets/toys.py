@@ -52,8 +52,16 @@ def _check_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _draw_device(generator: torch.Generator | None) -> torch.device:
-    """Device on which random numbers are drawn: the generator's, or the CPU."""
-    return generator.device if generator is not None else torch.device("cpu")
+    """Device on which random numbers are drawn: the generator's, or the CPU.
+
+    Also validates ``generator``, which every sampler passes through here.
+    """
+    if generator is None:
+        return torch.device("cpu")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")
+    return generator.device
 
 
 def _finish(x: Tensor, dtype: torch.dtype, device: torch.device | str | None) -> Tensor:
