@@ -151,3 +151,95 @@ def test_cd_takes_negatives_from_any_library_sampler(make_sampler):
     loss.backward()
     assert negatives.shape == (16, 2) and torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_cd_reinitialises_buffer_chains_whose_energy_is_not_finite():
+    # E = +inf on x₁ > 1, at finite positions: a chain stored there is stuck (MALA
+    # rejects every move from it), so the buffer must not keep it. A persistent buffer
+    # restarts such chains from uniform noise on [−1, 1]², where E is finite; with
+    # n_steps=0 the negatives are the starts, so the other rows must come back unchanged.
+    def energy(x):
+        return x.square().sum(-1) + torch.where(x[:, 0] > 1, float("inf"), 0.0)
+
+    model = from_energy(energy, 2, name="wall")
+    starts = torch.tensor([[2.0, 0.0], [0.5, 0.0], [3.0, 1.0], [-0.5, 0.5]])
+    buffer = ReplayBuffer.persistent(starts)
+    g = torch.Generator().manual_seed(0)
+    contrastive_divergence(model, torch.zeros(4, 2), sampler=MALA(step_size=0.01), n_steps=0,
+                           buffer=buffer, generator=g)
+    assert torch.isfinite(model.energy(buffer.samples)).all()
+    torch.testing.assert_close(buffer.samples[[1, 3]], starts[[1, 3]])
+    assert (buffer.samples[[0, 2]].abs() <= 1).all()
+
+
+def test_cd_checks_the_buffer_with_the_energies_it_already_computed():
+    # The buffer's finiteness check must not cost model evaluations: with or without a
+    # buffer, one CD step evaluates the energy equally often.
+    calls = []
+
+    def energy(x):
+        calls.append(x.shape[0])
+        return x.square().sum(-1)
+
+    model = from_energy(energy, 2, name="counted")
+    x = torch.randn(8, 2)
+    counts = []
+    for buffer in (None, ReplayBuffer.persistent(torch.randn(8, 2))):
+        calls.clear()
+        contrastive_divergence(model, x, sampler=MALA(step_size=0.1), n_steps=2, buffer=buffer)
+        counts.append(len(calls))
+    assert counts[0] == counts[1]
+
+
+def test_replay_buffer_update_replaces_rows_with_a_non_finite_energy_or_score():
+    g = torch.Generator().manual_seed(0)
+    buffer = ReplayBuffer(4, 2, noise=lambda n, generator: torch.full((n, 2), 7.0),
+                          reinit_fraction=0.0, generator=g)
+    x = torch.arange(8.0).reshape(4, 2)
+    energy = torch.tensor([0.0, float("inf"), 1.0, 2.0])
+    score = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [float("nan"), 0.0]])
+    buffer.update(torch.arange(4), x, energy=energy, score=score, generator=g)
+    expected = torch.stack([x[0], torch.full((2,), 7.0), x[2], torch.full((2,), 7.0)])
+    torch.testing.assert_close(buffer.samples, expected)
+    with pytest.raises(ValueError, match=r"energy must be shaped \(4,\)"):
+        buffer.update(torch.arange(4), x, energy=torch.zeros(4, 1))
+    with pytest.raises(ValueError, match=r"score must be shaped \(4, 2\)"):
+        buffer.update(torch.arange(4), x, score=torch.zeros(4))
+
+
+def test_replay_buffer_rejects_non_float_non_finite_or_unbounded_inputs():
+    with pytest.raises(TypeError, match="persistent: x0 must be floating point.*int64"):
+        ReplayBuffer.persistent(torch.zeros(4, 2, dtype=torch.long))
+    nan_x0 = torch.zeros(4, 2)
+    nan_x0[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"persistent: x0 must be finite; chain\(s\) \[2\]"):
+        ReplayBuffer.persistent(nan_x0)
+    with pytest.raises(ValueError, match="ReplayBuffer: low must be finite, got -inf"):
+        ReplayBuffer(4, 2, low=float("-inf"), high=0.0)
+    with pytest.raises(ValueError, match="ReplayBuffer: high must be finite, got nan"):
+        ReplayBuffer(4, 2, high=float("nan"))
+    with pytest.raises(ValueError, match="reinit_fraction must be a real number"):
+        ReplayBuffer(4, 2, reinit_fraction="0.1")
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype.*int64"):
+        ReplayBuffer(4, 2, dtype=torch.long)
+    with pytest.raises(TypeError, match="noise must be callable"):
+        ReplayBuffer(4, 2, noise=torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize(("alpha", "match"), [(None, "alpha must be a real number"),
+                                              (float("nan"), "alpha must be finite"),
+                                              (-0.5, "alpha must be non-negative")])
+def test_cd_rejects_an_alpha_that_is_not_a_non_negative_number(alpha, match):
+    model = as_model(MLPEnergy(2, hidden=(8,)), name="e")
+    with pytest.raises(ValueError, match=f"contrastive_divergence: {match}"):
+        contrastive_divergence(model, torch.randn(4, 2), sampler=ULA(step_size=0.1),
+                               alpha=alpha)
+
+
+def test_cd_rejects_a_buffer_or_generator_of_the_wrong_type():
+    model = as_model(MLPEnergy(2, hidden=(8,)), name="e")
+    x = torch.randn(4, 2)
+    with pytest.raises(TypeError, match=r"buffer must be a ReplayBuffer.*persistent\(x0\)"):
+        contrastive_divergence(model, x, sampler=ULA(step_size=0.1), buffer=torch.zeros(4, 2))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None"):
+        contrastive_divergence(model, x, sampler=ULA(step_size=0.1), generator=0)

@@ -86,5 +86,82 @@ def test_fit_reports_a_non_finite_loss_with_its_step():
     def exploding(model, batch, generator=None):
         return model.energy(batch).mean() * float("nan")
 
-    with pytest.raises(FloatingPointError, match="step 0"):
+    with pytest.raises(FloatingPointError, match=r"step 1 \(epoch 1\)"):
         fit(model, data(), exploding, progress=False)
+
+
+def test_a_non_finite_loss_is_reported_at_the_step_the_callback_would_have_seen():
+    # Steps count from 1 for the callback, so the error must too: NaN on the third step.
+    model = from_energy(torch.nn.Linear(2, 1), 2, name="linear")
+    calls, seen = [], []
+
+    def nan_on_third_call(model, batch, generator=None):
+        calls.append(None)
+        return model.energy(batch).mean() * (float("nan") if len(calls) == 3 else 1.0)
+
+    with pytest.raises(FloatingPointError, match=r"at step 3 \(epoch 1\)"):
+        fit(model, data(), nan_on_third_call, batch_size=32, progress=False,
+            callback=lambda step, loss: seen.append(step))
+    assert seen == [1, 2]
+
+
+def parameters_of(net):
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def assert_unchanged(net, before):
+    for p, q in zip(net.parameters(), before, strict=True):
+        torch.testing.assert_close(p.detach(), q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("max_grad_norm", [-1.0, 0.0, float("nan"), float("inf"), "1"])
+def test_fit_rejects_a_max_grad_norm_that_is_not_positive_and_finite(max_grad_norm):
+    # A negative norm would flip every gradient (clip_grad_norm_ scales by max/‖g‖).
+    net, model = gaussian_model()
+    before = parameters_of(net)
+    with pytest.raises(ValueError, match="max_grad_norm must be a positive finite number"):
+        fit(model, data(), partial(score_matching, method="exact"), progress=False,
+            max_grad_norm=max_grad_norm)
+    assert_unchanged(net, before)
+
+
+def test_fit_rejects_a_scheduler_of_another_optimizer():
+    net, model = gaussian_model()
+    loss = partial(score_matching, method="exact")
+    other = torch.optim.SGD(net.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(other, 1)
+    before = parameters_of(net)
+    with pytest.raises(ValueError, match="scheduler needs the optimizer it was built on"):
+        fit(model, data(), loss, scheduler=scheduler, progress=False)
+    with pytest.raises(ValueError, match="scheduler was built on a different optimizer"):
+        fit(model, data(), loss, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+            scheduler=scheduler, progress=False)
+    assert_unchanged(net, before)
+    fit(model, data(), loss, optimizer=other, scheduler=scheduler, progress=False)
+    assert other.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1**2)  # 2 steps of StepLR(γ=0.1)
+
+
+@pytest.mark.parametrize("generator", ["abc", 0, torch.zeros(1)])
+def test_fit_rejects_a_generator_that_is_not_a_torch_generator(generator):
+    _, model = gaussian_model()
+    with pytest.raises(TypeError, match="fit: generator must be a torch.Generator or None"):
+        fit(model, data(), partial(score_matching, method="exact"), generator=generator,
+            progress=False)
+
+
+def test_fit_checks_the_callback_before_any_step():
+    net, model = gaussian_model()
+    before = parameters_of(net)
+    with pytest.raises(TypeError, match="callback must be callable"):
+        fit(model, data(), partial(score_matching, method="exact"), callback=3, progress=False)
+    assert_unchanged(net, before)
+
+
+@pytest.mark.parametrize("window", [0, -1, 2.5, True])
+def test_history_smoothing_window_must_be_a_positive_int(window):
+    history = History(losses=[1.0, 2.0, 3.0])
+    assert history.smoothed(2) == [1.0, 1.5, 2.5]
+    with pytest.raises(ValueError, match="History.smoothed: window must be a positive int"):
+        history.smoothed(window)
+    with pytest.raises(ValueError, match="History.plot: window must be a positive int"):
+        history.plot(window=window)

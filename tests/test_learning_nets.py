@@ -104,3 +104,30 @@ def test_wrapped_networks_compose_and_compile():
 def test_as_model_requires_an_event_shape():
     with pytest.raises(TypeError, match="from_energy"):
         as_model(torch.nn.Linear(2, 1), name="linear")
+
+
+def test_gaussian_energy_rejects_a_scale_tril_that_is_not_a_cholesky_factor():
+    # The upper triangle used to be dropped silently, training from covariance I.
+    with pytest.raises(ValueError, match=r"lower triangular.*scale_tril\[0, 1\] = 5.0"):
+        GaussianEnergy(2, scale_tril=[[1.0, 5.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="positive diagonal"):
+        GaussianEnergy(2, scale_tril=[[1.0, 0.0], [0.5, -1.0]])
+    with pytest.raises(ValueError, match="finite"):
+        GaussianEnergy(2, loc=[0.0, float("nan")])
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: GaussianEnergy(True), "dim must be a positive int, got True"),
+        (lambda: MLPEnergy(2, hidden=(True,)), r"hidden must be .* positive ints, got \(True,\)"),
+        (lambda: MLPEnergy(0), r"event_shape must have positive dimensions, got \(0,\)"),
+        (lambda: MLPEnergy((4, 0)), r"event_shape must have positive dimensions, got \(4, 0\)"),
+        (lambda: MLPEnergy(True), "event_shape must be an int or a sequence of ints"),
+        (lambda: ConvEnergy((0, 8)), r"image_shape must have positive dimensions"),
+        (lambda: ResidualMLPDenoiser(0), "event_shape must have positive dimensions"),
+    ],
+)
+def test_networks_reject_bool_and_empty_sizes_naming_the_argument(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()

@@ -5,7 +5,7 @@ from functools import partial
 import pytest
 import torch
 
-from ebmalgebra import CompositionError, from_energy, from_score
+from ebmalgebra import CapabilityError, CompositionError, from_energy, from_score
 from ebmalgebra.learning import (
     GaussianEnergy,
     MLPEnergy,
@@ -201,3 +201,20 @@ def test_score_matching_validates_model_and_data():
         multi_noise_dsm(model, torch.tensor([[0.0, float("nan"), 1.0]]))
     with pytest.raises(ValueError, match="projection"):
         sliced_score_matching(model, torch.zeros(4, 3), projection="sphere")
+
+
+def test_multi_noise_dsm_rejects_a_model_that_ignores_sigma():
+    # An unconditioned net would train silently with every σ ignored.
+    model = as_model(MLPEnergy(2, hidden=(8,)), name="plain")
+    with pytest.raises(CapabilityError, match="multi_noise_dsm: 'plain' is not noise-conditioned"):
+        multi_noise_dsm(model, torch.randn(8, 2))
+    conditioned = as_model(MLPEnergy(2, hidden=(8,), noise_conditioned=True), name="noisy")
+    assert torch.isfinite(multi_noise_dsm(conditioned & model, torch.randn(8, 2)))
+
+
+@pytest.mark.parametrize("n_projections", [True, 0, 1.5])
+def test_sliced_score_matching_needs_a_positive_int_of_projections(n_projections):
+    _, model = gaussian_model()
+    with pytest.raises(ValueError, match="n_projections must be a positive int"):
+        sliced_score_matching(model, torch.zeros(4, 3), n_projections=n_projections)
+

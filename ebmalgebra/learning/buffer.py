@@ -4,10 +4,11 @@ The buffer holds ``capacity`` points that persist across training steps.
 Each step draws chain starts from it, replacing a fraction
 ``reinit_fraction`` (5% by default) by fresh noise so new modes keep being
 discovered; short-run MCMC moves the starts, and the results are written
-back over the entries they came from. With ``reinit_fraction=0`` and
-``capacity`` equal to the batch size every chain is reused every step: that
-is persistent contrastive divergence (Tieleman 2008), built by
-:meth:`ReplayBuffer.persistent`.
+back over the entries they came from (a chain whose end point, energy or
+score is NaN or ±inf is re-initialised from noise instead). With
+``reinit_fraction=0`` and ``capacity`` equal to the batch size every chain
+is reused every step: that is persistent contrastive divergence (Tieleman
+2008), built by :meth:`ReplayBuffer.persistent`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ebmalgebra.base import as_finite_float
 from ebmalgebra.leaves import as_event_shape
+from ebmalgebra.samplers.base import is_nonfinite
 
 __all__ = ["ReplayBuffer"]
 
@@ -30,13 +33,14 @@ class ReplayBuffer:
     Args:
         capacity: number of stored points.
         event_shape: shape of one point.
-        low, high: fresh points are uniform on [low, high] per coordinate
-            (ignored when ``noise`` is given).
+        low, high: fresh points are uniform on [low, high] per coordinate,
+            finite with low < high (ignored when ``noise`` is given).
         noise: optional ``noise(n, generator) -> (n, *event_shape)`` for fresh
             points, e.g. a Gaussian or a data-shaped prior.
         reinit_fraction: probability that a drawn start is replaced by fresh
             noise (Du & Mordatch use 0.05).
         generator: randomness for the initial fill.
+        dtype, device: of the stored points; ``dtype`` must be floating point.
 
     Example:
         >>> buffer = ReplayBuffer(10_000, 2, low=-4.0, high=4.0)
@@ -59,13 +63,23 @@ class ReplayBuffer:
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"ReplayBuffer: capacity must be a positive int, got {capacity!r}")
+        reinit_fraction = as_finite_float(reinit_fraction, "ReplayBuffer: reinit_fraction")
         if not 0.0 <= reinit_fraction <= 1.0:
             raise ValueError(f"ReplayBuffer: reinit_fraction must be in [0, 1], "
                              f"got {reinit_fraction!r}")
-        if noise is None and not low < high:
-            raise ValueError(f"ReplayBuffer: need low < high, got low={low}, high={high}")
+        if noise is None:
+            low = as_finite_float(low, "ReplayBuffer: low")
+            high = as_finite_float(high, "ReplayBuffer: high")
+            if not low < high:
+                raise ValueError(f"ReplayBuffer: need low < high, got low={low}, high={high}")
+        elif not callable(noise):
+            raise TypeError(f"ReplayBuffer: noise must be callable as noise(n, generator), got "
+                            f"{type(noise).__name__}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"ReplayBuffer: dtype must be a floating-point torch.dtype, got "
+                            f"{dtype!r}")
         self.event_shape = as_event_shape(event_shape)
-        self.reinit_fraction = float(reinit_fraction)
+        self.reinit_fraction = reinit_fraction
         self._low, self._high, self._noise = float(low), float(high), noise
         self._dtype, self._device = dtype, torch.device(device) if device is not None else None
         self.samples = self.noise(capacity, generator)
@@ -75,10 +89,19 @@ class ReplayBuffer:
         """Persistent chains started at ``x0`` ``(n_chains, *event_shape)``, never re-initialised.
 
         Draw exactly ``n_chains`` points per step to advance every chain once.
+        ``x0`` must be floating point and finite. Only a chain that can no
+        longer move (see :meth:`update`) restarts, from uniform noise on [−1, 1].
         """
         if not isinstance(x0, Tensor) or x0.dim() < 1 or x0.shape[0] == 0:
             raise ValueError("ReplayBuffer.persistent: x0 must be a non-empty tensor "
                              "(n_chains, *event_shape)")
+        if not x0.is_floating_point():
+            raise TypeError(f"ReplayBuffer.persistent: x0 must be floating point, got "
+                            f"{x0.dtype}; convert it with .float()")
+        if not torch.isfinite(x0).all():
+            raise ValueError("ReplayBuffer.persistent: x0 must be finite; chain(s) "
+                             f"{_nonfinite_rows(x0).nonzero().flatten().tolist()[:4]} "
+                             "contain NaN or inf")
         buffer = cls.__new__(cls)
         buffer.event_shape = x0.shape[1:]
         buffer.reinit_fraction = 0.0
@@ -129,17 +152,41 @@ class ReplayBuffer:
                 starts[fresh] = self.noise(int(fresh.sum()), generator)
         return starts, index
 
-    def update(self, index: Tensor, x: Tensor) -> None:
+    def update(
+        self,
+        index: Tensor,
+        x: Tensor,
+        *,
+        energy: Tensor | None = None,
+        score: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         """Write chain states ``x`` ``(len(index), *event_shape)`` back at ``index``.
 
-        Non-finite rows are replaced by fresh noise rather than stored.
+        Rows no chain can continue from are replaced by fresh noise (drawn
+        with ``generator``) rather than stored: those with a non-finite
+        coordinate and, when given, those whose ``energy`` ``(len(index),)``
+        or ``score`` (shaped like ``x``) is NaN or ±inf. Pass the values the
+        sampler or the loss already computed at ``x``: the check costs no
+        model evaluation.
         """
         x = x.detach()
-        if tuple(x.shape) != (len(index), *self.event_shape):
-            raise ValueError(f"ReplayBuffer.update: x must be shaped "
-                             f"{(len(index), *self.event_shape)}, got {tuple(x.shape)}")
-        bad = ~torch.isfinite(x.flatten(1)).all(1)
+        shape = (len(index), *self.event_shape)
+        for value, what, expected in ((x, "x", shape), (energy, "energy", shape[:1]),
+                                      (score, "score", shape)):
+            if value is not None and tuple(value.shape) != expected:
+                raise ValueError(f"ReplayBuffer.update: {what} must be shaped {expected}, "
+                                 f"got {tuple(value.shape)}")
+        bad = _nonfinite_rows(x)
+        if energy is not None or score is not None:
+            bad = bad | is_nonfinite(None if energy is None else energy.detach(),
+                                     None if score is None else score.detach()).to(bad.device)
         if bad.any():
             x = x.clone()
-            x[bad] = self.noise(int(bad.sum()))
+            x[bad] = self.noise(int(bad.sum()), generator).to(x)
         self.samples[index] = x.to(self.samples)
+
+
+def _nonfinite_rows(x: Tensor) -> Tensor:
+    """``(n,)`` mask of the rows of ``x`` ``(n, *event_shape)`` with a NaN or ±inf."""
+    return ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)

@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel
-from ebmalgebra.learning._checks import check_batch, check_model
+from ebmalgebra.base import EnergyModel, as_finite_float
+from ebmalgebra.learning._checks import check_batch, check_generator, check_model
 from ebmalgebra.learning.buffer import ReplayBuffer
 
 __all__ = ["contrastive_divergence"]
@@ -56,17 +56,19 @@ def contrastive_divergence(
         sampler: any library sampler (an object with ``init(x0, model)`` and
             ``step(state, generator)``), e.g. ``ULA(step_size=0.01)``.
         n_steps: MCMC steps per loss evaluation.
-        buffer: where chains start (``None``: at the data); one negative per
-            data point is drawn and written back after sampling.
-        alpha: weight of the energy-magnitude regulariser α (E⁺² + E⁻²).
-        generator: randomness for the buffer and the sampler.
+        buffer: a :class:`ReplayBuffer` where chains start (``None``: at the
+            data); one negative per data point is drawn and written back
+            after sampling.
+        alpha: weight α ≥ 0 of the energy-magnitude regulariser α (E⁺² + E⁻²).
+        generator: a ``torch.Generator`` for the buffer and the sampler.
         return_negatives: also return the negatives x⁻.
 
     Returns:
         The 0-d loss (and x⁻ ``(batch, *event_shape)`` with
         ``return_negatives``). Negatives whose energy is not finite are left
-        out of the loss (and re-initialised in the buffer); if none is
-        finite a ``FloatingPointError`` suggests a smaller step size.
+        out of the loss; in the buffer, those whose energy or score is not
+        finite are re-initialised from its noise. If no energy is finite a
+        ``FloatingPointError`` suggests a smaller step size.
 
     Example:
         >>> buffer = ReplayBuffer(10_000, 2, low=-4, high=4)
@@ -82,12 +84,18 @@ def contrastive_divergence(
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"contrastive_divergence: n_steps must be a non-negative int, "
                          f"got {n_steps!r}")
+    alpha = as_finite_float(alpha, "contrastive_divergence: alpha")
     if alpha < 0:
         raise ValueError(f"contrastive_divergence: alpha must be non-negative, got {alpha!r}")
+    check_generator(generator, "contrastive_divergence")
     n = positives.shape[0]
     if buffer is None:
         starts, index = positives.detach(), None
     else:
+        if not isinstance(buffer, ReplayBuffer):
+            raise TypeError(f"contrastive_divergence: buffer must be a ReplayBuffer or None, got "
+                            f"{type(buffer).__name__}; for chains that start at a tensor x0 "
+                            "use ReplayBuffer.persistent(x0)")
         if tuple(buffer.event_shape) != tuple(positives.shape[1:]):
             raise ValueError(f"contrastive_divergence: the buffer holds points of shape "
                              f"{tuple(buffer.event_shape)} but data points are "
@@ -98,11 +106,12 @@ def contrastive_divergence(
     for _ in range(n_steps):
         state, _ = sampler.step(state, generator)
     negatives = state.position.detach()
-    if index is not None:
-        buffer.update(index, negatives)
 
     energy_pos = model.energy(positives)
     energy_neg = model.energy(negatives)
+    if index is not None:
+        buffer.update(index, negatives, energy=energy_neg.detach(), score=_score(state, negatives),
+                      generator=generator)
     finite = torch.isfinite(energy_neg.detach())
     if not finite.all():
         if not finite.any():
@@ -115,3 +124,11 @@ def contrastive_divergence(
     if alpha:
         loss = loss + alpha * (energy_pos.square().mean() + energy_neg.square().mean())
     return (loss, negatives) if return_negatives else loss
+
+
+def _score(state: object, position: Tensor) -> Tensor | None:
+    """The sampler's score at ``position`` if its state keeps one (ULA, MALA, HMC), else None."""
+    score = getattr(state, "score", None)
+    if isinstance(score, Tensor) and score.shape == position.shape:
+        return score.detach()
+    return None

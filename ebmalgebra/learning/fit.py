@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.learning._checks import check_batch, check_model
+from ebmalgebra.learning._checks import check_batch, check_generator, check_model
+from ebmalgebra.samplers.base import check_positive
 
 __all__ = ["History", "fit"]
 
@@ -43,6 +44,7 @@ class History:
 
     def smoothed(self, window: int = 50) -> list[float]:
         """Moving average of the loss over the last ``window`` steps (fewer at the start)."""
+        _check_positive_int(window, "window", "History.smoothed")
         out, total = [], 0.0
         for i, value in enumerate(self.losses):
             total += value
@@ -56,6 +58,7 @@ class History:
 
         Returns the matplotlib Axes.
         """
+        _check_positive_int(window, "window", "History.plot")
         if ax is None:
             if path is not None:
                 # A bare Figure (no pyplot) never touches the user's backend or figure list.
@@ -106,17 +109,19 @@ def fit(
         loss: e.g. ``functools.partial(score_matching, method="sliced")``.
         epochs, batch_size: passes over the data and batch size.
         optimizer: defaults to ``torch.optim.Adam(model.parameters(), lr=1e-3)``.
-        scheduler: a learning-rate scheduler stepped after every step.
-        max_grad_norm: clip the global gradient norm to this value.
-        generator: randomness for shuffling and for the loss.
+        scheduler: a learning-rate scheduler stepped after every step; it must
+            have been built on ``optimizer`` (so pass both).
+        max_grad_norm: clip the global gradient norm to this positive value
+            (``None``: no clipping).
+        generator: a ``torch.Generator`` for shuffling and for the loss.
         progress: tqdm bar; ``None`` shows it only when stderr is a terminal.
-        callback: ``callback(step, loss)`` after every step; returning
-            ``True`` stops training.
+        callback: ``callback(step, loss)`` after every step (steps count
+            from 1); returning ``True`` stops training.
         plot: save the loss curve to this file at the end.
 
     Raises:
         FloatingPointError: the loss became NaN or infinite (the message gives
-            the step).
+            the step, counted from 1 as for ``callback``).
 
     Example:
         >>> history = fit(model, x, partial(score_matching, method="exact"), epochs=20)
@@ -129,6 +134,13 @@ def fit(
     if not callable(loss):
         raise TypeError(f"fit: loss must be callable as loss(model, batch, generator=...), "
                         f"got {type(loss).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit: callback must be callable as callback(step, loss) or None, "
+                        f"got {type(callback).__name__}")
+    if max_grad_norm is not None:
+        max_grad_norm = check_positive(max_grad_norm, "fit: max_grad_norm")
+    check_generator(generator, "fit")
+    _check_scheduler(scheduler, optimizer)
     if optimizer is None:
         parameters = [p for p in model.parameters() if p.requires_grad]
         if not parameters:
@@ -157,9 +169,9 @@ def fit(
                     raise TypeError(f"fit: the loss must return a 0-d tensor, got {what}")
                 if not torch.isfinite(value.detach()):
                     raise FloatingPointError(
-                        f"fit: the loss is {float(value.detach())} at step {history.steps} "
-                        f"(epoch {epoch}); lower the learning rate, set max_grad_norm, or "
-                        "check the model's output scale"
+                        f"fit: the loss is {float(value.detach())} at step "
+                        f"{history.steps + 1} (epoch {epoch + 1}); lower the learning rate, "
+                        "set max_grad_norm, or check the model's output scale"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
@@ -189,6 +201,19 @@ def fit(
     return history
 
 
-def _check_positive_int(value: object, name: str) -> None:
+def _check_positive_int(value: object, name: str, operation: str = "fit") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"fit: {name} must be a positive int, got {value!r}")
+        raise ValueError(f"{operation}: {name} must be a positive int, got {value!r}")
+
+
+def _check_scheduler(scheduler: object, optimizer: torch.optim.Optimizer | None) -> None:
+    """A scheduler must step the learning rate of the optimiser ``fit`` steps."""
+    if scheduler is None:
+        return
+    if optimizer is None:
+        raise ValueError("fit: scheduler needs the optimizer it was built on; pass both, e.g. "
+                         "opt = torch.optim.Adam(model.parameters()); "
+                         "fit(..., optimizer=opt, scheduler=StepLR(opt, 100))")
+    if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+        raise ValueError("fit: scheduler was built on a different optimizer than optimizer=, "
+                         "so it would not change the learning rate fit uses")

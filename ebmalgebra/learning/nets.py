@@ -77,6 +77,24 @@ def _sigma_per_sample(sigma: TimeLike, x: Tensor, net: nn.Module) -> Tensor:
     return sigma
 
 
+def _positive_int(value: object, what: str) -> int:
+    """``value`` if it is a positive int (not a bool), else a ``ValueError`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return value
+
+
+def _event_shape(value: int | Sequence[int], what: str = "event_shape") -> torch.Size:
+    """:func:`as_event_shape`, also rejecting empty dimensions and bools (``MLPEnergy(0)``)."""
+    if isinstance(value, bool) or (isinstance(value, Sequence)
+                                   and any(isinstance(d, bool) for d in value)):
+        raise ValueError(f"{what} must be an int or a sequence of ints, got {value!r}")
+    shape = as_event_shape(value)
+    if any(d == 0 for d in shape):
+        raise ValueError(f"{what} must have positive dimensions, got {tuple(shape)}")
+    return shape
+
+
 def _activation(name: str) -> nn.Module:
     activations = {"silu": nn.SiLU, "softplus": nn.Softplus, "elu": nn.ELU, "tanh": nn.Tanh,
                    "gelu": nn.GELU}
@@ -114,7 +132,8 @@ class GaussianEnergy(nn.Module):
     """E(x) = ½ (x − μ)ᵀ Σ⁻¹ (x − μ) with Σ = L Lᵀ, learnable μ and Cholesky factor L.
 
     L is lower triangular with a positive diagonal (exp of a free
-    parameter), so every parameter value is a valid Gaussian. The energy
+    parameter), so every parameter value is a valid Gaussian; a given
+    ``scale_tril`` must already be of that form (it is not projected). The energy
     omits log Z = ½ log det(2πΣ): score matching never needs it.
     ``(batch, dim)`` → ``(batch,)``.
 
@@ -129,14 +148,21 @@ class GaussianEnergy(nn.Module):
 
     def __init__(self, dim: int, *, loc: Tensor | None = None, scale_tril: Tensor | None = None):
         super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        dim = _positive_int(dim, "dim")
         self.event_shape = torch.Size([dim])
         loc = _float_tensor(torch.zeros(dim) if loc is None else loc)
         scale_tril = _float_tensor(torch.eye(dim) if scale_tril is None else scale_tril)
         if tuple(loc.shape) != (dim,) or tuple(scale_tril.shape) != (dim, dim):
             raise ValueError(f"loc must be ({dim},) and scale_tril ({dim}, {dim}), got "
                              f"{tuple(loc.shape)} and {tuple(scale_tril.shape)}")
+        if not (torch.isfinite(loc).all() and torch.isfinite(scale_tril).all()):
+            raise ValueError("loc and scale_tril must be finite")
+        upper = scale_tril.triu(1).nonzero()
+        if len(upper):
+            i, j = upper[0].tolist()
+            raise ValueError(f"scale_tril must be lower triangular (a Cholesky factor L), got "
+                             f"scale_tril[{i}, {j}] = {scale_tril[i, j].item()} above the "
+                             "diagonal")
         if (scale_tril.diagonal() <= 0).any():
             raise ValueError("scale_tril must have a positive diagonal")
         self.loc = nn.Parameter(loc.clone())
@@ -192,10 +218,11 @@ class MLPEnergy(nn.Module):
         noise_conditioned: bool = False,
     ) -> None:
         super().__init__()
-        self.event_shape = as_event_shape(event_shape)
+        self.event_shape = _event_shape(event_shape)
         self.noise_conditioned = bool(noise_conditioned)
         hidden = tuple(hidden)
-        if not hidden or any(not isinstance(w, int) or w < 1 for w in hidden):
+        if not hidden or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
+                             for w in hidden):
             raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {hidden}")
         widths = (math.prod(self.event_shape), *hidden)
         self.layers = nn.ModuleList(
@@ -244,7 +271,7 @@ class ConvEnergy(nn.Module):
         noise_conditioned: bool = False,
     ) -> None:
         super().__init__()
-        self.event_shape = as_event_shape(image_shape)
+        self.event_shape = _event_shape(image_shape, "image_shape")
         if len(self.event_shape) not in (2, 3):
             raise ValueError(f"image_shape must be (H, W) or (C, H, W), got "
                              f"{tuple(self.event_shape)}")
@@ -329,10 +356,9 @@ class ResidualMLPDenoiser(nn.Module):
         sigma_data: float = 0.5,
     ) -> None:
         super().__init__()
-        self.event_shape = as_event_shape(event_shape)
+        self.event_shape = _event_shape(event_shape)
         for value, what in ((width, "width"), (depth, "depth"), (embedding_dim, "embedding_dim")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{what} must be a positive int, got {value!r}")
+            _positive_int(value, what)
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         self.sigma_data = float(sigma_data)

@@ -52,6 +52,7 @@ from torch import Tensor
 
 from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import compile as compile_model
+from ebmalgebra.errors import CapabilityError
 from ebmalgebra.jit import call_compiled
 from ebmalgebra.learning._checks import check_batch, check_model
 from ebmalgebra.samplers.base import check_positive
@@ -153,7 +154,7 @@ def sliced_score_matching(
     if projection not in _PROJECTIONS:
         raise ValueError(f"sliced_score_matching: projection must be one of {_PROJECTIONS}, "
                          f"got {projection!r}")
-    if not isinstance(n_projections, int) or n_projections < 1:
+    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
         raise ValueError(f"sliced_score_matching: n_projections must be a positive int, "
                          f"got {n_projections!r}")
     # Each projection gets its own copy of x: one backward pass serves all of them.
@@ -225,8 +226,9 @@ def multi_noise_dsm(
 
     One σ per sample, log-uniform on [``sigma_min``, ``sigma_max``] or
     uniform over the discrete levels ``sigmas`` (Song & Ermon 2019's
-    geometric sequence). ``model`` must be noise-conditioned: σ is passed as
-    ``t`` of shape ``(batch,)``. ``jit=True`` compiles score and loss into one
+    geometric sequence). ``model`` must be noise-conditioned (a
+    :class:`~ebmalgebra.CapabilityError` otherwise): σ is passed as ``t`` of
+    shape ``(batch,)``. ``jit=True`` compiles score and loss into one
     kernel, as for :func:`denoising_score_matching`.
 
     Example:
@@ -235,6 +237,7 @@ def multi_noise_dsm(
     """
     check_model(model, "multi_noise_dsm", "score")
     x = check_batch(model, batch, "multi_noise_dsm")
+    _require_noise_conditioned(model, "multi_noise_dsm")
     n = x.shape[0]
     if sigmas is not None:
         levels = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device).reshape(-1)
@@ -252,6 +255,18 @@ def multi_noise_dsm(
         sigma = torch.exp(low + (high - low) * u)
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return _run(_multi_noise_objective, jit, model, x, noise, sigma)
+
+
+def _require_noise_conditioned(model: EnergyModel, operation: str) -> None:
+    """A :class:`CapabilityError` unless some leaf of ``model`` takes a noise level."""
+    from ebmalgebra.zoo.sampling import is_noise_conditioned  # the zoo builds on learning
+
+    if not is_noise_conditioned(model):
+        raise CapabilityError(
+            f"{operation}: '{model!r}' is not noise-conditioned, so it would ignore σ; build "
+            "it with noise_conditioned=True (e.g. MLPEnergy(..., noise_conditioned=True) or "
+            "DenoiserEnergy) or train it with denoising_score_matching at one σ"
+        )
 
 
 def _multi_noise_objective(model: EnergyModel, x: Tensor, noise: Tensor, sigma: Tensor
