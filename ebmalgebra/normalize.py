@@ -39,6 +39,7 @@ from ebmalgebra.samplers import (
     Sampler,
     sample,
 )
+from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
 from ebmalgebra.targets import MultivariateGaussian
 
 __all__ = ["LogZEstimate", "estimate_log_z", "normalize"]
@@ -167,8 +168,9 @@ def fit_base(model: EnergyModel, *, n_chains: int = 256, n_steps: int = 200,
             f"fit_base: the default base is a Gaussian over vectors; {model!r} has event_shape "
             f"{None if shape is None else tuple(shape)} — pass base= explicitly")
     x0 = torch.randn(n_chains, shape[0], generator=generator, dtype=dtype)
-    run = sample(model, MALA(step_size=0.1), x0=x0, n_steps=n_steps, warmup=n_steps,
-                 generator=generator, progress=False)
+    adapt = n_steps >= MIN_ADAPTATION_STEPS  # shorter runs only burn in, without a warning
+    run = sample(model, MALA(step_size=0.1, adapt_step_size=adapt), x0=x0, n_steps=n_steps,
+                 warmup=n_steps, generator=generator, progress=False)
     draws = run.draws.reshape(-1, shape[0]).double()
     if not torch.isfinite(draws).all():
         raise CapabilityError(f"fit_base: short-run samples of {model!r} are not finite; "

@@ -8,6 +8,8 @@ tests/test_samplers_statistics.py.
 from __future__ import annotations
 
 import math
+import warnings
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -24,7 +26,7 @@ from ebmalgebra.samplers import (
     RandomWalkMH,
     Samples,
 )
-from ebmalgebra.samplers.adaptation import mass_windows
+from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS, mass_windows
 from ebmalgebra.targets import Banana, Gaussian, MultivariateGaussian
 
 F64 = torch.float64
@@ -135,6 +137,8 @@ def test_bad_hyper_parameters_and_inputs_are_rejected():
         MALA().init(torch.zeros(4, 3, dtype=torch.long), gaussian())
     with pytest.raises(ValueError, match="n_chains or x0"):
         eb.sample(gaussian(), MALA(), n_steps=10)
+    with pytest.raises(TypeError, match="x0 must be a tensor"):
+        eb.sample(gaussian(), MALA(), n_steps=10, x0=[[0.0, 0.0, 0.0]])
     with pytest.raises(ValueError, match="on_nonfinite"):
         eb.sample(gaussian(), MALA(), n_chains=2, n_steps=10, on_nonfinite="ignore")
 
@@ -322,6 +326,70 @@ def test_mass_windows_follow_stan():
     assert mass_windows(19) == ()
 
 
+def test_mass_windows_leave_the_final_step_size_buffer_at_least_five_steps():
+    # 10% of 20–49 steps is 2–4 steps, too few for dual averaging after the restart.
+    assert mass_windows(20) == ((3, 15),)
+    assert mass_windows(49) == ((7, 44),)
+    assert mass_windows(50) == ((7, 45),)  # 10% is 5: Stan's split as before
+
+
+ADAPTING = {
+    "mala": lambda adapt: MALA(step_size=0.5, adapt_step_size=adapt),
+    "rwmh": lambda adapt: RandomWalkMH(step_size=0.5, adapt_step_size=adapt),
+    "hmc": lambda adapt: HMC(step_size=0.5, n_leapfrog=3, adapt_step_size=adapt,
+                             adapt_mass=adapt),
+    "tempering": lambda adapt: ParallelTempering(
+        betas=[1.0, 0.5], sampler=MALA(step_size=0.5), adapt_step_size=adapt),
+}
+
+
+@pytest.mark.parametrize("name", ADAPTING)
+@pytest.mark.parametrize("warmup", [1, MIN_ADAPTATION_STEPS - 1])
+def test_a_warmup_too_short_to_adapt_only_burns_in_with_one_warning(name, warmup):
+    """Dual averaging's first iterates are ~10 ε₀ by design (μ = log 10 ε₀), so the ε̄ of
+    a few steps wrecked the step size (MALA, warmup=1: ε 0.5 → 9.4, acceptance 0.006)."""
+    def run(adapt):
+        return eb.sample(gaussian(2), ADAPTING[name](adapt), n_chains=16, n_steps=10,
+                         warmup=warmup, x0=torch.zeros(16, 2, dtype=F64),
+                         generator=torch.Generator().manual_seed(0))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        short = run(True)
+    assert len(caught) == 1 and caught[0].category is RuntimeWarning
+    message = str(caught[0].message)
+    assert f"warmup={warmup} is too short" in message and "adapt_step_size=False" in message
+    assert caught[0].filename == __file__  # points at the sample call
+    assert torch.all(short.step_size == 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        burn_in = run(False)  # a burn-in without adaptation does not warn
+    assert torch.equal(short.draws, burn_in.draws)
+
+
+def test_a_short_mala_warmup_keeps_the_acceptance_of_the_initial_step_size():
+    def acceptance(warmup):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            samples = eb.sample(Gaussian(torch.zeros(2), 1.0), MALA(step_size=0.5),
+                                n_chains=64, n_steps=200, warmup=warmup,
+                                generator=torch.Generator().manual_seed(0))
+        return float(samples.acceptance_rate[warmup:].mean())
+
+    assert acceptance(1) == pytest.approx(acceptance(0), abs=0.05)  # was 0.006 vs 0.875
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert abs(acceptance(MIN_ADAPTATION_STEPS) - 0.574) < 0.1  # adapts, no warning
+
+
+def test_hmc_warmup_of_twenty_steps_tunes_the_step_size_for_the_new_metric():
+    """The final buffer after the mass window was 2 steps, whose ε̄ accepted nothing."""
+    model = Gaussian(torch.zeros(2, dtype=F64), torch.tensor([0.5, 2.0], dtype=F64))
+    samples = eb.sample(model, HMC(), n_chains=64, n_steps=50, warmup=20,
+                        generator=torch.Generator().manual_seed(0))
+    assert float(samples.acceptance_rate[20:].mean()) > 0.6  # target 0.8; was 0.0
+
+
 def test_step_size_is_fixed_after_warmup_and_acceptance_near_target():
     samples = eb.sample(gaussian(10), MALA(step_size=5.0), n_chains=64, n_steps=200,
                         warmup=300, x0=torch.randn(64, 10, dtype=F64),
@@ -341,6 +409,47 @@ def test_dense_hmc_adapts_the_covariance_of_a_correlated_gaussian():
                         generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(samples.state.inverse_mass, covariance, rtol=0.15, atol=0.3)
     assert samples.state.mass_factor.shape == (2, 2)
+
+
+@pytest.mark.parametrize("n_chains", [2, 3])
+def test_tempering_records_pair_and_replica_statistics_whole_for_any_number_of_chains(
+        n_chains):
+    """With n_chains = K − 1 (or K) the (K − 1,) swap (or (K,) replica) acceptances used to
+    pass for per-chain values and were averaged away."""
+    sampler = ParallelTempering(betas=[1.0, 0.5, 0.25], sampler=MALA(step_size=0.3))
+    samples = eb.sample(gaussian(2), sampler, n_chains=n_chains, n_steps=10,
+                        generator=torch.Generator().manual_seed(0))
+    assert samples.stats["swap_acceptance"].shape == (10, 2)
+    assert samples.stats["replica_acceptance"].shape == (10, 3)
+    assert samples.stats["acceptance_rate"].shape == (10,)
+    assert samples.n_nonfinite.shape == (n_chains,)
+
+
+class _PairInfo(NamedTuple):
+    acceptance_rate: torch.Tensor
+    nonfinite: torch.Tensor
+    pair: torch.Tensor
+
+
+class _PairMALA(MALA):
+    """MALA whose info has an undeclared ``(2,)`` tensor: neither per chain nor declared."""
+
+    def step(self, state, generator=None):
+        state, info = super().step(state, generator)
+        return state, _PairInfo(info.acceptance_rate, info.nonfinite,
+                                torch.zeros(2, dtype=state.position.dtype))
+
+
+def test_info_tensors_that_are_not_per_chain_must_be_declared():
+    with pytest.raises(ValueError, match=r"_PairInfo\.pair has shape \(2,\).*n_chains=3.*"
+                                         r"_PairInfo\.per_step_fields"):
+        eb.sample(gaussian(), _PairMALA(), n_chains=3, n_steps=2)
+    _PairInfo.per_step_fields = ("pair",)
+    try:
+        samples = eb.sample(gaussian(), _PairMALA(), n_chains=2, n_steps=2)
+    finally:
+        del _PairInfo.per_step_fields
+    assert samples.stats["pair"].shape == (2, 2)  # recorded whole, though 2 == n_chains
 
 
 def test_tempering_adapts_one_step_size_per_replica():
@@ -451,9 +560,47 @@ def test_default_x0_exact_draws_when_the_model_can_sample():
     torch.testing.assert_close(state_draws.draws[0], expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"x0": torch.zeros(0, 3, dtype=F64)}, r"x0 has shape \(0, 3\): no chains"),
+    ({"n_chains": 0, "x0": torch.zeros(0, 3, dtype=F64)}, "n_chains must be an int ≥ 1, got 0"),
+    ({"n_chains": True, "x0": torch.zeros(1, 3, dtype=F64)}, "n_chains must be an int ≥ 1, "
+                                                             "got True"),
+    ({"n_chains": 4.0, "x0": torch.zeros(4, 3, dtype=F64)}, "n_chains must be an int ≥ 1, "
+                                                            "got 4.0"),
+    ({"n_chains": 4.0}, "n_chains must be an int ≥ 1, got 4.0"),
+    ({"n_chains": 3, "x0": torch.zeros(4, 3, dtype=F64)}, "disagrees with n_chains=3"),
+], ids=["empty x0", "zero", "bool", "float with x0", "float", "disagree"])
+def test_n_chains_and_x0_are_checked_together(options, message):
+    with pytest.raises(ValueError, match=message):
+        eb.sample(gaussian(), MALA(), n_steps=2, **options)
+
+
+class _MetaEnergy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3, device="meta"))
+
+    def forward(self, x):
+        return 0.5 * (self.weight * x * x).sum(-1)
+
+
+def test_a_generator_on_another_device_type_than_the_run_is_named():
+    """'meta' tensors stand in for an accelerator: a CPU generator cannot draw there."""
+    cpu = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"generator is on device 'cpu' but x0 is on 'meta'; "
+                                         r"pass torch.Generator\(device='meta'\)"):
+        eb.sample(gaussian(), MALA(), x0=torch.zeros(4, 3, device="meta"), n_steps=2,
+                  generator=cpu)
+    model = eb.from_energy(_MetaEnergy(), 3, name="on_meta")  # default x0 goes to 'meta'
+    with pytest.raises(ValueError, match=r"generator is on device 'cpu' but the model"):
+        eb.sample(model, MALA(), n_chains=4, n_steps=2, generator=cpu)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        eb.sample(gaussian(), MALA(), n_chains=4, n_steps=2, generator=0)
+
+
 def test_thinning_keeps_every_kth_step():
     def run(thin):
-        return eb.sample(gaussian(), MALA(step_size=0.3), n_chains=4, n_steps=12, warmup=5,
+        return eb.sample(gaussian(), MALA(step_size=0.3), n_chains=4, n_steps=12, warmup=20,
                          thin=thin, generator=torch.Generator().manual_seed(0))
     full, thinned = run(1), run(3)
     assert thinned.draws.shape == (4, 4, 3)
@@ -462,7 +609,7 @@ def test_thinning_keeps_every_kth_step():
 
 def test_callback_sees_every_step():
     calls = []
-    eb.sample(gaussian(), MALA(), n_chains=2, n_steps=4, warmup=3,
+    eb.sample(gaussian(), MALA(adapt_step_size=False), n_chains=2, n_steps=4, warmup=3,
               callback=lambda i, state, info: calls.append((i, state.position.shape)))
     assert [i for i, _ in calls] == list(range(7))
 

@@ -33,7 +33,11 @@ from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import CompiledEnergy, compile
 from ebmalgebra.errors import CompositionError, EBMAlgebraError
 from ebmalgebra.jit import call_compiled
-from ebmalgebra.samplers.adaptation import DualAveraging, StepSizeAdaptation
+from ebmalgebra.samplers.adaptation import (
+    DualAveraging,
+    StepSizeAdaptation,
+    long_enough_to_adapt,
+)
 
 __all__ = [
     "NonFiniteError",
@@ -175,7 +179,12 @@ class Sampler:
 
     def adaptation(self, state: NamedTuple, n_warmup: int):
         """An object with ``update(state, info) -> state`` and ``finish(state) -> state``
-        that tunes the state's parameters over ``n_warmup`` steps, or ``None``."""
+        that tunes the state's parameters over ``n_warmup`` steps, or ``None``.
+
+        Dual-averaging adaptations return ``None`` for warmups shorter than
+        :data:`~ebmalgebra.samplers.adaptation.MIN_ADAPTATION_STEPS`, with a warning
+        (:func:`~ebmalgebra.samplers.adaptation.long_enough_to_adapt`).
+        """
         return None
 
     def __repr__(self) -> str:
@@ -201,7 +210,9 @@ class StepSizeSampler(Sampler):
         self.jit = check_flag(jit, "jit")
 
     def adaptation(self, state: NamedTuple, n_warmup: int) -> StepSizeAdaptation | None:
-        if not self.adapt_step_size or n_warmup == 0:
+        """Dual averaging of the step size, or ``None`` without ``adapt_step_size`` or
+        with fewer than ``MIN_ADAPTATION_STEPS`` warmup steps (which warns)."""
+        if not self.adapt_step_size or not long_enough_to_adapt(n_warmup, self.name):
             return None
         return StepSizeAdaptation(state, DualAveraging(target_accept=self.target_accept))
 

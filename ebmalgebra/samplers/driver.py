@@ -40,8 +40,10 @@ class Samples:
             per field of the sampler's info: the mean over chains for per-chain
             values (``acceptance_rate``, ``energy_error``), the number of chains
             for per-chain flags (``divergent``, ``nonfinite``, ``frozen``), the value
-            itself otherwise (``n_leapfrog``; ``swap_acceptance`` of tempering is
+            itself for numbers (``n_leapfrog``) and for the tensors the info type
+            lists in ``per_step_fields`` (``swap_acceptance`` of tempering is
             ``(n_steps, n_replicas − 1)``); plus ``step_size``, the mean over chains.
+            Every other tensor field of an info is per chain, ``(n_chains, …)``.
         chain_counts: per-chain totals of each flag over the sampling phase
             (after warmup), e.g. ``chain_counts["divergent"]`` is ``(n_chains,)``.
     """
@@ -124,17 +126,24 @@ class Samples:
 
 
 class _Recorder:
-    """Collects per-step info cheaply: per-chain values are stacked in blocks and reduced."""
+    """Collects per-step info cheaply: per-chain values are stacked in blocks and reduced.
+
+    Which fields are per chain is decided once, from the first info (see
+    :func:`_per_chain_fields`), never from the shape of a block.
+    """
 
     def __init__(self, n_chains: int, warmup: int) -> None:
         self.n_chains = n_chains
         self.warmup = warmup
+        self.per_chain: frozenset[str] | None = None
         self.pending: dict[str, list] = {}
         self.done: dict[str, list[Tensor]] = {}
         self.counts: dict[str, Tensor] = {}
         self.step = 0
 
     def add(self, state: NamedTuple, info: NamedTuple) -> None:
+        if self.per_chain is None:
+            self.per_chain = _per_chain_fields(info, self.n_chains) | {"step_size"}
         for name, value in zip(info._fields, info, strict=True):
             if isinstance(value, Tensor | int | float):
                 self.pending.setdefault(name, []).append(value)
@@ -153,7 +162,7 @@ class _Recorder:
             block = (torch.stack(values) if isinstance(values[0], Tensor)
                      else torch.as_tensor(values))
             values.clear()
-            if block.dim() == 2 and block.shape[1] == self.n_chains:
+            if name in self.per_chain:
                 if block.dtype == torch.bool:
                     if sampling:
                         total = self.counts.get(name, 0)
@@ -169,6 +178,30 @@ class _Recorder:
         self.flush()
         stats = {name: torch.cat(blocks) for name, blocks in self.done.items()}
         return stats, self.counts
+
+
+def _per_chain_fields(info: NamedTuple, n_chains: int) -> frozenset[str]:
+    """The per-chain fields of a sampler's info: every tensor with at least one
+    dimension, except those its type lists in ``per_step_fields``.
+
+    Raises:
+        ValueError: if such a tensor is not ``(n_chains, …)``, i.e. the info type
+            should list it in ``per_step_fields``.
+    """
+    info_type = type(info)
+    per_step = frozenset(getattr(info_type, "per_step_fields", ()))
+    names = set()
+    for name, value in zip(info._fields, info, strict=True):
+        if not isinstance(value, Tensor) or value.dim() == 0 or name in per_step:
+            continue
+        if value.shape[0] != n_chains:
+            raise ValueError(
+                f"sample: {info_type.__name__}.{name} has shape {tuple(value.shape)}, but "
+                f"per-chain info values are shaped (n_chains, …) with n_chains={n_chains}; "
+                f"list per-step fields in {info_type.__name__}.per_step_fields"
+            )
+        names.add(name)
+    return frozenset(names)
 
 
 def default_x0(model: EnergyModel, n_chains: int, generator: torch.Generator | None) -> Tensor:
@@ -190,6 +223,16 @@ def _check_count(value: object, what: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"sample: {what} must be an int ≥ {minimum}, got {value!r}")
     return value
+
+
+def _check_generator(generator: torch.Generator | None, device: torch.device,
+                     what: str) -> None:
+    """Random numbers are drawn on the run's device, so the generator must live there."""
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"sample: generator is on device {generator.device.type!r} but {what} is on "
+            f"{str(device)!r}; pass torch.Generator(device={device.type!r})"
+        )
 
 
 def _first_nonfinite(info: NamedTuple) -> Tensor | None:
@@ -223,15 +266,21 @@ def sample(
         model: any expression (score-only models only with ``ULA`` /
             ``AnnealedLangevin`` without correction).
         sampler: e.g. ``MALA(step_size=0.05)`` or ``HMC()``.
-        n_chains: number of chains, when ``x0`` is not given.
-        x0: starting points ``(n_chains, *event_shape)``; device and dtype of the
-            run follow it. Default: exact draws when ``model.can_sample``, else
-            standard normal draws (see :func:`default_x0`).
+        n_chains: number of chains (an int ≥ 1), when ``x0`` is not given; if both
+            are given they must agree.
+        x0: starting points ``(n_chains, *event_shape)`` with n_chains ≥ 1; device
+            and dtype of the run follow it. Default: exact draws when
+            ``model.can_sample``, else standard normal draws (see :func:`default_x0`).
         n_steps: steps after warmup; ``n_steps // thin`` draws are kept.
-        warmup: adaptation / burn-in steps before the draws.
+        warmup: adaptation / burn-in steps before the draws. Adapting a step size
+            takes at least ``MIN_ADAPTATION_STEPS`` = 20 steps
+            (:mod:`ebmalgebra.samplers.adaptation`); a shorter warmup keeps the
+            sampler's initial step size (and metric) and only burns in, with a
+            ``RuntimeWarning``.
         thin: keep every ``thin``-th step.
         generator: source of all randomness; the same seed gives bit-identical
-            draws. ``None`` uses torch's global generator.
+            draws. ``None`` uses torch's global generator. It must be on the
+            device type of the run (``x0``'s, or the model's for default starts).
         progress: show a tqdm progress bar; ``None`` shows it when stderr is a
             terminal.
         callback: called as ``callback(step, state, info)`` after every step
@@ -244,6 +293,10 @@ def sample(
         :class:`Samples` with ``draws`` ``(n_steps // thin, n_chains, *event_shape)``.
 
     Raises:
+        TypeError: if ``sampler``, ``x0`` or ``generator`` is not of its type.
+        ValueError: for a bad count (``n_chains``, ``n_steps``, ``warmup``, ``thin``),
+            an ``x0`` without chains or disagreeing with ``n_chains``, or a
+            ``generator`` on another device type than the run.
         NonFiniteError: if a starting point has a non-finite energy or score, or
             (with ``on_nonfinite="raise"``) when a step produces one.
 
@@ -264,15 +317,29 @@ def sample(
     _check_count(n_steps, "n_steps", 0)
     _check_count(warmup, "warmup", 0)
     _check_count(thin, "thin", 1)
+    if n_chains is not None:
+        _check_count(n_chains, "n_chains", 1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"sample: generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")
     compiled = compile(model)
     if x0 is None:
         if n_chains is None:
             raise ValueError("sample: give n_chains or x0")
-        x0 = default_x0(compiled, _check_count(n_chains, "n_chains", 1), generator)
-    elif n_chains is not None and (not isinstance(x0, Tensor) or x0.shape[:1] != (n_chains,)):
-        shape = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
-        raise ValueError(f"sample: x0 has shape {shape}, which disagrees with "
-                         f"n_chains={n_chains}")
+        device = input_options(compiled, device=torch.device("cpu"))["device"]
+        _check_generator(generator, device, "the model (so the default x0)")
+        x0 = default_x0(compiled, n_chains, generator)
+    else:
+        if not isinstance(x0, Tensor):
+            raise TypeError(f"sample: x0 must be a tensor (n_chains, *event_shape), got "
+                            f"{type(x0).__name__}")
+        if n_chains is not None and x0.shape[:1] != (n_chains,):
+            raise ValueError(f"sample: x0 has shape {tuple(x0.shape)}, which disagrees with "
+                             f"n_chains={n_chains}")
+        if x0.shape[:1] == (0,):
+            raise ValueError(f"sample: x0 has shape {tuple(x0.shape)}: no chains; it must "
+                             "be (n_chains, *event_shape) with n_chains ≥ 1")
+        _check_generator(generator, x0.device, "x0")
 
     state = sampler.init(x0, compiled)
     _check_start(state)

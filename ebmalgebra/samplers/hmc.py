@@ -14,6 +14,7 @@ from ebmalgebra.samplers.adaptation import (
     DualAveraging,
     StepSizeAdaptation,
     WelfordCovariance,
+    long_enough_to_adapt,
     mass_windows,
 )
 from ebmalgebra.samplers.base import (
@@ -280,7 +281,10 @@ class HMC(StepSizeSampler):
 
     # -------------------------------------------------------------- warmup
     def adaptation(self, state: HMCState, n_warmup: int) -> WindowAdaptation | None:
-        if n_warmup == 0 or not (self.adapt_step_size or self.adapt_mass):
+        """Step size and metric adaptation, or ``None`` with neither flag or with fewer
+        than ``MIN_ADAPTATION_STEPS`` warmup steps (which warns)."""
+        flags = tuple(flag for flag in ("adapt_step_size", "adapt_mass") if getattr(self, flag))
+        if not flags or not long_enough_to_adapt(n_warmup, self.name, flags):
             return None
         return WindowAdaptation(self, state, n_warmup)
 

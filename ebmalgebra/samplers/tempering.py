@@ -10,7 +10,11 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.samplers.adaptation import DualAveraging, StepSizeAdaptation
+from ebmalgebra.samplers.adaptation import (
+    DualAveraging,
+    StepSizeAdaptation,
+    long_enough_to_adapt,
+)
 from ebmalgebra.samplers.base import (
     Potential,
     Sampler,
@@ -78,6 +82,10 @@ class TemperingInfo(NamedTuple):
             step attempts only the even or only the odd pairs).
         replica_acceptance: ``(K,)`` mean move acceptance probability per replica.
         inner: the inner sampler's info over all ``K · n_chains`` rows.
+
+    ``per_step_fields`` names the tensors that are not per chain, so that
+    :func:`ebmalgebra.sample` records them whole even when ``n_chains`` equals K − 1
+    or K.
     """
 
     acceptance_rate: Tensor
@@ -85,6 +93,8 @@ class TemperingInfo(NamedTuple):
     swap_acceptance: Tensor
     replica_acceptance: Tensor
     inner: NamedTuple
+
+    per_step_fields = ("swap_acceptance", "replica_acceptance")
 
 
 class ParallelTempering(Sampler):
@@ -206,7 +216,9 @@ class ParallelTempering(Sampler):
         return replicas._replace(**changes), probability.mean(1)
 
     def adaptation(self, state: TemperingState, n_warmup: int) -> _ReplicaAdaptation | None:
-        if not self.adapt_step_size or n_warmup == 0:
+        """Per-replica dual averaging, or ``None`` without ``adapt_step_size`` or with
+        fewer than ``MIN_ADAPTATION_STEPS`` warmup steps (which warns)."""
+        if not self.adapt_step_size or not long_enough_to_adapt(n_warmup, self.name):
             return None
         return _ReplicaAdaptation(state, self.sampler.target_accept)
 
