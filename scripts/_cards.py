@@ -1,4 +1,4 @@
-"""What the training scripts share: float16 weights, model-card provenance, the command line.
+"""What the training scripts share: stored weights, model-card provenance, the command line.
 
 A model card (``<name>.json`` beside ``<name>.safetensors``) ends with the
 same provenance in every script: seed, wall-clock (and CPU) seconds, torch
@@ -19,18 +19,24 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ebmalgebra.zoo.state_dict import dequantize_int8, quantize_int8
 
-def save_float16(net: nn.Module, path: Path, name: str) -> None:
-    """Write ``net``'s state dict to ``path`` in float16 and load those values back into ``net``.
 
-    Reloading makes whatever is measured afterwards (metrics, samples in the
-    card) describe the shipped float16 weights rather than the float32 ones.
+def save_weights(net: nn.Module, path: Path, name: str, *, int8: bool = False) -> None:
+    """Write ``net``'s state dict to ``path`` and load the stored values back into ``net``.
+
+    Storage is float16, or with ``int8`` the int8 codes and row scales of
+    :func:`ebmalgebra.zoo.state_dict.quantize_int8` for tensors of two or more
+    dimensions. Reloading makes whatever is measured afterwards (metrics,
+    samples in the card) describe the shipped weights rather than the float32 ones.
     """
-    state = {key: tensor.detach().to(torch.float16).contiguous()
-             for key, tensor in net.state_dict().items()}
-    save_file(state, str(path), metadata={"name": name, "format": "state_dict"})
+    state = net.state_dict()
+    stored = quantize_int8(state) if int8 else {
+        key: tensor.detach().to(torch.float16).contiguous() for key, tensor in state.items()}
+    save_file(stored, str(path), metadata={"name": name, "format": "state_dict"})
     path.chmod(0o644)  # package data: readable by everyone
-    net.load_state_dict({key: tensor.float() for key, tensor in state.items()})
+    decoded = dequantize_int8(stored, str(path))
+    net.load_state_dict({key: tensor.float() for key, tensor in decoded.items()})
 
 
 def provenance(weights: Path, *, seed: int, seconds: float, script: str,

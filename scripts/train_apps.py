@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from _cards import provenance, save_float16, training_parser, write_card
+from _cards import provenance, save_weights, training_parser, write_card
 
 from ebmalgebra.apps.guidance import MLPClassifier
 from ebmalgebra.apps.inverse import psnr
@@ -193,7 +193,7 @@ def train(name: str, seed: int, steps: int | None, out: Path) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
-    save_float16(net, weights, name)
+    save_weights(net, weights, name)
     net.eval()
     metrics = evaluate_classifier(net) if kind == "classifier" else evaluate_digits(name, net)
     return write_card(out, {

@@ -13,6 +13,7 @@ from ebmalgebra import zoo
 from ebmalgebra.cli import DEMO_SAMPLING, run_demo
 from ebmalgebra.io import SerializationError
 from ebmalgebra.zoo.faces import attribute_rates
+from ebmalgebra.zoo.state_dict import SCALE_PREFIX, dequantize_int8, quantize_int8
 
 FACES = ("face", "glasses", "hat", "smile")
 TWO_D = ("ring", "bar", "left", "right")
@@ -38,7 +39,37 @@ def test_shipped_files_load_and_match_their_recorded_checksums(name):
 
 def test_the_zoo_fits_in_the_wheel():
     total = sum(path.stat().st_size for path in zoo.WEIGHTS.iterdir())
-    assert total < 40e6
+    assert total < 10e6  # the budget; the face models store int8 weight matrices
+
+
+def test_int8_storage_round_trips_within_half_a_scale_step():
+    generator = torch.Generator().manual_seed(0)
+    state = {"layer.weight": torch.randn(5, 7, generator=generator),
+             "conv.weight": torch.randn(3, 2, 3, 3, generator=generator),
+             "zeros.weight": torch.zeros(2, 4), "layer.bias": torch.randn(5, generator=generator)}
+    stored = quantize_int8(state)
+    assert stored["layer.weight"].dtype == torch.int8 and stored["layer.bias"].dtype == (
+        torch.float16)
+    assert stored[SCALE_PREFIX + "conv.weight"].shape == (3, 1, 1, 1)
+    restored = dequantize_int8(stored, "test")
+    assert set(restored) == set(state)
+    for key in ("layer.weight", "conv.weight"):
+        # float16 rounding (relative 2⁻¹¹) plus half a quantisation step per entry.
+        step = stored[SCALE_PREFIX + key].float()
+        bound = 0.5 * step + state[key].abs() * 2.0**-11 + 1e-7
+        assert bool(((restored[key] - state[key]).abs() <= bound).all()), key
+        assert int(stored[key].abs().amax()) == 127  # the largest entry of a row uses the range
+    assert torch.equal(restored["zeros.weight"], state["zeros.weight"])
+
+
+def test_int8_tensors_without_a_fitting_scale_are_errors():
+    stored = quantize_int8({"w": torch.randn(4, 3)})
+    with pytest.raises(SerializationError, match="needs a float scale 'int8_scale.w' shaped"):
+        dequantize_int8({"w": stored["w"]}, "model")
+    with pytest.raises(SerializationError, match="needs a float scale"):
+        dequantize_int8({"w": stored["w"], SCALE_PREFIX + "w": torch.ones(3, 1)}, "model")
+    with pytest.raises(SerializationError, match="scale 'int8_scale.v' has no int8 tensor"):
+        dequantize_int8({**stored, SCALE_PREFIX + "v": torch.ones(4, 1)}, "model")
 
 
 def test_models_compose_and_print_back():
