@@ -235,7 +235,7 @@ def test_posterior_estimate_checks_n_obs_against_the_likelihood():
     with pytest.raises(eb.CompositionError, match="pass n_obs=3"):
         posterior_estimate(posterior ** 2, torch.zeros(6, 2), 2)
     estimate = posterior_estimate(posterior, torch.zeros(6, 2), 3, method="sample",
-                                  sampler=MALA(), n_steps=1)
+                                  sampler=MALA(adapt_step_size=False), n_steps=1)
     assert estimate.shape == (3, 2)
 
 

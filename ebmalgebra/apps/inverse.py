@@ -39,6 +39,7 @@ from ebmalgebra.apps.likelihood import GaussianLikelihood, _check_mask
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.samplers import MALA, AnnealedLangevin, Sampler, sample
+from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
 from ebmalgebra.zoo.sampling import is_noise_conditioned
 
 __all__ = [
@@ -136,8 +137,9 @@ def posterior_estimate(
     _check_observation_count(posterior, n_obs)
     noise_conditioned = is_noise_conditioned(posterior)
     if sampler is None:
+        # The warmup below is n_steps: adapt only when that is long enough to.
         sampler = (annealed_sampler(_prior_part(posterior)) if noise_conditioned
-                   else MALA(step_size=1e-3))
+                   else MALA(step_size=1e-3, adapt_step_size=n_steps >= MIN_ADAPTATION_STEPS))
     annealed = isinstance(sampler, AnnealedLangevin) and sampler.noise_levels is not None
     if noise_conditioned and not annealed:
         raise ValueError(f"{posterior!r} is noise-conditioned: use an AnnealedLangevin sampler "
