@@ -90,6 +90,25 @@ def as_finite_float(value: object, what: str, *, positive: bool = False) -> floa
     return float(value)
 
 
+def check_count(value: object, what: str, minimum: int = 1) -> int:
+    """``value`` if it is an int ≥ ``minimum`` (a bool is not), else a ``ValueError``
+    that names ``what``: "<what> must be a positive int, got …"."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        requirement = "a positive int" if minimum == 1 else f"an int ≥ {minimum}"
+        raise ValueError(f"{what} must be {requirement}, got {value!r}")
+    return value
+
+
+def check_generator(generator: object, what: str) -> torch.Generator | None:
+    """``generator`` if it is a ``torch.Generator`` or ``None``, else a ``TypeError``
+    that names ``what``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{what}: generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}; seed one with "
+                        "torch.Generator().manual_seed(0)")
+    return generator
+
+
 def input_options(module: object, *, dtype: torch.dtype | None = None,
                   device: torch.device | None = None) -> dict:
     """``dtype=`` and ``device=`` for tensors fed to ``module``.

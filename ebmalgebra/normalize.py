@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel
+from ebmalgebra.base import EnergyModel, check_count
 from ebmalgebra.compile import compile
 from ebmalgebra.errors import CapabilityError, CompositionError
 from ebmalgebra.ops import Mixture, Normalized, Power, Weight
@@ -349,10 +349,9 @@ def estimate_log_z(
         value = exact_log_z(model)
         if value is not None:
             return LogZEstimate(value, 0.0, math.inf, "exact")
-    if not isinstance(n_particles, int) or n_particles < 2:
-        raise ValueError(f"estimate_log_z: n_particles must be an int ≥ 2, got {n_particles!r}")
-    if n_temps is not None and (not isinstance(n_temps, int) or n_temps < 1):
-        raise ValueError(f"estimate_log_z: n_temps must be a positive int, got {n_temps!r}")
+    check_count(n_particles, "estimate_log_z: n_particles", 2)
+    if n_temps is not None:
+        check_count(n_temps, "estimate_log_z: n_temps")
     if not 0.0 < target_cess < 1.0:
         raise ValueError(f"estimate_log_z: target_cess must be in (0, 1), got {target_cess!r}")
     _check_transition(sampler)

@@ -562,12 +562,12 @@ def test_default_x0_exact_draws_when_the_model_can_sample():
 
 @pytest.mark.parametrize("options, message", [
     ({"x0": torch.zeros(0, 3, dtype=F64)}, r"x0 has shape \(0, 3\): no chains"),
-    ({"n_chains": 0, "x0": torch.zeros(0, 3, dtype=F64)}, "n_chains must be an int ≥ 1, got 0"),
-    ({"n_chains": True, "x0": torch.zeros(1, 3, dtype=F64)}, "n_chains must be an int ≥ 1, "
+    ({"n_chains": 0, "x0": torch.zeros(0, 3, dtype=F64)}, "n_chains must be a positive int, got 0"),
+    ({"n_chains": True, "x0": torch.zeros(1, 3, dtype=F64)}, "n_chains must be a positive int, "
                                                              "got True"),
-    ({"n_chains": 4.0, "x0": torch.zeros(4, 3, dtype=F64)}, "n_chains must be an int ≥ 1, "
+    ({"n_chains": 4.0, "x0": torch.zeros(4, 3, dtype=F64)}, "n_chains must be a positive int, "
                                                             "got 4.0"),
-    ({"n_chains": 4.0}, "n_chains must be an int ≥ 1, got 4.0"),
+    ({"n_chains": 4.0}, "n_chains must be a positive int, got 4.0"),
     ({"n_chains": 3, "x0": torch.zeros(4, 3, dtype=F64)}, "disagrees with n_chains=3"),
 ], ids=["empty x0", "zero", "bool", "float with x0", "float", "disagree"])
 def test_n_chains_and_x0_are_checked_together(options, message):

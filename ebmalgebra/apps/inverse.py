@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.apps.likelihood import GaussianLikelihood, _check_mask
-from ebmalgebra.base import EnergyModel
+from ebmalgebra.base import EnergyModel, check_count
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.samplers import MALA, AnnealedLangevin, Sampler, sample
 from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
@@ -128,10 +128,8 @@ def posterior_estimate(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
-    if isinstance(n_obs, bool) or not isinstance(n_obs, int) or n_obs < 1:
-        raise ValueError(f"n_obs must be a positive int, got {n_obs!r}")
+    check_count(n_steps, "n_steps")
+    check_count(n_obs, "n_obs")
     if x0.shape[0] % n_obs:
         raise ValueError(f"x0 must hold a multiple of n_obs={n_obs} chains, got {x0.shape[0]}")
     _check_observation_count(posterior, n_obs)
@@ -225,8 +223,7 @@ def _reconstruct(prior: EnergyModel, y: Tensor, sigma: float, mask: Tensor | Non
     """Shared body of :func:`denoise` and :func:`inpaint`."""
     if not isinstance(prior, EnergyModel):
         raise TypeError(f"{what}: prior must be an EnergyModel, got {type(prior).__name__}")
-    if isinstance(n_chains, bool) or not isinstance(n_chains, int) or n_chains < 1:
-        raise ValueError(f"{what}: n_chains must be a positive int, got {n_chains!r}")
+    check_count(n_chains, f"{what}: n_chains")
     batch, single = _as_batch(y, prior, what)
     noise_conditioned = is_noise_conditioned(prior)
     if mask is not None:

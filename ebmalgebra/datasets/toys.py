@@ -16,6 +16,8 @@ import numbers
 import torch
 from torch import Tensor
 
+from ebmalgebra.base import check_generator
+
 __all__ = ["bar", "checkerboard", "eight_gaussians", "moons", "rings"]
 
 
@@ -56,11 +58,8 @@ def _draw_device(generator: torch.Generator | None) -> torch.device:
 
     Also validates ``generator``, which every sampler passes through here.
     """
-    if generator is None:
+    if check_generator(generator, "datasets") is None:
         return torch.device("cpu")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got "
-                        f"{type(generator).__name__}")
     return generator.device
 
 

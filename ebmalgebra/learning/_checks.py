@@ -59,12 +59,3 @@ def check_batch(model: EnergyModel, batch: object, operation: str) -> Tensor:
         raise ValueError(f"{operation}: data contains {bad} non-finite value(s) (NaN or inf), "
                          f"the first in sample {first}; clean or drop them before training")
     return batch
-
-
-def check_generator(generator: object, operation: str) -> torch.Generator | None:
-    """``generator`` if it is a ``torch.Generator`` or ``None``, else a ``TypeError``."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{operation}: generator must be a torch.Generator or None, got "
-                        f"{type(generator).__name__}; seed one with "
-                        "torch.Generator().manual_seed(0)")
-    return generator

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import as_finite_float
+from ebmalgebra.base import as_finite_float, check_count
 from ebmalgebra.leaves import as_event_shape
 from ebmalgebra.samplers.base import is_nonfinite
 
@@ -61,8 +61,7 @@ class ReplayBuffer:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"ReplayBuffer: capacity must be a positive int, got {capacity!r}")
+        check_count(capacity, "ReplayBuffer: capacity")
         reinit_fraction = as_finite_float(reinit_fraction, "ReplayBuffer: reinit_fraction")
         if not 0.0 <= reinit_fraction <= 1.0:
             raise ValueError(f"ReplayBuffer: reinit_fraction must be in [0, 1], "

@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, as_finite_float
-from ebmalgebra.learning._checks import check_batch, check_generator, check_model
+from ebmalgebra.base import EnergyModel, as_finite_float, check_generator
+from ebmalgebra.learning._checks import check_batch, check_model
 from ebmalgebra.learning.buffer import ReplayBuffer
 
 __all__ = ["contrastive_divergence"]

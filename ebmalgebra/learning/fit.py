@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel
-from ebmalgebra.learning._checks import check_batch, check_generator, check_model
+from ebmalgebra.base import EnergyModel, check_count, check_generator
+from ebmalgebra.learning._checks import check_batch, check_model
 from ebmalgebra.samplers.base import check_positive
 
 __all__ = ["History", "fit"]
@@ -44,7 +44,7 @@ class History:
 
     def smoothed(self, window: int = 50) -> list[float]:
         """Moving average of the loss over the last ``window`` steps (fewer at the start)."""
-        _check_positive_int(window, "window", "History.smoothed")
+        check_count(window, "History.smoothed: window")
         out, total = [], 0.0
         for i, value in enumerate(self.losses):
             total += value
@@ -58,7 +58,7 @@ class History:
 
         Returns the matplotlib Axes.
         """
-        _check_positive_int(window, "window", "History.plot")
+        check_count(window, "History.plot: window")
         if ax is None:
             if path is not None:
                 # A bare Figure (no pyplot) never touches the user's backend or figure list.
@@ -129,8 +129,8 @@ def fit(
     """
     check_model(model, "fit")
     data = check_batch(model, data, "fit")
-    _check_positive_int(epochs, "epochs")
-    _check_positive_int(batch_size, "batch_size")
+    check_count(epochs, "fit: epochs")
+    check_count(batch_size, "fit: batch_size")
     if not callable(loss):
         raise TypeError(f"fit: loss must be callable as loss(model, batch, generator=...), "
                         f"got {type(loss).__name__}")
@@ -199,11 +199,6 @@ def fit(
         if plot is not None and history.losses:
             history.plot(plot)
     return history
-
-
-def _check_positive_int(value: object, name: str, operation: str = "fit") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{operation}: {name} must be a positive int, got {value!r}")
 
 
 def _check_scheduler(scheduler: object, optimizer: torch.optim.Optimizer | None) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ebmalgebra.base import EnergyModel, TimeLike
+from ebmalgebra.base import EnergyModel, TimeLike, check_count
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.leaves import as_event_shape, from_energy
 
@@ -75,13 +75,6 @@ def _sigma_per_sample(sigma: TimeLike, x: Tensor, net: nn.Module) -> Tensor:
         raise ValueError(f"{type(net).__name__}: the noise level sigma must be positive and "
                          f"finite, got {sigma.unique().tolist()[:4]}")
     return sigma
-
-
-def _positive_int(value: object, what: str) -> int:
-    """``value`` if it is a positive int (not a bool), else a ``ValueError`` naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return value
 
 
 def _event_shape(value: int | Sequence[int], what: str = "event_shape") -> torch.Size:
@@ -148,7 +141,7 @@ class GaussianEnergy(nn.Module):
 
     def __init__(self, dim: int, *, loc: Tensor | None = None, scale_tril: Tensor | None = None):
         super().__init__()
-        dim = _positive_int(dim, "dim")
+        dim = check_count(dim, "dim")
         self.event_shape = torch.Size([dim])
         loc = _float_tensor(torch.zeros(dim) if loc is None else loc)
         scale_tril = _float_tensor(torch.eye(dim) if scale_tril is None else scale_tril)
@@ -358,7 +351,7 @@ class ResidualMLPDenoiser(nn.Module):
         super().__init__()
         self.event_shape = _event_shape(event_shape)
         for value, what in ((width, "width"), (depth, "depth"), (embedding_dim, "embedding_dim")):
-            _positive_int(value, what)
+            check_count(value, what)
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         self.sigma_data = float(sigma_data)

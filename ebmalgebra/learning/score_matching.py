@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, TimeLike
+from ebmalgebra.base import EnergyModel, TimeLike, check_count
 from ebmalgebra.compile import compile as compile_model
 from ebmalgebra.errors import CapabilityError
 from ebmalgebra.jit import call_compiled
@@ -154,9 +154,7 @@ def sliced_score_matching(
     if projection not in _PROJECTIONS:
         raise ValueError(f"sliced_score_matching: projection must be one of {_PROJECTIONS}, "
                          f"got {projection!r}")
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"sliced_score_matching: n_projections must be a positive int, "
-                         f"got {n_projections!r}")
+    check_count(n_projections, "sliced_score_matching: n_projections")
     # Each projection gets its own copy of x: one backward pass serves all of them.
     repeated = x.detach().repeat(n_projections, *([1] * (x.dim() - 1))).requires_grad_(True)
     if isinstance(t, Tensor) and t.dim() > 0:

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel
+from ebmalgebra.base import EnergyModel, check_count
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.samplers.base import Potential, Sampler, check_step_size, is_nonfinite
 from ebmalgebra.samplers.langevin import LangevinState, init_langevin, ula_step
@@ -147,10 +147,7 @@ class AnnealedLangevin(Sampler):
             if not isinstance(mala, bool):
                 raise ValueError(f"{self.name}: a noise threshold mala={mala} needs "
                                  "noise_levels; use mala=True or False with models")
-        if isinstance(steps_per_level, bool) or not isinstance(steps_per_level, int) or (
-                steps_per_level < 1):
-            raise ValueError(f"{self.name}: steps_per_level must be a positive int, got "
-                             f"{steps_per_level!r}")
+        check_count(steps_per_level, f"{self.name}: steps_per_level")
         if not isinstance(mala, bool) and not (isinstance(mala, int | float) and mala > 0):
             raise ValueError(f"{self.name}: mala must be True, False or a positive noise "
                              f"threshold, got {mala!r}")

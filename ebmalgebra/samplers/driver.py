@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra import diagnostics
-from ebmalgebra.base import EnergyModel, input_options
+from ebmalgebra.base import EnergyModel, check_count, check_generator, input_options
 from ebmalgebra.compile import compile
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.progress import progress_bar
@@ -219,12 +219,6 @@ def default_x0(model: EnergyModel, n_chains: int, generator: torch.Generator | N
                        **input_options(model, device=torch.device("cpu")))
 
 
-def _check_count(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"sample: {what} must be an int ≥ {minimum}, got {value!r}")
-    return value
-
-
 def _check_generator(generator: torch.Generator | None, device: torch.device,
                      what: str) -> None:
     """Random numbers are drawn on the run's device, so the generator must live there."""
@@ -314,14 +308,12 @@ def sample(
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"sample: on_nonfinite must be one of {ON_NONFINITE}, got "
                          f"{on_nonfinite!r}")
-    _check_count(n_steps, "n_steps", 0)
-    _check_count(warmup, "warmup", 0)
-    _check_count(thin, "thin", 1)
+    check_count(n_steps, "sample: n_steps", 0)
+    check_count(warmup, "sample: warmup", 0)
+    check_count(thin, "sample: thin", 1)
     if n_chains is not None:
-        _check_count(n_chains, "n_chains", 1)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"sample: generator must be a torch.Generator or None, got "
-                        f"{type(generator).__name__}")
+        check_count(n_chains, "sample: n_chains", 1)
+    check_generator(generator, "sample")
     compiled = compile(model)
     if x0 is None:
         if n_chains is None:

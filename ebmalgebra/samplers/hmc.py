@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel
+from ebmalgebra.base import EnergyModel, check_count
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.samplers.adaptation import (
     DualAveraging,
@@ -150,8 +150,7 @@ class HMC(StepSizeSampler):
     ) -> None:
         super().__init__(step_size=step_size, target_accept=target_accept,
                          adapt_step_size=adapt_step_size, jit=jit)
-        if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or n_leapfrog < 1:
-            raise ValueError(f"n_leapfrog must be a positive int, got {n_leapfrog!r}")
+        check_count(n_leapfrog, "n_leapfrog")
         if not 0.0 <= jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
         if metric not in METRICS:

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, input_options
+from ebmalgebra.base import EnergyModel, check_count, input_options
 from ebmalgebra.errors import CompositionError
 
 __all__ = ["KERNELS", "SamplingPlan", "draw", "is_noise_conditioned", "plan_for", "total_exponent"]
@@ -171,11 +171,9 @@ def draw(
 
     if kernel not in KERNELS:
         raise ValueError(f"unknown sampler {kernel!r}; choose one of {', '.join(KERNELS)}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
-                              or steps < 1):
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_count(n, "n")
+    if steps is not None:
+        check_count(steps, "steps")
     event_shape = model.event_shape
     if event_shape is None:
         raise CompositionError(f"draw: {model!r} has no event shape")
