@@ -60,7 +60,7 @@ def call_leaf_function(leaf: EnergyModel, fn: Callable, x: Tensor, t: TimeLike,
     A noise-conditioned leaf called without ``t`` and a module whose parameters
     have another dtype or device than ``x`` (networks compute in their own
     dtype; move them with ``.to(...)``) raise :class:`CompositionError`
-    instead of the function's own error; a ``ValueError`` gets the leaf's name.
+    instead of the function's own error; a plain ``ValueError`` gets the leaf's name.
     """
     if noise_conditioned and t is None:
         raise CompositionError(
@@ -70,6 +70,8 @@ def call_leaf_function(leaf: EnergyModel, fn: Callable, x: Tensor, t: TimeLike,
     try:
         return fn(x, t) if noise_conditioned else fn(x)
     except ValueError as error:
+        if type(error) is not ValueError:  # e.g. CompositionError: keep its type and text
+            raise
         raise ValueError(f"{leaf!r}: {error}") from error
     except RuntimeError as error:
         options = input_options(fn) if isinstance(fn, nn.Module) else None
