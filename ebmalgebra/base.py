@@ -15,6 +15,7 @@ missing.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,7 +83,7 @@ def as_finite_float(value: object, what: str, *, positive: bool = False) -> floa
             raise CompositionError(f"{what} must be a scalar, got a tensor of shape "
                                    f"{tuple(value.shape)}")
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise CompositionError(f"{what} must be a real number, got {type(value).__name__}")
     if not math.isfinite(value) or (positive and value <= 0):
         requirement = "a positive finite number" if positive else "finite"

@@ -74,7 +74,8 @@ def call_leaf_function(leaf: EnergyModel, fn: Callable, x: Tensor, t: TimeLike,
             raise
         raise ValueError(f"{leaf!r}: {error}") from error
     except RuntimeError as error:
-        options = input_options(fn) if isinstance(fn, nn.Module) else None
+        tensors = (*fn.parameters(), *fn.buffers()) if isinstance(fn, nn.Module) else ()
+        options = input_options(fn) if any(t.is_floating_point() for t in tensors) else None
         if options is not None and (options["dtype"], options["device"]) != (x.dtype, x.device):
             raise CompositionError(
                 f"{leaf!r} has {options['dtype']} parameters on {options['device']} but x is "

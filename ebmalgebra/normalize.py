@@ -54,7 +54,7 @@ class LogZEstimate:
         stderr: standard error of ``log_z`` by the delta method,
             Var(log Ẑ) ≈ Var(w) / (N·mean(w)²) = 1/ESS − 1/N with the Kish ESS
             of the final weights (0 for exact values); ``inf`` when the weights are
-            degenerate, ESS < max(5, N/100), where the delta method does not hold.
+            degenerate, ESS < min(N, max(5, N/100)), where the delta method fails.
         ess: Kish effective sample size (Σw)²/Σw² of the final weights.
         method: ``"exact"`` (closed form) or ``"ais"``.
         particles: final particles ``(n_particles, *event_shape)`` (``None`` when exact).
@@ -200,8 +200,10 @@ def _reliable_ess(n_particles: int) -> float:
     weights not yet drawn, so √(1/ESS − 1/N) ≤ 1/√ESS stays near 1 nat however wrong
     log Ẑ is. Below 5 effective particles no variance is estimable at all, and
     below 1 % of N the base and schedule have missed the model's mass at any N.
+    Since ESS ≤ N, runs with fewer than 5 particles need equal weights, ESS = N
+    (up to rounding).
     """
-    return max(5.0, 0.01 * n_particles)
+    return min((1.0 - 1e-9) * n_particles, max(5.0, 0.01 * n_particles))
 
 
 def _unreliable(model: EnergyModel, ess: float, n_particles: int) -> str:
@@ -328,7 +330,7 @@ def estimate_log_z(
             positive definite (E unbounded below, Z = ∞); the error names the part.
 
     Warns:
-        RuntimeWarning: when the final weights are degenerate, ESS < max(5, N/100):
+        RuntimeWarning: when the final weights are degenerate, ESS < min(N, max(5, N/100)):
             the model may be improper, or the run too short; ``stderr`` is then ``inf``.
 
     Example:

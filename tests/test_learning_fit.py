@@ -114,7 +114,7 @@ def assert_unchanged(net, before):
         torch.testing.assert_close(p.detach(), q, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("max_grad_norm", [-1.0, 0.0, float("nan"), float("inf"), "1"])
+@pytest.mark.parametrize("max_grad_norm", [-1.0, 0.0, float("nan"), -float("inf"), "1"])
 def test_fit_rejects_a_max_grad_norm_that_is_not_positive_and_finite(max_grad_norm):
     # A negative norm would flip every gradient (clip_grad_norm_ scales by max/‖g‖).
     net, model = gaussian_model()
@@ -123,6 +123,17 @@ def test_fit_rejects_a_max_grad_norm_that_is_not_positive_and_finite(max_grad_no
         fit(model, data(), partial(score_matching, method="exact"), progress=False,
             max_grad_norm=max_grad_norm)
     assert_unchanged(net, before)
+
+
+def test_fit_with_an_infinite_max_grad_norm_never_clips():
+    losses = []
+    for max_grad_norm in (None, float("inf")):
+        torch.manual_seed(0)
+        _, model = gaussian_model()
+        history = fit(model, data(), partial(score_matching, method="exact"), progress=False,
+                      max_grad_norm=max_grad_norm, generator=torch.Generator().manual_seed(0))
+        losses.append(history.losses)
+    assert losses[0] == losses[1]
 
 
 def test_fit_rejects_a_scheduler_of_another_optimizer():

@@ -35,6 +35,15 @@ def test_a_module_leaf_fed_another_dtype_names_itself_and_the_fix():
     assert eb.compile(expr).energy(x64).dtype == F64
 
 
+def test_a_parameter_free_module_keeps_its_own_runtime_error():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("the module's own failure")
+
+    with pytest.raises(RuntimeError, match="^the module's own failure$"):
+        eb.from_energy(Broken(), event_shape=2, name="broken").energy(torch.zeros(3, 2))
+
+
 def test_from_energy_with_known_log_z_supports_log_prob():
     quad = eb.from_energy(lambda x: 0.5 * (x**2).sum(-1), 2, name="quad",
                           log_z=torch.log(torch.tensor(2 * torch.pi)))

@@ -2,6 +2,7 @@
 weights after ``normalize``, and the guards against biased kernels and improper models."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -171,6 +172,19 @@ def test_improper_gaussian_parts_are_named():
     proper = estimate_log_z(c & ~a)
     assert proper.method == "exact"
     assert proper.log_z == pytest.approx(math.log(2.0) + 0.5 * math.log(2 * math.pi / 3))
+
+
+def test_few_particles_with_perfect_weights_are_not_called_degenerate():
+    """ESS ≤ N, so the reliability threshold max(5, N/100) is capped at N: four particles
+    from the target itself (equal weights, ESS = 4) give a finite stderr, no warning."""
+    quadratic = eb.from_energy(lambda x: 0.5 * (x * x).sum(-1), 2, name="q")
+    exact_base = Gaussian(torch.zeros(2, dtype=F64), 1.0, name="base")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        estimate = estimate_log_z(quadratic, base=exact_base, n_particles=4, n_temps=3,
+                                  generator=_seed(0))
+    assert estimate.ess == pytest.approx(4.0) and estimate.stderr == pytest.approx(0.0, abs=1e-6)
+    assert estimate.log_z == pytest.approx(math.log(2 * math.pi), abs=1e-6)
 
 
 def test_degenerate_weights_warn_and_normalize_refuses():

@@ -452,6 +452,23 @@ def test_info_tensors_that_are_not_per_chain_must_be_declared():
     assert samples.stats["pair"].shape == (2, 2)  # recorded whole, though 2 == n_chains
 
 
+class _OneStepMALA(MALA):
+    """MALA whose state reports its step size as one number, as a sampler of one's own may."""
+
+    def step(self, state, generator=None):
+        if not isinstance(state.step_size, torch.Tensor):
+            state = state._replace(step_size=torch.full_like(state.energy, state.step_size))
+        state, info = super().step(state, generator)
+        return state._replace(step_size=float(state.step_size[0])), info
+
+
+def test_a_state_with_one_number_as_step_size_is_recorded_as_it_is():
+    samples = eb.sample(gaussian(), _OneStepMALA(step_size=0.3, adapt_step_size=False),
+                        n_chains=3, n_steps=4, generator=torch.Generator().manual_seed(0))
+    assert samples.stats["step_size"].shape == (4,)
+    assert torch.all(samples.stats["step_size"] == 0.3)
+
+
 def test_tempering_adapts_one_step_size_per_replica():
     sampler = ParallelTempering(betas=[1.0, 0.1, 0.01], sampler=MALA(step_size=0.1))
     samples = eb.sample(gaussian(1), sampler, n_chains=32, n_steps=10, warmup=200,

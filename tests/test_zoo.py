@@ -70,6 +70,8 @@ def test_int8_tensors_without_a_fitting_scale_are_errors():
         dequantize_int8({"w": stored["w"], SCALE_PREFIX + "w": torch.ones(3, 1)}, "model")
     with pytest.raises(SerializationError, match="scale 'int8_scale.v' has no int8 tensor"):
         dequantize_int8({**stored, SCALE_PREFIX + "v": torch.ones(4, 1)}, "model")
+    with pytest.raises(SerializationError, match="scale 'int8_scale.b' has no int8 tensor"):
+        dequantize_int8({**stored, "b": torch.ones(4), SCALE_PREFIX + "b": torch.ones(4)}, "m")
 
 
 def test_models_compose_and_print_back():

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ebmalgebra.base import Capabilities, TimeLike, input_options
+from ebmalgebra.base import Capabilities, TimeLike, check_count, input_options
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.io import register_leaf, register_module
 from ebmalgebra.leaves import Leaf, as_event_shape, call_leaf_function
@@ -185,8 +185,7 @@ class MLPClassifier(nn.Module):
 
         super().__init__()
         self.event_shape = as_event_shape(event_shape)
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
-            raise ValueError(f"n_classes must be an int ≥ 2, got {n_classes!r}")
+        check_count(n_classes, "n_classes", 2)
         hidden = tuple(hidden)
         if not hidden or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
                              for w in hidden):

@@ -112,7 +112,7 @@ def fit(
         scheduler: a learning-rate scheduler stepped after every step; it must
             have been built on ``optimizer`` (so pass both).
         max_grad_norm: clip the global gradient norm to this positive value
-            (``None``: no clipping).
+            (``None``: no clipping; ``math.inf``: compute the norm, never clip).
         generator: a ``torch.Generator`` for shuffling and for the loss.
         progress: tqdm bar; ``None`` shows it only when stderr is a terminal.
         callback: ``callback(step, loss)`` after every step (steps count
@@ -137,7 +137,7 @@ def fit(
     if callback is not None and not callable(callback):
         raise TypeError(f"fit: callback must be callable as callback(step, loss) or None, "
                         f"got {type(callback).__name__}")
-    if max_grad_norm is not None:
+    if max_grad_norm is not None and max_grad_norm != math.inf:  # inf: measure, never clip
         max_grad_norm = check_positive(max_grad_norm, "fit: max_grad_norm")
     check_generator(generator, "fit")
     _check_scheduler(scheduler, optimizer)

@@ -142,12 +142,17 @@ class _Recorder:
         self.step = 0
 
     def add(self, state: NamedTuple, info: NamedTuple) -> None:
+        step_size = getattr(state, "step_size", None)
         if self.per_chain is None:
-            self.per_chain = _per_chain_fields(info, self.n_chains) | {"step_size"}
+            # The library's samplers keep one step size per chain; a sampler of one's own
+            # may keep a number, recorded as it is.
+            per_chain_step = (isinstance(step_size, Tensor) and step_size.dim() > 0
+                              and step_size.shape[0] == self.n_chains)
+            self.per_chain = _per_chain_fields(info, self.n_chains) | (
+                {"step_size"} if per_chain_step else set())
         for name, value in zip(info._fields, info, strict=True):
             if isinstance(value, Tensor | int | float):
                 self.pending.setdefault(name, []).append(value)
-        step_size = getattr(state, "step_size", None)
         if step_size is not None:
             self.pending.setdefault("step_size", []).append(step_size)
         self.step += 1

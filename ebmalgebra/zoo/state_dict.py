@@ -74,7 +74,8 @@ def dequantize_int8(state: dict[str, Tensor], where: str) -> dict[str, Tensor]:
     restored: dict[str, Tensor] = {}
     for key, tensor in state.items():
         if key.startswith(SCALE_PREFIX):
-            if key[len(SCALE_PREFIX):] not in state:
+            target = state.get(key[len(SCALE_PREFIX):])
+            if target is None or target.dtype != torch.int8:
                 raise SerializationError(f"{where}: scale {key!r} has no int8 tensor")
             continue
         if tensor.dtype != torch.int8:
