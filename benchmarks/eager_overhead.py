@@ -1,0 +1,161 @@
+"""Eager per-draw overhead with energies given as Python functions (score by autograd).
+
+Issue 14's measurement: ``sample()`` with ``from_energy`` leaves against a
+hand-written batched torch loop of the same algorithm, same target, same fixed
+step size, in the same run (targets: per draw ≤ 1.10×, MALA on the 2-D banana
+≤ 1.25×). ``benchmarks/samplers.py`` measures the same samplers on analytic
+scores; here every score is an autograd pass over a plain Python energy, which
+is what users of ``from_energy`` and of networks pay.
+
+For each sampler (ULA, MALA, HMC with L = 10) and target (a 2-D banana and a
+100-D Gaussian with scales 0.01 … 1), 1000 chains, float32, one thread:
+
+* ``hand``: the textbook loop of ``benchmarks/samplers.py`` storing every draw
+  in a preallocated tensor, calling ``energy_and_score`` = energy plus one
+  ``torch.autograd.grad``;
+* ``sample()``: ``ebmalgebra.sample(from_energy(fn), sampler, ...)`` with the
+  same x0, step size and number of steps, no warmup, no progress bar.
+
+It also counts the aten operators dispatched per step by each (a
+``TorchDispatchMode`` counter; the difference between 11 and 1 steps, over 10),
+since on small tensors each operator costs a dispatch (2–3 µs) whatever its size.
+
+Usage: ``python benchmarks/eager_overhead.py [--quick]``. Timings are medians of
+interleaved repeats (``benchmarks/_timing.py``); ratios are only meaningful
+within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+from collections import Counter
+from functools import partial
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import ebmalgebra as eb
+
+try:
+    from _timing import median_times
+    from samplers import hand_hmc, hand_mala, hand_ula
+except ImportError:  # run as a module from the repository root
+    from benchmarks._timing import median_times
+    from benchmarks.samplers import hand_hmc, hand_mala, hand_ula
+from ebmalgebra.samplers import HMC, MALA, ULA
+
+torch.set_num_threads(1)
+DTYPE = torch.float32
+N_CHAINS = 1000
+
+
+def banana_energy(x: torch.Tensor) -> torch.Tensor:
+    """x₀ ~ N(0, 10²), x₁ | x₀ ~ N(0.03 (x₀² − 100), 1), as a plain function."""
+    bend = x[:, 1] - 0.03 * (x[:, 0] * x[:, 0] - 100.0)
+    return 0.005 * x[:, 0] * x[:, 0] + 0.5 * bend * bend
+
+
+SCALES = torch.logspace(-2, 0, 100, dtype=DTYPE)
+PRECISION = 1.0 / (SCALES * SCALES)
+
+
+def gaussian_energy(x: torch.Tensor) -> torch.Tensor:
+    """A 100-D Gaussian with scales 0.01 … 1, as a plain function."""
+    return 0.5 * (x * x * PRECISION).sum(-1)
+
+
+def autograd_energy_and_score(energy):
+    """What a hand-written loop on a Python energy computes: E and −∇E by one reverse pass."""
+    def energy_and_score(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            inputs = x.detach().requires_grad_(True)
+            value = energy(inputs)
+            (grad,) = torch.autograd.grad(value.sum(), inputs)
+        return value.detach(), -grad
+    return energy_and_score
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts aten operators dispatched while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(run) -> float:
+    """Aten operators per step of ``run(n_steps)``: (ops(11) − ops(1)) / 10."""
+    totals = []
+    for n_steps in (1, 11):
+        with OpCounter() as counter:
+            run(n_steps)
+        totals.append(sum(counter.counts.values()))
+    return (totals[1] - totals[0]) / 10
+
+
+def hand_hmc_fixed_length(energy_and_score, x0, n_steps, step, generator, keep=None):
+    """The hand-written HMC with L = 10 leapfrog steps, no jitter."""
+    return hand_hmc(energy_and_score, x0, n_steps, step, 10, generator, keep=keep)
+
+
+def run_hand(hand, x0: torch.Tensor, step: float, n_steps: int):
+    """A hand-written loop of ``n_steps`` storing every draw, seeded as the library run."""
+    keep = torch.empty((n_steps, *x0.shape), dtype=x0.dtype)
+    return hand(n_steps, step, torch.Generator().manual_seed(1), keep=keep)
+
+
+def run_sample(model, sampler, x0: torch.Tensor, n_steps: int):
+    """``ebmalgebra.sample`` of ``n_steps`` from ``x0``, no warmup or progress bar."""
+    return eb.sample(model, sampler, x0=x0, n_steps=n_steps, progress=False,
+                     generator=torch.Generator().manual_seed(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny run of every path")
+    quick = parser.parse_args().quick
+    n_steps, repeats = (20, 2) if quick else (200, 7)
+    print(f"# eager overhead, {datetime.date.today()}, torch {torch.__version__}, "
+          f"{platform.machine()}, 1 thread, {N_CHAINS} chains, {n_steps} steps per run")
+    targets = [("banana 2-D", banana_energy, 2, 0.05, 0.1),
+               ("gaussian 100-D", gaussian_energy, 100, 5e-5, 0.005)]
+    rows = []
+    for target, energy, dim, langevin_step, hmc_step in targets:
+        x0 = torch.randn(N_CHAINS, dim, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
+        function = autograd_energy_and_score(energy)
+        model = eb.from_energy(energy, event_shape=dim, name="target")
+        algorithms = {
+            "ULA": (ULA(step_size=langevin_step), partial(hand_ula, function, x0)),
+            "MALA": (MALA(step_size=langevin_step, adapt_step_size=False),
+                     partial(hand_mala, function, x0)),
+            "HMC": (HMC(step_size=hmc_step, n_leapfrog=10, jitter=0.0, adapt_step_size=False,
+                        adapt_mass=False), partial(hand_hmc_fixed_length, function, x0)),
+        }
+        for name, (sampler, hand) in algorithms.items():
+            step = hmc_step if name == "HMC" else langevin_step
+            hand_run = partial(run_hand, hand, x0, step)
+            library_run = partial(run_sample, model, sampler, x0)
+            best = median_times({"hand": partial(hand_run, n_steps),
+                                 "sample": partial(library_run, n_steps)},
+                                repeats=repeats, inner=1, warmup=1)
+            ratio = best["sample"] / best["hand"]
+            ops = {"hand": ops_per_step(hand_run), "sample": ops_per_step(library_run)}
+            rows.append((name, target, ratio))
+            print(f"  {name:5s} {target:15s} hand {best['hand'] / n_steps * 1e6:8.1f} µs/draw, "
+                  f"sample() {best['sample'] / n_steps * 1e6:8.1f} µs/draw ({ratio:.2f}x); "
+                  f"aten ops/step hand {ops['hand']:.0f}, sample() {ops['sample']:.0f}",
+                  flush=True)
+    worst = max(ratio for *_, ratio in rows)
+    print(f"# worst per-draw ratio {worst:.2f}x (target ≤ 1.10x); geometric mean "
+          f"{math.exp(sum(math.log(r) for *_, r in rows) / len(rows)):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
