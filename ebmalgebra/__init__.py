@@ -22,6 +22,7 @@ from ebmalgebra.leaves import (
     one,
 )
 from ebmalgebra.normalize import LogZEstimate, estimate_log_z, normalize
+from ebmalgebra.operator import Operator
 from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
 from ebmalgebra.samplers import sample
 
@@ -39,6 +40,7 @@ __all__ = [
     "LogZEstimate",
     "Mixture",
     "Normalized",
+    "Operator",
     "Power",
     "Product",
     "SerializationError",

@@ -26,7 +26,7 @@ from torch import Tensor
 from ebmalgebra.base import EnergyModel, check_count
 from ebmalgebra.compile import compile
 from ebmalgebra.errors import CapabilityError, CompositionError
-from ebmalgebra.ops import Mixture, Normalized, Power, Weight
+from ebmalgebra.ops import Normalized
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.rewrites import Quadratic, closed_form
 from ebmalgebra.samplers import (
@@ -90,23 +90,22 @@ def improper_gaussian_part(model: EnergyModel) -> tuple[EnergyModel, float] | No
     leaves combined by ``&``, ``**``, weights; see :mod:`ebmalgebra.rewrites`) is
     improper when P is not positive definite: E is unbounded below (or flat) along
     an eigenvector with eigenvalue λ ≤ 0, so ∫ exp(−E) = ∞. Impropriety passes up
-    through mixtures (masses add), weights, ``normalized`` and powers β > 0, so the
-    search descends through those; a product can cure an improper factor
-    (``b & ~a`` with P_b > P_a), so a product is judged whole.
+    through the nodes that declare ``passes_impropriety`` (mixtures: masses add;
+    weights, ``normalized``, powers β > 0), so the search descends through those; a
+    product can cure an improper factor (``b & ~a`` with P_b > P_a), so a product is
+    judged whole.
 
     Returns ``(part, λ_min)`` with P's smallest eigenvalue, or ``None`` when no
     such part is found (the model may still be improper in a non-Gaussian way).
     """
-    inherits = isinstance(model, Mixture | Weight | Normalized) or (
-        isinstance(model, Power) and model.exponent > 0)
-    if inherits:
+    if model.passes_impropriety:
         for child in model.operands():
             found = improper_gaussian_part(child)
             if found is not None:
                 return found
     form = closed_form(model)
     if isinstance(form, Quadratic):
-        smallest = float(torch.linalg.eigvalsh(0.5 * (form.precision + form.precision.mT))[0])
+        smallest = form.smallest_eigenvalue()
         if smallest <= 0.0:
             return model, smallest
     return None
