@@ -24,6 +24,7 @@ from ebmalgebra.leaves import (
 from ebmalgebra.normalize import LogZEstimate, estimate_log_z, normalize
 from ebmalgebra.operator import Operator
 from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
+from ebmalgebra.pushforward import transform
 from ebmalgebra.samplers import sample
 
 __version__ = "0.1.0"
@@ -58,4 +59,5 @@ __all__ = [
     "samplers",
     "save",
     "targets",
+    "transform",
 ]

@@ -278,6 +278,22 @@ class EnergyModel(nn.Module):
 
         return Normalized(self, log_z)
 
+    def pushforward(self, transform: object) -> EnergyModel:
+        """The density of y = T(x): E(T⁻¹(y)) + log|det J_T(T⁻¹(y))| for an invertible
+        ``torch.distributions.transforms.Transform`` T; log Z and exact sampling carry over
+        (:mod:`ebmalgebra.pushforward`)."""
+        from ebmalgebra.pushforward import Pushforward
+
+        return Pushforward(self, transform)
+
+    def condition(self, mask: Tensor, values: Tensor | float) -> EnergyModel:
+        """The model of the free coordinates given x[mask] = values (``mask`` a bool tensor
+        of ``event_shape``, True where clamped); event shape ``(n_free,)``
+        (:mod:`ebmalgebra.condition`)."""
+        from ebmalgebra.condition import Conditioned
+
+        return Conditioned(self, mask, values)
+
     # ------------------------------------------- rules a node owns (leaf defaults)
     analytic_score = False
     """True when ``_energy_and_score`` needs no autograd pass by the compiler."""

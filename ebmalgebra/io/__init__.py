@@ -22,7 +22,7 @@ built-in ``{"op": "one"}``, ``{"op": "product" | "mixture", "children": [...]}``
 ``{"op": "weight", "weight": w, "child": ...}``, ``{"op": "power", "exponent":
 beta, "child": ...}``, ``{"op": "normalized", "log_z": float | null, "child":
 ...}``, ``{"op": "compile", "closed_form": bool, "backend": "eager" |
-"inductor", "child": ...}`` and the operators of :mod:`ebmalgebra.transform`
+"inductor", "child": ...}`` and the operators of :mod:`ebmalgebra.pushforward`
 and :mod:`ebmalgebra.condition`. Each node class gives its spec
 (``node.spec()``) and rebuilds from it (``cls.rebuild(children, spec)``);
 register your own operators with :func:`register_operator`. A leaf used

@@ -195,7 +195,10 @@ def _storable(tensor: Tensor) -> Tensor:
 
 
 def _digest(tensor: Tensor) -> str:
-    flat = tensor.detach().contiguous().reshape(-1)
+    # A fresh row-major copy: a size-1 tensor may be "contiguous" with stride 0 (expanded),
+    # which a byte view refuses.
+    flat = tensor.detach().reshape(-1)
+    flat = torch.empty_like(flat, memory_format=torch.contiguous_format).copy_(flat)
     raw = flat.view(torch.uint8) if flat.numel() else flat.new_empty(0, dtype=torch.uint8)
     return hashlib.sha256(raw.numpy().tobytes()).hexdigest()
 
