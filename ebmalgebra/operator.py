@@ -270,12 +270,23 @@ def combine_with_coefficients(function: Callable[[list[Tensor]], Tensor],
                               energies: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
     """``f(E_1, …, E_k)`` and the per-sample ∂f/∂E_l, each ``(batch,)``.
 
-    ``torch.func.vjp`` with a cotangent of ones: f acts per sample, so the
-    pullback of ones is the per-sample derivative. It traces under
-    ``torch.compile`` and keeps outer autograd graphs (differentiable scores).
+    f acts per sample, so the gradient of Σ_batch f is the per-sample
+    derivative. Eagerly that is one ``torch.autograd.grad`` (kept in the graph
+    when the energies are part of one, for differentiable scores); inside
+    ``torch.compile`` it is ``torch.func.vjp``, which dynamo traces.
     """
-    value, pullback = torch.func.vjp(lambda *inputs: function(list(inputs)), *energies)
-    return value, list(pullback(torch.ones_like(value)))
+    if torch.compiler.is_compiling():
+        value, pullback = torch.func.vjp(lambda *inputs: function(list(inputs)), *energies)
+        return value, list(pullback(torch.ones_like(value)))
+    in_graph = any(energy.requires_grad for energy in energies)
+    with torch.enable_grad():
+        inputs = [energy if energy.requires_grad else energy.detach().requires_grad_(True)
+                  for energy in energies]
+        value = function(inputs)
+        grads = torch.autograd.grad(value.sum(), inputs, create_graph=in_graph,
+                                    allow_unused=True)
+    grads = [torch.zeros_like(value) if g is None else g for g in grads]
+    return (value if in_graph else value.detach()), grads
 
 
 def _per_sample(coefficient: Tensor, like: Tensor) -> Tensor:

@@ -139,3 +139,15 @@ def test_soft_minimum_is_a_frozen_canonical_node():
     assert not node.normalizer_known and not node.can_sample
     with pytest.raises(eb.CapabilityError, match="smin"):
         node.log_z()
+
+
+def test_the_python_blocks_of_docs_extending_run():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "extending.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 3
+    namespace: dict = {"__name__": "docs_extending"}
+    exec(compile("\n".join(blocks), "docs/extending.md", "exec"), namespace)  # noqa: S102
+    assert repr(namespace["soft"]) == "smin(a, b, tau=0.5)"
