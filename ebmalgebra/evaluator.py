@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.base import TimeLike
-from ebmalgebra.program import ANALYTIC, SCORE_ONLY, Program
+from ebmalgebra.program import ANALYTIC, AUTOGRAD, SCORE_ONLY, Program
 
 __all__ = ["energy", "energy_and_score"]
 
@@ -61,7 +61,60 @@ def energy_and_score(program: Program, x: Tensor, t: TimeLike, create_graph: boo
     if detach_parameters and not create_graph and not functional:
         with torch.no_grad():
             return _evaluate(program, x, t, create_graph, functional)
+    if program.linear is not None and not functional:
+        return _evaluate_affine(program, x, t, create_graph)
     return _evaluate(program, x, t, create_graph, functional)
+
+
+def _evaluate_affine(program: Program, x: Tensor, t: TimeLike, create_graph: bool
+                     ) -> tuple[Tensor | None, Tensor]:
+    """The lean special case E = c + Σ β_l E_l, s = Σ β_l s_l (products of powers): the
+    coefficients are the constants β_l, so the terms are summed as they come, and the
+    autograd leaves' weighted sum is both their part of E and the input of the one
+    reverse pass."""
+    constant, betas = program.linear
+    energy = score = autograd_total = None
+    inputs = x
+    grad_mode = torch.is_grad_enabled()
+    try:
+        for leaf, kind, beta in zip(program.leaves, program.kinds, betas, strict=True):
+            if beta == 0.0:
+                continue
+            if kind == AUTOGRAD:
+                if autograd_total is None:
+                    torch.set_grad_enabled(True)
+                    if not (create_graph and x.requires_grad):
+                        inputs = x.detach().requires_grad_(True)
+                term = leaf._energy(inputs, t)
+                term = term if beta == 1.0 else beta * term
+                autograd_total = term if autograd_total is None else autograd_total + term
+                energy = term if energy is None else energy + term
+                continue
+            if kind == SCORE_ONLY:
+                leaf_energy, leaf_score = None, leaf._score(x, t, create_graph)
+            else:
+                leaf_energy, leaf_score = leaf._energy_and_score(x, t, create_graph)
+            if beta != 1.0:
+                leaf_score = beta * leaf_score
+                leaf_energy = None if leaf_energy is None else beta * leaf_energy
+            score = leaf_score if score is None else score + leaf_score
+            if leaf_energy is not None:
+                energy = leaf_energy if energy is None else energy + leaf_energy
+        if autograd_total is not None:
+            grad = _grad(autograd_total.sum(), inputs, create_graph)
+            score = -grad if score is None else score - grad
+    finally:
+        torch.set_grad_enabled(grad_mode)
+    score = torch.zeros_like(x) if score is None else score
+    if program.score_only:
+        energy = None
+    else:
+        energy = x.new_zeros(x.shape[0]) if energy is None else energy
+        energy = energy + constant if constant != 0.0 else energy
+    if not create_graph:
+        energy = None if energy is None else energy.detach()
+        score = score.detach()
+    return energy, score
 
 
 def _evaluate(program: Program, x: Tensor, t: TimeLike, create_graph: bool, functional: bool
