@@ -7,10 +7,12 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.distributions.transforms import AffineTransform
 
 import ebmalgebra as eb
 from ebmalgebra import one
 from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
+from ebmalgebra.pushforward import Pushforward
 from ebmalgebra.targets import Gaussian, Ring
 
 F64 = torch.float64
@@ -61,9 +63,17 @@ def _recipes():
     return st.recursive(leaf, lambda sub: st.one_of(
         st.tuples(st.sampled_from(["&", "|"]), st.just(0.0), st.lists(sub, min_size=2,
                                                                          max_size=3)),
-        st.tuples(st.sampled_from(["*", "**", "~"]), number, st.lists(sub, min_size=1,
-                                                                        max_size=1)),
+        st.tuples(st.sampled_from(["*", "**", "~", "push"]), number,
+                  st.lists(sub, min_size=1, max_size=1)),
     ), max_leaves=8)
+
+
+_TRANSFORMS: dict[float, object] = {}
+
+
+def _transform(number: float):
+    """One shared affine transform per number (transforms compare by identity)."""
+    return _TRANSFORMS.setdefault(number, AffineTransform(number, 2.0))
 
 
 def _by_operators(recipe):
@@ -81,8 +91,8 @@ def _by_operators(recipe):
         for part in parts[1:]:
             out = out | part
         return out
-    return {"*": lambda m: number * m, "**": lambda m: m ** number, "~": lambda m: ~m}[op](
-        parts[0])
+    return {"*": lambda m: number * m, "**": lambda m: m ** number, "~": lambda m: ~m,
+            "push": lambda m: m.pushforward(_transform(number))}[op](parts[0])
 
 
 def _by_classes(recipe):
@@ -92,7 +102,8 @@ def _by_classes(recipe):
     parts = [_by_classes(s) for s in subs]
     return {"&": lambda: Product(*parts), "|": lambda: Mixture(*parts),
             "*": lambda: Weight(number, parts[0]), "**": lambda: Power(parts[0], number),
-            "~": lambda: Power(parts[0], -1.0)}[op]()
+            "~": lambda: Power(parts[0], -1.0),
+            "push": lambda: Pushforward(parts[0], _transform(number))}[op]()
 
 
 @given(_recipes())
