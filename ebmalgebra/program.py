@@ -20,7 +20,7 @@ is all :mod:`ebmalgebra.evaluator` needs for the score s = Σ_l c_l s_l.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -149,7 +149,9 @@ class Apply:
     """E = function([E_1, …, E_k]) of sub-programs, per sample; c_l by the chain rule
     with ∂f/∂E_j from one vector-Jacobian product."""
 
-    function: Callable[[list[Tensor]], Tensor] = field(compare=False)
+    # Compared too: two nodes of one operator type with other numbers (smin at τ = 1 and
+    # at τ = 2) have other functions (bound methods of different nodes) and must not merge.
+    function: Callable[[list[Tensor]], Tensor]
     terms: tuple[ProgramNode, ...]
     label: str
 

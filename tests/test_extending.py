@@ -131,6 +131,15 @@ def test_soft_minimum_appears_in_explain_and_the_program():
     assert eb.program.format_program(expr) == "E(x) = smin(E_a, E_b) + E_r"
 
 
+def test_two_soft_minima_of_the_same_children_stay_apart_in_the_program():
+    a, b = two_bumps().operands()
+    expr = SoftMin(a, b, 1.0) & SoftMin(a, b, 0.25) ** 2
+    x = torch.randn(5, 2, dtype=F64)
+    by_hand = SoftMin(a, b, 1.0).energy(x) + 2 * SoftMin(a, b, 0.25).energy(x)
+    torch.testing.assert_close(eb.compile(expr).energy(x), by_hand)
+    assert_equivalent(eb.compile(expr), expr, x)
+
+
 def test_soft_minimum_is_a_frozen_canonical_node():
     node = two_bumps()
     with pytest.raises(AttributeError, match="immutable"):
