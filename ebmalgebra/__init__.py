@@ -22,7 +22,9 @@ from ebmalgebra.leaves import (
     one,
 )
 from ebmalgebra.normalize import LogZEstimate, estimate_log_z, normalize
+from ebmalgebra.operator import Operator
 from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
+from ebmalgebra.pushforward import transform
 from ebmalgebra.samplers import sample
 
 __version__ = "0.1.0"
@@ -39,6 +41,7 @@ __all__ = [
     "LogZEstimate",
     "Mixture",
     "Normalized",
+    "Operator",
     "Power",
     "Product",
     "SerializationError",
@@ -56,4 +59,5 @@ __all__ = [
     "samplers",
     "save",
     "targets",
+    "transform",
 ]

@@ -112,8 +112,34 @@ _TORCH_MODULES: dict[str, tuple[type, Callable[[nn.Module], dict]]] = {
 }
 
 
-def register(register_leaf: Callable, register_module: Callable) -> None:
-    """Register the built-in leaf and module types with :mod:`ebmalgebra.io`."""
+def _register_operators(register_operator: Callable) -> None:
+    """The built-in composite nodes; each gives its own spec and rebuild."""
+    from ebmalgebra.compile import CompiledEnergy
+    from ebmalgebra.condition import Conditioned
+    from ebmalgebra.io.registry import OPERATORS
+    from ebmalgebra.jit import InductorEnergy
+    from ebmalgebra.leaves import One, one
+    from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
+    from ebmalgebra.pushforward import Pushforward
+
+    register_operator("one", spec=lambda node: {}, build=lambda operands, spec: one)(One)
+    register_operator("product")(Product)
+    register_operator("mixture")(Mixture)
+    register_operator("weight", numbers=("weight",))(Weight)
+    register_operator("power", numbers=("exponent",))(Power)
+    register_operator("normalized")(Normalized)
+    register_operator("pushforward")(Pushforward)
+    register_operator("condition")(Conditioned)
+    # A compiled node stores the expression as given, not its closed-form rewrite.
+    register_operator("compile", operands=lambda node: (node.source,))(CompiledEnergy)
+    # Same file form as ``compile``: the backend is a field of the spec.
+    OPERATORS.by_class[InductorEnergy] = OPERATORS.by_name["compile"]
+
+
+def register(register_leaf: Callable, register_module: Callable,
+             register_operator: Callable) -> None:
+    """Register the built-in leaf, module and operator types with :mod:`ebmalgebra.io`."""
+    _register_operators(register_operator)
     register_leaf("energy_function", config=_energy_function)(EnergyFunction)
     register_leaf("score_function", config=_score_function)(ScoreFunction)
     for name, (cls, config) in _TARGETS.items():

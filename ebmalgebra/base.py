@@ -25,7 +25,9 @@ from torch import Tensor, nn
 from ebmalgebra.errors import CapabilityError, CompositionError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+
+    from ebmalgebra.program import ProgramBuilder, ProgramNode
 
 TimeLike = float | Tensor | None
 """Noise level / time ``t`` for noise-conditioned models: a float, a 0-d
@@ -36,7 +38,7 @@ CAPABILITY_NAMES = ("energy", "score", "normalizer", "sample")
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a model can do, as local facts.
+    """What a model can do, as local facts (construct it by keyword).
 
     Attributes:
         has_energy: ``energy(x)`` is available (not score-only).
@@ -230,41 +232,41 @@ class EnergyModel(nn.Module):
 
     # --------------------------------------------------------------- algebra
     def __and__(self, other: EnergyModel) -> EnergyModel:
-        from ebmalgebra.ops import product
+        from ebmalgebra.ops import Product
 
-        return product(self, _as_model(other, "&"))
+        return Product(self, _as_model(other, "&"))
 
     def __or__(self, other: EnergyModel) -> EnergyModel:
-        from ebmalgebra.ops import mixture
+        from ebmalgebra.ops import Mixture
 
-        return mixture(self, _as_model(other, "|"))
+        return Mixture(self, _as_model(other, "|"))
 
     def __rmul__(self, weight: float) -> EnergyModel:
-        from ebmalgebra.ops import weighted
+        from ebmalgebra.ops import Weight
 
         if isinstance(weight, EnergyModel):
             return NotImplemented
-        return weighted(weight, self)
+        return Weight(weight, self)
 
     def __mul__(self, weight: float) -> EnergyModel:
-        from ebmalgebra.ops import weighted
+        from ebmalgebra.ops import Weight
 
         if isinstance(weight, EnergyModel):
             raise CompositionError(
                 f"{self!r} * {weight!r}: multiplying two models is ambiguous; "
                 "use `a & b` for the product of experts (E = E_a + E_b)"
             )
-        return weighted(weight, self)
+        return Weight(weight, self)
 
     def __pow__(self, beta: float) -> EnergyModel:
-        from ebmalgebra.ops import power
+        from ebmalgebra.ops import Power
 
-        return power(self, beta)
+        return Power(self, beta)
 
     def __invert__(self) -> EnergyModel:
-        from ebmalgebra.ops import power
+        from ebmalgebra.ops import Power
 
-        return power(self, -1.0)
+        return Power(self, -1.0)
 
     def normalized(self, log_z: float | Tensor | None = None) -> EnergyModel:
         """p̃/Z: energy E + log Z, so that ``log_prob`` works and ``|`` gets true weights.
@@ -275,6 +277,46 @@ class EnergyModel(nn.Module):
         from ebmalgebra.ops import Normalized
 
         return Normalized(self, log_z)
+
+    def pushforward(self, transform: object) -> EnergyModel:
+        """The density of y = T(x): E(T⁻¹(y)) + log|det J_T(T⁻¹(y))| for an invertible
+        ``torch.distributions.transforms.Transform`` T; log Z and exact sampling carry over
+        (:mod:`ebmalgebra.pushforward`)."""
+        from ebmalgebra.pushforward import Pushforward
+
+        return Pushforward(self, transform)
+
+    def condition(self, mask: Tensor, values: Tensor | float) -> EnergyModel:
+        """The model of the free coordinates given x[mask] = values (``mask`` a bool tensor
+        of ``event_shape``, True where clamped); event shape ``(n_free,)``
+        (:mod:`ebmalgebra.condition`)."""
+        from ebmalgebra.condition import Conditioned
+
+        return Conditioned(self, mask, values)
+
+    # ------------------------------------------- rules a node owns (leaf defaults)
+    analytic_score = False
+    """True when ``_energy_and_score`` needs no autograd pass by the compiler."""
+
+    passes_impropriety = False
+    """Whether an improper child makes this node improper (see ``normalize``)."""
+
+    def lower(self, program: ProgramBuilder) -> ProgramNode:
+        """This model in a compiled program: a leaf, evaluated once per call."""
+        return program.leaf(self)
+
+    def gaussian_form(self, forms: list) -> object | None:
+        """The Gaussian form of the energy (:mod:`ebmalgebra.quadratic`), or ``None``."""
+        return None
+
+    def rewrite(self, rewrite: Callable[[EnergyModel], EnergyModel]) -> EnergyModel:
+        """This model with ``rewrite`` applied to its children (a leaf has none)."""
+        return self
+
+    def sampling_exponent(self) -> float:
+        """How many energies the model stacks (a leaf counts 1): the zoo divides its
+        Langevin step by it, since curvatures add up."""
+        return 1.0
 
     # ------------------------------------------------------------ evaluation
     def energy(self, x: Tensor, t: TimeLike = None) -> Tensor:

@@ -28,6 +28,7 @@ from ebmalgebra.base import EnergyModel, format_number
 from ebmalgebra.errors import EBMAlgebraError
 from ebmalgebra.expression_parser import ExpressionError
 from ebmalgebra.leaves import one
+from ebmalgebra.program import format_program
 from ebmalgebra.zoo.faces import TABLE_COLUMNS, image_rows, rates_table
 
 __all__ = [
@@ -173,49 +174,6 @@ def _draw(model: EnergyModel, n: int, kernel: str, steps: int | None, seed: int,
                     progress=progress)
     except ValueError as error:
         raise _Failure(str(error), EXIT_USAGE) from None
-
-
-def format_program(model: EnergyModel) -> str:
-    """The compiled energy as a formula, e.g. ``E(x, σ) = E_glasses + 0.75 E_face − 0.75 E_hat``.
-
-    Weights and temperatures are folded into coefficients (DESIGN §3); a
-    mixture shows as ``−logsumexp(−E_a, −E_b + c)``.
-    """
-    from ebmalgebra.compile import Affine, LeafRef, LogSumExp, compile
-
-    compiled = compile(model)
-    names = [repr(leaf) for leaf in compiled.leaf_models]
-
-    def signed(value: float, text: str, first: bool) -> str:
-        size = format_number(abs(value))
-        size = size if len(size) <= 8 else f"{abs(value):.4g}"
-        factor = "" if abs(value) == 1.0 and text else size
-        body = f"{factor} {text}".strip()
-        if first:
-            return f"−{body}" if value < 0 else body
-        return f"{'−' if value < 0 else '+'} {body}"
-
-    def render(node) -> str:
-        if isinstance(node, LeafRef):
-            return f"E_{names[node.index]}"
-        if isinstance(node, Affine):
-            parts = [signed(c, f"[{render(sub)}]" if isinstance(sub, LogSumExp)
-                            else render(sub), i == 0)
-                     for i, (c, sub) in enumerate(node.terms)]
-            if node.constant:
-                parts.append(signed(node.constant, "", not parts))
-            return " ".join(parts) or "0"
-        arguments = []
-        for offset, sub in node.terms:
-            inner = render(sub)
-            if offset:
-                inner = f"{inner} {signed(offset, '', False)}"
-            simple = isinstance(sub, LeafRef) and not offset
-            arguments.append(f"−{inner}" if simple else f"−({inner})")
-        return f"−logsumexp({', '.join(arguments)})"
-
-    noise = any(getattr(leaf, "noise_conditioned", False) for leaf in compiled.leaf_models)
-    return f"E{'(x, σ)' if noise else '(x)'} = {render(compiled.program)}"
 
 
 # -------------------------------------------------------------------- commands

@@ -16,10 +16,10 @@ Three entry points use it:
   ``loss.backward()``.
 
 **What is traced.** Inside a compiled region every
-:class:`~ebmalgebra.CompiledEnergy` evaluates through
-:func:`traced_energy_and_score`: the same folded program as the eager path
-(each distinct leaf once, analytic leaf scores used as they are), with the one
-reverse pass over the autograd leaves taken by :func:`torch.func.vjp` instead of
+:class:`~ebmalgebra.CompiledEnergy` evaluates through the one evaluator of
+:mod:`ebmalgebra.evaluator`, as the eager path does (each distinct leaf once,
+analytic leaf scores used as they are), with the one reverse pass over the
+autograd leaves taken by :func:`torch.func.vjp` instead of
 ``torch.autograd.grad``, which dynamo cannot trace. The pass is functional: it
 writes no ``.grad`` into leaf parameters and keeps per-sample energies, since
 the cotangent is the per-sample coefficient ∂E/∂E_l (constant β_l for products
@@ -69,18 +69,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ebmalgebra import evaluator
 from ebmalgebra.base import EnergyModel, TimeLike
-from ebmalgebra.compile import (
-    _ANALYTIC,
-    _AUTOGRAD,
-    _SCORE_ONLY,
-    Affine,
-    CompiledEnergy,
-    LeafRef,
-    Program,
-    _broadcast,
-    _is_zero,
-)
+from ebmalgebra.compile import CompiledEnergy
+from ebmalgebra.program import ANALYTIC
 
 __all__ = [
     "DISABLE_ENV",
@@ -89,8 +81,6 @@ __all__ = [
     "call_compiled",
     "clear_cache",
     "compile_seconds",
-    "traced_energy",
-    "traced_energy_and_score",
     "unavailable_reason",
 ]
 
@@ -100,97 +90,6 @@ DISABLE_ENV = "EBMALGEBRA_DISABLE_JIT"
 
 class JitFallbackWarning(RuntimeWarning):
     """Compilation was unavailable or failed, so the eager path ran instead."""
-
-
-# ------------------------------------------------------------ traced evaluation
-
-def traced_energy_and_score(
-    model: CompiledEnergy, x: Tensor, t: TimeLike, create_graph: bool
-) -> tuple[Tensor | None, Tensor]:
-    """(E(x), s(x)) of a compiled expression in a form ``torch.compile`` traces whole.
-
-    The math of :meth:`CompiledEnergy._evaluate_general`: analytic leaves give
-    energy and score directly, score-only leaves their score, and all autograd
-    leaves share one reverse pass, here ``torch.func.vjp`` with the per-sample
-    cotangents c_l = ∂E/∂E_l (constants β_l for products of powers, softmax
-    weights for mixtures). Returns energy ``(n,)`` (``None`` when the model is
-    score-only) and score like ``x``.
-    """
-    leaves, kinds = model.leaf_models, model._kinds
-    n = len(leaves)
-    energies: list[Tensor | None] = [None] * n
-    scores: list[Tensor | None] = [None] * n
-    for i, (leaf, kind) in enumerate(zip(leaves, kinds, strict=True)):
-        if kind == _ANALYTIC:
-            energies[i], scores[i] = leaf._energy_and_score(x, t, create_graph)
-        elif kind == _SCORE_ONLY:
-            scores[i] = leaf._score(x, t, create_graph)
-    autograd = [i for i, kind in enumerate(kinds) if kind == _AUTOGRAD]
-    pullback = None
-    if autograd:
-        def autograd_energies(inputs: Tensor) -> tuple[Tensor, ...]:
-            return tuple(leaves[i]._energy(inputs, t) for i in autograd)
-
-        values, pullback = torch.func.vjp(autograd_energies, x)
-        for i, value in zip(autograd, values, strict=True):
-            energies[i] = value
-    energy, coefficients = _energy_and_coefficients(model.program, energies,
-                                                    x.new_zeros(x.shape[0]))
-    score = None
-    for i, leaf_score in enumerate(scores):
-        coefficient = coefficients.get(i, 0.0)
-        if leaf_score is not None and not _is_zero(coefficient):
-            term = _broadcast(coefficient, leaf_score) * leaf_score
-            score = term if score is None else score + term
-    if pullback is not None:
-        cotangents = tuple(
-            coefficients[i] if isinstance(coefficients.get(i), Tensor)
-            else torch.full_like(energies[i], coefficients.get(i, 0.0)) for i in autograd)
-        (grad,) = pullback(cotangents)
-        score = -grad if score is None else score - grad
-    if score is None:
-        score = torch.zeros_like(x)
-    return (None if model._score_only else energy), score
-
-
-def traced_energy(model: CompiledEnergy, x: Tensor, t: TimeLike) -> Tensor:
-    """E(x) of a compiled expression, as :meth:`CompiledEnergy._energy` computes it, in a
-    form ``torch.compile`` traces without guarding on the program's node identities."""
-    energies = [leaf._energy(x, t) if kind != _SCORE_ONLY else None
-                for leaf, kind in zip(model.leaf_models, model._kinds, strict=True)]
-    return _energy_and_coefficients(model.program, energies, x.new_zeros(x.shape[0]))[0]
-
-
-def _energy_and_coefficients(node: Program, energies: list, zeros: Tensor,
-                             ) -> tuple[Tensor | None, dict[int, float | Tensor]]:
-    """E of ``node`` (``None`` if it involves a score-only leaf) and c_l = ∂E/∂E_l for
-    the leaves under it, in one forward pass.
-
-    The eager path caches mixture weights by ``id(node)``; under ``torch.compile`` that
-    would guard every kernel on the identity of the program's nodes and recompile it
-    for each new ``compile`` of the same expression, so the weights are carried along
-    instead.
-    """
-    if isinstance(node, LeafRef):
-        return energies[node.index], {node.index: 1.0}
-    coefficients: dict[int, float | Tensor] = {}
-    if isinstance(node, Affine):
-        energy: Tensor | None = zeros
-        for factor, sub in node.terms:
-            sub_energy, sub_coefficients = _energy_and_coefficients(sub, energies, zeros)
-            energy = None if energy is None or sub_energy is None else (
-                energy + factor * sub_energy)
-            for index, value in sub_coefficients.items():
-                coefficients[index] = coefficients.get(index, 0.0) + factor * value
-        return (None if energy is None else energy + node.constant), coefficients
-    parts = [_energy_and_coefficients(sub, energies, zeros) for _, sub in node.terms]
-    logits = torch.stack([-(sub_energy + offset)
-                          for (offset, _), (sub_energy, _) in zip(node.terms, parts, strict=True)])
-    weights = torch.softmax(logits, dim=0)
-    for weight, (_, sub_coefficients) in zip(weights, parts, strict=True):
-        for index, value in sub_coefficients.items():
-            coefficients[index] = coefficients.get(index, 0.0) + weight * value
-    return -torch.logsumexp(logits, dim=0), coefficients
 
 
 # ---------------------------------------------------------------- availability
@@ -307,7 +206,7 @@ def _inductor_options(owner: EnergyModel, example: Tensor | None) -> dict[str, A
     if example is None or example.device.type != "cpu" or example.dim() < 1:
         return None
     analytic = isinstance(owner, CompiledEnergy) and all(
-        kind == _ANALYTIC for kind in owner._kinds)
+        kind == ANALYTIC for kind in owner.lowered.kinds)
     width = math.prod(example.shape[1:])
     capability = torch.backends.cpu.get_cpu_capability()
     if analytic and capability.startswith("AVX512") and 0 < width < 16:
@@ -453,16 +352,16 @@ def compile_seconds() -> list[tuple[str, float]]:
 
 # ------------------------------------------------------------ compiled energies
 
-# Kernels call the eager methods: traced, those take the traced path (see
-# ``CompiledEnergy._evaluate``); run eagerly after a failed compile, they give exactly the
-# eager results.
+# Kernels call the evaluator: traced, with its functional reverse pass; run eagerly after a
+# failed compile, they give exactly the eager results.
 def _energy_and_score_kernel(model: CompiledEnergy, x: Tensor, t: TimeLike
                              ) -> tuple[Tensor | None, Tensor]:
-    return CompiledEnergy._evaluate(model, x, t, False)
+    return evaluator.energy_and_score(model.lowered, x, t, False,
+                                      functional=torch.compiler.is_compiling())
 
 
 def _energy_kernel(model: CompiledEnergy, x: Tensor, t: TimeLike) -> Tensor:
-    return CompiledEnergy._energy(model, x, t)
+    return evaluator.energy(model.lowered, x, t)
 
 
 def _as_input(t: TimeLike, x: Tensor) -> TimeLike:

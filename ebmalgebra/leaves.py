@@ -9,6 +9,7 @@ provide it in closed form.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,9 @@ from torch.distributions import Distribution
 
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike, input_options
 from ebmalgebra.errors import CompositionError
+
+if TYPE_CHECKING:
+    from ebmalgebra.program import ProgramBuilder, ProgramNode
 
 _REASONS = {
     "energy": "is score-only (it has no energy)",
@@ -162,7 +166,8 @@ class One(Leaf):
     analytic_score = True
 
     def __init__(self) -> None:
-        super().__init__(None, "one", Capabilities(True, True, False, False))
+        super().__init__(None, "one", Capabilities(has_energy=True, has_score=True,
+                                                   normalizer_known=False, can_sample=False))
         self._freeze()
 
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
@@ -177,6 +182,12 @@ class One(Leaf):
         self, x: Tensor, t: TimeLike, create_graph: bool
     ) -> tuple[Tensor, Tensor]:
         return x.new_zeros(x.shape[0]), torch.zeros_like(x)
+
+    def lower(self, program: ProgramBuilder) -> ProgramNode:
+        return program.affine(0.0, [])
+
+    def sampling_exponent(self) -> float:
+        return 0.0
 
 
 one = One()
@@ -239,7 +250,8 @@ class EnergyFunction(_CallableLeaf):
         noise_conditioned: bool = False,
         sign: float = 1.0,
     ) -> None:
-        caps = Capabilities(True, True, log_z is not None, False)
+        caps = Capabilities(has_energy=True, has_score=True, normalizer_known=log_z is not None,
+                            can_sample=False)
         super().__init__(fn, event_shape, name, caps, noise_conditioned)
         self._sign = sign
         if log_z is not None:
@@ -266,8 +278,9 @@ class ScoreFunction(_CallableLeaf):
         name: str = "score",
         noise_conditioned: bool = False,
     ) -> None:
-        super().__init__(fn, event_shape, name, Capabilities(False, True, False, False),
-                         noise_conditioned)
+        super().__init__(fn, event_shape, name,
+                         Capabilities(has_energy=False, has_score=True, normalizer_known=False,
+                                      can_sample=False), noise_conditioned)
 
     def _score(self, x: Tensor, t: TimeLike, create_graph: bool) -> Tensor:
         score = self._call(x, t)
@@ -297,7 +310,9 @@ class DistributionLeaf(Leaf):
                 f"batch_shape {tuple(distribution.batch_shape)}; wrap it in "
                 "torch.distributions.Independent to turn batch dims into event dims"
             )
-        super().__init__(distribution.event_shape, name, Capabilities(True, True, True, True))
+        super().__init__(distribution.event_shape, name,
+                         Capabilities(has_energy=True, has_score=True, normalizer_known=True,
+                                      can_sample=True))
         self.distribution = distribution
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:

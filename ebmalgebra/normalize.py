@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, check_count
+from ebmalgebra.base import EnergyModel, check_count, input_options
 from ebmalgebra.compile import compile
 from ebmalgebra.errors import CapabilityError, CompositionError
-from ebmalgebra.ops import Mixture, Normalized, Power, Weight
+from ebmalgebra.ops import Normalized
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.rewrites import Quadratic, closed_form
 from ebmalgebra.samplers import (
@@ -90,23 +90,22 @@ def improper_gaussian_part(model: EnergyModel) -> tuple[EnergyModel, float] | No
     leaves combined by ``&``, ``**``, weights; see :mod:`ebmalgebra.rewrites`) is
     improper when P is not positive definite: E is unbounded below (or flat) along
     an eigenvector with eigenvalue λ ≤ 0, so ∫ exp(−E) = ∞. Impropriety passes up
-    through mixtures (masses add), weights, ``normalized`` and powers β > 0, so the
-    search descends through those; a product can cure an improper factor
-    (``b & ~a`` with P_b > P_a), so a product is judged whole.
+    through the nodes that declare ``passes_impropriety`` (mixtures: masses add;
+    weights, ``normalized``, powers β > 0), so the search descends through those; a
+    product can cure an improper factor (``b & ~a`` with P_b > P_a), so a product is
+    judged whole.
 
     Returns ``(part, λ_min)`` with P's smallest eigenvalue, or ``None`` when no
     such part is found (the model may still be improper in a non-Gaussian way).
     """
-    inherits = isinstance(model, Mixture | Weight | Normalized) or (
-        isinstance(model, Power) and model.exponent > 0)
-    if inherits:
+    if model.passes_impropriety:
         for child in model.operands():
             found = improper_gaussian_part(child)
             if found is not None:
                 return found
     form = closed_form(model)
     if isinstance(form, Quadratic):
-        smallest = float(torch.linalg.eigvalsh(0.5 * (form.precision + form.precision.mT))[0])
+        smallest = form.smallest_eigenvalue()
         if smallest <= 0.0:
             return model, smallest
     return None
@@ -154,20 +153,26 @@ def geometric_path(base: EnergyModel, model: EnergyModel, beta: float) -> Energy
 
 def fit_base(model: EnergyModel, *, n_chains: int = 256, n_steps: int = 200,
              widen: float = 1.5, generator: torch.Generator | None = None,
-             dtype: torch.dtype = torch.float64) -> MultivariateGaussian:
+             dtype: torch.dtype | None = None) -> MultivariateGaussian:
     """A Gaussian base fitted to short-run MALA samples of ``model``, widened by ``widen``.
 
     Chains start at N(0, I), adapt their step size for ``n_steps`` warmup steps
     and run ``n_steps`` more; the pooled draws give mean μ and covariance Σ, and
     the base is N(μ, widen² Σ) (a base wider than the target keeps importance
-    weights bounded). Only vector event shapes ``(d,)`` are supported.
+    weights bounded). Only vector event shapes ``(d,)`` are supported. The
+    chains and the base have ``dtype`` (default :func:`particle_options`: the
+    model's own) on the model's device.
     """
     shape = model.event_shape
     if shape is None or len(shape) != 1:
         raise CompositionError(
             f"fit_base: the default base is a Gaussian over vectors; {model!r} has event_shape "
             f"{None if shape is None else tuple(shape)} — pass base= explicitly")
-    x0 = torch.randn(n_chains, shape[0], generator=generator, dtype=dtype)
+    options = particle_options(model)
+    if dtype is not None:
+        options["dtype"] = dtype
+    x0 = torch.randn(n_chains, shape[0], generator=generator, dtype=options["dtype"]).to(
+        options["device"])
     adapt = n_steps >= MIN_ADAPTATION_STEPS  # shorter runs only burn in, without a warning
     run = sample(model, MALA(step_size=0.1, adapt_step_size=adapt), x0=x0, n_steps=n_steps,
                  warmup=n_steps, generator=generator, progress=False)
@@ -177,9 +182,24 @@ def fit_base(model: EnergyModel, *, n_chains: int = 256, n_steps: int = 200,
                               "pass base= explicitly")
     mean = draws.mean(0)
     covariance = torch.cov(draws.T).reshape(shape[0], shape[0])
-    covariance = covariance + 1e-6 * covariance.diagonal().mean() * torch.eye(shape[0],
-                                                                               dtype=dtype)
-    return MultivariateGaussian(mean.to(dtype), widen**2 * covariance, name="base")
+    covariance = covariance + 1e-6 * covariance.diagonal().mean() * torch.eye(
+        shape[0], dtype=covariance.dtype, device=covariance.device)
+    return MultivariateGaussian(mean.to(**options), (widen**2 * covariance).to(**options),
+                                name="base")
+
+
+def particle_options(model: EnergyModel) -> dict:
+    """``dtype=`` and ``device=`` of AIS particles and fitted bases for ``model``.
+
+    Those of the model's first floating parameter or buffer, so that networks get
+    inputs they accept (a float32 network refuses float64 particles); float64 on
+    the CPU for models without tensors of their own (functions), where it costs
+    nothing and keeps the weights precise.
+    """
+    options = input_options(model, dtype=torch.float64)
+    if options["device"] is None:
+        options["device"] = torch.device("cpu")
+    return options
 
 
 def _log_mean_exp(log_w: Tensor) -> float:
@@ -376,8 +396,9 @@ def estimate_log_z(
                                    n_steps, sampler, generator)
 
     annealer = _Annealer(model, base, sampler, n_steps, generator)
-    x = base.sample(n_particles, generator).double()
-    log_w = torch.zeros(n_particles, dtype=torch.float64)
+    options = particle_options(model)
+    x = base.sample(n_particles, generator).to(**options)
+    log_w = torch.zeros(n_particles, dtype=torch.float64, device=options["device"])
     acceptance = []
     bar = progress_bar(len(schedule) - 1, progress, "AIS")
     try:
@@ -415,8 +436,9 @@ def _pilot_schedule(model: EnergyModel, base: EnergyModel, n_particles: int,
                     generator: torch.Generator | None) -> list[float]:
     """A temperature schedule from a pilot AIS run with CESS-controlled steps."""
     annealer = _Annealer(model, base, sampler, n_steps, generator)
-    x = base.sample(n_particles, generator).double()
-    log_w = torch.zeros(n_particles, dtype=torch.float64)
+    options = particle_options(model)
+    x = base.sample(n_particles, generator).to(**options)
+    log_w = torch.zeros(n_particles, dtype=torch.float64, device=options["device"])
     schedule = [0.0]
     while schedule[-1] < 1.0:
         gap = torch.nan_to_num(annealer.gap(x).double(), nan=-math.inf)

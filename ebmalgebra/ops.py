@@ -1,4 +1,4 @@
-"""Composite nodes of the algebra and the operators that build them.
+"""The built-in composite nodes of the algebra and the operator functions that build them.
 
 =============  =====================  ==============================  ===========================
 syntax         density                energy                          score
@@ -10,114 +10,88 @@ syntax         density                energy                          score
 ``~a``         1 / p̃_a                −E_a                            −s_a
 =============  =====================  ==============================  ===========================
 
-Nodes are immutable and canonical (SymPy-style): the operator functions
-flatten nested products and mixtures, drop the identity ``one``, merge
-nested weights and powers, and remove ``** 1`` and ``1 *``. Each node class
-carries the one rule that derives its capabilities from its children.
+Nodes are immutable and canonical (SymPy-style), whichever way they are
+built: each class's ``canonical`` flattens nested products and mixtures,
+drops the identity ``one``, merges nested weights and powers, and removes
+``** 1`` and ``1 *``, so ``Product(a, one)`` is ``a`` just as ``a & one`` is.
+Each class also carries its capability rule, its lowering to the compiled
+program, its closed-form rule, its file form and the facts samplers ask of
+it (:class:`~ebmalgebra.operator.Operator`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ebmalgebra.base import (
     Capabilities,
     EnergyModel,
     TimeLike,
     as_finite_float,
-    check_same_event_shape,
     format_number,
 )
 from ebmalgebra.errors import CapabilityError, CompositionError
+from ebmalgebra.operator import ATOM, INVERT, MIXTURE, POWER, PRODUCT, WEIGHT, Operator
 
-# Python precedence levels of the printed forms.
-_MIXTURE, _PRODUCT, _WEIGHT, _INVERT, _POWER, _ATOM = 1, 2, 3, 4, 5, 6
+if TYPE_CHECKING:
+    from ebmalgebra.program import ProgramBuilder, ProgramNode
 
-
-class _Composite(EnergyModel):
-    """Shared plumbing of composite nodes: ordered children, shape, freezing."""
-
-    def __init__(self, children: tuple[EnergyModel, ...], operator: str) -> None:
-        super().__init__()
-        for child in children:
-            if not isinstance(child, EnergyModel):
-                raise CompositionError(
-                    f"{operator} expects EnergyModels, got {type(child).__name__}"
-                )
-        self._event_shape = check_same_event_shape(children, operator)
-        self._children = nn.ModuleList(children)
-
-    @property
-    def event_shape(self) -> torch.Size | None:
-        return self._event_shape
-
-    def operands(self) -> tuple[EnergyModel, ...]:
-        return tuple(self._children)
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    @property
-    def args(self) -> tuple:
-        return self.operands()
-
-    def _first_missing(self, capability: str) -> tuple[EnergyModel, str] | None:
-        for child in self._children:
-            blame = child._why_not(capability)
-            if blame is not None:
-                return blame
-        return None
-
-    def _why_not_without_closed_forms(self, capability: str, kind: str,
-                                      no_closed_form: str) -> tuple[EnergyModel, str] | None:
-        """``_why_not`` of a node whose energy and score follow from its children's but
-        whose normaliser and exact sampler do not (products, powers): ``kind`` says
-        what the node is, ``no_closed_form`` why its normaliser is unknown."""
-        if capability in ("energy", "score"):
-            return self._first_missing(capability)
-        if capability == "normalizer":
-            return self._first_missing("energy") or (
-                self,
-                f"{kind}, {no_closed_form}; estimate it with ebmalgebra.normalize(...) (or "
-                "compile(..., closed_form=True) for Gaussians)",
-            )
-        return (self, f"{kind} and has no exact sampler; draw MCMC samples with "
-                      "ebmalgebra.sample(model, sampler=...)")
+__all__ = ["Mixture", "Normalized", "Power", "Product", "Weight", "mixture", "power",
+           "product", "weighted"]
 
 
-class Product(_Composite):
+def _flatten(cls: type, models: tuple) -> list:
+    flat: list = []
+    for model in models:
+        flat.extend(model.operands() if type(model) is cls else (model,))
+    return flat
+
+
+def _is_one(model: object) -> bool:
+    from ebmalgebra.leaves import One
+
+    return isinstance(model, One)
+
+
+class Product(Operator):
     """Product of experts p̃ = Π p̃_i, E = Σ E_i, s = Σ s_i.
 
-    Nested products flatten: ``Product(Product(a, b), c)`` has factors a, b, c.
-    The normaliser of a product has no closed form in general, and there is no
-    exact sampler (use MCMC, or ``compile(..., closed_form=True)`` for Gaussians).
+    Canonical form: nested products flatten (``Product(Product(a, b), c)`` has
+    factors a, b, c), ``one`` is dropped, and a product of one factor is that
+    factor. The normaliser of a product has no closed form in general, and
+    there is no exact sampler (use MCMC, or ``compile(..., closed_form=True)``
+    for Gaussians).
     """
 
-    precedence = _PRODUCT
+    symbol = "&"
+    precedence = PRODUCT
 
-    def __init__(self, *factors: EnergyModel) -> None:
-        flat: list[EnergyModel] = []
-        for factor in factors:
-            flat.extend(factor.operands() if isinstance(factor, Product) else (factor,))
-        if len(flat) < 2:
-            raise CompositionError("Product needs at least two factors; use `a & b`")
-        super().__init__(tuple(flat), "&")
-        caps = [c.capabilities for c in flat]
-        self._capabilities = Capabilities(
-            has_energy=all(c.has_energy for c in caps),
-            has_score=all(c.has_score for c in caps),
-            normalizer_known=False,
-            can_sample=False,
-        )
-        self._freeze()
+    @classmethod
+    def canonical(cls, *factors: EnergyModel) -> EnergyModel | None:
+        if not factors:
+            raise CompositionError("Product needs at least one factor; use `a & b`")
+        flat = _flatten(cls, factors)
+        kept = [f for f in flat if not _is_one(f)]
+        if len(kept) <= 1:
+            return kept[0] if kept else flat[0]
+        return None if kept == list(factors) else cls(*kept)
+
+    def derive_capabilities(self) -> Capabilities:
+        caps = [c.capabilities for c in self.operands()]
+        return Capabilities(has_energy=all(c.has_energy for c in caps),
+                            has_score=all(c.has_score for c in caps),
+                            normalizer_known=False, can_sample=False)
 
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
-        return self._why_not_without_closed_forms(capability, "is a product of experts",
-                                                  "whose normaliser has no closed form")
+        if capability in ("energy", "score"):
+            return self._first_missing(capability)
+        return self._without_closed_forms(capability, "is a product of experts",
+                                          "whose normaliser has no closed form")
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
         return sum(child._energy(x, t) for child in self._children)
@@ -131,44 +105,72 @@ class Product(_Composite):
         pairs = [child._energy_and_score(x, t, create_graph) for child in self._children]
         return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
 
+    def lower(self, program: ProgramBuilder) -> ProgramNode:
+        return program.affine(0.0, [(1.0, program.lower(c)) for c in self.operands()])
+
+    def gaussian_form(self, forms: list) -> object | None:
+        from ebmalgebra.quadratic import as_quadratic
+
+        quadratics = [as_quadratic(form) for form in forms]
+        if any(q is None for q in quadratics):
+            return None
+        total = quadratics[0]
+        for quadratic in quadratics[1:]:
+            total = total + quadratic
+        return total
+
+    def rewrite(self, rewrite: Callable[[EnergyModel], EnergyModel]) -> EnergyModel:
+        """Fold the Gaussian factors into one leaf, and rewrite the other factors."""
+        from ebmalgebra.rewrites import rewrite_product
+
+        return rewrite_product(self, rewrite)
+
+    def sampling_exponent(self) -> float:
+        return sum(c.sampling_exponent() for c in self.operands())
+
     def __repr__(self) -> str:
-        return " & ".join(c.parenthesized(_PRODUCT + 1) for c in self._children)
+        return " & ".join(c.parenthesized(PRODUCT + 1) for c in self._children)
 
 
-class Mixture(_Composite):
+class Mixture(Operator):
     """Sum of measures p̃ = Σ p̃_i, E = −logsumexp_i(−E_i), s = Σ softmax(−E)_i s_i.
 
     Because ``|`` adds unnormalised densities, component i carries weight
     w_i·Z_i. Only when every component is normalised (log Z known) does
     ``0.25 * a | 0.75 * b`` mean "a with probability 0.25"; see
-    :meth:`component_weights`. Every component needs an energy.
+    :meth:`component_weights`. Every component needs an energy. Canonical
+    form: nested mixtures flatten; a mixture of one component is that component.
     """
 
-    precedence = _MIXTURE
+    symbol = "|"
+    precedence = MIXTURE
+    passes_impropriety = True
+
+    @classmethod
+    def canonical(cls, *components: EnergyModel) -> EnergyModel | None:
+        if not components:
+            raise CompositionError("Mixture needs at least one component; use `a | b`")
+        flat = _flatten(cls, components)
+        if len(flat) == 1:
+            return flat[0]
+        return None if flat == list(components) else cls(*flat)
 
     def __init__(self, *components: EnergyModel) -> None:
-        flat: list[EnergyModel] = []
+        super().__init__(*components)
         for component in components:
-            flat.extend(component.operands() if isinstance(component, Mixture) else (component,))
-        if len(flat) < 2:
-            raise CompositionError("Mixture needs at least two components; use `a | b`")
-        for component in flat:
             blame = component._why_not("energy")
             if blame is not None:
                 culprit, reason = blame
                 raise CompositionError(
                     f"mixture needs energies of all components, but '{culprit!r}' {reason}"
                 )
-        super().__init__(tuple(flat), "|")
-        caps = [c.capabilities for c in flat]
+
+    def derive_capabilities(self) -> Capabilities:
+        caps = [c.capabilities for c in self.operands()]
         known = all(c.normalizer_known for c in caps)
-        self._capabilities = Capabilities(
-            has_energy=True,
-            has_score=all(c.has_score for c in caps),
-            normalizer_known=known,
-            can_sample=known and all(c.can_sample for c in caps),
-        )
-        self._freeze()
+        return Capabilities(has_energy=True, has_score=all(c.has_score for c in caps),
+                            normalizer_known=known,
+                            can_sample=known and all(c.can_sample for c in caps))
 
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
         if capability == "sample":
@@ -195,9 +197,8 @@ class Mixture(_Composite):
     def _log_z(self) -> Tensor:
         return torch.logsumexp(torch.stack([c._log_z().double() for c in self._children]), 0)
 
-    def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
-        energies = torch.stack([child._energy(x, t) for child in self._children])
-        return -torch.logsumexp(-energies, dim=0)
+    def combine(self, energies: list[Tensor]) -> Tensor:
+        return -torch.logsumexp(-torch.stack(energies), dim=0)
 
     def _energy_and_score(
         self, x: Tensor, t: TimeLike, create_graph: bool
@@ -221,8 +222,16 @@ class Mixture(_Composite):
             out[(index == k).to(out.device)] = draw
         return out
 
+    def lower(self, program: ProgramBuilder) -> ProgramNode:
+        return program.log_sum_exp([(0.0, program.lower(c)) for c in self.operands()])
+
+    def gaussian_form(self, forms: list) -> object | None:
+        from ebmalgebra.quadratic import concatenate
+
+        return concatenate(forms)
+
     def __repr__(self) -> str:
-        return " | ".join(c.parenthesized(_MIXTURE + 1) for c in self._children)
+        return " | ".join(c.parenthesized(MIXTURE + 1) for c in self._children)
 
     def _explain_label(self) -> str:
         try:
@@ -232,16 +241,15 @@ class Mixture(_Composite):
             return f"{self!r}  (component weights w_i·Z_i: unknown, some Z_i unknown)"
 
 
-class _Unary(_Composite):
-    """A node with one child and numbers."""
-
-    def __init__(self, base: EnergyModel, operator: str) -> None:
-        super().__init__((base,), operator)
-        self._capabilities = base.capabilities
+class _Unary(Operator):
+    """A node with one child and numbers; capabilities and blame are the child's."""
 
     @property
     def base(self) -> EnergyModel:
         return self._children[0]
+
+    def derive_capabilities(self) -> Capabilities:
+        return self.base.capabilities
 
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
         return self.base._why_not(capability)
@@ -249,29 +257,53 @@ class _Unary(_Composite):
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         return self.base._sample(n, generator)
 
+    def sampling_exponent(self) -> float:
+        return self.base.sampling_exponent()
+
+
+def _check_weight(weight: object, base: object) -> float:
+    weight = as_finite_float(weight, "weight")
+    if weight <= 0:
+        raise CompositionError(f"weight must be positive, got {format_number(weight)} "
+                               f"in {format_number(weight)} * {base!r}")
+    return weight
+
 
 class Weight(_Unary):
     """w · p̃: E = E_base − log w, same score; log Z = log Z_base + log w.
 
     ``weight`` must be a positive finite number. Weights give mixture
-    components their mass: ``0.25 * a | 0.75 * b``.
+    components their mass: ``0.25 * a | 0.75 * b``. Canonical form: nested
+    weights multiply, ``Weight(1, a)`` is ``a``.
     """
 
-    precedence = _WEIGHT
+    symbol = "*"
+    precedence = WEIGHT
+    passes_impropriety = True
+
+    @classmethod
+    def canonical(cls, weight: float, base: EnergyModel) -> EnergyModel | None:
+        weight = _check_weight(weight, base)
+        if type(base) is cls:
+            return cls(weight * base.weight, base.base)
+        return base if weight == 1.0 else None
 
     def __init__(self, weight: float, base: EnergyModel) -> None:
-        weight = as_finite_float(weight, "weight")
-        if weight <= 0:
-            raise CompositionError(f"weight must be positive, got {format_number(weight)} "
-                                   f"in {format_number(weight)} * {base!r}")
-        super().__init__(base, "*")
-        self.weight = weight
-        self.log_weight = math.log(weight)
-        self._freeze()
+        super().__init__(base)
+        self.weight = _check_weight(weight, base)
+        self.log_weight = math.log(self.weight)
 
     @property
     def args(self) -> tuple:
         return (self.weight, self.base)
+
+    def params(self) -> dict[str, Any]:
+        return {"weight": self.weight}
+
+    @classmethod
+    def rebuild(cls, operands: tuple[EnergyModel, ...], spec: dict[str, Any]) -> EnergyModel:
+        (base,) = operands
+        return cls(spec["weight"], base)
 
     def _log_z(self) -> Tensor:
         return self.base._log_z() + self.log_weight
@@ -288,8 +320,14 @@ class Weight(_Unary):
         energy, score = self.base._energy_and_score(x, t, create_graph)
         return energy - self.log_weight, score
 
+    def lower(self, program: ProgramBuilder) -> ProgramNode:
+        return program.affine(-self.log_weight, [(1.0, program.lower(self.base))])
+
+    def gaussian_form(self, forms: list) -> object | None:
+        return forms[0].shifted(-self.log_weight)
+
     def __repr__(self) -> str:
-        return f"{format_number(self.weight)} * {self.base.parenthesized(_INVERT)}"
+        return f"{format_number(self.weight)} * {self.base.parenthesized(INVERT)}"
 
 
 class Power(_Unary):
@@ -297,31 +335,56 @@ class Power(_Unary):
 
     The normaliser ∫ p̃^β is unknown in general (closed form for Gaussians via
     ``compile(..., closed_form=True)``), and there is no exact sampler.
+    Canonical form: nested powers multiply, ``a ** 1`` is ``a``, ``a ** 0`` and
+    ``one ** β`` are ``one``, and weights pass through as
+    ``(w * a) ** β = w**β * a**β``.
     """
 
-    def __init__(self, base: EnergyModel, exponent: float) -> None:
+    symbol = "**"
+
+    @classmethod
+    def canonical(cls, base: EnergyModel, exponent: float) -> EnergyModel | None:
+        from ebmalgebra.leaves import one
+
         exponent = as_finite_float(exponent, f"exponent of {base!r} ** beta")
-        super().__init__(base, "**")
-        self.exponent = exponent
-        self._capabilities = Capabilities(
-            has_energy=base.has_energy,
-            has_score=base.has_score,
-            normalizer_known=False,
-            can_sample=False,
-        )
-        self._freeze()
+        if _is_one(base) or exponent == 0.0:
+            return one
+        if exponent == 1.0:
+            return base
+        if isinstance(base, Weight):
+            return Weight(base.weight**exponent, cls(base.base, exponent))
+        if type(base) is cls:
+            return cls(base.base, exponent * base.exponent)
+        return None
+
+    def __init__(self, base: EnergyModel, exponent: float) -> None:
+        super().__init__(base)
+        self.exponent = as_finite_float(exponent, f"exponent of {base!r} ** beta")
+
+    @property
+    def passes_impropriety(self) -> bool:  # type: ignore[override]
+        return self.exponent > 0
+
+    def derive_capabilities(self) -> Capabilities:
+        return Capabilities(has_energy=self.base.has_energy, has_score=self.base.has_score,
+                            normalizer_known=False, can_sample=False)
 
     @property
     def precedence(self) -> int:  # type: ignore[override]
-        return _INVERT if self.exponent == -1.0 else _POWER
+        return INVERT if self.exponent == -1.0 else POWER
 
     @property
     def args(self) -> tuple:
         return (self.base, self.exponent)
 
+    def params(self) -> dict[str, Any]:
+        return {"exponent": self.exponent}
+
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
-        return self._why_not_without_closed_forms(capability, "is tempered",
-                                                  "and ∫ p̃^β has no closed form in general")
+        if capability in ("energy", "score"):
+            return self._first_missing(capability)
+        return self._without_closed_forms(capability, "is tempered",
+                                          "and ∫ p̃^β has no closed form in general")
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
         return self.exponent * self.base._energy(x, t)
@@ -335,10 +398,22 @@ class Power(_Unary):
         energy, score = self.base._energy_and_score(x, t, create_graph)
         return self.exponent * energy, self.exponent * score
 
+    def lower(self, program: ProgramBuilder) -> ProgramNode:
+        return program.affine(0.0, [(self.exponent, program.lower(self.base))])
+
+    def gaussian_form(self, forms: list) -> object | None:
+        from ebmalgebra.quadratic import as_quadratic
+
+        quadratic = as_quadratic(forms[0])
+        return None if quadratic is None else quadratic.scaled(self.exponent)
+
+    def sampling_exponent(self) -> float:
+        return abs(self.exponent) * self.base.sampling_exponent()
+
     def __repr__(self) -> str:
         if self.exponent == -1.0:
-            return f"~{self.base.parenthesized(_ATOM)}"
-        return f"{self.base.parenthesized(_ATOM)} ** {format_number(self.exponent)}"
+            return f"~{self.base.parenthesized(ATOM)}"
+        return f"{self.base.parenthesized(ATOM)} ** {format_number(self.exponent)}"
 
 
 class Normalized(_Unary):
@@ -350,9 +425,12 @@ class Normalized(_Unary):
     so it moves with ``.to()`` and is saved.
     """
 
+    symbol = "normalized"
+    passes_impropriety = True
+
     def __init__(self, base: EnergyModel, log_z: float | Tensor | None = None,
                  stderr: float | None = None) -> None:
-        super().__init__(base, "normalized")
+        super().__init__(base)
         self._given = log_z is not None
         self.log_z_stderr = None if stderr is None else as_finite_float(stderr, "stderr")
         if log_z is None:
@@ -361,18 +439,27 @@ class Normalized(_Unary):
         else:
             value = torch.as_tensor(as_finite_float(log_z, "log_z"), dtype=torch.float64)
         self.register_buffer("log_normalizer", value.reshape(()).double())
-        self._capabilities = Capabilities(
-            has_energy=base.has_energy,
-            has_score=base.has_score,
-            normalizer_known=True,
-            can_sample=base.can_sample,
-        )
-        self._freeze()
+
+    def derive_capabilities(self) -> Capabilities:
+        return Capabilities(has_energy=self.base.has_energy, has_score=self.base.has_score,
+                            normalizer_known=True, can_sample=self.base.can_sample)
 
     @property
     def args(self) -> tuple:
-        return (self.base, float(self.log_normalizer) if self._given else None,
-                self.log_z_stderr)
+        return (self.base, *self.params().values())
+
+    def params(self) -> dict[str, Any]:
+        return {"log_z": float(self.log_normalizer) if self._given else None,
+                "stderr": self.log_z_stderr}
+
+    def spec(self) -> dict[str, Any]:
+        return {"log_z": self.params()["log_z"]}
+
+    def with_operands(self, operands: list[EnergyModel]) -> EnergyModel:
+        (base,) = operands
+        keep_default = not self._given and base.normalizer_known
+        return Normalized(base, None if keep_default else float(self.log_normalizer),
+                          self.log_z_stderr)
 
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
         if capability == "normalizer":
@@ -394,6 +481,12 @@ class Normalized(_Unary):
         energy, score = self.base._energy_and_score(x, t, create_graph)
         return energy + self.log_normalizer.to(x.dtype), score
 
+    def lower(self, program: ProgramBuilder) -> ProgramNode:
+        return program.affine(float(self.log_normalizer), [(1.0, program.lower(self.base))])
+
+    def gaussian_form(self, forms: list) -> object | None:
+        return forms[0].shifted(self.log_normalizer.double())
+
     def _explain_label(self) -> str:
         if self.log_z_stderr is None:
             return repr(self)
@@ -401,7 +494,7 @@ class Normalized(_Unary):
                 f"{self.log_z_stderr:.2g}, estimated)")
 
     def __repr__(self) -> str:
-        base = self.base.parenthesized(_ATOM)
+        base = self.base.parenthesized(ATOM)
         if not self._given:
             return f"{base}.normalized()"
         return f"{base}.normalized(log_z={format_number(float(self.log_normalizer))})"
@@ -409,46 +502,21 @@ class Normalized(_Unary):
 
 # ------------------------------------------------------------------ operators
 def product(*factors: EnergyModel) -> EnergyModel:
-    """``a & b & ...``: flattened, with the identity ``one`` dropped."""
-    from ebmalgebra.leaves import One
-
-    kept = [f for f in factors if not isinstance(f, One)]
-    if not kept:
-        return factors[0]
-    check_same_event_shape(tuple(kept), "&")
-    return kept[0] if len(kept) == 1 else Product(*kept)
+    """``a & b & ...``: the canonical :class:`Product` (flattened, ``one`` dropped)."""
+    return Product(*factors)
 
 
 def mixture(*components: EnergyModel) -> EnergyModel:
-    """``a | b | ...``: flattened (a mixture of one component is that component)."""
-    return components[0] if len(components) == 1 else Mixture(*components)
+    """``a | b | ...``: the canonical :class:`Mixture` (flattened; one component is itself)."""
+    return Mixture(*components)
 
 
 def weighted(weight: float, model: EnergyModel) -> EnergyModel:
-    """``w * a``: nested weights multiply; ``1 * a`` is ``a``."""
-    weight = as_finite_float(weight, "weight")
-    if weight <= 0:
-        raise CompositionError(f"weight must be positive, got {format_number(weight)} "
-                               f"in {format_number(weight)} * {model!r}")
-    if isinstance(model, Weight):
-        weight, model = weight * model.weight, model.base
-    return model if weight == 1.0 else Weight(weight, model)
+    """``w * a``: the canonical :class:`Weight` (nested weights multiply; ``1 * a`` is ``a``)."""
+    return Weight(weight, model)
 
 
 def power(model: EnergyModel, beta: float) -> EnergyModel:
-    """``a ** beta``: nested powers multiply, ``a ** 1`` is ``a``, ``a ** 0`` is ``one``.
-
-    Weights pass through as ``(w * a) ** β = w**β * a**β``, keeping the tree canonical.
-    """
-    from ebmalgebra.leaves import One, one
-
-    beta = as_finite_float(beta, f"exponent of {model!r} ** beta")
-    if isinstance(model, One) or beta == 0.0:
-        return one
-    if isinstance(model, Weight):
-        return weighted(model.weight**beta, power(model.base, beta))
-    if isinstance(model, Power):
-        beta, model = beta * model.exponent, model.base
-        if beta == 0.0:
-            return one
-    return model if beta == 1.0 else Power(model, beta)
+    """``a ** beta``: the canonical :class:`Power` (nested powers multiply, ``a ** 1`` is
+    ``a``, ``a ** 0`` is ``one``, ``(w * a) ** β = w**β * a**β``)."""
+    return Power(model, beta)

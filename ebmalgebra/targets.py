@@ -69,7 +69,8 @@ class AnalyticTarget(Leaf):
     analytic_score = True
 
     def __init__(self, event_shape: torch.Size, name: str, can_sample: bool = True):
-        super().__init__(torch.Size(event_shape), name, Capabilities(True, True, True, can_sample))
+        super().__init__(torch.Size(event_shape), name, Capabilities(
+            has_energy=True, has_score=True, normalizer_known=True, can_sample=can_sample))
 
     def _log_z(self) -> Tensor:
         return torch.zeros((), dtype=torch.float64)
@@ -128,6 +129,13 @@ class Gaussian(AnalyticTarget):
     def gaussian_parameters(self) -> tuple[Tensor, Tensor]:
         """``(mean (d,), covariance (d, d))`` for closed-form rewrites (1-D event shapes)."""
         return self.loc.reshape(-1), torch.diag(self.scale.reshape(-1) ** 2)
+
+    def gaussian_form(self, forms: list) -> object | None:
+        """E as a quadratic form over vectors (other event shapes have none here)."""
+        from ebmalgebra.quadratic import from_gaussian
+
+        return from_gaussian(*self.gaussian_parameters()) if len(self.event_shape) == 1 \
+            else None
 
 
 class MultivariateGaussian(AnalyticTarget):
@@ -198,6 +206,12 @@ class MultivariateGaussian(AnalyticTarget):
     def gaussian_parameters(self) -> tuple[Tensor, Tensor]:
         """``(mean (d,), covariance (d, d))`` for closed-form rewrites."""
         return self.loc, self.scale_tril @ self.scale_tril.mT
+
+    def gaussian_form(self, forms: list) -> object | None:
+        """E as a quadratic form (:mod:`ebmalgebra.quadratic`)."""
+        from ebmalgebra.quadratic import from_gaussian
+
+        return from_gaussian(*self.gaussian_parameters())
 
 
 class Bar(MultivariateGaussian):
@@ -297,6 +311,13 @@ class GaussianMixture(AnalyticTarget):
         energy = -torch.logsumexp(log_joint, dim=1)
         responsibilities = torch.softmax(log_joint, dim=1)
         return energy, -(responsibilities[..., None] * precision_diff).sum(1)
+
+    def gaussian_form(self, forms: list) -> object | None:
+        """E as Gaussian components with masses π_k (:mod:`ebmalgebra.quadratic`)."""
+        from ebmalgebra.quadratic import Components
+
+        trils = self.scale_trils.double()
+        return Components(self.weights.double().log(), self.locs.double(), trils @ trils.mT)
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         component = torch.multinomial(self.weights.float(), n, replacement=True,

@@ -332,3 +332,14 @@ def test_malformed_and_foreign_files_are_refused(saved, tmp_path):
 def test_serialization_errors_are_value_errors():
     assert issubclass(SerializationError, ValueError)
     assert issubclass(SerializationError, eb.EBMAlgebraError)
+
+
+def test_a_float64_network_loads_into_its_recorded_dtype(tmp_path):
+    # The architecture is rebuilt in torch's default dtype; the file's float64 weights
+    # must come back as float64, not be refused.
+    net = MLPEnergy((2,), hidden=(8,)).double()
+    expr = as_model(net, name="net") & Gaussian(torch.zeros(2, dtype=torch.float64), 1.0,
+                                                name="g")
+    loaded = round_trip(expr)
+    assert all(p.dtype == torch.float64 for p in loaded.parameters())
+    assert_identical(loaded, expr, torch.randn(5, 2, dtype=torch.float64))

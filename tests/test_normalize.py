@@ -200,3 +200,28 @@ def test_degenerate_weights_warn_and_normalize_refuses():
     with pytest.warns(RuntimeWarning), pytest.raises(CapabilityError,
                                                      match=r"normalize: .*pass log_z="):
         normalize(model, generator=_seed(0), **options)
+
+
+class _ScaledQuadratic(torch.nn.Module):
+    """E(x) = ½ |Wx|² with a float32 linear layer W = I: log Z = (d/2) log 2π. (A linear
+    layer refuses inputs of another dtype.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(2))
+
+    def forward(self, x):
+        return 0.5 * (self.linear(x) ** 2).sum(-1)
+
+
+def test_a_float32_network_is_normalised_in_its_own_dtype():
+    # The fitted base and the particles follow the model's dtype (they were float64,
+    # and the network refused them with a message about converting x).
+    model = eb.from_energy(_ScaledQuadratic(), 2, name="net")
+    estimate = estimate_log_z(model, n_particles=256, generator=_seed(0))
+    assert estimate.particles.dtype == torch.float32
+    assert abs(estimate.log_z - math.log(2 * math.pi)) < 4 * estimate.stderr + 0.01
+    normalised = normalize(model, n_particles=256, generator=_seed(0))
+    assert normalised.log_prob(torch.zeros(1, 2)).dtype == torch.float32

@@ -98,7 +98,8 @@ class ClassifierEnergy(Leaf):
         if not 0 <= label < n_classes:
             raise CompositionError(f"{name}: label must be in [0, {n_classes}) for a classifier "
                                    f"with {n_classes} classes, got {label}")
-        super().__init__(shape, name, Capabilities(True, True, False, False))
+        super().__init__(shape, name, Capabilities(has_energy=True, has_score=True,
+                                                normalizer_known=False, can_sample=False))
         self.label = label
         self.n_classes = n_classes
         self.noise_conditioned = bool(noise_conditioned)

@@ -130,7 +130,8 @@ class GaussianLikelihood(Leaf):
         if mask is not None:
             mask = _check_mask(mask, y, name)
 
-        super().__init__(torch.Size(shape), name, Capabilities(True, True, False, False))
+        super().__init__(torch.Size(shape), name, Capabilities(
+            has_energy=True, has_score=True, normalizer_known=False, can_sample=False))
         self.sigma = sigma
         self.noise_conditioned = bool(noise_conditioned)
         self.analytic_score = callable_operator is None

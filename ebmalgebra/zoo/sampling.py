@@ -67,25 +67,11 @@ _PLAN_FIELDS = {"sigma_max", "sigma_min", "n_levels", "steps_per_level", "step_s
 def total_exponent(model: EnergyModel) -> float:
     """Σ|β| over the leaves of products and powers: how many energies the expression stacks.
 
-    A product adds its factors', a power multiplies by |β|, a mixture takes
-    its largest component's, a leaf counts 1.
+    Each node states it (``node.sampling_exponent()``): a product adds its
+    factors', a power multiplies by |β|, a mixture takes its largest
+    component's, a leaf counts 1 and ``one`` 0.
     """
-    from ebmalgebra.compile import CompiledEnergy
-    from ebmalgebra.leaves import One
-    from ebmalgebra.ops import Mixture, Power, Product
-
-    if isinstance(model, CompiledEnergy):
-        return total_exponent(model.source)
-    if isinstance(model, Product):
-        return sum(total_exponent(c) for c in model.operands())
-    if isinstance(model, Mixture):
-        return max(total_exponent(c) for c in model.operands())
-    if isinstance(model, Power):
-        return abs(model.exponent) * total_exponent(model.base)
-    if isinstance(model, One):
-        return 0.0
-    children = model.operands()
-    return total_exponent(children[0]) if children else 1.0
+    return model.sampling_exponent()
 
 
 def plan_for(model: EnergyModel, **overrides: float) -> SamplingPlan:

@@ -1,58 +1,7 @@
-"""Save and load whole expressions: a JSON tree plus safetensors, never pickle.
+"""The file format of :mod:`ebmalgebra.io`: one safetensors file, a JSON tree in its header.
 
-``save(expr, path)`` writes one `safetensors <https://huggingface.co/docs/safetensors>`_
-file. Its tensors are every leaf's parameters and buffers (``leaves.<i>.<key>``);
-its header metadata holds, under the key ``"ebmalgebra"``, a JSON document
-describing everything else::
-
-    {"format": "ebmalgebra.expression", "version": 1,
-     "expression": "glasses & hat ** 2",          # repr, for humans
-     "root": {"op": "product", "children": [{"leaf": 0},
-              {"op": "power", "exponent": 2.0, "child": {"leaf": 1}}]},
-     "leaves": [{"type": "energy_function", "config": {...}}, ...],
-     "tensors": {"leaves.0.module.input.weight":
-                 {"dtype": "float32", "shape": [512, 256], "sha256": "..."}, ...}}
-
-Nodes are ``{"leaf": i}``, ``{"op": "one"}``, ``{"op": "product" | "mixture",
-"children": [...]}``, ``{"op": "weight", "weight": w, "child": ...}``,
-``{"op": "power", "exponent": beta, "child": ...}``, ``{"op": "normalized",
-"log_z": float | null, "child": ...}`` and ``{"op": "compile", "closed_form":
-bool, "backend": "eager" | "inductor", "child": ...}``. A leaf used several
-times is stored once and comes back shared, as it was.
-
-**Leaf and module types come from a registry.** A leaf is stored as its
-registered type name plus a *config*: the keyword arguments that rebuild it,
-``cls(**config)``. Config values are JSON numbers, strings, booleans, null,
-lists, tensors (stored as ``{"$tensor": key}``) and registered modules
-(``{"$module": name, "config": {...}}``). After rebuilding, the saved
-parameters and buffers are loaded into the leaf, so energies are bit-for-bit
-those of the saved expression. Built in: the analytic targets, ``one``, and
-leaves made by :func:`~ebmalgebra.from_energy` / :func:`~ebmalgebra.from_score`
-around an ``nn.Module`` whose type is registered (the networks of
-:mod:`ebmalgebra.learning.nets` and ``nn.Sequential`` stacks of ``Linear``,
-``Flatten`` and common activations). Register your own::
-
-    @register_leaf("my_leaf")
-    class MyLeaf(Leaf):
-        def __init__(self, width: float, *, name: str = "mine"): ...
-        def config(self) -> dict:          # MyLeaf(**config) rebuilds the leaf
-            return {"width": self.width, "name": self.name}
-
-    @register_module("my_net")
-    class MyNet(nn.Module):
-        def __init__(self, hidden: int): ...
-        def config(self) -> dict:          # MyNet(**config) rebuilds the architecture
-            return {"hidden": self.hidden}
-
-(``config=`` passed to the decorator replaces the method for classes you
-cannot edit.) A leaf around a plain Python callable (a lambda) cannot be
-saved: its code is not data.
-
-**Loading never unpickles or executes anything from the file.** Type names
-are looked up in the registry (never imported), the JSON is validated node by
-node, and every tensor's dtype, shape and SHA-256 must match the record and
-the rebuilt leaf. Whatever is wrong raises :class:`SerializationError` (a
-``ValueError``) naming the problem.
+See :mod:`ebmalgebra.io` for the format; types come from
+:mod:`ebmalgebra.io.registry`. Nothing here unpickles or executes file content.
 """
 
 from __future__ import annotations
@@ -62,28 +11,23 @@ import json
 import math
 import os
 import struct
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.errors import EBMAlgebraError
+from ebmalgebra.io.registry import (
+    LEAVES,
+    MODULES,
+    OPERATORS,
+    SerializationError,
+    ensure_builtins,
+)
 
-__all__ = [
-    "SerializationError",
-    "load",
-    "load_bytes",
-    "read_header",
-    "register_leaf",
-    "register_module",
-    "registered_leaf_types",
-    "registered_module_types",
-    "save",
-]
+__all__ = ["FORMAT", "METADATA_KEY", "VERSION", "load", "load_bytes", "read_header", "save",
+           "tensor_record"]
 
 FORMAT = "ebmalgebra.expression"
 VERSION = 1
@@ -91,152 +35,7 @@ METADATA_KEY = "ebmalgebra"
 
 _MAX_HEADER_BYTES = 100_000_000
 _MAX_DEPTH = 200
-
-T = TypeVar("T")
-
-
-class SerializationError(EBMAlgebraError, ValueError):
-    """An expression cannot be saved, or a file cannot be loaded as one.
-
-    The message names the part at fault: the leaf that is not serialisable,
-    the unknown type, the tensor whose shape, dtype or checksum is off, the
-    malformed JSON field.
-    """
-
-
-# ------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class _Entry:
-    name: str
-    cls: type
-    config: Callable[[Any], dict]
-    build: Callable[..., Any]
-
-
-class _Registry:
-    """Type name ⇄ class, with how to describe (``config``) and rebuild (``build``) one."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.by_name: dict[str, _Entry] = {}
-        self.by_class: dict[type, _Entry] = {}
-
-    def add(self, name: str, cls: type, config: Callable | None, build: Callable | None
-            ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"register_{self.kind}: name must be a non-empty string, "
-                             f"got {name!r}")
-        if not isinstance(cls, type):
-            raise TypeError(f"register_{self.kind}({name!r}) decorates a class, got {cls!r}")
-        if config is None:
-            config = getattr(cls, "config", None)
-            if not callable(config):
-                raise TypeError(
-                    f"register_{self.kind}({name!r}): {cls.__name__} needs a config() method "
-                    f"returning its constructor keyword arguments, or pass config=..."
-                )
-        previous = self.by_name.get(name)
-        if previous is not None and previous.cls is not cls:
-            raise ValueError(f"register_{self.kind}: {name!r} is already registered for "
-                             f"{previous.cls.__qualname__}")
-        entry = _Entry(name, cls, config, build or cls)
-        self.by_name[name] = entry
-        self.by_class[cls] = entry
-
-    def names(self) -> list[str]:
-        return sorted(self.by_name)
-
-
-_LEAVES = _Registry("leaf")
-_MODULES = _Registry("module")
-_builtins_registered = False
-
-
-def register_leaf(
-    name: str,
-    *,
-    config: Callable[[Any], dict] | None = None,
-    build: Callable[..., EnergyModel] | None = None,
-) -> Callable[[type[T]], type[T]]:
-    """Class decorator: make a leaf type savable and loadable under ``name``.
-
-    Args:
-        name: the type name written to files; unique per class.
-        config: ``leaf -> dict`` of constructor keyword arguments; defaults
-            to the class's ``config()`` method. Values may be JSON scalars,
-            lists, tensors and registered modules.
-        build: ``**config -> leaf``; defaults to the class itself.
-
-    After ``build(**config)`` the saved parameters and buffers are loaded
-    into the new leaf (``load_state_dict``), so ``config`` only needs to fix
-    the shapes, dtypes and any plain-float hyper-parameters.
-
-    Example:
-        >>> @register_leaf("shifted_ring")
-        ... class ShiftedRing(Ring):
-        ...     def config(self):
-        ...         return {"radius": self.radius, "width": self.width, "name": self.name}
-    """
-
-    def decorator(cls: type[T]) -> type[T]:
-        _LEAVES.add(name, cls, config, build)
-        return cls
-
-    return decorator
-
-
-def register_module(
-    name: str,
-    *,
-    config: Callable[[Any], dict] | None = None,
-    build: Callable[..., nn.Module] | None = None,
-) -> Callable[[type[T]], type[T]]:
-    """Class decorator: make an ``nn.Module`` type usable inside saved leaves.
-
-    Convention: ``config()`` returns the constructor keyword arguments that
-    rebuild the *architecture* (``cls(**module.config())``); the weights come
-    from the file. See :func:`register_leaf` for ``config`` and ``build``.
-
-    Example:
-        >>> @register_module("quadratic")
-        ... class Quadratic(nn.Module):
-        ...     def __init__(self, dim: int):
-        ...         super().__init__()
-        ...         self.scale = nn.Parameter(torch.ones(dim))
-        ...     def forward(self, x):
-        ...         return 0.5 * (self.scale * x**2).sum(-1)
-        ...     def config(self):
-        ...         return {"dim": self.scale.shape[0]}
-    """
-
-    def decorator(cls: type[T]) -> type[T]:
-        _MODULES.add(name, cls, config, build)
-        return cls
-
-    return decorator
-
-
-def registered_leaf_types() -> list[str]:
-    """Names of the registered leaf types."""
-    _ensure_builtins()
-    return _LEAVES.names()
-
-
-def registered_module_types() -> list[str]:
-    """Names of the registered module types."""
-    _ensure_builtins()
-    return _MODULES.names()
-
-
-def _ensure_builtins() -> None:
-    """Register the library's own leaves and modules (on first use, to avoid import cycles)."""
-    global _builtins_registered
-    if _builtins_registered:
-        return
-    _builtins_registered = True
-    from ebmalgebra import _io_builtins
-
-    _io_builtins.register(register_leaf, register_module)
+_NODE_KEYS = frozenset({"op", "child", "children", "leaf"})
 
 
 # ----------------------------------------------------------------------- save
@@ -256,7 +55,7 @@ def save(expr: EnergyModel, path: str | os.PathLike) -> None:
 
     if not isinstance(expr, EnergyModel):
         raise TypeError(f"save expects an EnergyModel, got {type(expr).__name__}")
-    _ensure_builtins()
+    ensure_builtins()
     writer = _Writer()
     root = writer.node(expr)
     document = {
@@ -265,7 +64,7 @@ def save(expr: EnergyModel, path: str | os.PathLike) -> None:
         "expression": repr(expr),
         "root": root,
         "leaves": writer.leaf_records,
-        "tensors": {key: _tensor_record(t) for key, t in sorted(writer.tensors.items())},
+        "tensors": {key: tensor_record(t) for key, t in sorted(writer.tensors.items())},
     }
     try:
         text = json.dumps(document, allow_nan=False, sort_keys=False)
@@ -281,42 +80,44 @@ class _Writer:
         self.leaf_records: list[dict] = []
         self.tensors: dict[str, Tensor] = {}
         self._leaf_index: dict[int, int] = {}
+        self._n_nodes = 0
 
     def node(self, model: EnergyModel) -> dict:
-        from ebmalgebra.compile import CompiledEnergy
-        from ebmalgebra.leaves import One
-        from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
-
-        if isinstance(model, CompiledEnergy):
-            return {"op": "compile", "closed_form": bool(model.closed_form),
-                    "backend": str(getattr(model, "backend", "eager")),
-                    "child": self.node(model.source)}
-        if isinstance(model, Product | Mixture):
-            op = "product" if isinstance(model, Product) else "mixture"
-            return {"op": op, "children": [self.node(c) for c in model.operands()]}
-        if isinstance(model, Weight):
-            return {"op": "weight", "weight": model.weight, "child": self.node(model.base)}
-        if isinstance(model, Power):
-            return {"op": "power", "exponent": model.exponent, "child": self.node(model.base)}
-        if isinstance(model, Normalized):
-            log_z = model.args[1]
-            return {"op": "normalized", "log_z": log_z, "child": self.node(model.base)}
-        if isinstance(model, One):
-            return {"op": "one"}
-        if model.operands():
-            raise SerializationError(f"cannot save {model!r}: composite node type "
-                                     f"{type(model).__name__} has no file form")
-        return {"leaf": self.leaf(model)}
+        entry = OPERATORS.by_class.get(type(model))
+        if entry is None:
+            if model.operands():
+                raise SerializationError(
+                    f"cannot save {model!r}: composite node type {type(model).__qualname__} is "
+                    "not registered; decorate the class with "
+                    "@ebmalgebra.io.register_operator(name) (registered: "
+                    f"{', '.join(OPERATORS.names())})")
+            return {"leaf": self.leaf(model)}
+        record: dict = {"op": entry.name}
+        index = self._n_nodes
+        self._n_nodes += 1
+        for key, value in entry.config(model).items():
+            if key in _NODE_KEYS:
+                raise SerializationError(f"cannot save {model!r}: its spec uses the reserved "
+                                         f"key {key!r}")
+            record[key] = self._value(value, f"nodes.{index}.{key}", {}, "", repr(model))
+        operands = OPERATORS.operands.get(entry.name)
+        stored = operands(model) if operands is not None else model.operands()
+        children = [self.node(child) for child in stored]
+        if len(children) == 1:
+            record["child"] = children[0]
+        elif children:
+            record["children"] = children
+        return record
 
     def leaf(self, leaf: EnergyModel) -> int:
         if id(leaf) in self._leaf_index:
             return self._leaf_index[id(leaf)]
-        entry = _LEAVES.by_class.get(type(leaf))
+        entry = LEAVES.by_class.get(type(leaf))
         if entry is None:
             raise SerializationError(
                 f"cannot save leaf '{leaf!r}': its type {type(leaf).__qualname__} is not "
                 f"registered; decorate the class with @ebmalgebra.io.register_leaf(name) and "
-                f"give it a config() method (registered: {', '.join(_LEAVES.names())})"
+                f"give it a config() method (registered: {', '.join(LEAVES.names())})"
             )
         index = len(self.leaf_records)
         prefix = f"leaves.{index}."
@@ -357,13 +158,13 @@ class _Writer:
             self.tensors[key] = _storable(value)
             return {"$tensor": key}
         if isinstance(value, nn.Module):
-            entry = _MODULES.by_class.get(type(value))
+            entry = MODULES.by_class.get(type(value))
             if entry is None:
                 raise SerializationError(
                     f"cannot save leaf '{where}': its module type {type(value).__qualname__} "
                     f"is not registered; decorate the class with "
                     f"@ebmalgebra.io.register_module(name) and give it a config() method "
-                    f"(registered: {', '.join(_MODULES.names())})"
+                    f"(registered: {', '.join(MODULES.names())})"
                 )
             sub = entry.config(value)
             return {"$module": entry.name,
@@ -394,7 +195,10 @@ def _storable(tensor: Tensor) -> Tensor:
 
 
 def _digest(tensor: Tensor) -> str:
-    flat = tensor.detach().contiguous().reshape(-1)
+    # A fresh row-major copy: a size-1 tensor may be "contiguous" with stride 0 (expanded),
+    # which a byte view refuses.
+    flat = tensor.detach().reshape(-1)
+    flat = torch.empty_like(flat, memory_format=torch.contiguous_format).copy_(flat)
     raw = flat.view(torch.uint8) if flat.numel() else flat.new_empty(0, dtype=torch.uint8)
     return hashlib.sha256(raw.numpy().tobytes()).hexdigest()
 
@@ -403,7 +207,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _tensor_record(tensor: Tensor) -> dict:
+def tensor_record(tensor: Tensor) -> dict:
+    """dtype, shape and SHA-256 of a stored tensor, as recorded in the header."""
     return {"dtype": _dtype_name(tensor.dtype), "shape": list(tensor.shape),
             "sha256": _digest(tensor)}
 
@@ -427,7 +232,7 @@ def load(path: str | os.PathLike) -> EnergyModel:
 
 def load_bytes(data: bytes, where: str = "<bytes>") -> EnergyModel:
     """:func:`load` from the file's contents; ``where`` names the source in errors."""
-    _ensure_builtins()
+    ensure_builtins()
     metadata, tensors = _read_safetensors(data, where)
     if METADATA_KEY not in metadata:
         raise SerializationError(f"{where} is a safetensors file but not an ebmalgebra "
@@ -529,10 +334,7 @@ class _Reader:
         return model
 
     def node(self, node: object, depth: int) -> EnergyModel:
-        from ebmalgebra.compile import compile as compile_expression
         from ebmalgebra.errors import CompositionError
-        from ebmalgebra.leaves import one
-        from ebmalgebra.ops import Normalized, mixture, power, product, weighted
 
         if depth > _MAX_DEPTH:
             raise self.error(f"expression nested deeper than {_MAX_DEPTH}")
@@ -540,40 +342,27 @@ class _Reader:
         if "leaf" in node:
             return self.leaf(node["leaf"])
         op = node.get("op")
+        entry = OPERATORS.by_name.get(op) if isinstance(op, str) else None
+        if entry is None:
+            raise self.error(f"unknown node {json.dumps(node)[:80]}; expected a leaf reference or "
+                             f"an op among {', '.join(OPERATORS.names())}")
+        if "children" in node:
+            children = node["children"]
+            if not isinstance(children, list) or len(children) < 2:
+                raise self.error(f"a {op} node needs a list of at least two children")
+        else:
+            children = [node["child"]] if "child" in node else []
+        for field in OPERATORS.numbers.get(op, ()):
+            self.number(node, field)
+        spec = {key: self.value(value, f"{op} node field {key!r}")
+                for key, value in node.items() if key not in _NODE_KEYS}
+        built = tuple(self.node(child, depth + 1) for child in children)
         try:
-            if op == "one":
-                return one
-            if op in ("product", "mixture"):
-                children = node.get("children")
-                if not isinstance(children, list) or len(children) < 2:
-                    raise self.error(f"a {op} node needs a list of at least two children")
-                built = [self.node(child, depth + 1) for child in children]
-                return product(*built) if op == "product" else mixture(*built)
-            if op == "weight":
-                return weighted(self.number(node, "weight"), self.node(node.get("child"),
-                                                                       depth + 1))
-            if op == "power":
-                return power(self.node(node.get("child"), depth + 1),
-                             self.number(node, "exponent"))
-            if op == "normalized":
-                child = self.node(node.get("child"), depth + 1)
-                log_z = None if node.get("log_z") is None else self.number(node, "log_z")
-                return Normalized(child, log_z)
-            if op == "compile":
-                closed_form = node.get("closed_form")
-                backend = node.get("backend", "eager")
-                if not isinstance(closed_form, bool) or not isinstance(backend, str):
-                    raise self.error("a compile node needs a boolean 'closed_form' and a "
-                                     "string 'backend'")
-                options = {} if backend == "eager" else {"backend": backend}
-                return compile_expression(self.node(node.get("child"), depth + 1),
-                                          closed_form=closed_form, **options)
+            return entry.build(built, spec)
         except SerializationError:
             raise
         except (CompositionError, TypeError, ValueError) as error:
             raise self.error(f"invalid {op} node: {error}") from None
-        raise self.error(f"unknown node {json.dumps(node)[:80]}; expected a leaf reference or "
-                         "an op among one, product, mixture, weight, power, normalized, compile")
 
     def number(self, node: dict, field: str) -> float:
         value = node.get(field)
@@ -590,10 +379,10 @@ class _Reader:
             return self.built[index]
         record = self._object(self.records[index], f"leaf {index}")
         type_name = record.get("type")
-        entry = _LEAVES.by_name.get(type_name) if isinstance(type_name, str) else None
+        entry = LEAVES.by_name.get(type_name) if isinstance(type_name, str) else None
         if entry is None:
             raise self.error(f"leaf {index} has unknown type {type_name!r}; registered leaf "
-                             f"types: {', '.join(_LEAVES.names())}")
+                             f"types: {', '.join(LEAVES.names())}")
         prefix = f"leaves.{index}."
         config = self._object(record.get("config"), f"the config of leaf {index}")
         kwargs = {key: self.value(value, f"leaf {index} ({type_name}) config {key!r}")
@@ -622,6 +411,11 @@ class _Reader:
                 raise self.error(f"{what}: tensor {prefix + name!r} is not a parameter or "
                                  "buffer of the rebuilt leaf")
             want, got = expected[name], given[name]
+            if want.dtype != got.dtype and want.is_floating_point() and \
+                    got.is_floating_point() and want.shape == got.shape:
+                # Architectures are rebuilt in torch's default dtype; a float64 network
+                # comes back in the dtype it was saved in.
+                want.data = want.data.to(got.dtype)
             if want.dtype != got.dtype or want.shape != got.shape:
                 raise self.error(
                     f"{what}: tensor {prefix + name!r} is {_dtype_name(got.dtype)} "
@@ -646,10 +440,10 @@ class _Reader:
             return self.tensors[key].clone()
         if isinstance(value, dict) and set(value) == {"$module", "config"}:
             name = value["$module"]
-            entry = _MODULES.by_name.get(name) if isinstance(name, str) else None
+            entry = MODULES.by_name.get(name) if isinstance(name, str) else None
             if entry is None:
                 raise self.error(f"{what} names unknown module type {name!r}; registered "
-                                 f"module types: {', '.join(_MODULES.names())}")
+                                 f"module types: {', '.join(MODULES.names())}")
             config = self._object(value["config"], f"{what}: the config of module {name!r}")
             kwargs = {k: self.value(v, f"{what} → {name}.{k}") for k, v in config.items()}
             try:

@@ -1,0 +1,134 @@
+"""a.pushforward(T): change of variables, inherited log Z and exact sampling, laws,
+sampling a constrained model in unconstrained space, canonical form and file form."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.distributions import Gamma, Independent, LogNormal, Normal
+from torch.distributions import transforms as tt
+
+import ebmalgebra as eb
+from ebmalgebra import CompositionError
+from ebmalgebra.diagnostics import ess, mcse_mean
+from ebmalgebra.pushforward import Pushforward
+from ebmalgebra.samplers import HMC
+from ebmalgebra.testing import assert_equivalent
+
+F64 = torch.float64
+Z_MAX = 4.0
+
+
+def normal(loc=0.0, scale=1.0, name="n"):
+    return eb.from_distribution(Independent(Normal(torch.tensor([loc], dtype=F64),
+                                                   torch.tensor([scale], dtype=F64)), 1),
+                                name=name)
+
+
+def test_lognormal_as_pushforward_of_a_normal_has_the_exact_density_and_log_z():
+    lognormal = normal(0.3, 0.7).pushforward(tt.ExpTransform())
+    reference = Independent(LogNormal(torch.tensor([0.3], dtype=F64),
+                                      torch.tensor([0.7], dtype=F64)), 1)
+    y = torch.linspace(0.05, 6.0, 40, dtype=F64)[:, None]
+    torch.testing.assert_close(lognormal.log_prob(y), reference.log_prob(y))
+    assert float(lognormal.log_z()) == 0.0 and lognormal.normalizer_known
+    inputs = y.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(reference.log_prob(inputs).sum(), inputs)
+    for model in (lognormal, eb.compile(lognormal)):
+        torch.testing.assert_close(model.score(y), expected)
+
+
+def test_exact_sampling_goes_through_the_transform():
+    lognormal = normal(0.3, 0.7).pushforward(tt.ExpTransform())
+    draws = lognormal.sample(20_000, torch.Generator().manual_seed(0))
+    mean = math.exp(0.3 + 0.7**2 / 2)
+    sd = math.sqrt((math.exp(0.7**2) - 1) * math.exp(2 * 0.3 + 0.7**2))
+    # z ≤ 4 with the standard error of an iid mean, sd/√n.
+    assert abs(float(draws.mean()) - mean) <= Z_MAX * sd / math.sqrt(draws.shape[0])
+
+
+def test_gamma_sampled_by_hmc_in_log_space_has_gamma_moments():
+    # Without validation, a trajectory that overflows exp gives a NaN energy, which HMC
+    # rejects and counts, instead of torch's support error.
+    gamma = eb.from_distribution(Independent(Gamma(torch.tensor([2.0], dtype=F64),
+                                                   torch.tensor([3.0], dtype=F64),
+                                                   validate_args=False), 1), name="gamma")
+    log_gamma = gamma.pushforward(tt.ExpTransform().inv)
+    assert log_gamma.event_shape == torch.Size([1])
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.randn(128, 1, generator=generator, dtype=F64)
+    run = eb.sample(log_gamma, HMC(step_size=0.3), x0=x0, n_steps=300, warmup=200,
+                    generator=generator, progress=False)
+    x = run.draws.exp()  # back on (0, ∞): Gamma(2, 3) draws
+    mean, variance = torch.tensor([2.0 / 3.0], dtype=F64), torch.tensor([2.0 / 9.0], dtype=F64)
+    for values, truth in ((x, mean), ((x - mean) ** 2, variance)):
+        # z ≤ 4 with the ESS-based Monte-Carlo standard error of the mean.
+        assert (ess(values, kind="mean") >= 100).all()
+        z = (values.mean((0, 1)) - truth) / mcse_mean(values)
+        assert z.abs().max() <= Z_MAX, z
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(-2, 2), st.floats(0.3, 3), st.floats(-1, 1), st.floats(0.5, 2))
+def test_composition_of_transforms_is_one_pushforward_and_the_closed_form(loc, scale,
+                                                                         shift, stretch):
+    first, second = tt.AffineTransform(loc, scale), tt.ExpTransform()
+    stepwise = normal().pushforward(first).pushforward(second)
+    at_once = normal().pushforward(tt.ComposeTransform([first, second]))
+    y = torch.linspace(0.1, 5.0, 12, dtype=F64)[:, None]
+    assert_equivalent(stepwise, at_once, y)
+    reference = Independent(LogNormal(torch.tensor([loc], dtype=F64),
+                                      torch.tensor([scale], dtype=F64)), 1)
+    torch.testing.assert_close(-stepwise.energy(y), reference.log_prob(y))
+    # A transform followed by its inverse changes nothing (energy and score).
+    there_and_back = normal().pushforward(tt.AffineTransform(shift, stretch)).pushforward(
+        tt.AffineTransform(shift, stretch).inv)
+    x = torch.linspace(-3.0, 3.0, 9, dtype=F64)[:, None]
+    assert_equivalent(there_and_back, normal(), x, rtol=1e-9, atol=1e-9)
+
+
+def test_identity_transform_and_canonical_form_on_every_path():
+    base = normal()
+    assert base.pushforward(tt.identity_transform) is base
+    assert Pushforward(base, tt.ComposeTransform([])) is base
+    exp = tt.ExpTransform()
+    affine = tt.AffineTransform(1.0, 2.0)
+    by_method = base.pushforward(affine).pushforward(exp)
+    by_class = Pushforward(Pushforward(base, affine), exp)
+    by_function = eb.transform(base, tt.ComposeTransform([affine, exp]))
+    assert by_method.structure() == by_class.structure() == by_function.structure()
+    assert type(by_class)(*by_class.args).structure() == by_class.structure()
+
+
+def test_pushforward_composes_with_the_algebra_and_compiles():
+    log_normal = normal(name="a").pushforward(tt.ExpTransform())
+    other = eb.from_energy(lambda y: (y - 1.0).pow(2).sum(-1), 1, name="q")
+    expr = 0.5 * log_normal ** 2 & other
+    y = torch.linspace(0.2, 3.0, 7, dtype=F64)[:, None]
+    assert_equivalent(eb.compile(expr), expr, y)
+    assert "a.pushforward(ExpTransform())" in expr.explain()
+
+
+def test_bad_transforms_are_refused_with_the_reason():
+    with pytest.raises(CompositionError, match="must be a torch.distributions"):
+        normal().pushforward(lambda x: x)
+    with pytest.raises(CompositionError, match="not bijective"):
+        normal().pushforward(tt.AbsTransform())
+
+
+def test_pushforwards_save_and_load(tmp_path):
+    transform = tt.ComposeTransform([tt.AffineTransform(torch.tensor([0.5], dtype=F64),
+                                                        torch.tensor([2.0], dtype=F64)),
+                                     tt.ExpTransform().inv.inv])
+    a = eb.targets.Gaussian(torch.tensor([0.2], dtype=F64), 1.0, name="a")
+    b = eb.targets.Gaussian(torch.tensor([-0.5], dtype=F64), 2.0, name="b")
+    expr = a.pushforward(transform) | 2 * b.pushforward(tt.SigmoidTransform())
+    eb.save(expr, tmp_path / "push.safetensors")
+    loaded = eb.load(tmp_path / "push.safetensors")
+    y = torch.linspace(0.1, 0.9, 9, dtype=F64)[:, None]
+    assert_equivalent(loaded, expr, y)
+    with pytest.raises(eb.SerializationError, match="no file form"):
+        eb.save(normal().pushforward(tt.CumulativeDistributionTransform(Normal(0.0, 1.0))),
+                tmp_path / "cdf.safetensors")
