@@ -27,6 +27,7 @@ from ebmalgebra.samplers import (
     Samples,
 )
 from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS, mass_windows
+from ebmalgebra.samplers.metrics import DenseMetric
 from ebmalgebra.targets import Banana, Gaussian, MultivariateGaussian
 
 F64 = torch.float64
@@ -492,7 +493,7 @@ def test_hmc_reports_divergences():
 def test_hmc_counts_a_nan_energy_error_as_a_divergence_with_acceptance_zero(monkeypatch):
     """A dense metric's ½ pᵀM⁻¹p can overflow to +∞ − ∞ = NaN for finite momenta; such a
     step must be reported, not slip through as a NaN acceptance probability."""
-    monkeypatch.setattr(HMC, "_kinetic", lambda self, p, inverse_mass: torch.full(
+    monkeypatch.setattr(DenseMetric, "kinetic_energy", lambda self, p: torch.full(
         p.shape[:1], math.nan, dtype=p.dtype))
     sampler = HMC(step_size=0.1, n_leapfrog=2, metric="dense", adapt_step_size=False)
     samples = eb.sample(Gaussian(torch.zeros(2, dtype=F64), 1.0, name="g"), sampler,
