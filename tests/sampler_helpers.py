@@ -1,4 +1,9 @@
-"""Models and samplers shared by the sampler tests (tests/test_samplers_*.py)."""
+"""Models, samplers and Monte-Carlo checks shared by the sampler tests
+(tests/test_samplers_*.py, tests/test_adaptation.py).
+
+Tolerances of the moment checks: |estimate − truth| ≤ Z_MAX · MCSE, with
+MCSE = sd(f) / √ESS(f) measured on the very draws (see test_samplers_statistics.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import math
 import torch
 
 import ebmalgebra as eb
+from ebmalgebra.diagnostics import ess, mcse_mean
 from ebmalgebra.samplers import HMC, MALA, ULA, AnnealedLangevin, ParallelTempering, RandomWalkMH
 from ebmalgebra.targets import Gaussian
 
@@ -74,3 +80,29 @@ class CountingEnergy(torch.nn.Module):
     def forward(self, x):
         self.calls += 1
         return 0.5 * (x * x).sum(-1)
+
+
+Z_MAX = 4.0
+
+
+def normal(mean: float, variance: float, name: str) -> eb.EnergyModel:
+    """N(mean, variance) over event shape (1,), in float64."""
+    return Gaussian(torch.tensor([mean], dtype=F64), math.sqrt(variance), name=name)
+
+
+def z_scores(values: torch.Tensor, truth: torch.Tensor | float) -> torch.Tensor:
+    """(estimate − truth) / MCSE per coordinate; asserts ESS ≥ 100."""
+    effective = ess(values, kind="mean")
+    assert (effective >= 100).all(), f"ESS too small for a reliable MCSE: {effective}"
+    estimate = values.double().mean((0, 1))
+    return (estimate - truth) / mcse_mean(values)
+
+
+def assert_moments(draws: torch.Tensor, mean, variance, what: str) -> None:
+    """Mean and variance (as E(x − μ)² with the exact μ) within 4 MCSE."""
+    mean = torch.as_tensor(mean, dtype=F64)
+    variance = torch.as_tensor(variance, dtype=F64)
+    z_mean = z_scores(draws, mean)
+    z_var = z_scores((draws.double() - mean) ** 2, variance)
+    assert z_mean.abs().max() <= Z_MAX, f"{what}: mean z = {z_mean.tolist()}"
+    assert z_var.abs().max() <= Z_MAX, f"{what}: variance z = {z_var.tolist()}"
