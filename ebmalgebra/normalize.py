@@ -291,8 +291,8 @@ def estimate_log_z(
             short-run MALA samples (:func:`fit_base`, vector event shapes only).
         n_particles: number of AIS particles N.
         n_steps: MCMC transitions per temperature.
-        sampler: the transition kernel, which must leave each π_β invariant:
-            ``MALA``, ``RandomWalkMH`` or ``HMC`` (e.g. ``HMC(step_size=...)``);
+        sampler: the transition kernel, which must leave each π_β invariant (declared
+            by ``leaves_target_invariant``: ``MALA``, ``RandomWalkMH``, ``HMC``, ...);
             default MALA whose step size follows the population acceptance rate
             towards 0.574.
         generator: source of all randomness.

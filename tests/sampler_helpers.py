@@ -8,12 +8,15 @@ MCSE = sd(f) / √ESS(f) measured on the very draws (see test_samplers_statistic
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 import ebmalgebra as eb
 from ebmalgebra.diagnostics import ess, mcse_mean
 from ebmalgebra.samplers import HMC, MALA, ULA, AnnealedLangevin, ParallelTempering, RandomWalkMH
+from ebmalgebra.samplers.base import Potential, StepSizeSampler, as_chain_values
+from ebmalgebra.samplers.metrics import DiagonalMetric, Metric
 from ebmalgebra.targets import Gaussian
 
 F64 = torch.float64
@@ -106,3 +109,52 @@ def assert_moments(draws: torch.Tensor, mean, variance, what: str) -> None:
     z_var = z_scores((draws.double() - mean) ** 2, variance)
     assert z_mean.abs().max() <= Z_MAX, f"{what}: mean z = {z_mean.tolist()}"
     assert z_var.abs().max() <= Z_MAX, f"{what}: variance z = {z_var.tolist()}"
+
+
+class WalkState(NamedTuple):
+    position: torch.Tensor
+    energy: torch.Tensor
+    step_size: torch.Tensor
+    metric: Metric
+    potential: Potential
+
+
+class WalkInfo(NamedTuple):
+    acceptance_rate: torch.Tensor
+    nonfinite: torch.Tensor
+
+
+class PreconditionedWalk(StepSizeSampler):
+    """A sampler of one's own, in one class: random-walk Metropolis with proposal
+    N(x, ε² M⁻¹), i.e. x′ = x + ε M⁻¹ p with p ~ N(0, M). It declares its facts and
+    gets warmup (step size and metric), tempering and AIS from the library."""
+
+    name = "PreconditionedWalk"
+    leaves_target_invariant = True
+    tempering_step_exponent = 0.5
+    adaptation_flags = ("adapt_step_size", "adapt_mass")
+
+    def __init__(self, *, step_size: float = 0.5, target_accept: float = 0.3,
+                 adapt_step_size: bool = True, adapt_mass: bool = True) -> None:
+        super().__init__(step_size=step_size, target_accept=target_accept,
+                         adapt_step_size=adapt_step_size)
+        self.adapt_mass = adapt_mass
+
+    def init(self, x0, model):
+        potential = Potential(model, operation=self.name, needs_score=False)
+        step_size = as_chain_values(self.step_size, x0, f"{self.name}: step_size")
+        return WalkState(x0, potential.energy(x0), step_size, DiagonalMetric.identity(x0),
+                         potential)
+
+    def step(self, state, generator=None):
+        x, energy, step_size, metric, potential = state
+        momentum = metric.sample_momentum(x, generator)
+        proposal = metric.drift(x, momentum, metric.drift_scale(step_size[:, None]))
+        proposal_energy = potential.energy(proposal)
+        finite = torch.isfinite(proposal_energy)
+        uniform = torch.rand(x.shape[:1], generator=generator, dtype=x.dtype)
+        probability = torch.where(finite, (energy - proposal_energy).clamp(max=0).exp(), 0.0)
+        accepted = uniform < probability
+        new_state = state._replace(position=torch.where(accepted[:, None], proposal, x),
+                                   energy=torch.where(accepted, proposal_energy, energy))
+        return new_state, WalkInfo(probability, ~finite)
