@@ -11,6 +11,7 @@ import torch
 from sampler_helpers import F64, Z_MAX, CountingEnergy, assert_moments, z_scores
 
 import ebmalgebra as eb
+from ebmalgebra import CompositionError
 from ebmalgebra.diagnostics import ess, mcse_mean
 from ebmalgebra.samplers import HMC
 from ebmalgebra.samplers.adaptation import mass_windows
@@ -182,3 +183,17 @@ def test_multivariate_hmc_matches_the_mean_and_covariance(metric):
     centred = samples.draws - MEAN_3D
     z = z_scores(centred[..., 0] * centred[..., 1], COVARIANCE_3D[0, 1])
     assert float(z.abs()) <= Z_MAX, f"cross moment z = {float(z):.2f}"
+
+
+def test_metric_by_name_or_class_and_checked_inverse_mass():
+    def draws(metric):
+        return eb.sample(correlated_3d(), HMC(n_leapfrog=3, metric=metric), n_chains=4,
+                         n_steps=5, warmup=30, generator=torch.Generator().manual_seed(0)).draws
+
+    assert torch.equal(draws("dense"), draws(DenseMetric))
+    with pytest.raises(CompositionError, match=r"HMC: inverse_mass .* shaped \(3, 3\)"):
+        HMC(metric="dense", inverse_mass=torch.eye(2, dtype=F64)).init(
+            torch.zeros(4, 3, dtype=F64), correlated_3d())
+    with pytest.raises(ValueError, match="positive"):
+        HMC(inverse_mass=torch.tensor([1.0, 0.0, 1.0], dtype=F64)).init(
+            torch.zeros(4, 3, dtype=F64), correlated_3d())
