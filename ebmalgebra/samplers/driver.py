@@ -173,8 +173,10 @@ class _Recorder:
                         total = self.counts.get(name, 0)
                         self.counts[name] = total + block.sum(0)
                     reduced = block.sum(1)
-                else:
+                elif block.is_floating_point():
                     reduced = block.mean(1)
+                else:  # integer counts per chain (NUTS's tree depth): their mean
+                    reduced = block.double().mean(1)
             else:
                 reduced = block
             self.done.setdefault(name, []).append(reduced)
