@@ -153,6 +153,19 @@ def no_u_turn(metric: Metric, momentum_a: Tensor, momentum_b: Tensor,
     return (ahead_a > 0) & (ahead_b > 0)
 
 
+def merged_no_u_turn(metric: Metric, outer_a: Tensor, inner_a: Tensor, sum_a: Tensor,
+                     inner_b: Tensor, outer_b: Tensor, sum_b: Tensor) -> Tensor:
+    """Whether two adjacent spans a and b, joined, keep going, per chain ``(n,)``.
+
+    Each span is given by its outer and inner end momenta (the inner ends touch) and
+    its momentum sum. Checks the joined span, and a plus b's inner point and b plus
+    a's inner point (Stan's checks across merged subtrees).
+    """
+    return (no_u_turn(metric, outer_a, outer_b, sum_a + sum_b)
+            & no_u_turn(metric, outer_a, inner_b, sum_a + inner_b)
+            & no_u_turn(metric, inner_a, outer_b, sum_b + inner_a))
+
+
 def _where_point(mask: Tensor, new: NamedTuple, old: NamedTuple) -> NamedTuple:
     """Row-wise ``new`` where ``mask`` else ``old``, field by field."""
     return type(old)(*(select(mask, a, b) if a.dim() > 1 else torch.where(mask, a, b)
@@ -261,17 +274,12 @@ class NUTS(StepSizeSampler):
                                left.momentum)
             far = torch.where(expand_to_event(forward, momentum), left.momentum,
                               right.momentum)
-            total_sum = momentum_sum + subtree.momentum_sum
-            keeps_going = (
-                no_u_turn(metric, far, subtree.end.momentum, total_sum)
-                & no_u_turn(metric, far, subtree.first_momentum,
-                            momentum_sum + subtree.first_momentum)
-                & no_u_turn(metric, near, subtree.end.momentum,
-                            subtree.momentum_sum + near)
-            )
+            keeps_going = merged_no_u_turn(metric, far, near, momentum_sum,
+                                           subtree.first_momentum, subtree.end.momentum,
+                                           subtree.momentum_sum)
             right = _where_point(merge & forward, subtree.end, right)
             left = _where_point(merge & ~forward, subtree.end, left)
-            momentum_sum = select(merge, total_sum, momentum_sum)
+            momentum_sum = select(merge, momentum_sum + subtree.momentum_sum, momentum_sum)
             depth = depth + merge.long()
             growing = merge & keeps_going
             if not bool(growing.any()):
@@ -338,14 +346,10 @@ class NUTS(StepSizeSampler):
                     break
                 first, sum_before_block, _ = block_starts[k]
                 middle, sum_before_middle, before_middle = block_starts[k - 1]
-                keeps_going = (
-                    keeps_going
-                    & no_u_turn(metric, first, momentum, running_sum - sum_before_block)
-                    & no_u_turn(metric, first, middle,
-                                sum_before_middle + middle - sum_before_block)
-                    & no_u_turn(metric, before_middle, momentum,
-                                running_sum - sum_before_middle + before_middle)
-                )
+                # The block's halves: [first … before_middle] and [middle … this leaf].
+                keeps_going = keeps_going & merged_no_u_turn(
+                    metric, first, before_middle, sum_before_middle - sum_before_block,
+                    middle, momentum, running_sum - sum_before_middle)
             valid = valid & keeps_going
             previous_momentum = momentum
         return _Subtree(point, block_starts[tree_depth][0], running_sum, log_weight, candidate,
