@@ -66,9 +66,9 @@ from ebmalgebra.samplers.base import (
     draw_normal,
     draw_uniform,
     expand_to_event,
-    finite_rows,
     select,
     squared_norm,
+    sum_event,
 )
 from ebmalgebra.samplers.integrators import PhasePoint, leapfrog
 from ebmalgebra.samplers.metrics import Metric, metric_class
@@ -132,7 +132,8 @@ class _Subtree(NamedTuple):
     """A subtree of 2ʲ leapfrog steps grown from one end of the trajectory."""
 
     end: PhasePoint        # the last point integrated (the new end of the trajectory)
-    first_momentum: Tensor  # momentum of the point next to the old trajectory
+    first: _End            # the point next to the old trajectory
+    last: _End             # the last point, as an end
     momentum_sum: Tensor   # ρ of the subtree
     log_weight: Tensor     # log Σ w over the subtree
     candidate: _Candidate
@@ -143,27 +144,30 @@ class _Subtree(NamedTuple):
     nonfinite: Tensor
 
 
-def no_u_turn(metric: Metric, momentum_a: Tensor, momentum_b: Tensor,
-              momentum_sum: Tensor) -> Tensor:
-    """(M⁻¹ p_a)·ρ > 0 and (M⁻¹ p_b)·ρ > 0, per chain ``(n,)``: the span keeps going."""
-    flat_sum = momentum_sum.reshape(momentum_sum.shape[0], -1)
-    n = flat_sum.shape[0]
-    ahead_a = torch.linalg.vecdot(metric.velocity(momentum_a).reshape(n, -1), flat_sum)
-    ahead_b = torch.linalg.vecdot(metric.velocity(momentum_b).reshape(n, -1), flat_sum)
-    return (ahead_a > 0) & (ahead_b > 0)
+class _End(NamedTuple):
+    """The momentum p and velocity M⁻¹p at one end of a span of the trajectory."""
+
+    momentum: Tensor
+    velocity: Tensor
 
 
-def merged_no_u_turn(metric: Metric, outer_a: Tensor, inner_a: Tensor, sum_a: Tensor,
-                     inner_b: Tensor, outer_b: Tensor, sum_b: Tensor) -> Tensor:
+def merged_no_u_turn(outer_a: _End, inner_a: _End, sum_a: Tensor, inner_b: _End,
+                     outer_b: _End, sum_b: Tensor) -> Tensor:
     """Whether two adjacent spans a and b, joined, keep going, per chain ``(n,)``.
 
-    Each span is given by its outer and inner end momenta (the inner ends touch) and
-    its momentum sum. Checks the joined span, and a plus b's inner point and b plus
-    a's inner point (Stan's checks across merged subtrees).
+    Each span is given by its outer and inner ends (the inner ends touch) and its
+    momentum sum ρ. A span with ends u, w keeps going while (M⁻¹p_u)·ρ > 0 and
+    (M⁻¹p_w)·ρ > 0; checked on the joined span, on a plus b's inner point and on b
+    plus a's inner point (Stan's checks across merged subtrees), as one batched
+    product.
     """
-    return (no_u_turn(metric, outer_a, outer_b, sum_a + sum_b)
-            & no_u_turn(metric, outer_a, inner_b, sum_a + inner_b)
-            & no_u_turn(metric, inner_a, outer_b, sum_b + inner_a))
+    whole = sum_a + sum_b
+    a_extended = sum_a + inner_b.momentum
+    b_extended = sum_b + inner_a.momentum
+    velocities = torch.stack([outer_a.velocity, outer_b.velocity, outer_a.velocity,
+                              inner_b.velocity, inner_a.velocity, outer_b.velocity])
+    sums = torch.stack([whole, whole, a_extended, a_extended, b_extended, b_extended])
+    return ((velocities * sums).reshape(6, whole.shape[0], -1).sum(-1) > 0).all(0)
 
 
 def _where_point(mask: Tensor, new: NamedTuple, old: NamedTuple) -> NamedTuple:
@@ -270,13 +274,12 @@ class NUTS(StepSizeSampler):
             candidate = _where_point(take, subtree.candidate, candidate)
             log_weight = torch.where(merge, torch.logaddexp(log_weight, subtree.log_weight),
                                      log_weight)
-            near = torch.where(expand_to_event(forward, momentum), right.momentum,
-                               left.momentum)
-            far = torch.where(expand_to_event(forward, momentum), left.momentum,
-                              right.momentum)
-            keeps_going = merged_no_u_turn(metric, far, near, momentum_sum,
-                                           subtree.first_momentum, subtree.end.momentum,
-                                           subtree.momentum_sum)
+            forward_rows = expand_to_event(forward, momentum)
+            near = torch.where(forward_rows, right.momentum, left.momentum)
+            far = torch.where(forward_rows, left.momentum, right.momentum)
+            keeps_going = merged_no_u_turn(
+                _End(far, metric.velocity(far)), _End(near, metric.velocity(near)),
+                momentum_sum, subtree.first, subtree.last, subtree.momentum_sum)
             right = _where_point(merge & forward, subtree.end, right)
             left = _where_point(merge & ~forward, subtree.end, left)
             momentum_sum = select(merge, momentum_sum + subtree.momentum_sum, momentum_sum)
@@ -308,18 +311,25 @@ class NUTS(StepSizeSampler):
         log_weight = torch.full_like(start_h, -math.inf)
         candidate = _Candidate(begin.position, begin.energy, begin.score, start_h)
         running_sum = torch.zeros_like(begin.momentum)
-        previous_momentum = begin.momentum
-        block_starts: list[tuple[Tensor, Tensor, Tensor]] = [None] * (tree_depth + 1)
+        previous = last = _End(begin.momentum, begin.momentum)
+        # Per level k: (first end of the current block of 2ᵏ leaves, ρ before it, the end
+        # just before it).
+        block_starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth + 1)
         n_leapfrog = torch.zeros_like(start_h, dtype=torch.long)
         sum_accept = torch.zeros_like(start_h)
         divergent = nonfinite = torch.zeros_like(growing)
         for leaf in range(2 ** tree_depth):
-            if not bool(valid.any()):
+            n_valid = int(valid.sum())
+            if n_valid == 0:
                 break
-            point = _leapfrog_rows(point, signed_step, metric, potential, valid)
-            hamiltonian = point.energy + metric.kinetic_energy(point.momentum)
+            point = _leapfrog_rows(point, signed_step, metric, potential, valid, n_valid)
+            last = _End(point.momentum, metric.velocity(point.momentum))
+            hamiltonian = point.energy + 0.5 * torch.linalg.vecdot(
+                _flat(last.momentum), _flat(last.velocity))
             energy_error = hamiltonian - start_h
-            finite = finite_rows(point.energy, point.score) & torch.isfinite(energy_error)
+            # One check for energy, kinetic energy and score: NaN/inf propagate to the sum.
+            check = energy_error + sum_event(point.score)
+            finite = (check - check) == 0
             n_leapfrog = n_leapfrog + valid.long()
             accept = torch.where(finite, (-energy_error).clamp(max=0.0).exp(), 0.0)
             sum_accept = sum_accept + torch.where(valid, accept, 0.0)
@@ -336,10 +346,9 @@ class NUTS(StepSizeSampler):
             log_weight = torch.where(valid, new_log_weight, log_weight)
             sum_before = running_sum
             running_sum = select(valid, running_sum + point.momentum, running_sum)
-            momentum = point.momentum
             for k in range(tree_depth + 1):
                 if leaf % 2 ** k == 0:
-                    block_starts[k] = (momentum, sum_before, previous_momentum)
+                    block_starts[k] = (last, sum_before, previous)
             keeps_going = ~diverged
             for k in range(1, tree_depth + 1):
                 if (leaf + 1) % 2 ** k:
@@ -348,12 +357,12 @@ class NUTS(StepSizeSampler):
                 middle, sum_before_middle, before_middle = block_starts[k - 1]
                 # The block's halves: [first … before_middle] and [middle … this leaf].
                 keeps_going = keeps_going & merged_no_u_turn(
-                    metric, first, before_middle, sum_before_middle - sum_before_block,
-                    middle, momentum, running_sum - sum_before_middle)
+                    first, before_middle, sum_before_middle - sum_before_block,
+                    middle, last, running_sum - sum_before_middle)
             valid = valid & keeps_going
-            previous_momentum = momentum
-        return _Subtree(point, block_starts[tree_depth][0], running_sum, log_weight, candidate,
-                        valid, n_leapfrog, sum_accept, divergent, nonfinite)
+            previous = last
+        return _Subtree(point, block_starts[tree_depth][0], last, running_sum, log_weight,
+                        candidate, valid, n_leapfrog, sum_accept, divergent, nonfinite)
 
     # -------------------------------------------------------------- warmup
     def adaptation(self, state: NUTSState, n_warmup: int) -> _WindowAdaptation | None:
@@ -399,13 +408,19 @@ class _WindowAdaptation:
         return state if self.step_size is None else self.step_size.finish(state)
 
 
-def _leapfrog_rows(point: PhasePoint, signed_step: Tensor, metric: Metric,
-                   potential: Potential, rows: Tensor) -> PhasePoint:
-    """One leapfrog step of the ``rows`` (``(n,)`` bool) chains; the others stay put.
+def _flat(x: Tensor) -> Tensor:
+    return x if x.dim() == 2 else x.reshape(x.shape[0], -1)
 
-    Only those rows are evaluated, so finished chains cost no score evaluations.
+
+def _leapfrog_rows(point: PhasePoint, signed_step: Tensor, metric: Metric,
+                   potential: Potential, rows: Tensor, n_rows: int) -> PhasePoint:
+    """One leapfrog step of the ``n_rows`` chains in ``rows`` (``(n,)`` bool).
+
+    When they are at most half of the chains only they are evaluated (the others
+    stay put), so finished chains cost no score evaluations; otherwise every row is
+    stepped, which is cheaper than gathering, and the other rows' results are unused.
     """
-    if bool(rows.all()):
+    if 2 * n_rows > rows.shape[0]:
         return leapfrog(point, signed_step, metric, potential.energy_and_score)
     index = rows.nonzero().squeeze(1)
     moved = leapfrog(PhasePoint(*(t.index_select(0, index) for t in point)),
