@@ -243,3 +243,14 @@ def test_nuts_rejects_bad_hyper_parameters():
         NUTS(max_energy_error=-1.0)
     with pytest.raises(eb.CompositionError, match="inverse_mass"):
         NUTS(inverse_mass=torch.ones(3)).init(torch.zeros(2, 2), Gaussian(torch.zeros(2), 1.0))
+
+
+def test_sample_without_a_sampler_runs_nuts_and_says_so():
+    model = Gaussian(torch.zeros(2, dtype=F64), 1.0)
+    samples = eb.sample(model, n_chains=4, n_steps=50, warmup=30,
+                        generator=torch.Generator().manual_seed(8), progress=False)
+    assert isinstance(samples.sampler, NUTS)
+    assert str(samples.summary()).startswith("sampler: NUTS")
+    score_only = eb.from_score(lambda x: -x, 2, name="denoiser")
+    with pytest.raises(eb.CapabilityError, match="denoiser"):
+        eb.sample(score_only, n_chains=4, n_steps=10)
