@@ -52,13 +52,6 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.base import EnergyModel, check_count
-from ebmalgebra.samplers.adaptation import (
-    DualAveraging,
-    StepSizeAdaptation,
-    WelfordCovariance,
-    long_enough_to_adapt,
-    mass_windows,
-)
 from ebmalgebra.samplers.base import (
     Potential,
     StepSizeSampler,
@@ -182,7 +175,8 @@ class NUTS(StepSizeSampler):
     See the module docstring for the algorithm. Needs energies: score-only models
     raise :class:`~ebmalgebra.CapabilityError`. Warmup (``ebmalgebra.sample(...,
     warmup=n)``) tunes ε by dual averaging of the acceptance statistic towards
-    ``target_accept`` and M⁻¹ by Stan's windowed scheme, both pooled over chains.
+    ``target_accept`` and M⁻¹ by Stan's windowed scheme, both pooled over chains
+    (:func:`~ebmalgebra.samplers.adaptation.window_adaptation`).
 
     Args:
         step_size: initial ε, a float or one value per chain ``(n_chains,)``.
@@ -202,6 +196,9 @@ class NUTS(StepSizeSampler):
     """
 
     name = "NUTS"
+    leaves_target_invariant = True
+    tempering_step_exponent = 0.5
+    adaptation_flags = ("adapt_step_size", "adapt_mass")
 
     def __init__(
         self,
@@ -229,7 +226,7 @@ class NUTS(StepSizeSampler):
 
     # ------------------------------------------------------------------ init
     def init(self, x0: Tensor, model: EnergyModel) -> NUTSState:
-        potential = Potential(model, operation=self.name)
+        potential = Potential(model, operation=self.name, needs_energy=self.needs_energy)
         potential.check(x0, self.name)
         position = x0.detach()
         energy, score = potential.energy_and_score(position)
@@ -363,50 +360,6 @@ class NUTS(StepSizeSampler):
             previous = last
         return _Subtree(point, block_starts[tree_depth][0], last, running_sum, log_weight,
                         candidate, valid, n_leapfrog, sum_accept, divergent, nonfinite)
-
-    # -------------------------------------------------------------- warmup
-    def adaptation(self, state: NUTSState, n_warmup: int) -> _WindowAdaptation | None:
-        """Step size and metric adaptation, or ``None`` with neither flag or with fewer
-        than ``MIN_ADAPTATION_STEPS`` warmup steps (which warns)."""
-        flags = tuple(flag for flag in ("adapt_step_size", "adapt_mass") if getattr(self, flag))
-        if not flags or not long_enough_to_adapt(n_warmup, self.name, flags):
-            return None
-        return _WindowAdaptation(self, state, n_warmup)
-
-
-class _WindowAdaptation:
-    """Warmup: dual-averaging ε plus Stan-style windowed M⁻¹, pooled over chains."""
-
-    def __init__(self, sampler: NUTS, state: NUTSState, n_warmup: int) -> None:
-        self.step_size = (StepSizeAdaptation(state, DualAveraging(sampler.target_accept))
-                          if sampler.adapt_step_size else None)
-        self.windows = dict(mass_windows(n_warmup)) if sampler.adapt_mass else {}
-        self.window_end: int | None = None
-        self.estimator: WelfordCovariance | None = None
-        self.iteration = 0
-
-    def update(self, state: NUTSState, info: NUTSInfo) -> NUTSState:
-        if self.step_size is not None:
-            state = self.step_size.update(state, info)
-        index = self.iteration
-        self.iteration += 1
-        if index in self.windows:
-            self.window_end = self.windows[index]
-            self.estimator = WelfordCovariance(dense=state.metric.dense)
-        if self.estimator is None:
-            return state
-        self.estimator.add(state.position)
-        if self.iteration == self.window_end:
-            inverse_mass = self.estimator.regularized().to(state.position)
-            self.estimator = None
-            state = state._replace(metric=state.metric.replace(inverse_mass))
-            if self.step_size is not None:
-                state = self.step_size.restart(state)
-        return state
-
-    def finish(self, state: NUTSState) -> NUTSState:
-        return state if self.step_size is None else self.step_size.finish(state)
-
 
 def _flat(x: Tensor) -> Tensor:
     return x if x.dim() == 2 else x.reshape(x.shape[0], -1)
