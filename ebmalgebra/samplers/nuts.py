@@ -308,7 +308,7 @@ class NUTS(StepSizeSampler):
         log_weight = torch.full_like(start_h, -math.inf)
         candidate = _Candidate(begin.position, begin.energy, begin.score, start_h)
         running_sum = torch.zeros_like(begin.momentum)
-        previous = last = _End(begin.momentum, begin.momentum)
+        previous = _End(begin.momentum, metric.velocity(begin.momentum))
         # Per level k: (first end of the current block of 2ᵏ leaves, ρ before it, the end
         # just before it).
         block_starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth + 1)
