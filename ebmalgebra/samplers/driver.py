@@ -365,7 +365,9 @@ def sample(
     position = state.position
     draws = torch.empty((n_draws, *position.shape), dtype=position.dtype, device=position.device)
     recorder = _Recorder(position.shape[0], warmup)
-    chain_stats: dict[str, Tensor] = {}
+    # The info behind each kept draw, stacked once at the end (cheaper than per step).
+    kept: list[tuple[NamedTuple, Tensor | None, Tensor | None]] = []
+    has_energy = getattr(getattr(state, "potential", None), "has_energy", False)
     adaptation = sampler.adaptation(state, warmup) if warmup else None
     bar = progress_bar(n_total, progress, type(sampler).__name__)
     try:
@@ -391,8 +393,8 @@ def sample(
                 after = index - warmup + 1
                 if after % thin == 0:
                     draws[after // thin - 1] = state.position
-                    _keep_chain_stats(chain_stats, after // thin - 1, n_draws, state, info,
-                                      recorder.per_chain)
+                    kept.append((info, getattr(state, "step_size", None),
+                                 getattr(state, "energy", None) if has_energy else None))
             if callback is not None:
                 callback(index, state, info)
             if bar is not None:
@@ -401,8 +403,8 @@ def sample(
         if bar is not None:
             bar.close()
     stats, counts = recorder.result()
-    return Samples(draws, state, sampler, warmup, thin, stats, counts, chain_stats,
-                   default_sampler)
+    return Samples(draws, state, sampler, warmup, thin, stats, counts,
+                   _chain_stats(kept, recorder.per_chain), default_sampler)
 
 
 def _default_sampler(model: EnergyModel) -> tuple[Sampler, str]:
@@ -414,19 +416,19 @@ def _default_sampler(model: EnergyModel) -> tuple[Sampler, str]:
     return NUTS(), "NUTS (the default for models with energies)"
 
 
-def _keep_chain_stats(chain_stats: dict[str, Tensor], row: int, n_draws: int,
-                      state: NamedTuple, info: NamedTuple, per_chain: frozenset[str]) -> None:
-    """Store the per-chain values behind draw ``row``: info fields, step size, −E."""
-    values = {name: getattr(info, name) for name in per_chain if name in info._fields}
+def _chain_stats(kept: list[tuple[NamedTuple, Tensor | None, Tensor | None]],
+                 per_chain: frozenset[str] | None) -> dict[str, Tensor]:
+    """``(n_draws, n_chains)`` per-chain info values, step size and −E of the kept draws."""
+    if not kept:
+        return {}
+    infos, step_sizes, energies = zip(*kept, strict=True)
+    stats = {name: torch.stack([getattr(info, name) for info in infos])
+             for name in infos[0]._fields if name in per_chain}
     if "step_size" in per_chain:
-        values["step_size"] = state.step_size
-    if getattr(getattr(state, "potential", None), "has_energy", False):
-        values["lp"] = -state.energy
-    for name, value in values.items():
-        if name not in chain_stats:
-            chain_stats[name] = torch.empty((n_draws, *value.shape), dtype=value.dtype,
-                                            device=value.device)
-        chain_stats[name][row] = value
+        stats["step_size"] = torch.stack(step_sizes)
+    if energies[0] is not None:
+        stats["lp"] = -torch.stack(energies)
+    return stats
 
 
 def _check_start(state: NamedTuple) -> None:
