@@ -15,34 +15,15 @@ import math
 from unittest import mock
 
 import pytest
-import scipy.stats
 import torch
+from sampler_helpers import F64, assert_moments
+from test_samplers_statistics import STATIONARITY_TARGETS, ks_after_steps
 
 import ebmalgebra as eb
-from ebmalgebra.diagnostics import ess, mcse_mean
 from ebmalgebra.samplers import NUTS, NUTSInfo, NUTSState
 from ebmalgebra.samplers import nuts as nuts_module
 from ebmalgebra.samplers.integrators import PhasePoint, leapfrog
-from ebmalgebra.targets import Banana, Funnel, Gaussian, GaussianMixture, MultivariateGaussian
-
-F64 = torch.float64
-Z_MAX = 4.0
-
-
-def z_scores(values: torch.Tensor, truth: torch.Tensor | float) -> torch.Tensor:
-    """(estimate − truth) / MCSE per coordinate; asserts ESS ≥ 100."""
-    effective = ess(values, kind="mean")
-    assert (effective >= 100).all(), f"ESS too small for a reliable MCSE: {effective}"
-    return (values.double().mean((0, 1)) - truth) / mcse_mean(values)
-
-
-def assert_moments(draws: torch.Tensor, mean, second_moment, what: str) -> None:
-    """Mean and E(x − μ)² (μ the exact mean) within 4 MCSE of the truth."""
-    mean = torch.as_tensor(mean, dtype=F64)
-    z_mean = z_scores(draws, mean)
-    z_var = z_scores((draws.double() - mean) ** 2, torch.as_tensor(second_moment, dtype=F64))
-    assert z_mean.abs().max() <= Z_MAX, f"{what}: mean z = {z_mean.tolist()}"
-    assert z_var.abs().max() <= Z_MAX, f"{what}: variance z = {z_var.tolist()}"
+from ebmalgebra.targets import Funnel, Gaussian, GaussianMixture, MultivariateGaussian
 
 
 def run(model, sampler, *, seed: int, n_chains: int = 64, n_steps: int = 300,
@@ -86,6 +67,7 @@ def test_nuts_matches_a_correlated_gaussian(metric):
     assert_moments(samples.draws, model.loc, COVARIANCE.diagonal(), f"{metric} correlated")
 
 
+@pytest.mark.slow
 def test_nuts_matches_a_gaussian_mixture():
     model = GaussianMixture(GMM_LOCS, GMM_SCALES, weights=GMM_WEIGHTS)
     mean, second = gmm_moments()
@@ -133,17 +115,6 @@ def test_a_tree_of_depth_one_is_one_leapfrog_step_taken_by_biased_progressive_sa
 
 # ----------------------------------------------------------------- stationarity
 
-N_STATIONARY = 20_000
-
-STATIONARITY_TARGETS = {
-    "banana": lambda: Banana(scale=2.0, curvature=0.5, noise=1.0),
-    "gmm": lambda: GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, 3.0]],
-                                                dtype=F64),
-                                   torch.tensor([0.7, 1.0, 0.5], dtype=F64),
-                                   weights=torch.tensor([0.3, 0.5, 0.2], dtype=F64)),
-}
-
-
 class NUTSWithoutSubtreeChecks(NUTS):
     """Deliberately wrong: checks U-turns only across the whole trajectory, never
     inside a subtree, so the tree NUTS builds depends on where in it the chain
@@ -155,19 +126,6 @@ class NUTSWithoutSubtreeChecks(NUTS):
 
         with mock.patch.object(nuts_module, "merged_no_u_turn", always):
             return super()._grow(*args, **kwargs)
-
-
-def ks_after_steps(model, sampler, seed: int, n_steps: int) -> list[float]:
-    """Start N chains at exact draws, run ``n_steps`` fixed-parameter steps, and
-    compare each coordinate with fresh exact draws (two-sample KS p-values)."""
-    generator = torch.Generator().manual_seed(seed)
-    x0 = model.sample(N_STATIONARY, generator=generator)
-    state = sampler.init(x0, model)
-    for _ in range(n_steps):
-        state, _ = sampler.step(state, generator)
-    reference = model.sample(5 * N_STATIONARY, generator=generator)
-    return [float(scipy.stats.ks_2samp(state.position[:, i].numpy(),
-                                       reference[:, i].numpy()).pvalue) for i in range(2)]
 
 
 @pytest.mark.slow

@@ -121,6 +121,13 @@ class _Candidate(NamedTuple):
     hamiltonian: Tensor
 
 
+class _End(NamedTuple):
+    """The momentum p and velocity M⁻¹p at one end of a span of the trajectory."""
+
+    momentum: Tensor
+    velocity: Tensor
+
+
 class _Subtree(NamedTuple):
     """A subtree of 2ʲ leapfrog steps grown from one end of the trajectory."""
 
@@ -135,13 +142,6 @@ class _Subtree(NamedTuple):
     sum_accept: Tensor
     divergent: Tensor
     nonfinite: Tensor
-
-
-class _End(NamedTuple):
-    """The momentum p and velocity M⁻¹p at one end of a span of the trajectory."""
-
-    momentum: Tensor
-    velocity: Tensor
 
 
 def merged_no_u_turn(outer_a: _End, inner_a: _End, sum_a: Tensor, inner_b: _End,
@@ -180,7 +180,8 @@ class NUTS(StepSizeSampler):
 
     Args:
         step_size: initial ε, a float or one value per chain ``(n_chains,)``.
-        max_depth: the largest tree depth (at most 2^max_depth leapfrog steps per step).
+        max_depth: the largest tree depth: at most 2^max_depth − 1 leapfrog steps per
+            step (Stan's 10).
         metric: ``"diag"`` or ``"dense"`` (or a :class:`~ebmalgebra.samplers.metrics.Metric`
             subclass).
         inverse_mass: the initial M⁻¹ (default identity), shaped ``event_shape``
