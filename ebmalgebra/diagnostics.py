@@ -404,6 +404,7 @@ class Summary:
     ess_bulk: np.ndarray
     ess_tail: np.ndarray
     r_hat: np.ndarray
+    header: str = ""
 
     def to_dict(self) -> dict[str, dict[str, float]]:
         """``{name: {column: value}}`` with plain Python floats, in row order."""
@@ -424,7 +425,7 @@ class Summary:
             cells = [line[0].ljust(widths[0])]
             cells += [cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)]
             lines.append("  ".join(cells).rstrip())
-        return "\n".join(lines)
+        return "\n".join(([self.header] if self.header else []) + lines)
 
     def __repr__(self) -> str:
         return (
@@ -433,7 +434,8 @@ class Summary:
         )
 
 
-def summary(draws: Draws, names: str | Sequence[str] | None = None) -> Summary:
+def summary(draws: Draws, names: str | Sequence[str] | None = None, header: str = "",
+            ) -> Summary:
     """Posterior summary and diagnostics of each coordinate of ``draws``.
 
     Columns: mean, sd (ddof = 1), type-7 quantiles q5 and q95, all pooled
@@ -444,6 +446,7 @@ def summary(draws: Draws, names: str | Sequence[str] | None = None) -> Summary:
         draws: ``(n_draws, n_chains, *event_shape)`` with n_draws ≥ 4.
         names: a prefix (rows ``"theta[0,1]"`` …), one name per coordinate
             of the flattened event (C order), or ``None`` for the prefix ``"x"``.
+        header: a line printed above the table (e.g. which sampler ran).
 
     Returns:
         a ``Summary``; its statistics are flattened to ``(n_coords,)``.
@@ -480,4 +483,5 @@ def summary(draws: Draws, names: str | Sequence[str] | None = None) -> Summary:
         ess_bulk=_ess(x, "bulk"),
         ess_tail=_ess(x, "tail"),
         r_hat=_rhat(x),
+        header=header,
     )

@@ -14,7 +14,15 @@ import torch
 
 import ebmalgebra as eb
 from ebmalgebra.diagnostics import ess, mcse_mean
-from ebmalgebra.samplers import HMC, MALA, ULA, AnnealedLangevin, ParallelTempering, RandomWalkMH
+from ebmalgebra.samplers import (
+    HMC,
+    MALA,
+    NUTS,
+    ULA,
+    AnnealedLangevin,
+    ParallelTempering,
+    RandomWalkMH,
+)
 from ebmalgebra.samplers.base import Potential, StepSizeSampler, as_chain_values
 from ebmalgebra.samplers.metrics import DiagonalMetric, Metric
 from ebmalgebra.targets import Gaussian
@@ -33,6 +41,7 @@ def all_samplers(model=None) -> dict:
         "mala": MALA(step_size=0.3),
         "hmc": HMC(step_size=0.3, n_leapfrog=4),
         "hmc_dense": HMC(step_size=0.3, n_leapfrog=4, metric="dense"),
+        "nuts": NUTS(step_size=0.3, max_depth=4),
         "annealed": AnnealedLangevin(noise_levels=[1.0, 0.5, 0.1], steps_per_level=2,
                                      step_size=0.05, mala=0.6),
         "tempering": ParallelTempering(betas=[1.0, 0.5, 0.25], sampler=MALA(step_size=0.3)),

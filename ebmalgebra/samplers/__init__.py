@@ -16,6 +16,7 @@ from ebmalgebra.samplers.hmc import HMC, HMCInfo, HMCState
 from ebmalgebra.samplers.langevin import ULA, LangevinState, ULAInfo
 from ebmalgebra.samplers.mala import MALA, MALAInfo
 from ebmalgebra.samplers.mh import MHInfo, MHState, RandomWalkMH
+from ebmalgebra.samplers.nuts import NUTS, NUTSInfo, NUTSState
 from ebmalgebra.samplers.tempering import ParallelTempering, TemperingInfo, TemperingState
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
     "MALAInfo",
     "MHInfo",
     "MHState",
+    "NUTS",
+    "NUTSInfo",
+    "NUTSState",
     "NonFiniteError",
     "ParallelTempering",
     "Potential",

@@ -46,6 +46,10 @@ class Samples:
             Every other tensor field of an info is per chain, ``(n_chains, …)``.
         chain_counts: per-chain totals of each flag over the sampling phase
             (after warmup), e.g. ``chain_counts["divergent"]`` is ``(n_chains,)``.
+        chain_stats: the per-chain info values of the transitions that produced the
+            draws, ``(n_draws, n_chains)`` each, plus ``step_size`` and ``lp`` (the
+            unnormalised log density −E of each draw); see :meth:`to_arviz`.
+        default_sampler: why the sampler was chosen, when :func:`sample` chose it.
     """
 
     draws: Tensor
@@ -55,6 +59,8 @@ class Samples:
     thin: int
     stats: dict[str, Tensor] = field(repr=False)
     chain_counts: dict[str, Tensor] = field(repr=False)
+    chain_stats: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    default_sampler: str | None = None
 
     @property
     def n_chains(self) -> int:
@@ -108,7 +114,15 @@ class Samples:
     def summary(self, names: str | list[str] | None = None) -> diagnostics.Summary:
         """Mean, sd, quantiles, MCSE, ESS and R̂ per coordinate
         (:func:`ebmalgebra.diagnostics.summary`); ``print`` it for a table."""
-        return diagnostics.summary(self.draws, names=names)
+        header = f"sampler: {self.default_sampler}" if self.default_sampler else ""
+        return diagnostics.summary(self.draws, names=names, header=header)
+
+    def to_arviz(self, var_name: str = "x"):
+        """The draws and sample stats as ``arviz.InferenceData``
+        (:func:`ebmalgebra.arviz_export.to_arviz`; needs arviz)."""
+        from ebmalgebra.arviz_export import to_arviz
+
+        return to_arviz(self, var_name=var_name)
 
     def __repr__(self) -> str:
         n_draws, n_chains = self.draws.shape[:2]
@@ -173,8 +187,10 @@ class _Recorder:
                         total = self.counts.get(name, 0)
                         self.counts[name] = total + block.sum(0)
                     reduced = block.sum(1)
-                else:
+                elif block.is_floating_point():
                     reduced = block.mean(1)
+                else:  # integer counts per chain (NUTS's tree depth): their mean
+                    reduced = block.double().mean(1)
             else:
                 reduced = block
             self.done.setdefault(name, []).append(reduced)
@@ -243,7 +259,7 @@ def _first_nonfinite(info: NamedTuple) -> Tensor | None:
 
 def sample(
     model: EnergyModel,
-    sampler: Sampler,
+    sampler: Sampler | None = None,
     *,
     n_chains: int | None = None,
     x0: Tensor | None = None,
@@ -264,7 +280,8 @@ def sample(
     Args:
         model: any expression (score-only models only with ``ULA`` /
             ``AnnealedLangevin`` without correction).
-        sampler: e.g. ``MALA(step_size=0.05)`` or ``HMC()``.
+        sampler: e.g. ``MALA(step_size=0.05)`` or ``HMC()``; ``None`` picks ``NUTS()``
+            for models with energies (and says so in ``Samples.summary()``).
         n_chains: number of chains (an int ≥ 1), when ``x0`` is not given; if both
             are given they must agree.
         x0: starting points ``(n_chains, *event_shape)`` with n_chains ≥ 1; device
@@ -307,7 +324,7 @@ def sample(
         >>> samples.draws.shape
         torch.Size([500, 64, 1])
     """
-    if not isinstance(sampler, Sampler):
+    if sampler is not None and not isinstance(sampler, Sampler):
         raise TypeError(f"sample: sampler must be an ebmalgebra.samplers.Sampler, got "
                         f"{type(sampler).__name__}")
     if on_nonfinite not in ON_NONFINITE:
@@ -320,6 +337,9 @@ def sample(
         check_count(n_chains, "sample: n_chains", 1)
     check_generator(generator, "sample")
     compiled = compile(model)
+    default_sampler = None
+    if sampler is None:
+        sampler, default_sampler = _default_sampler(compiled)
     if x0 is None:
         if n_chains is None:
             raise ValueError("sample: give n_chains or x0")
@@ -345,6 +365,9 @@ def sample(
     position = state.position
     draws = torch.empty((n_draws, *position.shape), dtype=position.dtype, device=position.device)
     recorder = _Recorder(position.shape[0], warmup)
+    # The info behind each kept draw, stacked once at the end (cheaper than per step).
+    kept: list[tuple[NamedTuple, Tensor | None, Tensor | None]] = []
+    has_energy = getattr(getattr(state, "potential", None), "has_energy", False)
     adaptation = sampler.adaptation(state, warmup) if warmup else None
     bar = progress_bar(n_total, progress, type(sampler).__name__)
     try:
@@ -370,6 +393,8 @@ def sample(
                 after = index - warmup + 1
                 if after % thin == 0:
                     draws[after // thin - 1] = state.position
+                    kept.append((info, getattr(state, "step_size", None),
+                                 getattr(state, "energy", None) if has_energy else None))
             if callback is not None:
                 callback(index, state, info)
             if bar is not None:
@@ -378,7 +403,32 @@ def sample(
         if bar is not None:
             bar.close()
     stats, counts = recorder.result()
-    return Samples(draws, state, sampler, warmup, thin, stats, counts)
+    return Samples(draws, state, sampler, warmup, thin, stats, counts,
+                   _chain_stats(kept, recorder.per_chain), default_sampler)
+
+
+def _default_sampler(model: EnergyModel) -> tuple[Sampler, str]:
+    """NUTS with Stan's adaptation for models with energies; others need a choice."""
+    from ebmalgebra.samplers.nuts import NUTS
+
+    model.require("energy", "sample with the default sampler (NUTS; pass "
+                  "sampler=ULA(step_size=...) for score-only models)")
+    return NUTS(), "NUTS (the default for models with energies)"
+
+
+def _chain_stats(kept: list[tuple[NamedTuple, Tensor | None, Tensor | None]],
+                 per_chain: frozenset[str] | None) -> dict[str, Tensor]:
+    """``(n_draws, n_chains)`` per-chain info values, step size and −E of the kept draws."""
+    if not kept:
+        return {}
+    infos, step_sizes, energies = zip(*kept, strict=True)
+    stats = {name: torch.stack([getattr(info, name) for info in infos])
+             for name in infos[0]._fields if name in per_chain}
+    if "step_size" in per_chain:
+        stats["step_size"] = torch.stack(step_sizes)
+    if energies[0] is not None:
+        stats["lp"] = -torch.stack(energies)
+    return stats
 
 
 def _check_start(state: NamedTuple) -> None:

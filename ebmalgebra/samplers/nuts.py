@@ -1,0 +1,382 @@
+"""The No-U-Turn sampler (NUTS) with multinomial trajectory sampling, batched over chains.
+
+Each step draws a momentum p ~ N(0, M) and grows a trajectory of leapfrog steps
+from (x, p) by doubling: at depth j it picks a direction uniformly (forwards,
+or backwards with step −ε) and integrates a new subtree of 2ʲ steps from the end
+of the trajectory in that direction (Hoffman & Gelman 2014). The doubling stops
+when the trajectory makes a U-turn, a subtree diverges, or the tree reaches
+``max_depth``.
+
+**Generalised U-turn criterion** (Betancourt 2017, §A.4.2, as Stan ≥ 2.26 and
+BlackJAX implement it). A span of points with momenta p_a … p_b and momentum sum
+ρ = Σ p keeps going while
+
+    (M⁻¹ p_a) · ρ > 0   and   (M⁻¹ p_b) · ρ > 0.
+
+It is checked for every subtree of 2ᵏ steps (k ≥ 1) as it completes, and for the
+whole trajectory after each merge, each time also on the two spans that straddle
+the join of the halves: the left half plus the first point of the right half, and
+the last point of the left half plus the right half. Those extra checks catch
+U-turns that happen exactly between two halves, which the whole-span check misses
+on targets like a Gaussian with a short length scale.
+
+**Multinomial sampling.** A point z of the trajectory has weight
+w(z) = exp(H₀ − H(z)), H(x, p) = E(x) + ½ pᵀ M⁻¹ p. Within a subtree the
+candidate is drawn in proportion to w (progressively: each new point replaces the
+candidate with probability w / Σ w so far); when a valid subtree is merged into the
+trajectory its candidate replaces the current one with probability
+min(1, W_subtree / W_trajectory), the *biased progressive sampling* that favours
+the far end (Betancourt 2017, §A.3.2). A subtree that diverges (H − H₀ > 1000, or
+a non-finite energy or score) or makes an internal U-turn is discarded whole.
+
+**Statistics.** The acceptance statistic used by warmup is the mean Metropolis
+ratio min(1, exp(H₀ − H(z))) over every point integrated in the step, including
+those of a discarded subtree (Stan's ``accept_stat__``).
+
+**Batching.** All chains run in one tensor, each with its own tree: directions
+and random choices are per chain, and masks record which chains are still
+growing. A leapfrog step evaluates the score only at the rows still integrating
+(the others are finished), so each chain costs one ``energy_and_score`` row per
+leapfrog step of its own tree, and the step as a whole costs max over chains of
+n_leapfrog batched calls.
+
+Shapes: positions ``(n_chains, *event_shape)``; per-chain info ``(n_chains,)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ebmalgebra.base import EnergyModel, check_count
+from ebmalgebra.samplers.base import (
+    Potential,
+    StepSizeSampler,
+    as_chain_values,
+    draw_normal,
+    draw_uniform,
+    expand_to_event,
+    select,
+    squared_norm,
+    sum_event,
+)
+from ebmalgebra.samplers.integrators import PhasePoint, leapfrog
+from ebmalgebra.samplers.metrics import Metric, metric_class
+
+__all__ = ["NUTS", "NUTSInfo", "NUTSState"]
+
+
+class NUTSState(NamedTuple):
+    """NUTS state.
+
+    Attributes:
+        position: ``(n_chains, *event_shape)``.
+        energy: E(position), ``(n_chains,)``.
+        score: s(position) = −∇E, like ``position`` (the first leapfrog step reuses it).
+        step_size: ε per chain, ``(n_chains,)``.
+        metric: the :class:`~ebmalgebra.samplers.metrics.Metric` (M⁻¹ and the factor of M).
+        potential: the compiled model (see :class:`~ebmalgebra.samplers.Potential`).
+    """
+
+    position: Tensor
+    energy: Tensor
+    score: Tensor
+    step_size: Tensor
+    metric: Metric
+    potential: Potential
+
+
+class NUTSInfo(NamedTuple):
+    """Per-step facts, one value per chain.
+
+    Attributes:
+        acceptance_rate: mean of min(1, exp(H₀ − H)) over the points integrated.
+        energy: the Hamiltonian H = E(x) + ½ pᵀ M⁻¹ p at the selected point (Stan's
+            ``energy__``, for energy plots).
+        energy_error: H at the selected point minus H₀ at the start.
+        divergent: a subtree's energy error exceeded ``max_energy_error``, or was NaN.
+        nonfinite: a point of the trajectory had a NaN/inf energy or score (discarded).
+        tree_depth: the number of subtrees merged (the trajectory has 2^depth points).
+        n_leapfrog: the leapfrog steps, i.e. score evaluations, this chain took.
+    """
+
+    acceptance_rate: Tensor
+    energy: Tensor
+    energy_error: Tensor
+    divergent: Tensor
+    nonfinite: Tensor
+    tree_depth: Tensor
+    n_leapfrog: Tensor
+
+
+class _Candidate(NamedTuple):
+    """A selected point: position, energy, score and Hamiltonian."""
+
+    position: Tensor
+    energy: Tensor
+    score: Tensor
+    hamiltonian: Tensor
+
+
+class _End(NamedTuple):
+    """The momentum p and velocity M⁻¹p at one end of a span of the trajectory."""
+
+    momentum: Tensor
+    velocity: Tensor
+
+
+class _Subtree(NamedTuple):
+    """A subtree of 2ʲ leapfrog steps grown from one end of the trajectory."""
+
+    end: PhasePoint        # the last point integrated (the new end of the trajectory)
+    first: _End            # the point next to the old trajectory
+    last: _End             # the last point, as an end
+    momentum_sum: Tensor   # ρ of the subtree
+    log_weight: Tensor     # log Σ w over the subtree
+    candidate: _Candidate
+    valid: Tensor          # grown in full without U-turn or divergence
+    n_leapfrog: Tensor
+    sum_accept: Tensor
+    divergent: Tensor
+    nonfinite: Tensor
+
+
+def merged_no_u_turn(outer_a: _End, inner_a: _End, sum_a: Tensor, inner_b: _End,
+                     outer_b: _End, sum_b: Tensor) -> Tensor:
+    """Whether two adjacent spans a and b, joined, keep going, per chain ``(n,)``.
+
+    Each span is given by its outer and inner ends (the inner ends touch) and its
+    momentum sum ρ. A span with ends u, w keeps going while (M⁻¹p_u)·ρ > 0 and
+    (M⁻¹p_w)·ρ > 0; checked on the joined span, on a plus b's inner point and on b
+    plus a's inner point (Stan's checks across merged subtrees), as one batched
+    product.
+    """
+    whole = sum_a + sum_b
+    a_extended = sum_a + inner_b.momentum
+    b_extended = sum_b + inner_a.momentum
+    velocities = torch.stack([outer_a.velocity, outer_b.velocity, outer_a.velocity,
+                              inner_b.velocity, inner_a.velocity, outer_b.velocity])
+    sums = torch.stack([whole, whole, a_extended, a_extended, b_extended, b_extended])
+    return ((velocities * sums).reshape(6, whole.shape[0], -1).sum(-1) > 0).all(0)
+
+
+def _where_point(mask: Tensor, new: NamedTuple, old: NamedTuple) -> NamedTuple:
+    """Row-wise ``new`` where ``mask`` else ``old``, field by field."""
+    return type(old)(*(select(mask, a, b) if a.dim() > 1 else torch.where(mask, a, b)
+                       for a, b in zip(new, old, strict=True)))
+
+
+class NUTS(StepSizeSampler):
+    """The No-U-Turn sampler: HMC whose path length adapts to the target, step by step.
+
+    See the module docstring for the algorithm. Needs energies: score-only models
+    raise :class:`~ebmalgebra.CapabilityError`. Warmup (``ebmalgebra.sample(...,
+    warmup=n)``) tunes ε by dual averaging of the acceptance statistic towards
+    ``target_accept`` and M⁻¹ by Stan's windowed scheme, both pooled over chains
+    (:func:`~ebmalgebra.samplers.adaptation.window_adaptation`).
+
+    Args:
+        step_size: initial ε, a float or one value per chain ``(n_chains,)``.
+        max_depth: the largest tree depth: at most 2^max_depth − 1 leapfrog steps per
+            step (Stan's 10).
+        metric: ``"diag"`` or ``"dense"`` (or a :class:`~ebmalgebra.samplers.metrics.Metric`
+            subclass).
+        inverse_mass: the initial M⁻¹ (default identity), shaped ``event_shape``
+            (diag) or ``(d, d)`` (dense).
+        target_accept: δ for step-size adaptation (Stan's 0.8).
+        adapt_step_size: tune ε in warmup.
+        adapt_mass: tune M⁻¹ in warmup.
+        max_energy_error: energy error H − H₀ beyond which a subtree is divergent.
+
+    Example:
+        >>> samples = ebmalgebra.sample(model, NUTS(), n_chains=4, n_steps=1000, warmup=1000)
+        >>> samples.stats["tree_depth"]  # mean tree depth over chains, per step
+    """
+
+    name = "NUTS"
+    leaves_target_invariant = True
+    tempering_step_exponent = 0.5
+    adaptation_flags = ("adapt_step_size", "adapt_mass")
+
+    def __init__(
+        self,
+        *,
+        step_size: float | Tensor = 0.1,
+        max_depth: int = 10,
+        metric: str | type[Metric] = "diag",
+        inverse_mass: Tensor | None = None,
+        target_accept: float = 0.8,
+        adapt_step_size: bool = True,
+        adapt_mass: bool = True,
+        max_energy_error: float = 1000.0,
+    ) -> None:
+        super().__init__(step_size=step_size, target_accept=target_accept,
+                         adapt_step_size=adapt_step_size)
+        check_count(max_depth, "NUTS: max_depth")
+        self.max_depth = max_depth
+        self.metric = metric
+        self._metric_class = metric_class(metric, self.name)
+        self.inverse_mass = None if inverse_mass is None else inverse_mass.detach()
+        self.adapt_mass = adapt_mass
+        if not max_energy_error > 0:
+            raise ValueError(f"NUTS: max_energy_error must be positive, got {max_energy_error!r}")
+        self.max_energy_error = float(max_energy_error)
+
+    # ------------------------------------------------------------------ init
+    def init(self, x0: Tensor, model: EnergyModel) -> NUTSState:
+        potential = Potential(model, operation=self.name, needs_energy=self.needs_energy)
+        potential.check(x0, self.name)
+        position = x0.detach()
+        energy, score = potential.energy_and_score(position)
+        step_size = as_chain_values(self.step_size, position, f"{self.name}: step_size")
+        if self.inverse_mass is None:
+            metric = self._metric_class.identity(position)
+        else:
+            metric = self._metric_class(self.inverse_mass.to(position))
+            metric.check(position, self.name)
+        return NUTSState(position, energy, score, step_size, metric, potential)
+
+    # ------------------------------------------------------------------ step
+    def step(self, state: NUTSState, generator: torch.Generator | None = None,
+             ) -> tuple[NUTSState, NUTSInfo]:
+        x, metric = state.position, state.metric
+        noise = draw_normal(x, generator)
+        momentum = metric.momentum_from_noise(noise)
+        # With p = F ξ the kinetic energy ½ pᵀ M⁻¹ p is ½ ‖ξ‖² exactly.
+        start_h = state.energy + 0.5 * squared_norm(noise)
+        left = right = PhasePoint(x, momentum, state.energy, state.score)
+        candidate = _Candidate(x, state.energy, state.score, start_h)
+        log_weight = torch.zeros_like(start_h)
+        momentum_sum = momentum
+        growing = torch.ones_like(start_h, dtype=torch.bool)
+        zeros = torch.zeros_like(start_h, dtype=torch.long)
+        depth, n_leapfrog = zeros, zeros
+        sum_accept = torch.zeros_like(start_h)
+        divergent = nonfinite = torch.zeros_like(growing)
+        for tree_depth in range(self.max_depth):
+            forward = draw_uniform(x, generator) < 0.5
+            signed_step = torch.where(forward, state.step_size, -state.step_size)
+            begin = _where_point(forward, right, left)
+            subtree = self._grow(begin, signed_step, tree_depth, growing, start_h, state,
+                                 generator)
+            n_leapfrog = n_leapfrog + subtree.n_leapfrog
+            sum_accept = sum_accept + subtree.sum_accept
+            divergent = divergent | subtree.divergent
+            nonfinite = nonfinite | subtree.nonfinite
+            merge = growing & subtree.valid
+            # Biased progressive sampling: favour the new subtree's candidate.
+            take = merge & (draw_uniform(x, generator) < (subtree.log_weight - log_weight).exp())
+            candidate = _where_point(take, subtree.candidate, candidate)
+            log_weight = torch.where(merge, torch.logaddexp(log_weight, subtree.log_weight),
+                                     log_weight)
+            forward_rows = expand_to_event(forward, momentum)
+            near = torch.where(forward_rows, right.momentum, left.momentum)
+            far = torch.where(forward_rows, left.momentum, right.momentum)
+            keeps_going = merged_no_u_turn(
+                _End(far, metric.velocity(far)), _End(near, metric.velocity(near)),
+                momentum_sum, subtree.first, subtree.last, subtree.momentum_sum)
+            right = _where_point(merge & forward, subtree.end, right)
+            left = _where_point(merge & ~forward, subtree.end, left)
+            momentum_sum = select(merge, momentum_sum + subtree.momentum_sum, momentum_sum)
+            depth = depth + merge.long()
+            growing = merge & keeps_going
+            if not bool(growing.any()):
+                break
+        energy_error = candidate.hamiltonian - start_h
+        new_state = state._replace(position=candidate.position, energy=candidate.energy,
+                                   score=candidate.score)
+        info = NUTSInfo(sum_accept / n_leapfrog.to(sum_accept.dtype), candidate.hamiltonian,
+                        energy_error, divergent, nonfinite, depth, n_leapfrog)
+        return new_state, info
+
+    def _grow(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int,
+              growing: Tensor, start_h: Tensor, state: NUTSState,
+              generator: torch.Generator | None) -> _Subtree:
+        """Integrate a subtree of 2^tree_depth steps from ``begin`` for the ``growing`` chains.
+
+        U-turns inside the subtree are checked without storing its points: the leaves
+        of aligned blocks of 2ᵏ steps (k = 0 … depth) are remembered where a block
+        starts (its first momentum, the running momentum sum before it and the
+        momentum just before it), so when the block's last leaf arrives, its span and
+        the two spans across the join of its halves are known.
+        """
+        metric, potential = state.metric, state.potential
+        point = begin
+        valid = growing
+        log_weight = torch.full_like(start_h, -math.inf)
+        candidate = _Candidate(begin.position, begin.energy, begin.score, start_h)
+        running_sum = torch.zeros_like(begin.momentum)
+        previous = _End(begin.momentum, metric.velocity(begin.momentum))
+        # Per level k: (first end of the current block of 2ᵏ leaves, ρ before it, the end
+        # just before it).
+        block_starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth + 1)
+        n_leapfrog = torch.zeros_like(start_h, dtype=torch.long)
+        sum_accept = torch.zeros_like(start_h)
+        divergent = nonfinite = torch.zeros_like(growing)
+        for leaf in range(2 ** tree_depth):
+            n_valid = int(valid.sum())
+            if n_valid == 0:
+                break
+            point = _leapfrog_rows(point, signed_step, metric, potential, valid, n_valid)
+            last = _End(point.momentum, metric.velocity(point.momentum))
+            hamiltonian = point.energy + 0.5 * torch.linalg.vecdot(
+                _flat(last.momentum), _flat(last.velocity))
+            energy_error = hamiltonian - start_h
+            # One check for energy, kinetic energy and score: NaN/inf propagate to the sum.
+            check = energy_error + sum_event(point.score)
+            finite = (check - check) == 0
+            n_leapfrog = n_leapfrog + valid.long()
+            accept = torch.where(finite, (-energy_error).clamp(max=0.0).exp(), 0.0)
+            sum_accept = sum_accept + torch.where(valid, accept, 0.0)
+            # NaN errors (∞ − ∞) count as divergent too.
+            diverged = valid & ~(energy_error <= self.max_energy_error)
+            divergent = divergent | diverged
+            nonfinite = nonfinite | (valid & ~finite)
+            leaf_weight = torch.where(finite, -energy_error, -math.inf)
+            new_log_weight = torch.logaddexp(log_weight, leaf_weight)
+            take = valid & finite & (
+                draw_uniform(start_h, generator) < (leaf_weight - new_log_weight).exp())
+            candidate = _where_point(take, _Candidate(point.position, point.energy,
+                                                      point.score, hamiltonian), candidate)
+            log_weight = torch.where(valid, new_log_weight, log_weight)
+            sum_before = running_sum
+            running_sum = select(valid, running_sum + point.momentum, running_sum)
+            for k in range(tree_depth + 1):
+                if leaf % 2 ** k == 0:
+                    block_starts[k] = (last, sum_before, previous)
+            keeps_going = ~diverged
+            for k in range(1, tree_depth + 1):
+                if (leaf + 1) % 2 ** k:
+                    break
+                first, sum_before_block, _ = block_starts[k]
+                middle, sum_before_middle, before_middle = block_starts[k - 1]
+                # The block's halves: [first … before_middle] and [middle … this leaf].
+                keeps_going = keeps_going & merged_no_u_turn(
+                    first, before_middle, sum_before_middle - sum_before_block,
+                    middle, last, running_sum - sum_before_middle)
+            valid = valid & keeps_going
+            previous = last
+        return _Subtree(point, block_starts[tree_depth][0], last, running_sum, log_weight,
+                        candidate, valid, n_leapfrog, sum_accept, divergent, nonfinite)
+
+def _flat(x: Tensor) -> Tensor:
+    return x if x.dim() == 2 else x.reshape(x.shape[0], -1)
+
+
+def _leapfrog_rows(point: PhasePoint, signed_step: Tensor, metric: Metric,
+                   potential: Potential, rows: Tensor, n_rows: int) -> PhasePoint:
+    """One leapfrog step of the ``n_rows`` chains in ``rows`` (``(n,)`` bool).
+
+    When they are at most half of the chains only they are evaluated (the others
+    stay put), so finished chains cost no score evaluations; otherwise every row is
+    stepped, which is cheaper than gathering, and the other rows' results are unused.
+    """
+    if 2 * n_rows > rows.shape[0]:
+        return leapfrog(point, signed_step, metric, potential.energy_and_score)
+    index = rows.nonzero().squeeze(1)
+    moved = leapfrog(PhasePoint(*(t.index_select(0, index) for t in point)),
+                     signed_step.index_select(0, index), metric, potential.energy_and_score)
+    return PhasePoint(*(t.index_copy(0, index, new) for t, new in zip(point, moved, strict=True)))

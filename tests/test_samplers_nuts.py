@@ -1,0 +1,214 @@
+"""NUTS: invariance on closed-form targets, stationarity, divergences, robustness.
+
+Tolerances. Moment checks compare the sample mean of f(x) (f = x or (x − μ)²)
+with its exact expectation and pass when |estimate − truth| ≤ 4 · MCSE, with
+MCSE = sd(f) / √ESS_mean(f) measured on the same draws
+(``ebmalgebra.diagnostics.mcse_mean``): for a correct sampler the standardised
+error is ~N(0, 1), so a check fails by chance with probability 6e-5; ESS ≥ 100
+is required so that the MCSE itself is reliable. Stationarity checks use
+two-sample KS tests, p > 1e-3 under the null. Seeds are fixed throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from unittest import mock
+
+import pytest
+import torch
+from sampler_helpers import F64, assert_moments
+from test_samplers_statistics import STATIONARITY_TARGETS, ks_after_steps
+
+import ebmalgebra as eb
+from ebmalgebra.samplers import NUTS, NUTSInfo, NUTSState
+from ebmalgebra.samplers import nuts as nuts_module
+from ebmalgebra.samplers.integrators import PhasePoint, leapfrog
+from ebmalgebra.targets import Funnel, Gaussian, GaussianMixture, MultivariateGaussian
+
+
+def run(model, sampler, *, seed: int, n_chains: int = 64, n_steps: int = 300,
+        warmup: int = 300, x0=None) -> eb.samplers.Samples:
+    generator = torch.Generator().manual_seed(seed)
+    if x0 is None:
+        x0 = torch.randn((n_chains, *model.event_shape), generator=generator, dtype=F64)
+    return eb.sample(model, sampler, x0=x0, n_steps=n_steps, warmup=warmup,
+                     generator=generator, progress=False)
+
+
+# ------------------------------------------------------------------ moments
+
+SCALES = torch.tensor([0.1, 0.5, 1.0, 3.0], dtype=F64)
+COVARIANCE = torch.tensor([[1.0, 0.95, 0.0], [0.95, 1.0, 0.3], [0.0, 0.3, 2.0]], dtype=F64)
+GMM_LOCS = torch.tensor([[-1.5, 0.0], [1.5, 0.5]], dtype=F64)
+GMM_SCALES = torch.tensor([0.8, 1.0], dtype=F64)
+GMM_WEIGHTS = torch.tensor([0.4, 0.6], dtype=F64)
+
+
+def gmm_moments() -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean Σ πₖ μₖ and E(x − μ)² = Σ πₖ (σₖ² + (μₖ − μ)²) per coordinate."""
+    mean = GMM_WEIGHTS @ GMM_LOCS
+    second = GMM_WEIGHTS @ (GMM_SCALES[:, None] ** 2 + (GMM_LOCS - mean) ** 2)
+    return mean, second
+
+
+@pytest.mark.slow
+def test_nuts_matches_an_ill_scaled_gaussian():
+    samples = run(Gaussian(torch.zeros(4, dtype=F64), SCALES), NUTS(), seed=1)
+    assert_moments(samples.draws, torch.zeros(4), SCALES**2, "diag gaussian")
+    # Warmup learned the variances, so the trajectories are short.
+    assert samples.stats["tree_depth"][300:].mean() < 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", ["diag", "dense"])
+def test_nuts_matches_a_correlated_gaussian(metric):
+    model = MultivariateGaussian(torch.tensor([1.0, -1.0, 0.5], dtype=F64), COVARIANCE)
+    samples = run(model, NUTS(metric=metric), seed=2, warmup=200, n_steps=200)
+    assert_moments(samples.draws, model.loc, COVARIANCE.diagonal(), f"{metric} correlated")
+
+
+@pytest.mark.slow
+def test_nuts_matches_a_gaussian_mixture():
+    model = GaussianMixture(GMM_LOCS, GMM_SCALES, weights=GMM_WEIGHTS)
+    mean, second = gmm_moments()
+    samples = run(model, NUTS(), seed=3, n_chains=128)
+    assert_moments(samples.draws, mean, second, "gmm")
+
+
+# ------------------------------------------------------------- one step, by hand
+
+def test_a_tree_of_depth_one_is_one_leapfrog_step_taken_by_biased_progressive_sampling():
+    """With max_depth=1 NUTS takes one leapfrog step forwards or backwards and moves
+    there with probability min(1, w), w = exp(H₀ − H₁): biased progressive sampling
+    compares the one-point subtree with the one-point trajectory (the start). Checked
+    against the integrator itself."""
+    model = Gaussian(torch.zeros(2, dtype=F64), 1.0)
+    n = 4000
+    x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    sampler = NUTS(step_size=1.3, max_depth=1)
+    state = sampler.init(x0, model)
+    new_state, info = sampler.step(state, torch.Generator().manual_seed(5))
+    assert (info.tree_depth <= 1).all() and (info.n_leapfrog == 1).all()
+    moved = (new_state.position != x0).any(1)
+    # Recompute both possible one-step moves and their weights independently.
+    weights = []
+    for sign in (1.0, -1.0):
+        generator = torch.Generator().manual_seed(5)
+        momentum = torch.randn(n, 2, generator=generator, dtype=F64)
+        energy, score = state.potential.energy_and_score(x0)
+        end = leapfrog(PhasePoint(x0, momentum, energy, score), sign * 1.3, state.metric,
+                       state.potential.energy_and_score)
+        h0 = energy + 0.5 * (momentum**2).sum(1)
+        h1 = end.energy + 0.5 * (end.momentum**2).sum(1)
+        weights.append(((h0 - h1).exp(), end.position))
+    on_either = torch.zeros(n, dtype=torch.bool)
+    for _, end in weights:
+        on_either |= torch.isclose(new_state.position, end).all(1)
+    assert (on_either | ~moved).all()
+    # Averaged over direction, P(move) = ½ Σ_dir min(1, w); binomial error ≤ 4 sd.
+    expected = sum(w.clamp(max=1.0) for w, _ in weights) / 2
+    rate, p = moved.double().mean(), expected.mean()
+    assert abs(rate - p) <= 4 * math.sqrt(p * (1 - p) / n)
+    # The acceptance statistic of one point is its Metropolis ratio.
+    assert ((info.acceptance_rate >= 0) & (info.acceptance_rate <= 1)).all()
+
+
+# ----------------------------------------------------------------- stationarity
+
+class NUTSWithoutSubtreeChecks(NUTS):
+    """Deliberately wrong: checks U-turns only across the whole trajectory, never
+    inside a subtree, so the tree NUTS builds depends on where in it the chain
+    started. The stationarity test must reject it."""
+
+    def _grow(self, *args, **kwargs):
+        def always(outer_a, *others):
+            return torch.ones(outer_a.momentum.shape[0], dtype=torch.bool)
+
+        with mock.patch.object(nuts_module, "merged_no_u_turn", always):
+            return super()._grow(*args, **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", sorted(STATIONARITY_TARGETS))
+def test_nuts_keeps_the_target_stationary(target):
+    """p > 1e-3 per coordinate: under stationarity p is uniform, so each check fails
+    by chance with probability 1e-3 (outcomes are fixed by the seed)."""
+    model = STATIONARITY_TARGETS[target]()
+    p_values = ks_after_steps(model, NUTS(step_size=0.9), seed=21, n_steps=8)
+    assert min(p_values) > 1e-3, p_values
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", sorted(STATIONARITY_TARGETS))
+def test_stationarity_test_catches_nuts_without_subtree_checks(target):
+    model = STATIONARITY_TARGETS[target]()
+    p_values = ks_after_steps(model, NUTSWithoutSubtreeChecks(step_size=0.9), seed=21,
+                              n_steps=8)
+    assert min(p_values) < 1e-6, p_values
+
+
+# -------------------------------------------------------------------- funnel
+
+@pytest.mark.slow
+def test_funnel_diverges_centred_and_not_non_centred():
+    """Neal's funnel in 10-D: v ~ N(0, 3²), xᵢ | v ~ N(0, eᵛ). Centred, the neck is
+    too narrow for any one step size and trajectories diverge; non-centred
+    (v = 3 z₀, xᵢ = e^{v/2} zᵢ with z ~ N(0, I)) the target is a standard normal."""
+    centred = run(Funnel(10, scale=3.0), NUTS(max_depth=6), seed=6, n_chains=8,
+                  warmup=100, n_steps=100)
+    non_centred = run(Gaussian(torch.zeros(10, dtype=F64), 1.0), NUTS(max_depth=6), seed=6,
+                      n_chains=8, warmup=100, n_steps=100)
+    assert int(centred.n_divergent.sum()) > 0
+    assert int(non_centred.n_divergent.sum()) == 0
+
+
+def test_divergent_subtrees_are_reported_and_never_chosen():
+    """A step size far too large on a narrow Gaussian: every first step diverges, so
+    the chain stays where it was and says so."""
+    model = Gaussian(torch.zeros(2, dtype=F64), 0.01)
+    x0 = torch.full((8, 2), 0.005, dtype=F64)
+    sampler = NUTS(step_size=10.0)
+    state, info = sampler.step(sampler.init(x0, model), torch.Generator().manual_seed(0))
+    assert info.divergent.all()
+    assert (info.tree_depth == 0).all() and (info.n_leapfrog == 1).all()
+    assert torch.equal(state.position, x0)
+    assert (info.acceptance_rate == 0).all()
+
+
+# ---------------------------------------------------------------- the driver
+
+def test_nuts_runs_in_the_driver_and_reports_per_chain_statistics():
+    model = Gaussian(torch.zeros(3, dtype=F64), 1.0)
+    sampler = NUTS()
+    state = sampler.init(torch.zeros(5, 3, dtype=F64), model)
+    assert isinstance(state, NUTSState)
+    _, info = sampler.step(state, torch.Generator().manual_seed(0))
+    assert isinstance(info, NUTSInfo)
+    for field in info:
+        assert field.shape == (5,)
+    samples = run(model, sampler, seed=7, n_chains=5, warmup=50, n_steps=20)
+    assert samples.draws.shape == (20, 5, 3)
+    assert samples.stats["tree_depth"].shape == (70,)
+    assert samples.draws.dtype == F64
+
+
+def test_nuts_rejects_bad_hyper_parameters():
+    with pytest.raises(ValueError, match="max_depth"):
+        NUTS(max_depth=0)
+    with pytest.raises(ValueError, match="metric"):
+        NUTS(metric="full")
+    with pytest.raises(ValueError, match="max_energy_error"):
+        NUTS(max_energy_error=-1.0)
+    with pytest.raises(eb.CompositionError, match="inverse_mass"):
+        NUTS(inverse_mass=torch.ones(3)).init(torch.zeros(2, 2), Gaussian(torch.zeros(2), 1.0))
+
+
+def test_sample_without_a_sampler_runs_nuts_and_says_so():
+    model = Gaussian(torch.zeros(2, dtype=F64), 1.0)
+    samples = eb.sample(model, n_chains=4, n_steps=50, warmup=30,
+                        generator=torch.Generator().manual_seed(8), progress=False)
+    assert isinstance(samples.sampler, NUTS)
+    assert str(samples.summary()).startswith("sampler: NUTS")
+    score_only = eb.from_score(lambda x: -x, 2, name="denoiser")
+    with pytest.raises(eb.CapabilityError, match="denoiser"):
+        eb.sample(score_only, n_chains=4, n_steps=10)
