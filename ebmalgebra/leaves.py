@@ -316,7 +316,40 @@ class DistributionLeaf(Leaf):
         self.distribution = distribution
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
-        return -self.distribution.log_prob(x)
+        # Outside the support p = 0, so E = +∞: samplers reject such proposals and count
+        # them, where log_prob itself would raise (validate_args) or return NaN. log_prob
+        # sees an in-support stand-in there, so that neither it nor its gradient meets them.
+        inside = self._in_support(x)
+        if inside is None:
+            return -self._log_prob(x)
+        mask = inside.reshape(-1, *(1,) * (x.dim() - 1))
+        stand_in = self._point_in_support().to(x)
+        energy = -self._log_prob(torch.where(mask, x, stand_in))
+        return torch.where(inside, energy, torch.full_like(energy, torch.inf))
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        try:
+            return self.distribution.log_prob(x)
+        except ValueError as error:
+            raise ValueError(f"{self!r}: {error}") from error
+
+    def _in_support(self, x: Tensor) -> Tensor | None:
+        """Whether each x lies in the support, ``(batch,)``; None where torch cannot tell."""
+        try:
+            inside = self.distribution.support.check(x)
+        except (NotImplementedError, ValueError):  # e.g. constraints.dependent
+            return None
+        return inside.reshape(x.shape[0], -1).all(1)
+
+    def _point_in_support(self) -> Tensor:
+        """One fixed draw of the distribution (seeded, cached): a point where log p is finite."""
+        point = getattr(self, "_support_point", None)
+        if point is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                point = self.distribution.sample().detach()
+            self._support_point = point
+        return point
 
     def _log_z(self) -> Tensor:
         return torch.zeros((), dtype=torch.float64)
@@ -383,5 +416,9 @@ def from_score(
 
 
 def from_distribution(distribution: Distribution, *, name: str = "distribution") -> EnergyModel:
-    """A normalised model with exact sampling from a ``torch.distributions`` object."""
+    """A normalised model with exact sampling from a ``torch.distributions`` object.
+
+    Outside the distribution's support E = +∞ (score 0): Metropolis-corrected
+    samplers reject and count proposals there instead of failing.
+    """
     return DistributionLeaf(distribution, name=name)

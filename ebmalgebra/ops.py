@@ -213,7 +213,9 @@ class Mixture(Operator):
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         probs = self.component_weights()
-        index = torch.multinomial(probs.float(), n, replacement=True, generator=generator)
+        # torch.multinomial refuses n = 0; an empty index still asks each child for (0, *event).
+        index = (torch.multinomial(probs.float(), n, replacement=True, generator=generator)
+                 if n else torch.zeros(0, dtype=torch.long))
         draws = [c._sample(int((index == k).sum()), generator) for k, c in
                  enumerate(self._children)]
         out = torch.empty((n, *draws[0].shape[1:]), dtype=draws[0].dtype,

@@ -320,8 +320,10 @@ class GaussianMixture(AnalyticTarget):
         return Components(self.weights.double().log(), self.locs.double(), trils @ trils.mT)
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
-        component = torch.multinomial(self.weights.float(), n, replacement=True,
-                                      generator=generator).to(self.locs.device)
+        # torch.multinomial refuses n = 0, which must give an empty (0, d) batch.
+        component = (torch.multinomial(self.weights.float(), n, replacement=True,
+                                       generator=generator) if n
+                     else torch.zeros(0, dtype=torch.long)).to(self.locs.device)
         noise = self._randn(n, generator, self.locs.shape[1])
         return self.locs[component] + torch.einsum(
             "bij,bj->bi", self.scale_trils[component], noise)
@@ -423,20 +425,23 @@ class Ring(AnalyticTarget):
     def _energy_and_score(
         self, x: Tensor, t: TimeLike, create_graph: bool
     ) -> tuple[Tensor, Tensor]:
-        rho = x.norm(dim=-1)
+        # hypot does not underflow (x.norm() is 0 for |x| ≲ 1e-154 in float64), so x/ρ is
+        # the unit vector it should be however close x is to the origin.
+        rho = torch.hypot(x[:, 0], x[:, 1])
         gap = (rho - self.radius) / self.width
         energy = 0.5 * gap * gap + self.log_normalizer
-        # At the origin (a cone point) this gives the zero subgradient instead of 0/0.
-        direction = x / rho.clamp_min(torch.finfo(x.dtype).eps)[:, None]
+        # At the origin itself (a cone point) this gives the zero subgradient instead of 0/0.
+        direction = torch.where(rho[:, None] > 0, x / rho[:, None], torch.zeros_like(x))
         return energy, -(gap / self.width)[:, None] * direction
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         r, w = self.radius, self.width
         mass_gaussian = r * w * math.sqrt(2.0 * math.pi)
         p_gaussian = mass_gaussian / (mass_gaussian + 2.0 * w * w)
-        accepted: list[Tensor] = []
-        total = 0
         dtype, device = self.hyperparameters.dtype, self.hyperparameters.device
+        # Seeded with an empty tensor so that n = 0 gives an empty (0, 2) batch.
+        accepted = [torch.empty(0, dtype=dtype, device=device)]
+        total = 0
         while total < n:
             m = max(2 * (n - total), 16)
             u = torch.rand(m, 4, generator=generator, dtype=dtype, device=device)

@@ -35,6 +35,17 @@ def test_roc_auc_is_the_mann_whitney_statistic_with_ties():
     assert roc_auc([0.0], [np.inf]) == 1.0
 
 
+@pytest.mark.parametrize("function", [roc_auc, roc_curve])
+def test_roc_needs_one_dimensional_scores(function):
+    # A (3, 2) score would otherwise be flattened and ranked as six samples.
+    with pytest.raises(ValueError, match=r"inlier_scores must be 1-D.*\(3, 2\)"):
+        function(torch.zeros(3, 2), torch.ones(3))
+    with pytest.raises(ValueError, match=r"outlier_scores must be 1-D.*\(3, 2\)"):
+        function(torch.zeros(3), torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"outlier_scores must be 1-D.*\(\)"):
+        function([0.0, 1.0], 2.0)
+
+
 def test_roc_curve_has_the_same_area():
     rng = np.random.default_rng(1)
     inliers, outliers = rng.normal(size=300), rng.normal(1.0, size=200)

@@ -52,6 +52,27 @@ def test_energy_is_the_masked_squared_residual_over_two_sigma_squared():
     check_against_autograd(leaf, x)
 
 
+def test_fractional_mask_weights_scale_the_precision_per_coordinate():
+    # A weight M_i is observation noise σ/M_i on coordinate i: the likelihood is the
+    # diagonal Gaussian N(y, diag(σ/M)²) up to its constant, an independent closed form.
+    y = torch.tensor([0.3, -1.0, 2.0, 0.5], dtype=torch.float64)
+    mask = torch.tensor([0.5, 0.25, 1.0, 2.0], dtype=torch.float64)
+    leaf = GaussianLikelihood(y, 0.4, mask=mask)
+    gaussian = Gaussian(y, 0.4 / mask)
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    energy, score = leaf.energy_and_score(x)
+    torch.testing.assert_close(energy, gaussian.energy(x) - gaussian.log_constant)
+    torch.testing.assert_close(score, gaussian.score(x))
+    # Through a matrix A: s = −Aᵀ (M² ⊙ (Ax − y)) / σ².
+    matrix = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    projected = GaussianLikelihood(y, 0.4, mask=mask, operator=matrix)
+    x3 = x[:, :3]
+    residual = x3 @ matrix.T - y
+    torch.testing.assert_close(projected.energy(x3),
+                               (mask * residual).square().sum(1) / (2 * 0.16))
+    torch.testing.assert_close(projected.score(x3), -(mask**2 * residual) @ matrix / 0.16)
+
+
 def test_matrix_operator_batched_observations_and_noise_levels_have_analytic_scores():
     matrix = torch.randn(3, 4)
     y = torch.randn(5, 3)  # five observations

@@ -176,3 +176,55 @@ def test_history_smoothing_window_must_be_a_positive_int(window):
         history.smoothed(window)
     with pytest.raises(ValueError, match="History.plot: window must be a positive int"):
         history.plot(window=window)
+
+
+class _NoiseConditionedGaussian(torch.nn.Module):
+    """E(x, t) = ‖x − μ‖² / (2(1 + t²)) with a learnable μ; t has shape (batch,)."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, x, t):
+        return 0.5 * (x - self.loc).square().sum(-1) / (1.0 + torch.as_tensor(t) ** 2)
+
+
+def _documented_losses():
+    """Every loss exported by ebmalgebra.learning, with only its required options bound."""
+    from ebmalgebra import learning
+    from ebmalgebra.samplers import ULA
+
+    gaussian = lambda: gaussian_model()  # noqa: E731
+    noisy = lambda: (net := _NoiseConditionedGaussian(),  # noqa: E731
+                     from_energy(net, 2, name="noisy", noise_conditioned=True))
+    return [
+        ("score_matching", learning.score_matching, gaussian),
+        ("exact_score_matching", learning.exact_score_matching, gaussian),
+        ("sliced_score_matching", learning.sliced_score_matching, gaussian),
+        ("denoising_score_matching", learning.denoising_score_matching, gaussian),
+        ("multi_noise_dsm", learning.multi_noise_dsm, noisy),
+        ("contrastive_divergence",
+         partial(learning.contrastive_divergence, sampler=ULA(step_size=0.01), n_steps=2),
+         gaussian),
+    ]
+
+
+def test_the_documented_losses_are_all_listed_here():
+    from ebmalgebra import learning
+
+    documented = {name for name in learning.__all__
+                  if "matching" in name or name in ("multi_noise_dsm", "contrastive_divergence")}
+    assert documented == {name for name, _, _ in _documented_losses()}
+
+
+@pytest.mark.parametrize(("name", "loss", "make_model"), _documented_losses(),
+                         ids=[name for name, _, _ in _documented_losses()])
+def test_every_documented_loss_trains_through_fit_as_is(name, loss, make_model):
+    # fit calls loss(model, batch, generator=...): each loss must accept that call.
+    net, model = make_model()
+    before = parameters_of(net)
+    history = fit(model, data(64), loss, epochs=1, batch_size=64,
+                  generator=torch.Generator().manual_seed(0), progress=False)
+    assert history.steps == 1 and torch.isfinite(torch.tensor(history.losses)).all()
+    assert any(not torch.equal(p.detach(), q) for p, q in zip(net.parameters(), before,
+                                                              strict=True))

@@ -1,11 +1,14 @@
 """Leaves from callables, modules, score functions and torch distributions."""
 
+import math
+
 import pytest
 import torch
 from torch import distributions as D
 
 import ebmalgebra as eb
 from ebmalgebra import CapabilityError, CompositionError
+from ebmalgebra.samplers import HMC, MALA
 
 F64 = torch.float64
 
@@ -85,6 +88,49 @@ def test_from_distribution_is_normalised_and_samples_reproducibly():
     assert torch.equal(state, torch.get_rng_state())  # the global RNG is left alone
     mixture = 0.5 * leaf | 0.5 * eb.targets.Ring(name="ring")
     assert mixture.can_sample and mixture.sample(6).shape == (6, 2)
+
+
+def test_a_point_outside_a_distributions_support_has_infinite_energy():
+    gamma = D.Gamma(torch.tensor(2.0, dtype=F64), torch.tensor(1.0, dtype=F64))
+    leaf = eb.from_distribution(gamma, name="rate")
+    x = torch.tensor([-3.0, -1e-12, 0.5, 4.0], dtype=F64)
+    energy, score = leaf.energy_and_score(x)
+    assert torch.equal(energy[:2], torch.full((2,), torch.inf, dtype=F64))
+    assert torch.equal(score[:2], torch.zeros(2, dtype=F64))  # finite: nothing to propagate
+    # Inside: E = −log p = −log(x e^{−x}) for Gamma(2, 1), s = 1 − 1/x.
+    inside = x[2:]
+    torch.testing.assert_close(energy[2:], inside - inside.log())
+    torch.testing.assert_close(score[2:], 1.0 / inside - 1.0)
+    # Event-shaped supports are checked per sample: the simplex of a Dirichlet.
+    simplex = eb.from_distribution(D.Dirichlet(torch.ones(3, dtype=F64)), name="simplex")
+    points = torch.tensor([[0.2, 0.3, 0.5], [0.5, 0.6, -0.1]], dtype=F64)
+    torch.testing.assert_close(simplex.energy(points),
+                               torch.tensor([-math.log(2.0), math.inf], dtype=F64))
+
+
+@pytest.mark.parametrize("sampler", [MALA(step_size=1.0), HMC(step_size=1.0, n_leapfrog=4)],
+                         ids=["MALA", "HMC"])
+def test_samplers_reject_and_count_proposals_outside_the_support(sampler):
+    # Steps of 1 near x ≈ 1 leave (0, ∞) often; those proposals are rejected, not raised.
+    gamma = D.Gamma(torch.tensor(2.0, dtype=F64), torch.tensor(1.0, dtype=F64))
+    leaf = eb.from_distribution(gamma, name="rate")
+    out = eb.sample(leaf, sampler, x0=torch.ones(64, dtype=F64), n_steps=300, warmup=0,
+                    generator=torch.Generator().manual_seed(0), progress=False)
+    assert (out.draws > 0).all()
+    assert int(out.n_nonfinite.sum()) > 0
+    # Gamma(2, 1) has mean 2 and sd √2; z ≤ 4 with the ESS-based standard error.
+    standard_error = math.sqrt(2.0 / float(out.ess()))
+    assert abs(float(out.draws.mean()) - 2.0) < 4 * standard_error
+
+
+def test_an_error_of_a_distributions_log_prob_names_the_leaf():
+    class Picky(D.Normal):
+        def log_prob(self, value):
+            raise ValueError("picky about its values")
+
+    leaf = eb.from_distribution(Picky(torch.tensor(0.0), torch.tensor(1.0)), name="picky")
+    with pytest.raises(ValueError, match="^picky: picky about its values"):
+        leaf.energy(torch.zeros(3))
 
 
 @pytest.mark.parametrize("build,match", [

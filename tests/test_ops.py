@@ -92,6 +92,22 @@ def test_capability_rules(abc):
     torch.testing.assert_close((2 * a).log_z(), torch.log(torch.tensor(2.0)).double())
 
 
+@pytest.mark.parametrize(("build", "p_right"), [
+    (lambda a, b: 0.25 * a | 0.75 * b, 0.75),
+    # The weights are w_i·Z_i: a doubled left component has 0.25·2 / (0.25·2 + 0.75) = 0.4.
+    (lambda a, b: 0.25 * (2 * a) | 0.75 * b, 0.6),
+    (lambda a, b: eb.compile(0.25 * a | 0.75 * b), 0.75),
+], ids=["weights", "weight-times-Z", "compiled"])
+def test_exact_mixture_samples_follow_the_component_weights(build, p_right):
+    a = Gaussian(torch.full((2,), -10.0), 1.0, name="left")
+    b = Gaussian(torch.full((2,), 10.0), 1.0, name="right")
+    n = 20000
+    draws = build(a, b).sample(n, torch.Generator().manual_seed(5))
+    fraction = float((draws[:, 0] > 0).double().mean())  # the modes are 10 sd from 0
+    # Binomial standard error √(p(1 − p)/n) ≤ 0.0035; z ≤ 4. Equal weights (0.5) are 70 off.
+    assert abs(fraction - p_right) < 4 * (p_right * (1 - p_right) / n) ** 0.5
+
+
 def test_errors_name_the_smallest_offending_subexpression(abc):
     a, b, c = abc
     score_only = eb.from_score(lambda x: -x, 2, name="denoiser")

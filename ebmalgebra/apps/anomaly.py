@@ -127,7 +127,10 @@ class LikelihoodRatioDetector:
 def _as_scores(values: object, what: str) -> np.ndarray:
     array = (values.detach().cpu().double().numpy() if isinstance(values, Tensor)
              else np.asarray(values, dtype=np.float64))
-    array = array.reshape(-1)
+    if array.ndim != 1:
+        # Flattening (n, k) scores would rank n·k numbers as if they were n·k samples.
+        raise ValueError(f"{what} must be 1-D, one score per sample (n,); got shape "
+                         f"{tuple(array.shape)}")
     if array.size == 0:
         raise ValueError(f"{what} must not be empty")
     if np.isnan(array).any():
@@ -141,7 +144,7 @@ def roc_auc(inlier_scores: Tensor | np.ndarray, outlier_scores: Tensor | np.ndar
     AUC = P(s_out > s_in) + ½ P(s_out = s_in), the Mann–Whitney statistic
     computed from average ranks (ties count one half): 1 separates perfectly,
     0.5 is chance, below 0.5 the score ranks the wrong way round. ±inf scores
-    are allowed; NaN raises ``ValueError``.
+    are allowed; NaN or scores that are not 1-D ``(n,)`` raise ``ValueError``.
 
     Example:
         >>> roc_auc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0]))

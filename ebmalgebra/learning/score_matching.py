@@ -115,11 +115,14 @@ def score_matching(
     raise ValueError(f"score_matching: method must be one of {_METHODS}, got {method!r}")
 
 
-def exact_score_matching(model: EnergyModel, batch: Tensor, *, t: TimeLike = None) -> Tensor:
+def exact_score_matching(model: EnergyModel, batch: Tensor, *, t: TimeLike = None,
+                         generator: torch.Generator | None = None) -> Tensor:
     """Hyvärinen's J = mean_x [ ½ ‖s(x)‖² + tr ∇ₓ s(x) ], the trace by autograd.
 
     J equals the Fisher divergence ½ E ‖s − ∇ log p_d‖² minus the data-only
     constant ½ E ‖∇ log p_d‖². Cost: one backward pass per dimension of x.
+    The loss is deterministic; ``generator`` is accepted (and unused) so that
+    it fits the loss signature of :func:`~ebmalgebra.learning.fit`.
     """
     check_model(model, "exact_score_matching", "score")
     x = check_batch(model, batch, "exact_score_matching").detach().requires_grad_(True)

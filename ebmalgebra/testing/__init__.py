@@ -12,7 +12,8 @@ Users property-test their own compositions with it::
 Requires ``hypothesis`` (installed with the ``dev`` extra).
 """
 
-from ebmalgebra.testing.assertions import assert_equivalent
-from ebmalgebra.testing.strategies import expressions, leaves, points
+from ebmalgebra.testing.assertions import assert_equivalent, assert_score_is_gradient
+from ebmalgebra.testing.strategies import expressions, leaves, points, points_at_all_scales
 
-__all__ = ["assert_equivalent", "expressions", "leaves", "points"]
+__all__ = ["assert_equivalent", "assert_score_is_gradient", "expressions", "leaves", "points",
+           "points_at_all_scales"]

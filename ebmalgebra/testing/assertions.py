@@ -1,11 +1,12 @@
-"""``assert_equivalent``: two models agree in energy and score on given points."""
+"""``assert_equivalent``: two models agree in energy and score on given points;
+``assert_score_is_gradient``: a model's score is −∇ₓ of its own energy."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel
+from ebmalgebra.base import EnergyModel, TimeLike
 
 
 def _close(name: str, left: Tensor, right: Tensor, rtol: float, atol: float,
@@ -62,3 +63,52 @@ def assert_equivalent(
         else:
             _close("energies", energy_a, energy_b, rtol, atol, a, b)
     _close("scores", a.score(x), b.score(x), rtol, atol, a, b)
+
+
+def assert_score_is_gradient(
+    model: EnergyModel,
+    x: Tensor,
+    t: TimeLike = None,
+    *,
+    rtol: float = 1e-9,
+    atol: float = 1e-9,
+) -> None:
+    """Assert that ``model.score(x, t)`` equals −∇ₓE(x, t) computed by autograd through ``energy``.
+
+    The check covers every point where the energy is differentiable in
+    floating point: E(x) finite and its autograd gradient finite (at a cone
+    point such as a ring's centre autograd gives NaN and the score may be any
+    subgradient). Entries are compared as in :func:`assert_equivalent`,
+    |s − (−∇E)| ≤ atol + rtol·max(|s|, |∇E|). Analytic scores (closed-form
+    leaves, the compiler's coefficient sums) are thereby checked against
+    the energy they claim to differentiate.
+
+    Args:
+        x: points ``(batch, *event_shape)``; use float64 for tight tolerances.
+
+    Raises:
+        AssertionError: naming the model, the worst point and both values.
+    """
+    inputs = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        energy = model.energy(inputs, t)
+        (gradient,) = torch.autograd.grad(energy.sum(), inputs, allow_unused=True)
+    if gradient is None:  # the energy does not depend on x at all
+        gradient = torch.zeros_like(inputs)
+    score = model.score(x, t).detach()
+    rows = (torch.isfinite(energy.detach()).reshape(-1)
+            & torch.isfinite(gradient).flatten(1).all(1))
+    expected = -gradient[rows]
+    actual = score[rows]
+    error = (actual - expected).abs()
+    bound = atol + rtol * torch.maximum(actual.abs(), expected.abs())
+    bad = ~(error <= bound)
+    if bad.any():
+        worst = int(torch.argmax(torch.where(bad, error / bound, torch.zeros_like(error))))
+        point = int(worst // max(actual[0].numel(), 1))
+        raise AssertionError(
+            f"the score of {model!r} is not −∇E at {int(bad.flatten(1).any(1).sum())} of "
+            f"{int(rows.sum())} points; worst at x = {x[rows][point].tolist()}: "
+            f"score {float(actual.flatten()[worst]):.10g} vs −∇E "
+            f"{float(expected.flatten()[worst]):.10g}"
+        )

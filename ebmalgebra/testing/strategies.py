@@ -146,3 +146,29 @@ def points(
     shape = (batch, *event_shape)
     return arrays(np.float64, shape, elements=_floats(-bound, bound)).map(
         lambda a: torch.from_numpy(a).to(dtype))
+
+
+def points_at_all_scales(
+    event_shape: Sequence[int] = (2,),
+    *,
+    batch: int = 8,
+    smallest: float = 1e-300,
+    largest: float = 1e3,
+    dtype: torch.dtype = torch.float64,
+) -> st.SearchStrategy[torch.Tensor]:
+    """Batches ``(batch, *event_shape)`` whose entries span every magnitude, and zeros.
+
+    Each entry is 0 or ±10ᵘ·m with u uniform between log₁₀ ``smallest`` and
+    log₁₀ ``largest`` and m in [1, 10): points at and arbitrarily near the
+    origin (where a ring has its cone point and a norm underflows) and far
+    out in the tails, which uniform :func:`points` almost never produces.
+    """
+    if not 0 < smallest < largest:
+        raise ValueError(f"points_at_all_scales: need 0 < smallest < largest, got "
+                         f"{smallest!r}, {largest!r}")
+    low, high = np.log10(smallest), np.log10(largest) - 1.0
+    magnitude = st.builds(lambda u, m: m * 10.0**u, _floats(low, high), _floats(1.0, 9.999))
+    entry = st.one_of(st.just(0.0), magnitude, magnitude.map(lambda v: -v))
+    shape = (batch, *event_shape)
+    return st.lists(entry, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))).map(
+        lambda values: torch.tensor(values, dtype=torch.float64).reshape(shape).to(dtype))
