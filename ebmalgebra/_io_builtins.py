@@ -114,6 +114,11 @@ _TORCH_MODULES: dict[str, tuple[type, Callable[[nn.Module], dict]]] = {
 
 def register(register_leaf: Callable, register_module: Callable) -> None:
     """Register the built-in leaf and module types with :mod:`ebmalgebra.io`."""
+    # The apps register their leaves when imported, and `import ebmalgebra` no longer
+    # imports them, so a file naming them must still load in a fresh process.
+    import ebmalgebra.apps.guidance  # noqa: F401
+    import ebmalgebra.apps.likelihood  # noqa: F401
+
     register_leaf("energy_function", config=_energy_function)(EnergyFunction)
     register_leaf("score_function", config=_score_function)(ScoreFunction)
     for name, (cls, config) in _TARGETS.items():
