@@ -59,24 +59,17 @@ class History:
         Returns the matplotlib Axes.
         """
         check_count(window, "History.plot: window")
+        from ebmalgebra.plotting import new_axes, save_figure
+
         if ax is None:
-            if path is not None:
-                # A bare Figure (no pyplot) never touches the user's backend or figure list.
-                from matplotlib.figure import Figure
-
-                ax = Figure(figsize=(6, 3.5)).subplots()
-            else:
-                import matplotlib.pyplot as plt
-
-                ax = plt.subplots(figsize=(6, 3.5))[1]
+            ax = new_axes(path, figsize=(6, 3.5))
         ax.plot(self.losses, lw=0.5, alpha=0.4, label="loss")
         ax.plot(self.smoothed(window), lw=1.5, label=f"moving average ({window})")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.legend()
         if path is not None:
-            ax.figure.tight_layout()
-            ax.figure.savefig(path, dpi=120)
+            save_figure(ax.figure, path, tight=True)
         return ax
 
 
