@@ -15,6 +15,7 @@ from ebmalgebra.compile import compile
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import NonFiniteError, Sampler, is_nonfinite
+from ebmalgebra.samplers.escape import EscapeWatch
 
 __all__ = ["Samples", "sample"]
 
@@ -299,6 +300,11 @@ def sample(
         NonFiniteError: if a starting point has a non-finite energy or score, or
             (with ``on_nonfinite="raise"``) when a step produces one.
 
+    Warns:
+        ImproperTargetWarning: once, if chains run beyond ten times the spread of
+            ``x0`` (:mod:`ebmalgebra.samplers.escape`): the target is probably
+            improper, and the warning names its inverse or negative-power parts.
+
     Example:
         >>> from ebmalgebra.targets import Gaussian
         >>> model = Gaussian(torch.zeros(1), 1.0) & Gaussian(torch.full((1,), 2.0), 1.0)
@@ -345,12 +351,14 @@ def sample(
     position = state.position
     draws = torch.empty((n_draws, *position.shape), dtype=position.dtype, device=position.device)
     recorder = _Recorder(position.shape[0], warmup)
+    escape = EscapeWatch(model, position, n_steps=n_total)
     adaptation = sampler.adaptation(state, warmup) if warmup else None
     bar = progress_bar(n_total, progress, type(sampler).__name__)
     try:
         for index in range(n_total):
             state, info = sampler.step(state, generator)
             recorder.add(state, info)  # before adaptation: the step size this step used
+            escape.update(index, state.position)
             if on_nonfinite == "raise":
                 chains = _first_nonfinite(info)
                 if chains is not None:
