@@ -15,6 +15,7 @@ from torch import Tensor
 from ebmalgebra.base import EnergyModel, check_count, check_generator
 from ebmalgebra.learning._checks import check_batch, check_model
 from ebmalgebra.samplers.base import check_positive
+from ebmalgebra.threads import use_threads
 
 __all__ = ["History", "fit"]
 
@@ -151,6 +152,7 @@ def fit(
 
         bar = tqdm(total=epochs * steps_per_epoch, desc="fit", unit="step")
     start = time.perf_counter()
+    restore_threads = use_threads(min(batch_size, n) * data[0].numel())
     try:
         for epoch in range(epochs):
             order = torch.randperm(n, generator=generator).to(data.device)
@@ -186,6 +188,7 @@ def fit(
                     return history
             history.epochs = epoch + 1
     finally:
+        restore_threads()
         history.seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()

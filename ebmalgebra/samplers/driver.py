@@ -16,6 +16,7 @@ from ebmalgebra.errors import CompositionError
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import NonFiniteError, Sampler, is_nonfinite
 from ebmalgebra.samplers.escape import EscapeWatch
+from ebmalgebra.threads import use_threads
 
 __all__ = ["Samples", "sample"]
 
@@ -354,6 +355,7 @@ def sample(
     escape = EscapeWatch(model, position, n_steps=n_total)
     adaptation = sampler.adaptation(state, warmup) if warmup else None
     bar = progress_bar(n_total, progress, type(sampler).__name__)
+    restore_threads = use_threads(position.numel())  # one thread for small batches
     try:
         for index in range(n_total):
             state, info = sampler.step(state, generator)
@@ -383,6 +385,7 @@ def sample(
             if bar is not None:
                 bar.update(1)
     finally:
+        restore_threads()
         if bar is not None:
             bar.close()
     stats, counts = recorder.result()
