@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -348,8 +349,15 @@ def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        # One line in the CLI's own voice, not Python's "file:line: Category:" form.
+        print(f"ebmalgebra {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return args.run(args)
     except _Failure as failure:
         print(f"ebmalgebra {args.command}: error: {failure}", file=sys.stderr)
         return failure.status

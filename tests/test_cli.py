@@ -160,6 +160,15 @@ def test_the_sampler_choice_changes_the_draws(capsys, tmp_path):
             assert not torch.equal(draws[first], draws[second]), (first, second)
 
 
+def test_an_improper_expression_is_sampled_with_a_one_line_warning(capsys, tmp_path):
+    out = tmp_path / "inverse.safetensors"
+    status, _, err = run(capsys, "sample", "~ring", "--n", "16", "--steps", "80",
+                         "--out", str(out))
+    assert status == 0 and out.exists()
+    assert err.startswith("ebmalgebra sample: warning: zoo.draw: ") and "~ring" in err
+    assert "ImproperTargetWarning:" not in err  # Python's own warning format
+
+
 @pytest.mark.parametrize("command", ["sample", "demo"])
 def test_an_output_matplotlib_cannot_write_exits_2_before_sampling(capsys, tmp_path,
                                                                   monkeypatch, command):
