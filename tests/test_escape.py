@@ -108,3 +108,14 @@ def test_zoo_draw_of_proper_compositions_does_not_warn():
         _, caught = run_recording(lambda t=text: zoo.draw(zoo.parse(t, models), 16,
                                                           generator=seeded()))
         assert caught == [], text
+
+
+def test_an_unstable_step_on_a_proper_target_is_reported_as_such():
+    # ULA on N(0, 1) with ε = 3: x' = x − 3x + √6 ξ = −2x + …, so |x| doubles per step.
+    model = Gaussian(torch.zeros(2), 1.0, name="g")
+    _, caught = run_recording(lambda: eb.sample(
+        model, ULA(step_size=3.0), x0=torch.randn(16, 2, generator=seeded()),
+        n_steps=CHECK_EVERY, generator=seeded()))
+    assert len(caught) == 1
+    assert "no inverse or negative power" in str(caught[0].message)
+    assert "step size may be too large" in str(caught[0].message)

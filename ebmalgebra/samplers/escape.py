@@ -44,7 +44,8 @@ DEFAULT_FACTOR = 10.0
 
 
 class ImproperTargetWarning(RuntimeWarning):
-    """Chains ran far beyond the data or starting scale: the target is probably improper."""
+    """Chains ran far beyond the data or starting scale: the target is probably improper
+    (or, with no inverse in it, the step size too large for the sampler to be stable)."""
 
 
 def improper_parts(model: EnergyModel) -> list[EnergyModel]:
@@ -87,8 +88,9 @@ def escape_message(model: EnergyModel, distance: float, limit: float, n_escaped:
                    "inverse or negative power has no bound where that factor's density "
                    "vanishes, so the expression cannot be normalised")
     else:
-        culprit = ("no inverse or negative power was found, so the energy itself may be "
-                   "unbounded below, or far wider than the starting points")
+        culprit = ("no inverse or negative power was found: the step size may be too large "
+                   "(an unstable integrator diverges even on a proper target), the energy "
+                   "may be unbounded below, or the target far wider than the starting points")
     return (f"{where}: {n_escaped} of {n_chains} chains of {model!r} ran to "
             f"max|x − c| = {distance:.3g}, beyond {limit:.3g} ({DEFAULT_FACTOR:g}× the data or "
             f"starting scale); {culprit}. The draws are not samples of a distribution. Use a "
