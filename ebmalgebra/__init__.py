@@ -5,10 +5,20 @@ compose with operators (``a & b`` product of experts, ``a | b`` mixture,
 ``w * a`` weight, ``a ** beta`` tempering, ``~a`` inverse), compile to one
 fused ``energy_and_score`` function, and feed samplers, normalisers and
 training losses.
+
+Every name of :mod:`ebmalgebra.samplers` is also reachable here
+(``ebmalgebra.HMC``, ``ebmalgebra.MALA``, ``ebmalgebra.ULA``, …). The
+subpackages ``apps``, ``datasets``, ``learning``, ``testing`` and ``zoo`` load
+on first access (``ebmalgebra.zoo.load("ring")`` works after a bare
+``import ebmalgebra``), so importing the package stays light.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ebmalgebra import samplers, targets
-from ebmalgebra.apps.guidance import ClassifierEnergy
 from ebmalgebra.base import Capabilities, EnergyModel
 from ebmalgebra.compile import CompiledEnergy, compile
 from ebmalgebra.errors import CapabilityError, CompositionError, EBMAlgebraError
@@ -61,3 +71,25 @@ __all__ = [
     "targets",
     "transform",
 ]
+
+_SUBPACKAGES = frozenset({"apps", "datasets", "diagnostics", "learning", "testing", "zoo"})
+"""Imported on first attribute access: they pull in scipy, scikit-learn or weights."""
+
+_LAZY_NAMES = {"ClassifierEnergy": "ebmalgebra.apps.guidance"}
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: only called for names the module does not define.
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"ebmalgebra.{name}")
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+        globals()[name] = value
+        return value
+    if name in samplers.__all__:
+        return getattr(samplers, name)
+    raise AttributeError(f"module 'ebmalgebra' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SUBPACKAGES, *_LAZY_NAMES, *samplers.__all__})

@@ -140,6 +140,11 @@ def register(register_leaf: Callable, register_module: Callable,
              register_operator: Callable) -> None:
     """Register the built-in leaf, module and operator types with :mod:`ebmalgebra.io`."""
     _register_operators(register_operator)
+    # The apps register their leaves when imported, and `import ebmalgebra` no longer
+    # imports them, so a file naming them must still load in a fresh process.
+    import ebmalgebra.apps.guidance  # noqa: F401
+    import ebmalgebra.apps.likelihood  # noqa: F401
+
     register_leaf("energy_function", config=_energy_function)(EnergyFunction)
     register_leaf("score_function", config=_score_function)(ScoreFunction)
     for name, (cls, config) in _TARGETS.items():

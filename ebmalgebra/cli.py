@@ -14,12 +14,11 @@ Python. A bad expression exits with status 2 and points at the position.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,53 +28,14 @@ from ebmalgebra.errors import EBMAlgebraError
 from ebmalgebra.expression_parser import ExpressionError
 from ebmalgebra.leaves import one
 from ebmalgebra.program import format_program
-from ebmalgebra.zoo.faces import TABLE_COLUMNS, image_rows, rates_table
+from ebmalgebra.zoo.demo import DEMO_ALPHA, run_demo
+from ebmalgebra.zoo.faces import TABLE_COLUMNS
 
-__all__ = [
-    "DEMO_ALPHA",
-    "DEMO_SAMPLING",
-    "build_parser",
-    "demo_expressions",
-    "format_program",
-    "main",
-    "run_demo",
-]
+__all__ = ["build_parser", "format_program", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + 13  # what the shell reports for a process killed by SIGPIPE
 
-DEMO_ALPHA = 0.35
-"""α in the demo's negation ``glasses & (face & ~hat) ** α`` (FINDINGS: the stable form).
-
-Measured on 256 samples (two seeds each): α = 0.25 removes the hat from 78–85%
-of the samples with 36–37% realistic, 0.35 from 86–91% with 18–20%, 0.5 from
-90–93% with 6–11%. Pushing away from hats also exaggerates contrast (black
-background, bright skin), which the realism check sees.
-"""
-
-DEMO_SAMPLING = {"steps_per_level": 5, "step_size": 4e-5}
-"""Annealing settings of the demo (overriding the cards' 20 steps per level at
-ε = 10⁻⁵): 300 Langevin steps per chain keep five expressions × 256 samples
-under two minutes on two cores, with the attribute rates unchanged."""
-
-
-def demo_expressions(alpha: float = DEMO_ALPHA) -> dict[str, str]:
-    """The demo's rows: label → expression (the negation in its stable form)."""
-    return {
-        "glasses": "glasses",
-        "hat": "hat",
-        "glasses & hat": "glasses & hat",
-        "glasses & ~hat": f"glasses & (face & ~hat) ** {format_number(alpha)}",
-        "glasses | hat": "glasses | hat",
-    }
-
-
-# The rate each demo row is judged by, and its acceptance threshold.
-_GOALS = {
-    "glasses & hat": ("both", 0.90),
-    "glasses & ~hat": ("glasses_no_hat", 0.80),
-    "glasses | hat": ("either", 0.95),
-}
 
 class _Failure(Exception):
     """A user-facing error: message and exit status."""
@@ -103,41 +63,36 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def _check_out(text: str, *, tensors: bool = True) -> Path:
+    """The ``--out`` path, checked before any sampling: a picture format matplotlib
+    writes, or (with ``tensors``) ``.safetensors``."""
+    from ebmalgebra.plotting import check_picture_path
+
+    out = Path(text)
+    if tensors and out.suffix == ".safetensors":
+        return out
+    try:
+        return check_picture_path(out, "--out")
+    except ValueError as error:
+        also = ", or .safetensors for the samples tensor" if tensors else ""
+        raise _Failure(f"{error}{also}", EXIT_USAGE) from None
+
+
 def _write_samples(samples: torch.Tensor, title: str, out: Path) -> None:
     """Save samples: a tensor file (``.safetensors``) or a picture (images grid / 2-D scatter)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from ebmalgebra.plotting import samples_figure, save_figure
+
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file
 
+        out.parent.mkdir(parents=True, exist_ok=True)
         save_file({"samples": samples.contiguous()}, str(out), metadata={"expression": title})
         return
-    from matplotlib.figure import Figure
-
-    shape = tuple(samples.shape[1:])
-    if len(shape) == 2 and min(shape) > 2:
-        columns = min(len(samples), 16)
-        n_rows = math.ceil(len(samples) / columns)
-        figure = Figure(figsize=(columns * 0.6, n_rows * 0.6 + 0.6))
-        grid = figure.add_gridspec(n_rows, columns, wspace=0.05, hspace=0.05, top=0.9)
-        for i, image in enumerate(samples):
-            axis = figure.add_subplot(grid[i // columns, i % columns])
-            axis.imshow(image.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1,
-                        interpolation="nearest")
-            axis.set_axis_off()
-        figure.suptitle(title, family="monospace")
-    elif shape == (2,):
-        figure = Figure(figsize=(4.5, 4.5))
-        axis = figure.add_subplot()
-        points = samples.numpy()
-        axis.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
-        axis.set_aspect("equal")
-        axis.set_xlim(-5, 5)
-        axis.set_ylim(-5, 5)
-        axis.set_title(title, family="monospace")
-    else:
-        raise _Failure(f"cannot draw samples of shape {shape} as a picture; use an --out "
-                       "ending in .safetensors")
-    figure.savefig(out, dpi=120)
+    try:
+        figure = samples_figure(samples, title)
+    except ValueError as error:
+        raise _Failure(f"{error}; use an --out ending in .safetensors") from None
+    save_figure(figure, out)
 
 
 def _describe_samples(model: EnergyModel, samples: torch.Tensor) -> str:
@@ -198,11 +153,11 @@ def _zoo(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    out = _check_out(args.out)
     model = _parse(args.expression)
     start = time.perf_counter()
     samples = _draw(model, args.n, args.sampler, args.steps, args.seed)
     seconds = time.perf_counter() - start
-    out = Path(args.out)
     _write_samples(samples, repr(model), out)
     print(f"{model!r}: {args.n} samples ({args.sampler}, seed {args.seed}) in {seconds:.1f} s")
     print(f"  {_describe_samples(model, samples)}")
@@ -251,87 +206,11 @@ def _info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_demo(*, n: int = 256, alpha: float = DEMO_ALPHA, seed: int = 0, steps: int | None = None,
-             out: str | Path | None = "ebmalgebra_demo.png", columns: int = 8,
-             progress: bool | None = None, echo=print) -> list[tuple[str, int, dict[str, float]]]:
-    """The glasses & hats story: sample each demo expression, measure, draw, print.
-
-    Returns the table rows ``(label, n, rates)`` (rates from
-    :func:`ebmalgebra.zoo.faces.attribute_rates`).
-    """
-    from ebmalgebra import zoo
-    from ebmalgebra.zoo.faces import RATE_COLUMNS, attribute_rates
-
-    missing = [name for name in ("face", "glasses", "hat") if name not in zoo.list()]
-    if missing:
-        raise _Failure(f"the demo needs the face models, and {', '.join(missing)} "
-                       "is not installed; train them with scripts/train_zoo.py")
-    models = zoo.models()
-    expressions = demo_expressions(alpha)
-    negation = expressions["glasses & ~hat"]
-    echo("ebmalgebra demo: composing pretrained energy models of 16×16 faces, no retraining.")
-    echo(f"  {'glasses & hat':<34} AND: add the energies (product of experts)")
-    echo(f"  {negation:<34} NOT hat, relative to all faces (the stable form")
-    echo(f"  {'':<34} of glasses & ~hat, whose density cannot be normalised)")
-    echo(f"  {'glasses | hat':<34} OR: mix the densities")
-    echo(f"Sampling {n} faces per expression (annealed Langevin, seed {seed}); the attributes "
-         "of every")
-    echo("sample are read by exact detectors, and 'realistic' counts samples as close to a "
-         "real face")
-    echo("as real faces are.")
-    echo("")
-    rows: list[tuple[str, int, dict[str, float]]] = []
-    pictures: list[tuple[str, torch.Tensor]] = []
-    start = time.perf_counter()
-    for i, (label, text) in enumerate(expressions.items()):
-        model = zoo.parse(text, models)
-        tick = time.perf_counter()
-        plan = zoo.plan_for(model, **DEMO_SAMPLING)
-        if steps is not None:
-            plan = replace(plan, steps_per_level=max(1, steps // plan.n_levels))
-        samples = zoo.draw(model, n, plan=plan, generator=_generator(seed + i),
-                           progress=progress)
-        rates = attribute_rates(samples)
-        rows.append((label if label == text else text, n, rates))
-        pictures.append((text, samples[:columns]))
-        echo(f"  sampled {text:<36} {time.perf_counter() - tick:5.1f} s")
-    elapsed = time.perf_counter() - start
-    echo("")
-    echo(rates_table(rows))
-    echo("")
-    by_label = dict(zip(expressions, rows, strict=True))
-    glasses_with_hat = by_label["glasses"][2]["both"]
-    for label, (key, goal) in _GOALS.items():
-        value = by_label[label][2][key]
-        verdict = "meets" if value >= goal else "MISSES"
-        echo(f"  {by_label[label][0]:<36} {RATE_COLUMNS[key]}: {_percent(value)} "
-             f"({verdict} the goal ≥ {_percent(goal)})")
-    echo(f"  for comparison, {_percent(glasses_with_hat)} of `glasses` samples happen to wear "
-         "a hat.")
-    if out is not None:
-        from matplotlib.figure import Figure
-
-        figure = Figure(figsize=(2.4 + 0.75 * columns, 1.0 + 0.8 * len(pictures)))
-        image_rows(figure, pictures, columns, bottom=0.16)
-        caption = "   ".join(
-            f"{by_label[label][0]}: {RATE_COLUMNS[key]} {_percent(by_label[label][2][key])}"
-            for label, (key, _) in _GOALS.items())
-        figure.suptitle("Composing pretrained face models (ebmalgebra zoo)", fontsize=11)
-        figure.text(0.5, 0.04, f"{caption}\n({n} samples per row, exact detectors; "
-                    f"glasses alone: hat {_percent(glasses_with_hat)})", ha="center",
-                    fontsize=7.5, wrap=True)
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110)
-        echo(f"\nwrote {path.resolve()} ({len(pictures)} rows × {columns} samples); "
-             f"sampling took {elapsed:.0f} s")
-    return rows
-
-
 def _demo(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise _Failure("--n must be positive", EXIT_USAGE)
-    run_demo(n=args.n, alpha=args.alpha, seed=args.seed, steps=args.steps, out=args.out)
+    out = _check_out(args.out, tensors=False)
+    run_demo(n=args.n, alpha=args.alpha, seed=args.seed, steps=args.steps, out=out)
     return EXIT_OK
 
 
@@ -428,8 +307,15 @@ def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        # One line in the CLI's own voice, not Python's "file:line: Category:" form.
+        print(f"ebmalgebra {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return args.run(args)
     except _Failure as failure:
         print(f"ebmalgebra {args.command}: error: {failure}", file=sys.stderr)
         return failure.status

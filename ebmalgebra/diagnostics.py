@@ -37,9 +37,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import scipy.fft
-import scipy.special
-import scipy.stats
 import torch
 from numpy.typing import ArrayLike
 
@@ -134,6 +131,9 @@ def _split_chains(x: np.ndarray) -> np.ndarray:
 
 def _rank_normalize(x: np.ndarray) -> np.ndarray:
     """z = Φ⁻¹((r − 3/8) / (S + 1/4)), ranks r pooled over draws and chains per coordinate."""
+    import scipy.special  # deferred: scipy costs ~0.4 s at `import ebmalgebra`
+    import scipy.stats
+
     pooled = _pooled(x)
     ranks = scipy.stats.rankdata(pooled, method="average", axis=0)
     return scipy.special.ndtri((ranks - 0.375) / (len(pooled) + 0.25)).reshape(x.shape)
@@ -167,6 +167,8 @@ def _autocovariance(x: np.ndarray) -> np.ndarray:
     ``(n, m, C)`` → ``(n, m, C)`` indexed by lag t = 0 … n − 1. Zero-padding to at
     least 2n makes the circular correlation equal the linear one.
     """
+    import scipy.fft  # deferred, as in _rank_normalize
+
     n = x.shape[0]
     centred = x - x.mean(axis=0)
     n_fft = scipy.fft.next_fast_len(2 * n, real=True)

@@ -37,6 +37,11 @@ __all__ = ["ExpressionError", "parse_expression"]
 
 Value = EnergyModel | float
 
+MAX_NESTING = 100
+"""Deepest nesting of parentheses and prefix or ``**`` operators that :func:`parse_expression`
+accepts: the recursive descent takes a few Python frames per level, and deeper text would
+hit Python's recursion limit instead of a positioned :class:`ExpressionError`."""
+
 
 class ExpressionError(EBMAlgebraError, ValueError):
     """A syntax error, unknown name or ill-typed operation in an expression string.
@@ -91,6 +96,7 @@ class _Parser:
         self.tokens = _tokenize(text)
         self.index = 0
         self.lookup = lookup
+        self.depth = 0
 
     # -- helpers
     @property
@@ -170,6 +176,18 @@ class _Parser:
         return value
 
     def unary(self) -> Value:
+        # Every level of nesting, '(' … ')', '~', '-' or '**', passes through here once.
+        if self.depth >= MAX_NESTING:
+            raise self.fail(f"the expression nests deeper than {MAX_NESTING} levels "
+                            "(parentheses, '~', '-' or '**'); simplify it",
+                            self.current.position)
+        self.depth += 1
+        try:
+            return self._unary()
+        finally:
+            self.depth -= 1
+
+    def _unary(self) -> Value:
         token = self.current
         if token.kind == "~":
             self.advance()

@@ -25,8 +25,9 @@ import torch
 from matplotlib.figure import Figure
 
 from ebmalgebra import zoo
-from ebmalgebra.cli import DEMO_SAMPLING
-from ebmalgebra.zoo.faces import TABLE_COLUMNS, attribute_rates, image_rows, rates_table
+from ebmalgebra.plotting import image_rows
+from ebmalgebra.zoo.demo import DEMO_SAMPLING
+from ebmalgebra.zoo.faces import TABLE_COLUMNS, attribute_rates, rates_table
 
 EXPRESSIONS = [
     "smile & hat",

@@ -26,7 +26,8 @@ from ebmalgebra import ClassifierEnergy, zoo
 from ebmalgebra.apps import pretrained
 from ebmalgebra.apps.guidance import MLPClassifier
 from ebmalgebra.datasets import faces
-from ebmalgebra.zoo.faces import attribute_rates, image_rows, rates_table
+from ebmalgebra.plotting import image_rows
+from ebmalgebra.zoo.faces import attribute_rates, rates_table
 
 GAMMAS = (0.5, 1.0, 2.0, 4.0)
 COLUMNS = (("glasses", "glasses"), ("hat", "hat"), ("smile", "smile"),

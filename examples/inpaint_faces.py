@@ -33,7 +33,8 @@ from matplotlib.figure import Figure
 from ebmalgebra import zoo
 from ebmalgebra.apps.inverse import annealed_sampler, inpaint
 from ebmalgebra.datasets import faces
-from ebmalgebra.zoo.faces import attribute_rates, image_rows, rates_table
+from ebmalgebra.plotting import image_rows
+from ebmalgebra.zoo.faces import attribute_rates, rates_table
 
 HIDDEN_ROWS = slice(5, 9)
 SIGMA = 0.05

@@ -50,6 +50,12 @@ def provenance(weights: Path, *, seed: int, seconds: float, script: str,
     return record
 
 
+def data_scale(data: torch.Tensor) -> float:
+    """max |x_j| over the training data, 3 significant digits: the card's ``"data_scale"``,
+    which :mod:`ebmalgebra.samplers.escape` measures runaway chains against."""
+    return float(f"{float(data.abs().amax()):.3g}")
+
+
 def write_card(out: Path, card: dict) -> dict:
     """Write ``card`` to ``out/<card["name"]>.json`` (indented, newline-terminated); return it."""
     (out / f"{card['name']}.json").write_text(json.dumps(card, indent=2) + "\n")

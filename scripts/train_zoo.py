@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import torch
-from _cards import provenance, save_weights, training_parser, write_card
+from _cards import data_scale, provenance, save_weights, training_parser, write_card
 
 from ebmalgebra.datasets import faces
 from ebmalgebra.learning import (
@@ -145,6 +145,7 @@ def train(name: str, seed: int, steps: int, out: Path, evaluate: bool) -> dict:
             "final_loss": round(sum(history.losses[-200:]) / min(200, history.steps), 4),
         },
         "sampling": SAMPLING,
+        "data_scale": data_scale(data),
         **provenance(weights, seed=seed, seconds=history.seconds, cpu_seconds=cpu_seconds,
                      script="scripts/train_zoo.py"),
     }

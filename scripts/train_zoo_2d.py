@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _cards import provenance, training_parser, write_card
+from _cards import data_scale, provenance, training_parser, write_card
 
 import ebmalgebra
 from ebmalgebra.datasets import bar, rings
@@ -95,6 +95,7 @@ def train(name: str, seed: int, out: Path) -> dict:
                      "learning_rate": LEARNING_RATE, "schedule": "cosine",
                      "final_loss": round(sum(history.losses[-100:]) / 100, 5)},
         "sampling": SAMPLING,
+        "data_scale": data_scale(data),
         **provenance(weights, seed=seed, seconds=history.seconds,
                      script="scripts/train_zoo_2d.py"),
     })

@@ -145,6 +145,62 @@ def test_sample_is_reproducible_with_a_seed(capsys, tmp_path, sampler):
     assert not torch.equal(first, other)
 
 
+def test_the_sampler_choice_changes_the_draws(capsys, tmp_path):
+    # Same seed and steps: only --sampler differs, so equal draws mean it was ignored.
+    draws = {}
+    for sampler in ("annealed", "mala", "ula", "hmc"):
+        out = tmp_path / f"{sampler}.safetensors"
+        status, _, err = run(capsys, "sample", "ring & left", "--n", "8", "--steps", "40",
+                             "--sampler", sampler, "--seed", "5", "--out", str(out))
+        assert status == 0, err
+        draws[sampler] = load_file(out)["samples"]
+    names = list(draws)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            assert not torch.equal(draws[first], draws[second]), (first, second)
+
+
+def test_an_improper_expression_is_sampled_with_a_one_line_warning(capsys, tmp_path):
+    out = tmp_path / "inverse.safetensors"
+    status, _, err = run(capsys, "sample", "~ring", "--n", "16", "--steps", "80",
+                         "--out", str(out))
+    assert status == 0 and out.exists()
+    assert err.startswith("ebmalgebra sample: warning: zoo.draw: ") and "~ring" in err
+    assert "ImproperTargetWarning:" not in err  # Python's own warning format
+
+
+@pytest.mark.parametrize("command", ["sample", "demo"])
+def test_an_output_matplotlib_cannot_write_exits_2_before_sampling(capsys, tmp_path,
+                                                                  monkeypatch, command):
+    def never(*args, **kwargs):
+        raise AssertionError("sampled although --out was unusable")
+
+    monkeypatch.setattr(zoo, "draw", never)
+    out = tmp_path / "samples.txt"
+    argv = [command, "ring"] if command == "sample" else [command]
+    status, stdout, err = run(capsys, *argv, "--out", str(out))
+    assert status == 2 and stdout == ""
+    assert "'.txt'" in err and ".png" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["(" * 300 + "ring" + ")" * 300, "~" * 2000 + "ring",
+                                  "ring" + " ** 1" * 300],
+                         ids=["300 parentheses", "2000 tildes", "300 powers"])
+def test_deeply_nested_expressions_exit_2_with_a_message(capsys, text):
+    status, out, err = run(capsys, "info", text, "--n", "0")
+    assert status == 2 and out == ""
+    assert "nests deeper than" in err and "Traceback" not in err
+
+
+def test_nesting_up_to_the_limit_parses(names):
+    from ebmalgebra.expression_parser import MAX_NESTING
+
+    depth = MAX_NESTING - 1
+    assert repr(parse_expression("(" * depth + "c" + ")" * depth, names)) == "c"
+    assert repr(parse_expression("~" * depth + "c", names)) == "~c"  # depth is odd
+
+
 def test_info_prints_the_compiled_form_and_capabilities(capsys):
     status, out, _ = run(capsys, "info", "ring & (left & ~right) ** 0.5", "--n", "16")
     assert status == 0

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ebmalgebra import zoo
-from ebmalgebra.cli import DEMO_SAMPLING, run_demo
 from ebmalgebra.io import SerializationError
+from ebmalgebra.zoo.demo import DEMO_SAMPLING, run_demo
 from ebmalgebra.zoo.faces import attribute_rates
 from ebmalgebra.zoo.state_dict import SCALE_PREFIX, dequantize_int8, quantize_int8
 

@@ -207,10 +207,10 @@ def plot_roc(
     Example:
         >>> plot_roc({"energy": (e_in, e_out), "ratio": (r_in, r_out)}, path="roc.png")
     """
-    if ax is None:
-        from matplotlib.figure import Figure
+    from ebmalgebra.plotting import new_axes, save_figure
 
-        ax = Figure(figsize=(4, 4)).subplots()
+    if ax is None:
+        ax = new_axes(path, figsize=(4, 4))
     for label, (inliers, outliers) in curves.items():
         fpr, tpr, _ = roc_curve(inliers, outliers)
         ax.plot(fpr, tpr, lw=1.5, label=f"{label} (AUC {roc_auc(inliers, outliers):.3f})")
@@ -223,6 +223,5 @@ def plot_roc(
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     if path is not None:
-        ax.figure.tight_layout()
-        ax.figure.savefig(path, dpi=120)
+        save_figure(ax.figure, path, tight=True)
     return ax

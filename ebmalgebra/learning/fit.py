@@ -15,6 +15,7 @@ from torch import Tensor
 from ebmalgebra.base import EnergyModel, check_count, check_generator
 from ebmalgebra.learning._checks import check_batch, check_model
 from ebmalgebra.samplers.base import check_positive
+from ebmalgebra.threads import use_threads
 
 __all__ = ["History", "fit"]
 
@@ -59,24 +60,17 @@ class History:
         Returns the matplotlib Axes.
         """
         check_count(window, "History.plot: window")
+        from ebmalgebra.plotting import new_axes, save_figure
+
         if ax is None:
-            if path is not None:
-                # A bare Figure (no pyplot) never touches the user's backend or figure list.
-                from matplotlib.figure import Figure
-
-                ax = Figure(figsize=(6, 3.5)).subplots()
-            else:
-                import matplotlib.pyplot as plt
-
-                ax = plt.subplots(figsize=(6, 3.5))[1]
+            ax = new_axes(path, figsize=(6, 3.5))
         ax.plot(self.losses, lw=0.5, alpha=0.4, label="loss")
         ax.plot(self.smoothed(window), lw=1.5, label=f"moving average ({window})")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.legend()
         if path is not None:
-            ax.figure.tight_layout()
-            ax.figure.savefig(path, dpi=120)
+            save_figure(ax.figure, path, tight=True)
         return ax
 
 
@@ -158,6 +152,7 @@ def fit(
 
         bar = tqdm(total=epochs * steps_per_epoch, desc="fit", unit="step")
     start = time.perf_counter()
+    restore_threads = use_threads(min(batch_size, n) * data[0].numel())
     try:
         for epoch in range(epochs):
             order = torch.randperm(n, generator=generator).to(data.device)
@@ -193,6 +188,7 @@ def fit(
                     return history
             history.epochs = epoch + 1
     finally:
+        restore_threads()
         history.seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()

@@ -12,6 +12,7 @@ See docs/samplers.md for the math of each sampler.
 from ebmalgebra.samplers.annealed import AnnealedInfo, AnnealedLangevin, AnnealedState
 from ebmalgebra.samplers.base import NonFiniteError, Potential, Sampler
 from ebmalgebra.samplers.driver import Samples, sample
+from ebmalgebra.samplers.escape import ImproperTargetWarning
 from ebmalgebra.samplers.hmc import HMC, HMCInfo, HMCState
 from ebmalgebra.samplers.langevin import ULA, LangevinState, ULAInfo
 from ebmalgebra.samplers.mala import MALA, MALAInfo
@@ -26,6 +27,7 @@ __all__ = [
     "HMC",
     "HMCInfo",
     "HMCState",
+    "ImproperTargetWarning",
     "LangevinState",
     "MALA",
     "MALAInfo",

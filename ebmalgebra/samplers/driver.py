@@ -15,6 +15,8 @@ from ebmalgebra.compile import compile
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import NonFiniteError, Sampler, is_nonfinite
+from ebmalgebra.samplers.escape import EscapeWatch
+from ebmalgebra.threads import use_threads
 
 __all__ = ["Samples", "sample"]
 
@@ -316,6 +318,11 @@ def sample(
         NonFiniteError: if a starting point has a non-finite energy or score, or
             (with ``on_nonfinite="raise"``) when a step produces one.
 
+    Warns:
+        ImproperTargetWarning: once, if chains run beyond ten times the spread of
+            ``x0`` (:mod:`ebmalgebra.samplers.escape`): the target is probably
+            improper, and the warning names its inverse or negative-power parts.
+
     Example:
         >>> from ebmalgebra.targets import Gaussian
         >>> model = Gaussian(torch.zeros(1), 1.0) & Gaussian(torch.full((1,), 2.0), 1.0)
@@ -368,12 +375,15 @@ def sample(
     # The info behind each kept draw, stacked once at the end (cheaper than per step).
     kept: list[tuple[NamedTuple, Tensor | None, Tensor | None]] = []
     has_energy = getattr(getattr(state, "potential", None), "has_energy", False)
+    escape = EscapeWatch(model, position, n_steps=n_total)
     adaptation = sampler.adaptation(state, warmup) if warmup else None
     bar = progress_bar(n_total, progress, type(sampler).__name__)
+    restore_threads = use_threads(position.numel())  # one thread for small batches
     try:
         for index in range(n_total):
             state, info = sampler.step(state, generator)
             recorder.add(state, info)  # before adaptation: the step size this step used
+            escape.update(index, state.position)
             if on_nonfinite == "raise":
                 chains = _first_nonfinite(info)
                 if chains is not None:
@@ -400,6 +410,7 @@ def sample(
             if bar is not None:
                 bar.update(1)
     finally:
+        restore_threads()
         if bar is not None:
             bar.close()
     stats, counts = recorder.result()

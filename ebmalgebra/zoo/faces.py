@@ -17,7 +17,6 @@ __all__ = [
     "RATE_COLUMNS",
     "TABLE_COLUMNS",
     "attribute_rates",
-    "image_rows",
     "is_face_model",
     "rates_table",
 ]
@@ -107,28 +106,3 @@ def rates_table(rows: list[tuple[str, int, dict[str, float]]],
     rule = "-" * len(line(header))
     return "\n".join([line(header), rule, *(line(row) for row in body)])
 
-
-def image_rows(figure, rows: list[tuple[str, Tensor]], columns: int, *, top: float = 0.92,
-               bottom: float = 0.03) -> None:
-    """Draw rows of 16×16 images into a matplotlib ``figure``, each row labelled on the left.
-
-    Args:
-        figure: a ``matplotlib.figure.Figure``.
-        rows: ``(label, images (k, 16, 16))`` pairs; the first ``columns`` images
-            of each row are shown, pixel values clipped to [0, 1].
-        columns: images per row.
-        top, bottom: the vertical extent of the grid, as figure fractions.
-    """
-    grid = figure.add_gridspec(len(rows), columns, left=0.3, right=0.98, top=top,
-                               bottom=bottom, wspace=0.05, hspace=0.1)
-    for r, (label, images) in enumerate(rows):
-        for c in range(columns):
-            axis = figure.add_subplot(grid[r, c])
-            if c < len(images):
-                axis.imshow(images[c].detach().clamp(0, 1).numpy(), cmap="gray", vmin=0,
-                            vmax=1, interpolation="nearest")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if c == 0:
-                axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8,
-                                family="monospace")
