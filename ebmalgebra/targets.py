@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -29,6 +30,10 @@ from torch import Tensor
 from ebmalgebra.base import Capabilities, TimeLike
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.leaves import Leaf
+
+if TYPE_CHECKING:
+    from ebmalgebra.noised import NoisedGaussianMixture
+    from ebmalgebra.schedules import NoiseSchedule
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -297,6 +302,15 @@ class GaussianMixture(AnalyticTarget):
         energy = -torch.logsumexp(log_joint, dim=1)
         responsibilities = torch.softmax(log_joint, dim=1)
         return energy, -(responsibilities[..., None] * precision_diff).sum(1)
+
+    def noised(self, schedule: NoiseSchedule) -> NoisedGaussianMixture:
+        """This mixture diffused by ``schedule`` (``VE()`` or ``VP()``): the noise-conditioned
+        leaf p_t = Σ_k π_k N(α_t μ_k, α_t² Σ_k + σ_t² I), exact at every noise level t
+        (see :mod:`ebmalgebra.noised`)."""
+        from ebmalgebra.noised import NoisedGaussianMixture
+
+        return NoisedGaussianMixture(self.locs, self.scale_trils @ self.scale_trils.mT,
+                                     self.weights, schedule, name=self.name)
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         component = torch.multinomial(self.weights.float(), n, replacement=True,
