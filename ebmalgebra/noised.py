@@ -101,7 +101,7 @@ class NoisedGaussianMixture(Leaf):
             (rotated * whitened).sum(-1) + variances.log().sum(-1).expand(x.shape[0], -1)
             + x.shape[1] * _LOG_2PI)
         energy = -torch.logsumexp(log_joint, dim=1)
-        responsibilities = torch.softmax(log_joint, dim=1)
+        responsibilities = torch.exp(log_joint + energy[:, None])
         precision_diff = torch.einsum("kij,bkj->bki", eigenvectors, whitened)
         return energy, -(responsibilities[..., None] * precision_diff).sum(1)
 

@@ -16,6 +16,7 @@ from ebmalgebra.samplers.hmc import HMC, HMCInfo, HMCState
 from ebmalgebra.samplers.langevin import ULA, LangevinState, ULAInfo
 from ebmalgebra.samplers.mala import MALA, MALAInfo
 from ebmalgebra.samplers.mh import MHInfo, MHState, RandomWalkMH
+from ebmalgebra.samplers.smc import SMC, SMCResult
 from ebmalgebra.samplers.tempering import ParallelTempering, TemperingInfo, TemperingState
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "Potential",
     "RandomWalkMH",
     "Sampler",
+    "SMC",
+    "SMCResult",
     "Samples",
     "TemperingInfo",
     "TemperingState",
