@@ -9,7 +9,7 @@ import torch
 import ebmalgebra as eb
 from ebmalgebra import CompositionError
 from ebmalgebra.samplers import HMC, SMC, ULA, AnnealedLangevin
-from ebmalgebra.schedules import VE
+from ebmalgebra.schedules import VE, VP
 from ebmalgebra.targets import Gaussian, GaussianMixture
 
 F64 = torch.float64
@@ -211,3 +211,29 @@ def test_bad_arguments_name_the_problem():
         SMC().run(target, noise_levels=[1.0], models=[start])
     with pytest.raises(ValueError, match="n_particles"):
         SMC().run(target, models=[start], n_particles=1)
+
+
+def test_estimate_log_z_by_smc():
+    gmm = GaussianMixture(torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]], dtype=F64), 0.5,
+                          weights=torch.tensor([0.2, 0.3, 0.5], dtype=F64))
+    model = eb.from_energy(lambda x: gmm.energy(x) - 2.0, 2, name="gmm")  # log Z = 2
+    estimate = eb.estimate_log_z(model, method="smc", n_particles=2000, target_cess=0.9,
+                                 generator=_seed(0))
+    assert estimate.method == "smc"
+    assert abs(estimate.log_z - 2.0) <= 4 * estimate.stderr, estimate  # z ≤ 4
+    assert estimate.temperatures[0] == 0.0 and estimate.temperatures[-1] == 1.0
+    with pytest.raises(ValueError, match="method must be"):
+        eb.estimate_log_z(model, method="quadrature")
+
+
+def test_variance_preserving_noise_path_of_a_normalised_mixture():
+    """Every level of a noised mixture is normalised, so log Z = 0 and the final weights are
+    the mixture's own, though the VP path starts from N(0, I) far from the modes."""
+    gmm = GaussianMixture(torch.tensor([[-2.0, -1.0], [2.0, 1.5]], dtype=F64),
+                          torch.tensor([0.2, 0.5], dtype=F64),
+                          weights=torch.tensor([0.7, 0.3], dtype=F64), name="g")
+    result = SMC(n_steps=5).run(gmm.noised(VP()), noise_levels=torch.linspace(1.0, 0.01, 25),
+                                n_particles=2000, generator=_seed(4))
+    assert abs(result.log_z) <= 4 * result.stderr, result  # z ≤ 4
+    mean, stderr = result.expectation(lambda x: (x[:, 0] < 0).to(F64))
+    assert abs(mean - 0.7) <= 4 * stderr, (mean, stderr)

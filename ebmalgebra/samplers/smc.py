@@ -59,7 +59,7 @@ from ebmalgebra.samplers.hmc import HMC
 from ebmalgebra.samplers.mala import MALA
 from ebmalgebra.samplers.resampling import RESAMPLING, resample
 
-__all__ = ["SMC", "SMCResult", "next_exponent"]
+__all__ = ["SMC", "SMCResult", "conditional_ess", "next_exponent"]
 
 _MAX_TEMPERING_STEPS = 10_000
 
@@ -80,6 +80,8 @@ class SMCResult:
         step_size: the adapted step size at the end of each level ``(L,)``.
         resampled: whether each level resampled ``(L,)`` (bool).
         levels: a description of each level, e.g. ``"beta=0.25"``, ``"t=0.5"``.
+        temperatures: the tempering segment's schedule β_0 = 0 < … < β_T = 1 ``(T + 1,)``
+            (just ``[0]`` when the run starts at the first model).
         eve: each final particle's ancestor among the initial particles ``(N,)``.
         n_evaluations: energy-and-score evaluations per particle over the run.
     """
@@ -94,6 +96,7 @@ class SMCResult:
     step_size: Tensor
     resampled: Tensor
     levels: tuple[str, ...]
+    temperatures: Tensor
     eve: Tensor
     n_evaluations: int
 
@@ -334,6 +337,7 @@ class _Run:
         self.eve = torch.arange(n_particles, device=x.device)
         self.records: dict[str, list] = {k: [] for k in ("ess", "acceptance", "step_size",
                                                          "resampled", "levels")}
+        self.temperatures = [0.0]
         self.n_evaluations = 1
 
     # --------------------------------------------------------------- levels
@@ -356,6 +360,7 @@ class _Run:
             self._step(target, (new_beta - beta) * gap, energy, score,
                        _describe(t, new_beta))
             beta = new_beta
+            self.temperatures.append(beta)
 
     def advance_to(self, potential: Potential, description: str) -> None:
         """Reweight from the current level to ``potential``'s, resample, move."""
@@ -435,6 +440,7 @@ class _Run:
             step_size=as_tensor("step_size", torch.float64),
             resampled=as_tensor("resampled", torch.bool),
             levels=tuple(records["levels"]),
+            temperatures=torch.tensor(self.temperatures, dtype=torch.float64),
             eve=self.eve,
             n_evaluations=self.n_evaluations,
         )
