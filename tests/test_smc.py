@@ -2,6 +2,8 @@
 standard error, the three kinds of path, reproducibility and argument checks."""
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +239,17 @@ def test_variance_preserving_noise_path_of_a_normalised_mixture():
     assert abs(result.log_z) <= 4 * result.stderr, result  # z ≤ 4
     mean, stderr = result.expectation(lambda x: (x[:, 0] < 0).to(F64))
     assert abs(mean - 0.7) <= 4 * stderr, (mean, stderr)
+
+
+def test_the_composition_docs_example_runs(capsys):
+    text = (Path(__file__).resolve().parent.parent / "docs" / "composition.md").read_text()
+    example = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
+    exec(compile(example, "docs/composition.md", "exec"), {})  # noqa: S102 - our own docs
+    printed = capsys.readouterr().out
+    numbers = [float(v) for v in re.findall(r"-?\d+\.\d+", printed)]
+    log_z, log_z_error, left, left_error, annealed = numbers
+    exact_left = _exact_region_masses(SIGMA_MIN)[0]
+    # z ≤ 4 with the reported standard errors; annealed MALA is off by more than that.
+    assert abs(log_z - _exact_product(SIGMA_MIN)[3]) <= 4 * log_z_error
+    assert abs(left - exact_left) <= 4 * left_error
+    assert abs(annealed - exact_left) > 4 * left_error
