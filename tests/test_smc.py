@@ -255,18 +255,26 @@ def test_the_composition_docs_example_runs(capsys):
     assert abs(annealed - exact_left) > 4 * left_error
 
 
-@pytest.mark.slow
-def test_log_z_of_a_trained_zoo_model_matches_quadrature():
-    """SMC along the noise path of the zoo's noise-conditioned 2-D model ``left``, against a
-    Riemann sum of exp(−E(x, σ_min)) on a 0.05 grid over [−12, 8] × [−12, 12] (its data is
-    N((−2, 0), diag(1, 1.5)²); a 0.04 grid agrees to 1e-7 nats)."""
+def _zoo_left_by_quadrature(sigma_min):
+    """The zoo's noise-conditioned 2-D model ``left`` at σ_min, and log Z and the mean of x₀
+    by a Riemann sum of exp(−E(x, σ_min)) on a 0.05 grid over [−12, 8] × [−12, 12] (its data
+    is N((−2, 0), diag(1, 1.5)²); a 0.04 grid agrees to 1e-7 nats)."""
     model = eb.zoo.load("left")
-    sigma_min, spacing = 0.03, 0.05
+    spacing = 0.05
     axes = (torch.arange(-12.0, 8.0, spacing), torch.arange(-12.0, 12.0, spacing))
     grid = torch.stack([g.reshape(-1) for g in torch.meshgrid(*axes, indexing="ij")], -1)
     with torch.no_grad():
-        energy = model.energy(grid, t=sigma_min).double()
-    quadrature = float(torch.logsumexp(-energy, 0)) + 2 * math.log(spacing)
+        log_density = -model.energy(grid, t=sigma_min).double()
+    weights = torch.softmax(log_density, 0)
+    mean = float((weights * grid[:, 0].double()).sum())
+    sd = float((weights * (grid[:, 0].double() - mean) ** 2).sum().sqrt())
+    return model, float(torch.logsumexp(log_density, 0)) + 2 * math.log(spacing), mean, sd
+
+
+@pytest.mark.slow
+def test_log_z_of_a_trained_zoo_model_matches_quadrature():
+    sigma_min = 0.03
+    model, quadrature, _, _ = _zoo_left_by_quadrature(sigma_min)
     levels = torch.logspace(math.log10(4.0), math.log10(sigma_min), 40)
     result = SMC(n_steps=5).run(model, noise_levels=levels, n_particles=8000,
                                 generator=_seed(0), dtype=torch.float32)
@@ -274,3 +282,13 @@ def test_log_z_of_a_trained_zoo_model_matches_quadrature():
     # 0.05 nats is a 3σ margin when stderr < 0.0167.
     assert result.stderr < 0.0167
     assert abs(result.log_z - quadrature) < 0.05, (result, quadrature)
+
+
+def test_zoo_draw_with_smc_matches_quadrature():
+    model, _, mean, sd = _zoo_left_by_quadrature(eb.zoo.card("left")["sampling"]["sigma_min"])
+    n = 1000
+    draws = eb.zoo.draw(model, n, kernel="smc", generator=_seed(0))
+    assert draws.shape == (n, 2) and torch.isfinite(draws).all()
+    # Equally weighted after a final resampling from weights with ESS ≥ n/2 (the threshold),
+    # so the mean's variance is at most sd²·(2/n + 1/n); z ≤ 4.
+    assert abs(float(draws[:, 0].mean()) - mean) <= 4 * sd * math.sqrt(3 / n)
