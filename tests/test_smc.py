@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ebmalgebra as eb
-from ebmalgebra import CompositionError
+from ebmalgebra import CapabilityError, CompositionError
 from ebmalgebra.samplers import HMC, SMC, ULA, AnnealedLangevin
 from ebmalgebra.schedules import VE, VP
 from ebmalgebra.targets import Gaussian, GaussianMixture
@@ -213,6 +213,9 @@ def test_bad_arguments_name_the_problem():
         SMC().run(target, noise_levels=[1.0], models=[start])
     with pytest.raises(ValueError, match="n_particles"):
         SMC().run(target, models=[start], n_particles=1)
+    score_only = eb.from_score(lambda x: -x, 2, name="denoiser")
+    with pytest.raises(CapabilityError, match="denoiser"):
+        SMC().run(score_only, models=[start], n_particles=8)
 
 
 def test_estimate_log_z_by_smc():

@@ -427,19 +427,20 @@ class _Run:
         per_eve = torch.zeros_like(weights).index_add_(0, self.eve, weights)
         stderr = math.sqrt(float((per_eve - 1.0 / self.n).square().sum()))
         final = resample(weights, self.generator, method=self.smc.resampling)
-        records = self.records
-        as_tensor = lambda key, kind: torch.tensor(records[key], dtype=kind)  # noqa: E731
+        records = {key: torch.tensor(values, dtype=torch.bool if key == "resampled" else
+                                     torch.float64)
+                   for key, values in self.records.items() if key != "levels"}
         return SMCResult(
             particles=self.state.position,
             log_weights=self.log_w,
             samples=self.state.position[final],
             log_z=self.log_z,
             stderr=stderr,
-            ess=as_tensor("ess", torch.float64),
-            acceptance=as_tensor("acceptance", torch.float64),
-            step_size=as_tensor("step_size", torch.float64),
-            resampled=as_tensor("resampled", torch.bool),
-            levels=tuple(records["levels"]),
+            ess=records["ess"],
+            acceptance=records["acceptance"],
+            step_size=records["step_size"],
+            resampled=records["resampled"],
+            levels=tuple(self.records["levels"]),
             temperatures=torch.tensor(self.temperatures, dtype=torch.float64),
             eve=self.eve,
             n_evaluations=self.n_evaluations,
