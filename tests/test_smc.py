@@ -295,3 +295,46 @@ def test_zoo_draw_with_smc_matches_quadrature():
     # Equally weighted after a final resampling from weights with ESS ≥ n/2 (the threshold),
     # so the mean's variance is at most sd²·(2/n + 1/n); z ≤ 4.
     assert abs(float(draws[:, 0].mean()) - mean) <= 4 * sd * math.sqrt(3 / n)
+
+
+@pytest.mark.slow
+def test_normalised_zoo_models_get_true_mixture_weights():
+    """``left.normalized(log Ẑ_left) | right.normalized(log Ẑ_right)``, with log Ẑ from SMC,
+    puts half its mass on each side; the raw ``left | right`` follows Z_left / Z_right.
+    The exact side masses come from quadrature of each model (as above, on a grid that
+    covers both); sampled by SMC over the noise levels."""
+    left, right = eb.zoo.load("left"), eb.zoo.load("right")
+    sigma_min = 0.03
+    levels = torch.logspace(math.log10(4.0), math.log10(sigma_min), 40)
+    spacing = 0.05
+    axes = (torch.arange(-14.0, 14.0, spacing), torch.arange(-12.0, 12.0, spacing))
+    grid = torch.stack([g.reshape(-1) for g in torch.meshgrid(*axes, indexing="ij")], -1)
+    log_z, left_side = {}, {}
+    for name, model in (("left", left), ("right", right)):
+        with torch.no_grad():
+            log_density = -model.energy(grid, t=sigma_min).double()
+        log_z[name] = float(torch.logsumexp(log_density, 0)) + 2 * math.log(spacing)
+        left_side[name] = float(torch.softmax(log_density, 0)[grid[:, 0] < 0].sum())
+    estimates = {name: SMC().run(model, noise_levels=levels, n_particles=2000,
+                                 generator=_seed(index), dtype=torch.float32)
+                 for index, (name, model) in enumerate((("left", left), ("right", right)))}
+    # An error δ in log Ẑ_left − log Ẑ_right moves the normalised mixture's weight by at most
+    # |δ|/4 (the slope of the logistic function); z ≤ 4 with their stderrs.
+    weight_error = math.hypot(estimates["left"].stderr, estimates["right"].stderr)
+    weight_left = 1.0 / (1.0 + math.exp(log_z["right"] - log_z["left"]))
+    cases = (
+        (left.normalized(estimates["left"].log_z) | right.normalized(estimates["right"].log_z),
+         0.5, weight_error),
+        (left | right, weight_left, 0.0),
+    )
+    fractions = []
+    for mixture, mixture_weight, log_z_error in cases:
+        truth = mixture_weight * left_side["left"] + (1 - mixture_weight) * left_side["right"]
+        result = SMC().run(mixture, noise_levels=levels, n_particles=2000, generator=_seed(2),
+                           dtype=torch.float32)
+        fraction, stderr = result.expectation(lambda x: (x[:, 0] < 0).to(F64))
+        # z ≤ 4 with the genealogy stderr, plus the normalisers' share.
+        assert abs(fraction - truth) <= 4 * stderr + log_z_error, (fraction, truth, stderr)
+        fractions.append(fraction)
+    assert abs(fractions[0] - 0.5) <= 0.03  # the issue's 0.5 ± 0.03 on each side
+    assert weight_left > 0.8 and fractions[1] > 0.75  # the raw mixture is far from even
