@@ -262,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", choices=KERNELS, default="annealed",
                         help="annealed (default): Langevin from high to low noise, MALA at "
                              "low noise; mala / ula: that kernel at every noise level; hmc: "
-                             "annealed, then HMC at the lowest noise")
+                             "annealed, then HMC at the lowest noise; smc: sequential Monte "
+                             "Carlo over the same noise levels (MALA moves, importance weights, "
+                             "resampling)")
     sample.add_argument("--steps", type=_positive_int, default=None,
                         help="total Langevin steps (annealed, mala, ula) or HMC steps")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

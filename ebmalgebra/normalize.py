@@ -31,6 +31,7 @@ from ebmalgebra.progress import progress_bar
 from ebmalgebra.rewrites import Quadratic, closed_form
 from ebmalgebra.samplers import MALA, Sampler, sample
 from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
+from ebmalgebra.samplers.smc import SMC
 from ebmalgebra.targets import MultivariateGaussian
 
 __all__ = ["LogZEstimate", "estimate_log_z", "normalize"]
@@ -47,7 +48,7 @@ class LogZEstimate:
             of the final weights (0 for exact values); ``inf`` when the weights are
             degenerate, ESS < min(N, max(5, N/100)), where the delta method fails.
         ess: Kish effective sample size (Σw)²/Σw² of the final weights.
-        method: ``"exact"`` (closed form) or ``"ais"``.
+        method: ``"exact"`` (closed form), ``"ais"`` or ``"smc"``.
         particles: final particles ``(n_particles, *event_shape)`` (``None`` when exact).
         log_weights: their log importance weights ``(n_particles,)``; together they
             are a weighted sample of the model.
@@ -291,6 +292,7 @@ def estimate_log_z(
     generator: torch.Generator | None = None,
     progress: bool | None = None,
     exact: bool = True,
+    method: str = "ais",
 ) -> LogZEstimate:
     """Estimate log Z = log ∫ exp(−E(x)) dx of ``model``.
 
@@ -317,6 +319,10 @@ def estimate_log_z(
             towards 0.574.
         generator: source of all randomness.
         progress: tqdm bar over temperatures (default: when stderr is a terminal).
+        method: ``"ais"``, or ``"smc"`` for sequential Monte Carlo along the same path
+            (:class:`~ebmalgebra.samplers.SMC`: resampling when the ESS halves, each next β
+            chosen on the fly to keep the conditional ESS ≥ ``target_cess``, stderr by
+            the Chan & Lai genealogy estimator; ``n_temps`` does not apply).
 
     Returns:
         :class:`LogZEstimate` with ``log_z``, ``stderr`` (delta method:
@@ -357,6 +363,8 @@ def estimate_log_z(
     if not 0.0 < target_cess < 1.0:
         raise ValueError(f"estimate_log_z: target_cess must be in (0, 1), got {target_cess!r}")
     _check_transition(sampler)
+    if method not in ("ais", "smc"):
+        raise ValueError(f"estimate_log_z: method must be 'ais' or 'smc', got {method!r}")
     if base is None:
         base = fit_base(model, generator=generator)
     else:
@@ -366,6 +374,9 @@ def estimate_log_z(
             raise CompositionError(f"estimate_log_z: base {base!r} has event_shape "
                                    f"{base.event_shape}, model {model!r} has {model.event_shape}")
     log_z_base = float(base.log_z())
+    if method == "smc":
+        return _smc_estimate(model, base, n_particles, n_steps, target_cess, sampler,
+                             generator, progress)
 
     if n_temps is not None:
         grid = torch.linspace(-6.0, 6.0, n_temps + 1, dtype=torch.float64)
@@ -409,6 +420,19 @@ def estimate_log_z(
         temperatures=torch.tensor(schedule, dtype=torch.float64),
         acceptance=torch.tensor(acceptance, dtype=torch.float64),
     )
+
+
+def _smc_estimate(model: EnergyModel, base: EnergyModel, n_particles: int, n_steps: int,
+                  target_cess: float, sampler: Sampler | None,
+                  generator: torch.Generator | None, progress: bool | None) -> LogZEstimate:
+    """:func:`estimate_log_z` by adaptive tempered SMC from ``base`` to ``model``."""
+    result = SMC(kernel=sampler, n_steps=n_steps, target_cess=target_cess).run(
+        model, base=base, n_particles=n_particles, generator=generator, progress=progress)
+    return LogZEstimate(log_z=result.log_z, stderr=result.stderr,
+                        ess=float(1.0 / result.weights.square().sum()),
+                        method="smc", particles=result.particles,
+                        log_weights=result.log_weights, temperatures=result.temperatures,
+                        acceptance=result.acceptance)
 
 
 def _pilot_schedule(model: EnergyModel, base: EnergyModel, n_particles: int,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -29,6 +30,10 @@ from torch import Tensor
 from ebmalgebra.base import Capabilities, TimeLike
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.leaves import Leaf
+
+if TYPE_CHECKING:
+    from ebmalgebra.noised import NoisedGaussianMixture
+    from ebmalgebra.schedules import NoiseSchedule
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -318,6 +323,15 @@ class GaussianMixture(AnalyticTarget):
 
         trils = self.scale_trils.double()
         return Components(self.weights.double().log(), self.locs.double(), trils @ trils.mT)
+
+    def noised(self, schedule: NoiseSchedule) -> NoisedGaussianMixture:
+        """This mixture diffused by ``schedule`` (``VE()`` or ``VP()``): the noise-conditioned
+        leaf p_t = Σ_k π_k N(α_t μ_k, α_t² Σ_k + σ_t² I), exact at every noise level t
+        (see :mod:`ebmalgebra.noised`)."""
+        from ebmalgebra.noised import NoisedGaussianMixture
+
+        return NoisedGaussianMixture(self.locs, self.scale_trils @ self.scale_trils.mT,
+                                     self.weights, schedule, name=self.name)
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         # torch.multinomial refuses n = 0, which must give an empty (0, d) batch.

@@ -18,6 +18,7 @@ from ebmalgebra.samplers.langevin import ULA, LangevinState, ULAInfo
 from ebmalgebra.samplers.mala import MALA, MALAInfo
 from ebmalgebra.samplers.mh import MHInfo, MHState, RandomWalkMH
 from ebmalgebra.samplers.nuts import NUTS, NUTSInfo, NUTSState
+from ebmalgebra.samplers.smc import SMC, SMCResult
 from ebmalgebra.samplers.tempering import ParallelTempering, TemperingInfo, TemperingState
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "Potential",
     "RandomWalkMH",
     "Sampler",
+    "SMC",
+    "SMCResult",
     "Samples",
     "TemperingInfo",
     "TemperingState",

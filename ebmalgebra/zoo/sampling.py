@@ -29,7 +29,7 @@ from ebmalgebra.samplers.escape import ImproperTargetWarning, check_final
 
 __all__ = ["KERNELS", "SamplingPlan", "draw", "is_noise_conditioned", "plan_for", "total_exponent"]
 
-KERNELS = ("annealed", "mala", "ula", "hmc")
+KERNELS = ("annealed", "mala", "ula", "hmc", "smc")
 """Kernel names :func:`draw` (and the CLI's ``--sampler``) accept."""
 
 
@@ -139,7 +139,10 @@ def draw(
         kernel: for noise-conditioned models, ``"annealed"`` (ULA at high
             noise, MALA below ``plan.mala_below``), ``"mala"`` (MALA at every
             level), ``"ula"`` (no correction), or ``"hmc"`` (annealed, then HMC
-            at σ_min); for other models ``"mala"``, ``"ula"`` or ``"hmc"``.
+            at σ_min); for other models ``"mala"``, ``"ula"`` or ``"hmc"``. ``"smc"``
+            runs :class:`~ebmalgebra.samplers.SMC` (MALA moves, importance weights and
+            resampling) over the same noise levels, or by tempering from N(0, 3² I) for
+            models without noise levels, and returns its equally weighted particles.
         steps: total Langevin steps over all levels (annealed kernels; spread
             evenly over the levels) or HMC / MCMC steps (``"hmc"`` and models
             without noise levels). Default: the plan's.
@@ -201,6 +204,8 @@ def _draw(model: EnergyModel, n: int, kernel: str, steps: int | None,
     event_shape = model.event_shape
     dtype = input_options(model)["dtype"]
 
+    if kernel == "smc":
+        return _draw_smc(model, n, plan, steps, generator, progress, dtype)
     if not is_noise_conditioned(model):
         if kernel == "annealed":
             raise ValueError(f"the annealed sampler needs noise-conditioned models, and "
@@ -237,6 +242,27 @@ def _draw(model: EnergyModel, n: int, kernel: str, steps: int | None,
                     n_steps=max(n_steps // 2, 1), warmup=n_steps // 2, generator=generator,
                     progress=progress)
     return result.draws[-1]
+
+
+def _draw_smc(model: EnergyModel, n: int, plan: SamplingPlan | None, steps: int | None,
+              generator: torch.Generator | None, progress: bool | None,
+              dtype: torch.dtype) -> Tensor:
+    """``draw(..., kernel="smc")``: the final particles of an SMC run, equally weighted."""
+    from ebmalgebra.samplers import SMC
+    from ebmalgebra.targets import Gaussian
+
+    check_count(n, "n", 2)
+    event_shape = model.event_shape
+    if not is_noise_conditioned(model):
+        base = Gaussian(torch.zeros(event_shape, dtype=dtype), 3.0, name="base")
+        return SMC().run(model, n_particles=n, base=base, generator=generator,
+                         progress=progress).samples
+    plan = plan_for(model) if plan is None else plan
+    n_steps = plan.steps_per_level if steps is None else max(1, steps // plan.n_levels)
+    base = Gaussian(torch.full(event_shape, plan.init_mean, dtype=dtype), plan.sigma_max,
+                    name="base")
+    return SMC(n_steps=n_steps).run(model, noise_levels=plan.noise_levels(), n_particles=n,
+                                    base=base, generator=generator, progress=progress).samples
 
 
 def _adaptation(kind: type, warmup: int) -> dict[str, bool]:

@@ -1,0 +1,460 @@
+"""Sequential Monte Carlo samplers (Del Moral, Doucet & Jasra 2006) along a path of targets.
+
+N weighted particles (x_i, W_i) are carried through targets π_0 → π_1 → … → π_K,
+π_k ∝ exp(−E_k). Moving from level k to k + 1 costs three operations:
+
+1. **reweight** with the incremental weight w_i = π̃_{k+1}(x_i)/π̃_k(x_i)
+   = exp(E_k(x_i) − E_{k+1}(x_i)): the particles, which targeted π_k, become an
+   importance sample of π_{k+1};
+2. **resample** when the effective sample size ESS = 1/Σ W_i² falls below
+   ``ess_threshold``·N (systematic resampling by default, see
+   :mod:`ebmalgebra.samplers.resampling`); weights are then reset to 1/N;
+3. **move** every particle by ``n_steps`` Metropolis-Hastings-corrected transitions
+   (MALA or HMC) that leave π_{k+1} invariant, with one step size shared by all
+   particles and adapted after every step from the mean acceptance rate,
+   ε ← ε·exp(ᾱ − α*), so the kernel is invariant at every step and tracks the
+   scale of each level.
+
+The product of the weighted mean increments, Ẑ_K/Ẑ_0 = Π_k Σ_i W_i^{(k)} w_i^{(k+1)},
+estimates Z_K/Z_0 without bias (for a fixed path) and consistently for the adaptive
+tempering segments below; the run starts from a normalised ``base`` with exact
+samples, so ``log_z`` is the final target's log Z.
+
+Paths (one :class:`SMC` runs them all):
+
+* **noise levels** of a noise-conditioned expression: π_k ∝ exp(−E(x, t_k)) for
+  decreasing t_0 > … > t_K (``noise_levels=``). The targets are the expression at each
+  noise level, so the final particles target the composition at t_K whether or not
+  the noisy composition equals the noised one (Du et al. 2023);
+* **tempering** from ``base`` to the model, π_β = base ** (1 − β) & model ** β built
+  with the algebra, each next β the largest that keeps the conditional ESS
+  (Zhou, Johansen & Aston 2016) above ``target_cess``, found by bisection;
+* **models**: a user-given sequence m_0, …, m_{K−1} before the model (``models=``).
+
+Noise and model paths begin with such a tempering segment from ``base`` to their
+first target (one step when the base is already close), unless the first model is
+itself normalised with exact samples.
+
+Standard error of log Ẑ: the genealogy ("Eve") estimator of Chan & Lai (2013). With
+E_i the index of particle i's ancestor at level 0 and S_j = Σ_{i : E_i = j} W_i the
+final weight descending from initial particle j, Var(Ẑ/Z) ≈ Σ_j (S_j − 1/N)², and by
+the delta method stderr(log Ẑ) = √(Σ_j (S_j − 1/N)²). Without resampling it is the
+familiar √(1/ESS − 1/N). It fails when few lineages survive (``n_eves`` small).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ebmalgebra.base import EnergyModel, check_count, check_generator
+from ebmalgebra.errors import CapabilityError, CompositionError
+from ebmalgebra.progress import progress_bar
+from ebmalgebra.samplers.base import Potential
+from ebmalgebra.samplers.hmc import HMC
+from ebmalgebra.samplers.mala import MALA
+from ebmalgebra.samplers.resampling import RESAMPLING, resample
+
+__all__ = ["SMC", "SMCResult", "conditional_ess", "next_exponent"]
+
+_MAX_TEMPERING_STEPS = 10_000
+
+
+@dataclass(frozen=True, eq=False)
+class SMCResult:
+    """What an SMC run returns.
+
+    Attributes:
+        particles: final particles ``(N, *event_shape)``, weighted by ``log_weights``.
+        log_weights: their normalised log weights ``(N,)`` (logsumexp = 0).
+        samples: ``(N, *event_shape)`` equally weighted, by a last resampling of
+            ``particles``.
+        log_z: log Ẑ of the final target (from the normalised base, see module docs).
+        stderr: its standard error by the Chan & Lai (2013) genealogy estimator.
+        ess: ESS 1/Σ W² after each level's reweighting, before resampling ``(L,)``.
+        acceptance: mean acceptance rate of the moves at each level ``(L,)``.
+        step_size: the adapted step size at the end of each level ``(L,)``.
+        resampled: whether each level resampled ``(L,)`` (bool).
+        levels: a description of each level, e.g. ``"beta=0.25"``, ``"t=0.5"``.
+        temperatures: the tempering segment's schedule β_0 = 0 < … < β_T = 1 ``(T + 1,)``
+            (just ``[0]`` when the run starts at the first model).
+        eve: each final particle's ancestor among the initial particles ``(N,)``.
+        n_evaluations: energy-and-score evaluations per particle over the run.
+    """
+
+    particles: Tensor
+    log_weights: Tensor
+    samples: Tensor
+    log_z: float
+    stderr: float
+    ess: Tensor
+    acceptance: Tensor
+    step_size: Tensor
+    resampled: Tensor
+    levels: tuple[str, ...]
+    temperatures: Tensor
+    eve: Tensor
+    n_evaluations: int
+
+    @property
+    def weights(self) -> Tensor:
+        """Normalised weights W ``(N,)``."""
+        return self.log_weights.exp()
+
+    @property
+    def n_eves(self) -> int:
+        """Distinct initial ancestors of the final particles (the stderr needs many)."""
+        return int(torch.unique(self.eve).numel())
+
+    def expectation(self, fn: Callable[[Tensor], Tensor]) -> tuple[float, float]:
+        """E_π[f] ≈ Σ W_i f(x_i) and its standard error by the genealogy estimator,
+        √(Σ_j (Σ_{i : E_i = j} W_i (f(x_i) − f̂))²) (Chan & Lai 2013).
+
+        ``fn`` maps particles ``(N, *event_shape)`` to values ``(N,)``.
+        """
+        values = fn(self.particles).to(self.log_weights)
+        if tuple(values.shape) != tuple(self.log_weights.shape):
+            raise CompositionError(f"SMCResult.expectation: fn must return one value per "
+                                   f"particle, shape {tuple(self.log_weights.shape)}; got "
+                                   f"{tuple(values.shape)}")
+        weights = self.weights
+        mean = (weights * values).sum()
+        per_eve = torch.zeros_like(weights).index_add_(0, self.eve, weights * (values - mean))
+        return float(mean), float(per_eve.square().sum().sqrt())
+
+    def __repr__(self) -> str:
+        return (f"SMCResult(log_z={self.log_z:.6g} ± {self.stderr:.2g}, {len(self.levels)} "
+                f"levels, {int(self.resampled.sum())} resamplings, final ess="
+                f"{float(self.ess[-1]) if len(self.ess) else math.nan:.0f})")
+
+
+def conditional_ess(log_w: Tensor, increment: Tensor) -> Tensor:
+    """CESS fraction (Σ W u)² / Σ W u² of normalised log weights and log increments
+    (Zhou, Johansen & Aston 2016); 1 when the increments are constant."""
+    log_u = torch.nan_to_num(increment, nan=-math.inf)
+    return torch.exp(2.0 * torch.logsumexp(log_w + log_u, 0)
+                     - torch.logsumexp(log_w + 2.0 * log_u, 0))
+
+
+def next_exponent(log_w: Tensor, gap: Tensor, beta: float, target_cess: float) -> float:
+    """The largest β' ∈ (β, 1] whose increments (β' − β)·gap keep CESS ≥ ``target_cess``.
+
+    ``gap`` = E_base − E_model per particle, the log weight per unit of β. The CESS
+    falls monotonically in β' − β (Zhou et al. 2016), so bisection finds the step.
+    """
+    if float(conditional_ess(log_w, (1.0 - beta) * gap)) >= target_cess:
+        return 1.0
+    low, high = beta, 1.0
+    for _ in range(50):
+        middle = 0.5 * (low + high)
+        if float(conditional_ess(log_w, (middle - beta) * gap)) >= target_cess:
+            low = middle
+        else:
+            high = middle
+    return max(low, beta + 1e-9)
+
+
+def _describe(t: float | None, beta: float | None) -> str:
+    parts = [] if beta is None else [f"beta={beta:.4g}"]
+    if t is not None:
+        parts.append(f"t={t:.4g}")
+    return " ".join(parts) or "model"
+
+
+class SMC:
+    """Sequential Monte Carlo sampler: weighted particles along a path of targets.
+
+    See the module docstring for the algorithm and the standard error.
+
+    Args:
+        kernel: the move, ``MALA(...)`` or ``HMC(...)``; its ``step_size`` is the first
+            level's step and its ``target_accept`` the aim of the per-step adaptation.
+            Default MALA starting from 0.1 × the mean variance of the initial particles.
+            HMC's diagonal (or dense) inverse mass is set at every level to the
+            particles' weighted variance (covariance) when ``adapt_mass``.
+        n_steps: MCMC transitions per level.
+        resampling: ``"systematic"``, ``"stratified"``, ``"residual"`` or ``"multinomial"``.
+        ess_threshold: resample when ESS < ``ess_threshold``·N (0 never, 1 always).
+        target_cess: conditional ESS fraction each tempering step keeps.
+        adapt_step_size: adapt ε from the acceptance rate after every step.
+
+    Example:
+        >>> result = SMC(n_steps=5).run(a & b, noise_levels=torch.logspace(1, -2, 40),
+        ...                             n_particles=1024, generator=generator)
+        >>> result.samples, result.log_z, result.stderr
+    """
+
+    def __init__(self, *, kernel: MALA | HMC | None = None, n_steps: int = 5,
+                 resampling: str = "systematic", ess_threshold: float = 0.5,
+                 target_cess: float = 0.9, adapt_step_size: bool = True) -> None:
+        if kernel is not None and not isinstance(kernel, MALA | HMC):
+            raise ValueError(f"SMC: kernel must be MALA(...) or HMC(...), which leave each "
+                             f"level invariant; got {kernel!r}")
+        check_count(n_steps, "SMC: n_steps", 0)
+        if resampling not in RESAMPLING:
+            raise ValueError(f"SMC: resampling must be one of {tuple(RESAMPLING)}, got "
+                             f"{resampling!r}")
+        if not 0.0 <= ess_threshold <= 1.0:
+            raise ValueError(f"SMC: ess_threshold must be in [0, 1], got {ess_threshold!r}")
+        if not 0.0 < target_cess < 1.0:
+            raise ValueError(f"SMC: target_cess must be in (0, 1), got {target_cess!r}")
+        self.kernel = kernel
+        self.n_steps = n_steps
+        self.resampling = resampling
+        self.ess_threshold = float(ess_threshold)
+        self.target_cess = float(target_cess)
+        self.adapt_step_size = bool(adapt_step_size)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"SMC({fields})"
+
+    def run(
+        self,
+        model: EnergyModel,
+        *,
+        n_particles: int = 1024,
+        noise_levels: Sequence[float] | Tensor | None = None,
+        models: Sequence[EnergyModel] | None = None,
+        base: EnergyModel | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> SMCResult:
+        """Carry ``n_particles`` from ``base`` to ``model`` along the chosen path.
+
+        Args:
+            model: the final target (any expression with energies and scores).
+            noise_levels: decreasing noise levels t_0 > … > t_K: the path is ``model`` at
+                each level (``model`` must be noise-conditioned).
+            models: intermediate models m_0, …, m_{K−1} before ``model``.
+            base: a normalised model with exact samples where the run starts. Default:
+                N(0, t_0² I) on a noise path (the VE prior; ≈ N(0, I) for VP at t_0 = 1);
+                ``models[0]`` itself when it is normalised with exact samples; else a
+                Gaussian fitted to short MALA runs (:func:`ebmalgebra.normalize.fit_base`,
+                vector event shapes).
+            n_particles: N.
+            generator: the source of all randomness: same generator, same result.
+            progress: a progress bar over levels (default: when stderr is a terminal).
+            dtype: dtype of the default base (a given ``base`` sets its own).
+        """
+        check_count(n_particles, "SMC: n_particles", 2)
+        check_generator(generator, "SMC")
+        if noise_levels is not None and models is not None:
+            raise ValueError("SMC: give at most one of noise_levels, models")
+        anchors = _anchors(model, noise_levels, models)
+        first_model, first_t = anchors[0]
+        start_at_first = base is None and noise_levels is None and models is not None and (
+            first_model.normalizer_known and first_model.can_sample)
+        if start_at_first:
+            base, anchors = first_model, anchors[1:]
+        elif base is None:
+            base = _default_base(first_model, first_t, dtype, generator)
+        base.require("normalizer", "SMC base")
+        base.require("sample", "SMC base")
+        run = _Run(self, base, n_particles, generator)
+        bar = progress_bar(len(anchors), progress, "SMC", unit="level")
+        try:
+            if not start_at_first:
+                run.temper(base, first_model, first_t)
+                anchors = anchors[1:]
+                if bar is not None:
+                    bar.update(1)
+            for anchor_model, t in anchors:
+                run.advance_to(Potential(anchor_model, operation="SMC", t=t), _describe(t, None))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return run.result()
+
+
+def _anchors(model: EnergyModel, noise_levels: Sequence[float] | Tensor | None,
+             models: Sequence[EnergyModel] | None) -> list[tuple[EnergyModel, float | None]]:
+    """The fixed targets of the path as (model, noise level) pairs."""
+    if not isinstance(model, EnergyModel):
+        raise TypeError(f"SMC: model must be an EnergyModel, got {type(model).__name__}")
+    if noise_levels is not None:
+        levels = (noise_levels.detach().double().reshape(-1).tolist()
+                  if isinstance(noise_levels, Tensor) else [float(t) for t in noise_levels])
+        if not levels or any(not (math.isfinite(t) and t >= 0) for t in levels):
+            raise ValueError(f"SMC: noise_levels must be finite and non-negative, got {levels}")
+        if any(b >= a for a, b in zip(levels, levels[1:], strict=False)):
+            raise ValueError("SMC: noise_levels must be strictly decreasing")
+        if not any(getattr(leaf, "noise_conditioned", False) for leaf in model.leaves()):
+            raise CompositionError(f"SMC: noise_levels were given but no part of {model!r} is "
+                                   "noise-conditioned")
+        return [(model, t) for t in levels]
+    if models is not None:
+        for index, intermediate in enumerate(models):
+            if not isinstance(intermediate, EnergyModel):
+                raise TypeError(f"SMC: models[{index}] must be an EnergyModel, got "
+                                f"{type(intermediate).__name__}")
+        return [(m, None) for m in (*models, model)]
+    return [(model, None)]
+
+
+def _default_base(model: EnergyModel, t: float | None, dtype: torch.dtype,
+                  generator: torch.Generator | None) -> EnergyModel:
+    from ebmalgebra.targets import Gaussian
+
+    if t is not None:
+        shape = model.event_shape
+        if shape is None:
+            raise CompositionError(f"SMC: {model!r} has no fixed event_shape; pass base=")
+        return Gaussian(torch.zeros(shape, dtype=dtype), max(t, 1e-3), name="base")
+    from ebmalgebra.normalize import fit_base
+
+    return fit_base(model, generator=generator, dtype=dtype)
+
+
+class _Run:
+    """The particle system of one SMC run and its records."""
+
+    def __init__(self, smc: SMC, base: EnergyModel, n_particles: int,
+                 generator: torch.Generator | None) -> None:
+        self.smc = smc
+        self.generator = generator
+        self.n = n_particles
+        x = base.sample(n_particles, generator)
+        if not x.is_floating_point():
+            raise CompositionError(f"SMC: base {base!r} samples {x.dtype}, not floating point")
+        if smc.kernel is None:
+            scale = x.reshape(n_particles, -1).var(0).mean().clamp_min(1e-12)
+            self.kernel: MALA | HMC = MALA(step_size=float(0.1 * scale), adapt_step_size=False)
+        else:
+            self.kernel = smc.kernel
+        self.state = self.kernel.init(x, base)
+        self.step_size = self.state.step_size[:1].clone()
+        self.log_w = torch.full((n_particles,), -math.log(n_particles), dtype=x.dtype,
+                                device=x.device)
+        self.log_z = float(base.log_z())
+        self.eve = torch.arange(n_particles, device=x.device)
+        self.records: dict[str, list] = {k: [] for k in ("ess", "acceptance", "step_size",
+                                                         "resampled", "levels")}
+        self.temperatures = [0.0]
+        self.n_evaluations = 1
+
+    # --------------------------------------------------------------- levels
+    def temper(self, base: EnergyModel, model: EnergyModel, t: float | None) -> None:
+        """Adaptive tempering from ``base`` (where the particles are) to ``model`` at ``t``."""
+        base_potential = Potential(base, operation="SMC base")
+        model_potential = Potential(model, operation="SMC", t=t)
+        beta = 0.0
+        while beta < 1.0:
+            if len(self.records["levels"]) >= _MAX_TEMPERING_STEPS:
+                raise CapabilityError(f"SMC: tempering to {model!r} needs more than "
+                                      f"{_MAX_TEMPERING_STEPS} steps; give a closer base=")
+            x = self.state.position
+            gap = base_potential.energy(x) - model_potential.energy(x)
+            self.n_evaluations += 1
+            new_beta = next_exponent(self.log_w, gap, beta, self.smc.target_cess)
+            target = Potential(base ** (1.0 - new_beta) & model ** new_beta, operation="SMC",
+                               t=t)
+            energy, score = target.energy_and_score(x)
+            self._step(target, (new_beta - beta) * gap, energy, score,
+                       _describe(t, new_beta))
+            beta = new_beta
+            self.temperatures.append(beta)
+
+    def advance_to(self, potential: Potential, description: str) -> None:
+        """Reweight from the current level to ``potential``'s, resample, move."""
+        energy, score = potential.energy_and_score(self.state.position)
+        self._step(potential, self.state.energy - energy, energy, score, description)
+
+    # ---------------------------------------------------------------- steps
+    def _step(self, potential: Potential, increment: Tensor, energy: Tensor, score: Tensor,
+              description: str) -> None:
+        self.n_evaluations += 1
+        increment = torch.nan_to_num(increment.to(self.log_w), nan=-math.inf)
+        unnormalised = self.log_w + increment
+        log_mean = torch.logsumexp(unnormalised, 0)
+        if not torch.isfinite(log_mean):
+            raise CapabilityError(f"SMC: every particle has zero or non-finite weight at level "
+                                  f"{description} ({potential.model!r}); use a closer base, "
+                                  "more levels or a higher target_cess")
+        self.log_z += float(log_mean)
+        self.log_w = unnormalised - log_mean
+        ess = float(torch.exp(-torch.logsumexp(2.0 * self.log_w, 0)))
+        x = self.state.position
+        resampled = ess < self.smc.ess_threshold * self.n
+        if resampled:
+            ancestors = resample(self.log_w.exp(), self.generator, method=self.smc.resampling)
+            x, energy, score = x[ancestors], energy[ancestors], score[ancestors]
+            self.eve = self.eve[ancestors]
+            self.log_w = torch.full_like(self.log_w, -math.log(self.n))
+        self.state = self._retarget(x, energy, score, potential)
+        acceptance = self._move()
+        for key, value in (("ess", ess), ("acceptance", acceptance),
+                           ("step_size", float(self.step_size[0])), ("resampled", resampled),
+                           ("levels", description)):
+            self.records[key].append(value)
+
+    def _retarget(self, x: Tensor, energy: Tensor, score: Tensor, potential: Potential):
+        changes = dict(position=x, energy=energy, score=score, potential=potential,
+                       step_size=self.step_size.expand(self.n).clone())
+        if isinstance(self.kernel, MALA):
+            changes["frozen"] = torch.zeros(self.n, dtype=torch.bool, device=x.device)
+        elif self.kernel.adapt_mass:
+            inverse_mass = _weighted_spread(x, self.log_w.exp(), self.kernel.metric == "dense")
+            changes.update(inverse_mass=inverse_mass,
+                           mass_factor=self.kernel.mass_factor(inverse_mass))
+        return self.state._replace(**changes)
+
+    def _move(self) -> float:
+        """``n_steps`` transitions at the current level; returns the mean acceptance."""
+        rates = []
+        target = self.kernel.target_accept
+        adapt = self.smc.adapt_step_size
+        for _ in range(self.smc.n_steps):
+            self.state, info = self.kernel.step(self.state, self.generator)
+            self.n_evaluations += getattr(info, "n_leapfrog", 1)
+            rate = info.acceptance_rate.mean()
+            rates.append(rate)
+            if adapt:
+                self.step_size = self.step_size * torch.exp(rate - target)
+                self.state = self.state._replace(step_size=self.step_size.expand(self.n).clone())
+        return float(torch.stack(rates).mean()) if rates else math.nan
+
+    # --------------------------------------------------------------- result
+    def result(self) -> SMCResult:
+        weights = self.log_w.exp()
+        per_eve = torch.zeros_like(weights).index_add_(0, self.eve, weights)
+        stderr = math.sqrt(float((per_eve - 1.0 / self.n).square().sum()))
+        final = resample(weights, self.generator, method=self.smc.resampling)
+        records = {key: torch.tensor(values, dtype=torch.bool if key == "resampled" else
+                                     torch.float64)
+                   for key, values in self.records.items() if key != "levels"}
+        return SMCResult(
+            particles=self.state.position,
+            log_weights=self.log_w,
+            samples=self.state.position[final],
+            log_z=self.log_z,
+            stderr=stderr,
+            ess=records["ess"],
+            acceptance=records["acceptance"],
+            step_size=records["step_size"],
+            resampled=records["resampled"],
+            levels=tuple(self.records["levels"]),
+            temperatures=torch.tensor(self.temperatures, dtype=torch.float64),
+            eve=self.eve,
+            n_evaluations=self.n_evaluations,
+        )
+
+
+def _weighted_spread(x: Tensor, weights: Tensor, dense: bool) -> Tensor:
+    """Weighted variance (event-shaped) or covariance ``(d, d)`` of the particles, with a
+    small ridge so that a collapsed coordinate still gives a valid metric."""
+    flat = x.reshape(x.shape[0], -1)
+    centred = flat - (weights[:, None] * flat).sum(0)
+    if dense:
+        covariance = (weights[:, None] * centred).T @ centred
+        ridge = 1e-6 * covariance.diagonal().mean().clamp_min(1e-12)
+        return covariance + ridge * torch.eye(flat.shape[1], dtype=x.dtype, device=x.device)
+    variance = (weights[:, None] * centred.square()).sum(0)
+    return (variance + 1e-6 * variance.mean().clamp_min(1e-12)).reshape(x.shape[1:])

@@ -1,0 +1,84 @@
+"""Noise schedules of diffusion models: x_t = α_t x_0 + σ_t ε with ε ~ N(0, I).
+
+A schedule maps the noise level ``t`` a noise-conditioned model takes to the
+signal scale α_t and the noise scale σ_t; if x_0 ~ p then x_t has density
+p_t = (p scaled by α_t) ∗ N(0, σ_t² I). Two families (Song et al. 2021):
+
+* :class:`VE` (variance exploding): α_t = 1, σ_t = t, so t *is* the noise
+  standard deviation and the zoo's models E(x, σ) fit it directly.
+* :class:`VP` (variance preserving) with the linear rate β(s) = β_min + s(β_max − β_min)
+  on t ∈ [0, 1]: α_t = exp(−¼ t² (β_max − β_min) − ½ t β_min), σ_t = √(1 − α_t²), so a
+  unit-variance x_0 keeps unit variance at every t.
+
+``alpha(t)`` and ``sigma(t)`` accept a float or a tensor (one level per batch row)
+and return tensors of t's shape, in t's dtype (float64 for plain floats).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ebmalgebra.base import as_finite_float
+
+__all__ = ["VE", "VP", "NoiseSchedule"]
+
+def _as_levels(t: float | Tensor) -> Tensor:
+    if isinstance(t, Tensor):
+        return t if t.is_floating_point() else t.to(torch.get_default_dtype())
+    return torch.tensor(as_finite_float(t, "noise level t"), dtype=torch.float64)
+
+class NoiseSchedule:
+    """x_t = α_t x_0 + σ_t ε: subclasses define :meth:`alpha` and :meth:`sigma`."""
+
+    def alpha(self, t: float | Tensor) -> Tensor:
+        """The signal scale α_t, shaped like ``t``."""
+        raise NotImplementedError
+
+    def sigma(self, t: float | Tensor) -> Tensor:
+        """The noise standard deviation σ_t, shaped like ``t``."""
+        raise NotImplementedError
+
+class VE(NoiseSchedule):
+    """Variance exploding: α_t = 1, σ_t = t (t ≥ 0 is the noise standard deviation)."""
+
+    def alpha(self, t: float | Tensor) -> Tensor:
+        return torch.ones_like(_as_levels(t))
+
+    def sigma(self, t: float | Tensor) -> Tensor:
+        return _as_levels(t)
+
+    def __repr__(self) -> str:
+        return "VE()"
+
+class VP(NoiseSchedule):
+    """Variance preserving with a linear rate on t ∈ [0, 1] (Song et al. 2021, DDPM's limit).
+
+    log α_t = −¼ t² (β_max − β_min) − ½ t β_min,  σ_t = √(1 − α_t²).
+
+    Args:
+        beta_min: the rate at t = 0.
+        beta_max: the rate at t = 1.
+    """
+
+    def __init__(self, *, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        self.beta_min = as_finite_float(beta_min, "VP: beta_min", positive=True)
+        self.beta_max = as_finite_float(beta_max, "VP: beta_max", positive=True)
+        if self.beta_max < self.beta_min:
+            raise ValueError(f"VP: beta_max ({beta_max!r}) must be at least beta_min "
+                             f"({beta_min!r})")
+
+    def log_alpha(self, t: float | Tensor) -> Tensor:
+        t = _as_levels(t)
+        return -0.25 * t * t * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def alpha(self, t: float | Tensor) -> Tensor:
+        return self.log_alpha(t).exp()
+
+    def sigma(self, t: float | Tensor) -> Tensor:
+        # 1 − α² = −expm1(2 log α), accurate near t = 0 where α → 1.
+        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def __repr__(self) -> str:
+        return f"VP(beta_min={self.beta_min:g}, beta_max={self.beta_max:g})"
+
