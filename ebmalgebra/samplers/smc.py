@@ -402,8 +402,7 @@ class _Run:
             changes["frozen"] = torch.zeros(self.n, dtype=torch.bool, device=x.device)
         elif self.kernel.adapt_mass:
             inverse_mass = _weighted_spread(x, self.log_w.exp(), self.kernel.metric == "dense")
-            changes.update(inverse_mass=inverse_mass,
-                           mass_factor=self.kernel.mass_factor(inverse_mass))
+            changes["metric"] = self.state.metric.replace(inverse_mass)
         return self.state._replace(**changes)
 
     def _move(self) -> float:
