@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -12,6 +13,7 @@ from torch import Tensor
 from ebmalgebra import diagnostics
 from ebmalgebra.base import EnergyModel, check_count, check_generator, input_options
 from ebmalgebra.compile import compile
+from ebmalgebra.distributed import ChainShard, chain_shard
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import NonFiniteError, Sampler, is_nonfinite
@@ -46,6 +48,11 @@ class Samples:
             Every other tensor field of an info is per chain, ``(n_chains, …)``.
         chain_counts: per-chain totals of each flag over the sampling phase
             (after warmup), e.g. ``chain_counts["divergent"]`` is ``(n_chains,)``.
+        shard: for a run sharded across processes (:mod:`ebmalgebra.distributed`),
+            the block of global chains this rank ran; ``None`` otherwise. ``draws``,
+            ``state`` and ``chain_counts`` then hold this rank's chains only, while
+            ``stats`` are over all chains, and :meth:`ess`, :meth:`rhat`,
+            :meth:`summary` and :meth:`gather` are collectives over all ranks.
     """
 
     draws: Tensor
@@ -55,9 +62,11 @@ class Samples:
     thin: int
     stats: dict[str, Tensor] = field(repr=False)
     chain_counts: dict[str, Tensor] = field(repr=False)
+    shard: ChainShard | None = field(default=None, repr=False)
 
     @property
     def n_chains(self) -> int:
+        """Chains in ``draws``: those of this rank when the run is sharded."""
         return self.draws.shape[1]
 
     @property
@@ -98,17 +107,32 @@ class Samples:
 
     def ess(self, kind: str = "bulk") -> Tensor:
         """Effective sample size per coordinate, shaped ``event_shape``
-        (:func:`ebmalgebra.diagnostics.ess`)."""
-        return diagnostics.ess(self.draws, kind=kind)
+        (:func:`ebmalgebra.diagnostics.ess`), over the chains of all ranks."""
+        return diagnostics.ess(self.gather(dst=None), kind=kind)
 
     def rhat(self) -> Tensor:
-        """Rank-normalised split-R̂ per coordinate (:func:`ebmalgebra.diagnostics.rhat`)."""
-        return diagnostics.rhat(self.draws)
+        """Rank-normalised split-R̂ per coordinate (:func:`ebmalgebra.diagnostics.rhat`),
+        over the chains of all ranks."""
+        return diagnostics.rhat(self.gather(dst=None))
 
     def summary(self, names: str | list[str] | None = None) -> diagnostics.Summary:
         """Mean, sd, quantiles, MCSE, ESS and R̂ per coordinate
-        (:func:`ebmalgebra.diagnostics.summary`); ``print`` it for a table."""
-        return diagnostics.summary(self.draws, names=names)
+        (:func:`ebmalgebra.diagnostics.summary`), over the chains of all ranks;
+        ``print`` it for a table."""
+        return diagnostics.summary(self.gather(dst=None), names=names)
+
+    def gather(self, dst: int | None = 0) -> Tensor | None:
+        """The draws of all chains, ``(n_draws, n_chains_global, *event_shape)``.
+
+        Rank ``dst`` of the run's group gets them and the other ranks ``None``;
+        ``dst=None`` gives them to every rank. The draws themselves when the run is
+        not sharded. A collective: every rank must call it.
+        """
+        if self.shard is None:
+            return self.draws
+        if dst is None:
+            return self.shard.all_gather(self.draws, dim=1)
+        return self.shard.gather(self.draws, dim=1, dst=dst)
 
     def __repr__(self) -> str:
         n_draws, n_chains = self.draws.shape[:2]
@@ -132,9 +156,10 @@ class _Recorder:
     :func:`_per_chain_fields`), never from the shape of a block.
     """
 
-    def __init__(self, n_chains: int, warmup: int) -> None:
+    def __init__(self, n_chains: int, warmup: int, shard: ChainShard | None = None) -> None:
         self.n_chains = n_chains
         self.warmup = warmup
+        self.shard = shard
         self.per_chain: frozenset[str] | None = None
         self.pending: dict[str, list] = {}
         self.done: dict[str, list[Tensor]] = {}
@@ -173,6 +198,9 @@ class _Recorder:
                         total = self.counts.get(name, 0)
                         self.counts[name] = total + block.sum(0)
                     reduced = block.sum(1)
+                elif self.shard is not None:
+                    # Summed over ranks in result(): this rank's share of the global mean.
+                    reduced = block.sum(1) / self.shard.n_chains
                 else:
                     reduced = block.mean(1)
             else:
@@ -182,6 +210,10 @@ class _Recorder:
     def result(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         self.flush()
         stats = {name: torch.cat(blocks) for name, blocks in self.done.items()}
+        if self.shard is not None:
+            for name in sorted(self.per_chain or ()):
+                if name in stats:
+                    stats[name] = self.shard.sum(stats[name])
         return stats, self.counts
 
 
@@ -234,9 +266,16 @@ def _check_generator(generator: torch.Generator | None, device: torch.device,
         )
 
 
-def _first_nonfinite(info: NamedTuple) -> Tensor | None:
+def _first_nonfinite(info: NamedTuple, shard: ChainShard | None) -> Tensor | None:
+    """Global indices of the chains flagged ``nonfinite``, the same on every rank."""
     flags = getattr(info, "nonfinite", None)
-    if flags is None or not bool(flags.any()):
+    if flags is None:
+        return None
+    if shard is not None:
+        if not shard.any(flags):
+            return None
+        flags = shard.all_gather(flags)
+    elif not bool(flags.any()):
         return None
     return flags.nonzero().flatten()
 
@@ -254,6 +293,7 @@ def sample(
     progress: bool | None = None,
     callback: Callable[[int, NamedTuple, NamedTuple], Any] | None = None,
     on_nonfinite: str = "reject",
+    group: torch.distributed.ProcessGroup | None = None,
 ) -> Samples:
     """Draw MCMC samples of ``model`` with ``sampler``; all chains run batched.
 
@@ -287,6 +327,12 @@ def sample(
         on_nonfinite: ``"reject"`` (default): NaN/inf proposals are rejected and
             counted (unadjusted samplers freeze the chain); ``"raise"``: raise
             :class:`NonFiniteError` naming the step and the chains.
+        group: a ``torch.distributed`` process group to shard the chains over; by
+            default the default group when one is initialised with several processes
+            (e.g. under ``torchrun``). Each rank then runs a contiguous block of the
+            ``n_chains`` chains, and the draws of every chain are those one process
+            would give for the same seed (:mod:`ebmalgebra.distributed`). Pass the
+            same arguments on every rank: the same seed, and ``x0`` for all chains.
 
     Returns:
         :class:`Samples` with ``draws`` ``(n_steps // thin, n_chains, *event_shape)``.
@@ -337,54 +383,63 @@ def sample(
             raise ValueError(f"sample: x0 has shape {tuple(x0.shape)}: no chains; it must "
                              "be (n_chains, *event_shape) with n_chains ≥ 1")
         _check_generator(generator, x0.device, "x0")
-
-    state = sampler.init(x0, compiled)
-    _check_start(state)
-    n_total = warmup + n_steps
-    n_draws = n_steps // thin
-    position = state.position
-    draws = torch.empty((n_draws, *position.shape), dtype=position.dtype, device=position.device)
-    recorder = _Recorder(position.shape[0], warmup)
-    adaptation = sampler.adaptation(state, warmup) if warmup else None
-    bar = progress_bar(n_total, progress, type(sampler).__name__)
-    try:
-        for index in range(n_total):
-            state, info = sampler.step(state, generator)
-            recorder.add(state, info)  # before adaptation: the step size this step used
-            if on_nonfinite == "raise":
-                chains = _first_nonfinite(info)
-                if chains is not None:
-                    phase = "warmup" if index < warmup else "sampling"
-                    raise NonFiniteError(
-                        f"{type(sampler).__name__} step {index} ({phase}): non-finite energy "
-                        f"or score in chain(s) {chains[:10].tolist()}"
-                        f"{' …' if len(chains) > 10 else ''}; pass on_nonfinite='reject' to "
-                        "reject (or, for unadjusted samplers, freeze) such chains instead"
-                    )
-            if index < warmup:
-                if adaptation is not None:
-                    state = adaptation.update(state, info)
-                    if index == warmup - 1:
-                        state = adaptation.finish(state)
-            else:
-                after = index - warmup + 1
-                if after % thin == 0:
-                    draws[after // thin - 1] = state.position
-            if callback is not None:
-                callback(index, state, info)
+    shard = chain_shard(x0.shape[0], group)
+    if shard is not None:
+        shard.check_generator(generator)
+        x0 = shard.take(x0)
+    with nullcontext() if shard is None else shard.activate():
+        state = sampler.init(x0, compiled)
+        _check_start(state, shard)
+        n_total = warmup + n_steps
+        n_draws = n_steps // thin
+        position = state.position
+        draws = torch.empty((n_draws, *position.shape), dtype=position.dtype,
+                            device=position.device)
+        recorder = _Recorder(position.shape[0], warmup, shard)
+        adaptation = sampler.adaptation(state, warmup) if warmup else None
+        # One bar per run, not one per rank.
+        show = progress if shard is None or shard.rank == 0 else False
+        bar = progress_bar(n_total, show, type(sampler).__name__)
+        try:
+            for index in range(n_total):
+                state, info = sampler.step(state, generator)
+                recorder.add(state, info)  # before adaptation: the step size this step used
+                if on_nonfinite == "raise":
+                    chains = _first_nonfinite(info, shard)
+                    if chains is not None:
+                        phase = "warmup" if index < warmup else "sampling"
+                        raise NonFiniteError(
+                            f"{type(sampler).__name__} step {index} ({phase}): non-finite energy "
+                            f"or score in chain(s) {chains[:10].tolist()}"
+                            f"{' …' if len(chains) > 10 else ''}; pass on_nonfinite='reject' to "
+                            "reject (or, for unadjusted samplers, freeze) such chains instead"
+                        )
+                if index < warmup:
+                    if adaptation is not None:
+                        state = adaptation.update(state, info)
+                        if index == warmup - 1:
+                            state = adaptation.finish(state)
+                else:
+                    after = index - warmup + 1
+                    if after % thin == 0:
+                        draws[after // thin - 1] = state.position
+                if callback is not None:
+                    callback(index, state, info)
+                if bar is not None:
+                    bar.update(1)
+        finally:
             if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    stats, counts = recorder.result()
-    return Samples(draws, state, sampler, warmup, thin, stats, counts)
+                bar.close()
+        stats, counts = recorder.result()
+        return Samples(draws, state, sampler, warmup, thin, stats, counts, shard)
 
 
-def _check_start(state: NamedTuple) -> None:
+def _check_start(state: NamedTuple, shard: ChainShard | None) -> None:
     score = getattr(state, "score", None)
     energy = state.energy if state.potential.has_energy else None
     bad = is_nonfinite(energy, score)
+    if shard is not None:
+        bad = shard.all_gather(bad) if shard.any(bad) else bad[:0]
     if bad.any():
         chains = bad.nonzero().flatten()
         raise NonFiniteError(
