@@ -155,7 +155,7 @@ class ChainShard:
         state = (generator if generator is not None else torch.default_generator).get_state()
         checksum = torch.tensor([zlib.crc32(state.numpy().tobytes())], dtype=torch.int64)
         sums = self.stack_ranks(checksum)
-        if len(set(sums.tolist())) > 1:
+        if len(set(sums.flatten().tolist())) > 1:
             raise ValueError(
                 "sample: the generator's state differs between ranks; seed it with the same "
                 "seed on every rank (chains get distinct numbers from their global index)"
@@ -270,3 +270,59 @@ class ChainShard:
         if device == "cuda" and tensor.device.type == "cuda":
             return tensor
         return tensor.to(device)
+
+
+class DistributedObjective(torch.nn.Module):
+    """A training loss of a model run under ``DistributedDataParallel``: each rank's
+    ``backward()`` leaves the gradient of the loss averaged over all ranks.
+
+    Score-based losses differentiate the energy network inside the loss
+    (``torch.autograd.grad`` for the score), which a network wrapped in
+    ``DistributedDataParallel`` does not support: DDP would take that inner
+    gradient for the backward pass and never average the parameter gradients.
+    Wrapping the *loss* instead makes the backward of the loss DDP's backward.
+    Parameters a loss does not reach (an energy's additive constant has no score)
+    are found by ``find_unused_parameters=True``.
+
+    With equal local batches of size B on P ranks, the averaged gradient is that
+    of the loss on the concatenated batch of P·B rows, for losses that are means
+    over rows (all of :mod:`ebmalgebra.learning`'s). Random numbers in the loss
+    come from each rank's own ``generator``.
+
+    Args:
+        model: the model being trained (its parameters are synchronised from rank 0).
+        loss: ``loss(model, batch, **options) -> scalar``, e.g.
+            :func:`~ebmalgebra.learning.denoising_score_matching`.
+        group: the process group (default: the default group).
+        **options: keyword options for ``loss`` fixed at construction.
+
+    Example:
+        >>> objective = DistributedObjective(model, denoising_score_matching, sigma=0.1)
+        >>> objective(local_batch, generator=g).backward()   # then optimizer.step()
+    """
+
+    def __init__(self, model: torch.nn.Module, loss, *,
+                 group: dist.ProcessGroup | None = None, **options) -> None:
+        super().__init__()
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.loss = loss
+        self.options = options
+        self.parallel = DistributedDataParallel(_Objective(model, loss, options),
+                                                find_unused_parameters=True,
+                                                process_group=group)
+
+    def forward(self, batch: Tensor, **call_options) -> Tensor:
+        """The loss on this rank's ``batch`` (its backward averages over ranks)."""
+        return self.parallel(batch, **call_options)
+
+
+class _Objective(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, loss, options: dict) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.options = options
+
+    def forward(self, batch: Tensor, **call_options) -> Tensor:
+        return self.loss(self.model, batch, **self.options, **call_options)
