@@ -29,16 +29,7 @@ from ebmalgebra.errors import CapabilityError, CompositionError
 from ebmalgebra.ops import Mixture, Normalized, Power, Weight
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.rewrites import Quadratic, closed_form
-from ebmalgebra.samplers import (
-    HMC,
-    MALA,
-    ULA,
-    AnnealedLangevin,
-    ParallelTempering,
-    RandomWalkMH,
-    Sampler,
-    sample,
-)
+from ebmalgebra.samplers import MALA, Sampler, sample
 from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
 from ebmalgebra.targets import MultivariateGaussian
 
@@ -115,25 +106,14 @@ def improper_gaussian_part(model: EnergyModel) -> tuple[EnergyModel, float] | No
 def _check_transition(sampler: Sampler | None) -> None:
     """Reject AIS transition kernels that do not leave every π_β invariant.
 
-    AIS is unbiased only if each move leaves its π_β exactly invariant. The
-    Metropolis–Hastings-corrected kernels (:class:`~ebmalgebra.samplers.MALA`,
-    :class:`~ebmalgebra.samplers.RandomWalkMH`, :class:`~ebmalgebra.samplers.HMC`)
-    do; anything else raises ``ValueError`` saying why and what to use instead.
+    AIS is unbiased only if each move leaves its π_β exactly invariant: samplers
+    declare it (``leaves_target_invariant``, true of the Metropolis–Hastings-corrected
+    kernels); anything else raises ``ValueError`` with the sampler's own reason
+    (``not_invariant_because``) and what to use instead.
     """
-    if sampler is None or isinstance(sampler, MALA | RandomWalkMH | HMC):
+    if sampler is None or getattr(sampler, "leaves_target_invariant", False):
         return
-    if isinstance(sampler, ULA):
-        why = ("it has no Metropolis–Hastings correction, so its stationary law differs "
-               "from π_β by O(step_size) and the estimate is biased")
-    elif isinstance(sampler, AnnealedLangevin):
-        why = ("it targets its own levels (noise levels or models) before π_β, and is "
-               "unadjusted Langevin wherever mala= does not correct it")
-    elif isinstance(sampler, ParallelTempering):
-        why = ("its hot replicas restart from the particles at every temperature, so its "
-               "β = 1 replica is not a π_β-invariant move")
-    else:
-        why = ("it is not one of the Metropolis–Hastings-corrected kernels known to leave "
-               "π_β invariant")
+    why = getattr(sampler, "not_invariant_because", Sampler.not_invariant_because)
     raise ValueError(
         f"estimate_log_z: sampler {sampler!r} cannot be an AIS transition: {why}; use "
         "MALA, RandomWalkMH or HMC (or sampler=None for MALA with a tuned step size)")
@@ -311,8 +291,8 @@ def estimate_log_z(
             short-run MALA samples (:func:`fit_base`, vector event shapes only).
         n_particles: number of AIS particles N.
         n_steps: MCMC transitions per temperature.
-        sampler: the transition kernel, which must leave each π_β invariant:
-            ``MALA``, ``RandomWalkMH`` or ``HMC`` (e.g. ``HMC(step_size=...)``);
+        sampler: the transition kernel, which must leave each π_β invariant (declared
+            by ``leaves_target_invariant``: ``MALA``, ``RandomWalkMH``, ``HMC``, ...);
             default MALA whose step size follows the population acceptance rate
             towards 0.574.
         generator: source of all randomness.

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from sampler_helpers import F64, Z_MAX, assert_moments, normal, z_scores
 
 import ebmalgebra as eb
-from ebmalgebra.diagnostics import ess, mcse_mean
 from ebmalgebra.samplers import (
     HMC,
     MALA,
@@ -45,32 +45,6 @@ from ebmalgebra.samplers.base import (
     select,
 )
 from ebmalgebra.targets import Banana, Gaussian, GaussianMixture
-
-F64 = torch.float64
-Z_MAX = 4.0
-
-
-def normal(mean: float, variance: float, name: str) -> eb.EnergyModel:
-    """N(mean, variance) over event shape (1,), in float64."""
-    return Gaussian(torch.tensor([mean], dtype=F64), math.sqrt(variance), name=name)
-
-
-def z_scores(values: torch.Tensor, truth: torch.Tensor | float) -> torch.Tensor:
-    """(estimate − truth) / MCSE per coordinate; asserts ESS ≥ 100."""
-    effective = ess(values, kind="mean")
-    assert (effective >= 100).all(), f"ESS too small for a reliable MCSE: {effective}"
-    estimate = values.double().mean((0, 1))
-    return (estimate - truth) / mcse_mean(values)
-
-
-def assert_moments(draws: torch.Tensor, mean, variance, what: str) -> None:
-    """Mean and variance (as E(x − μ)² with the exact μ) within 4 MCSE."""
-    mean = torch.as_tensor(mean, dtype=F64)
-    variance = torch.as_tensor(variance, dtype=F64)
-    z_mean = z_scores(draws, mean)
-    z_var = z_scores((draws.double() - mean) ** 2, variance)
-    assert z_mean.abs().max() <= Z_MAX, f"{what}: mean z = {z_mean.tolist()}"
-    assert z_var.abs().max() <= Z_MAX, f"{what}: variance z = {z_var.tolist()}"
 
 
 def run(model, sampler, *, seed: int, n_chains: int = 256, n_steps: int = 400,

@@ -1,9 +1,30 @@
-"""Warmup adaptation: dual-averaging step sizes and Stan-style windowed mass matrices.
+"""Warmup adaptation: dual-averaging step sizes and Stan-style windowed metrics.
 
-Both run outside the kernels, between steps, only during warmup: they read
-``info.acceptance_rate`` and ``state.position`` and write ``state.step_size``
-(and ``state.inverse_mass``). After warmup the state holds the tuned values and
-the kernel runs unchanged, so the sampling phase is an exact Markov chain.
+Adaptation runs outside the kernels, between steps, only during warmup: it
+reads ``info.acceptance_rate`` and ``state.position`` and writes
+``state.step_size`` (and ``state.metric``). After warmup the state holds the
+tuned values and the kernel runs unchanged, so the sampling phase is an exact
+Markov chain.
+
+**Interface** (what :func:`ebmalgebra.sample` calls, and what a new sampler
+provides to get adaptation for free). :func:`window_adaptation` works for any
+sampler with a step size, and also tunes a metric when it has one; it is typed
+to no sampler class:
+
+- the sampler has ``name``, ``target_accept`` (δ) and ``adapt_step_size``, and,
+  to tune a metric, ``adapt_mass``; its class lists the switches it has in
+  ``adaptation_flags`` (see :class:`~ebmalgebra.samplers.Sampler`);
+- its state is a NamedTuple with ``position`` ``(n_chains, *event_shape)``,
+  ``step_size`` ``(n_chains,)`` and, to tune a metric, ``metric`` (a
+  :class:`~ebmalgebra.samplers.metrics.Metric`, replaced through
+  ``metric.replace(inverse_mass)``);
+- its info has ``acceptance_rate`` ``(n_chains,)`` in [0, 1] (NaN counts as 0):
+  the Metropolis acceptance probability, or for NUTS the mean acceptance over
+  the trajectory (Hoffman & Gelman 2014, §3.2).
+
+``sampler.adaptation(state, n_warmup)`` returns ``window_adaptation(sampler,
+state, n_warmup)``, an object with ``update(state, info) -> state`` (after each
+warmup step) and ``finish(state) -> state`` (after the last), or ``None``.
 
 **Dual averaging** (Nesterov 2009; Hoffman & Gelman 2014, §3.2). With
 acceptance statistic α_t and target δ, iteration t = 1, 2, … updates
@@ -67,8 +88,10 @@ __all__ = [
     "DualAveraging",
     "StepSizeAdaptation",
     "WelfordCovariance",
+    "WindowAdaptation",
     "long_enough_to_adapt",
     "mass_windows",
+    "window_adaptation",
 ]
 
 MIN_ADAPTATION_STEPS = 20
@@ -81,12 +104,14 @@ _TUNED_BY = {"adapt_step_size": "step size", "adapt_mass": "metric"}
 
 
 def long_enough_to_adapt(n_warmup: int, operation: str,
-                         flags: tuple[str, ...] = ("adapt_step_size",)) -> bool:
+                         flags: tuple[str, ...] = ("adapt_step_size",), *,
+                         stacklevel: int = 4) -> bool:
     """Whether ``n_warmup`` warmup steps are enough to adapt (≥ ``MIN_ADAPTATION_STEPS``).
 
     A shorter, non-zero warmup gets one ``RuntimeWarning`` naming ``warmup`` and
     the sampler's adaptation ``flags`` that are on (``"adapt_step_size"``,
-    ``"adapt_mass"``), which switch adaptation off.
+    ``"adapt_mass"``), which switch adaptation off. ``stacklevel`` points it at the
+    user's call of :func:`ebmalgebra.sample`.
 
     Example:
         >>> long_enough_to_adapt(200, "MALA")
@@ -98,12 +123,11 @@ def long_enough_to_adapt(n_warmup: int, operation: str,
         what = " and ".join(_TUNED_BY[flag] for flag in flags)
         verb = "are" if len(flags) > 1 else "is"
         off = " and ".join(f"{flag}=False" for flag in flags)
-        # stacklevel: this function, the sampler's adaptation(), sample(), its caller.
         warnings.warn(
             f"{operation}: warmup={n_warmup} is too short to adapt the {what} (that takes "
             f"at least {MIN_ADAPTATION_STEPS} steps), so the initial {what} "
             f"{verb} kept and the warmup only burns in; pass warmup ≥ {MIN_ADAPTATION_STEPS}, "
-            f"or {off} to burn in without adapting", RuntimeWarning, stacklevel=4)
+            f"or {off} to burn in without adapting", RuntimeWarning, stacklevel=stacklevel)
     return False
 
 
@@ -281,3 +305,78 @@ class WelfordCovariance:
                             device=covariance.device)
             return (n / (n + 5.0)) * covariance + shrink * eye
         return (n / (n + 5.0)) * covariance + shrink
+
+
+class WindowAdaptation:
+    """Dual-averaging ε plus Stan-style windowed M⁻¹, pooled over chains.
+
+    Generic over samplers (see the module docstring for the interface): the step
+    size is tuned when ``adapt_step_size`` and the metric when ``adapt_mass``; the
+    metric estimate is dense when ``state.metric.dense``.
+
+    Args:
+        state: the initial state (its ``step_size`` is ε₀, its ``metric`` the start).
+        n_warmup: warmup steps; the windows come from :func:`mass_windows`.
+        target_accept: δ for dual averaging.
+        adapt_step_size: tune ``state.step_size``.
+        adapt_mass: tune ``state.metric``.
+    """
+
+    def __init__(self, state, n_warmup: int, *, target_accept: float,
+                 adapt_step_size: bool = True, adapt_mass: bool = True) -> None:
+        self.step_size = (StepSizeAdaptation(state, DualAveraging(target_accept))
+                          if adapt_step_size else None)
+        if adapt_mass and not hasattr(state, "metric"):
+            raise TypeError(f"adapt_mass needs a state with a metric, got "
+                            f"{type(state).__name__}")
+        self.windows = dict(mass_windows(n_warmup)) if adapt_mass else {}
+        self.window_end: int | None = None
+        self.estimator: WelfordCovariance | None = None
+        self.iteration = 0
+
+    def update(self, state, info):
+        """Feed one warmup step; return the state with the current ε (and metric)."""
+        if self.step_size is not None:
+            state = self.step_size.update(state, info)
+        index = self.iteration
+        self.iteration += 1
+        if index in self.windows:
+            self.window_end = self.windows[index]
+            self.estimator = WelfordCovariance(dense=state.metric.dense)
+        if self.estimator is None:
+            return state
+        self.estimator.add(state.position)
+        if self.iteration == self.window_end:
+            metric = state.metric
+            estimate = self.estimator.regularized().to(metric.inverse_mass)
+            self.estimator = None
+            state = state._replace(metric=metric.replace(estimate))
+            if self.step_size is not None:
+                state = self.step_size.restart(state)
+        return state
+
+    def finish(self, state):
+        """End of warmup: the averaged step size ε̄ (the metric is already in place)."""
+        return state if self.step_size is None else self.step_size.finish(state)
+
+
+def window_adaptation(sampler, state, n_warmup: int) -> WindowAdaptation | None:
+    """The warmup adaptation of ``sampler`` from ``state`` over ``n_warmup`` steps.
+
+    Tunes what the sampler's switches ask (``adapt_step_size``, ``adapt_mass``;
+    missing switches count as off). Returns ``None`` when none is on, or when
+    ``n_warmup`` is shorter than ``MIN_ADAPTATION_STEPS`` (which warns, naming the
+    switches).
+
+    Example:
+        >>> adaptation = window_adaptation(HMC(), state, n_warmup=500)
+        >>> state = adaptation.update(state, info)   # after each warmup step
+    """
+    flags = tuple(flag for flag in _TUNED_BY if getattr(sampler, flag, False))
+    # stacklevel: long_enough_to_adapt, this function, the sampler's adaptation(),
+    # sample(), its caller.
+    if not flags or not long_enough_to_adapt(n_warmup, sampler.name, flags, stacklevel=5):
+        return None
+    return WindowAdaptation(state, n_warmup, target_accept=sampler.target_accept,
+                            adapt_step_size="adapt_step_size" in flags,
+                            adapt_mass="adapt_mass" in flags)

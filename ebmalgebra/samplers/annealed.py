@@ -116,6 +116,9 @@ class AnnealedLangevin(Sampler):
     """
 
     name = "AnnealedLangevin"
+    not_invariant_because = (
+        "it targets its own levels (noise levels or models) before the target, and is "
+        "unadjusted Langevin wherever mala= does not correct it")
 
     def __init__(
         self,
@@ -173,6 +176,11 @@ class AnnealedLangevin(Sampler):
         """Steps until the last level has had its ``steps_per_level``: a natural warmup."""
         return self.n_levels * self.steps_per_level
 
+    @property
+    def needs_energy(self) -> bool:
+        """Energies are needed only where a level is MALA-corrected."""
+        return any(self._corrected(k) for k in range(self.n_levels))
+
     def _corrected(self, level: int) -> bool:
         if isinstance(self.mala, bool):
             return self.mala
@@ -184,7 +192,7 @@ class AnnealedLangevin(Sampler):
         return (self.noise_levels[level] / self.noise_levels[-1]) ** 2
 
     def init(self, x0: Tensor, model: EnergyModel) -> AnnealedState:
-        needs_energy = any(self._corrected(k) for k in range(self.n_levels))
+        needs_energy = self.needs_energy
         operation = f"{self.name}(mala={self.mala!r})"
         if self.noise_levels is not None:
             base = Potential(model, operation=operation, needs_energy=needs_energy)

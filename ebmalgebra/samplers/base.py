@@ -34,11 +34,7 @@ from ebmalgebra.compile import CompiledEnergy, compile
 from ebmalgebra.distributed import active_shard
 from ebmalgebra.errors import CompositionError, EBMAlgebraError
 from ebmalgebra.jit import call_compiled
-from ebmalgebra.samplers.adaptation import (
-    DualAveraging,
-    StepSizeAdaptation,
-    long_enough_to_adapt,
-)
+from ebmalgebra.samplers.adaptation import DualAveraging, window_adaptation
 
 __all__ = [
     "NonFiniteError",
@@ -164,9 +160,35 @@ class Sampler:
     Subclasses implement :meth:`init` and :meth:`step`. Samplers with tunable
     parameters override :meth:`adaptation`, which :func:`ebmalgebra.sample` uses
     during warmup.
+
+    **Declared facts.** Each sampler class states what other parts of the library
+    need to know about it, so that nothing keeps a list of sampler classes and a
+    new sampler is added in one file:
+
+    - ``leaves_target_invariant``: every step leaves the target exactly invariant
+      (a Metropolis–Hastings-corrected kernel). Annealed importance sampling
+      (:func:`ebmalgebra.estimate_log_z`) accepts only such transitions.
+    - ``not_invariant_because``: for the others, why not (shown in that error).
+    - ``tempering_step_exponent``: a in ε_β = ε · β^(−a), how the step size of a
+      kernel targeting p^β should grow as β falls (the target's scale grows like
+      β^(−1/2)): 1 for Langevin proposals (ε is a variance), ½ for random-walk
+      and Hamiltonian ones (ε is a length). ``None``: the sampler cannot run inside
+      :class:`~ebmalgebra.samplers.ParallelTempering`, which needs an invariant
+      kernel with a known exponent.
+    - ``needs_energy``: the kernel evaluates energies (so score-only models cannot
+      use it); ``False`` for kernels driven by the score alone.
+    - ``adaptation_flags``: the warmup switches the sampler has
+      (``"adapt_step_size"``, ``"adapt_mass"``), which callers that run short
+      warmups turn off.
     """
 
     name: str = "sampler"
+    leaves_target_invariant: bool = False
+    not_invariant_because: str = ("it does not declare that it leaves its target invariant "
+                                  "(leaves_target_invariant)")
+    tempering_step_exponent: float | None = None
+    needs_energy: bool = True
+    adaptation_flags: tuple[str, ...] = ()
 
     def init(self, x0: Tensor, model: EnergyModel) -> NamedTuple:
         """Compile ``model``, evaluate it at ``x0`` ``(n_chains, *event_shape)`` and
@@ -199,8 +221,12 @@ class StepSizeSampler(Sampler):
 
     Holds the shared hyper-parameters ``step_size`` (a float, or a tensor with one
     value per chain, validated at ``init``), ``target_accept``,
-    ``adapt_step_size`` and ``jit`` (see :func:`run_update`).
+    ``adapt_step_size`` and ``jit`` (see :func:`run_update`). Its warmup is
+    :func:`~ebmalgebra.samplers.adaptation.window_adaptation`, which also tunes
+    ``state.metric`` for subclasses with an ``adapt_mass`` switch.
     """
+
+    adaptation_flags = ("adapt_step_size",)
 
     def __init__(self, *, step_size: float | Tensor, target_accept: float,
                  adapt_step_size: bool, jit: bool = False) -> None:
@@ -210,12 +236,11 @@ class StepSizeSampler(Sampler):
         self.adapt_step_size = adapt_step_size
         self.jit = check_flag(jit, "jit")
 
-    def adaptation(self, state: NamedTuple, n_warmup: int) -> StepSizeAdaptation | None:
-        """Dual averaging of the step size, or ``None`` without ``adapt_step_size`` or
-        with fewer than ``MIN_ADAPTATION_STEPS`` warmup steps (which warns)."""
-        if not self.adapt_step_size or not long_enough_to_adapt(n_warmup, self.name):
-            return None
-        return StepSizeAdaptation(state, DualAveraging(target_accept=self.target_accept))
+    def adaptation(self, state: NamedTuple, n_warmup: int):
+        """Dual averaging of the step size (and windowed metric estimation where the
+        sampler has ``adapt_mass``), or ``None`` with every switch off or with fewer
+        than ``MIN_ADAPTATION_STEPS`` warmup steps (which warns)."""
+        return window_adaptation(self, state, n_warmup)
 
 
 def _short(value: object) -> str:

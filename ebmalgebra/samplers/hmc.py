@@ -9,31 +9,22 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.base import EnergyModel, check_count
-from ebmalgebra.errors import CompositionError
-from ebmalgebra.samplers.adaptation import (
-    DualAveraging,
-    StepSizeAdaptation,
-    WelfordCovariance,
-    long_enough_to_adapt,
-    mass_windows,
-)
 from ebmalgebra.samplers.base import (
     Potential,
     StepSizeSampler,
     as_chain_values,
     draw_normal,
     draw_uniform,
-    expand_to_event,
     finite_rows,
     metropolis_accept,
     run_update,
     select,
     squared_norm,
 )
+from ebmalgebra.samplers.integrators import PhasePoint, integrate
+from ebmalgebra.samplers.metrics import Metric, metric_class
 
 __all__ = ["HMC", "HMCInfo", "HMCState"]
-
-METRICS = ("diag", "dense")
 
 
 class HMCState(NamedTuple):
@@ -45,10 +36,8 @@ class HMCState(NamedTuple):
         score: s(position) = −∇E, like ``position``; reused by the next trajectory's
             first half step, so every leapfrog step costs exactly one evaluation.
         step_size: ε per chain, ``(n_chains,)``.
-        inverse_mass: M⁻¹, shaped ``event_shape`` (``metric="diag"``) or ``(d, d)``
-            with d = numel of the event (``metric="dense"``).
-        mass_factor: the matching factor to draw momenta p ~ N(0, M): M^{1/2}
-            elementwise (diag) or the Cholesky factor L of M = L Lᵀ (dense).
+        metric: the mass matrix (:class:`~ebmalgebra.samplers.metrics.DiagonalMetric`
+            or :class:`~ebmalgebra.samplers.metrics.DenseMetric`); warmup replaces it.
         potential: the compiled model (see :class:`~ebmalgebra.samplers.Potential`).
     """
 
@@ -56,9 +45,19 @@ class HMCState(NamedTuple):
     energy: Tensor
     score: Tensor
     step_size: Tensor
-    inverse_mass: Tensor
-    mass_factor: Tensor
+    metric: Metric
     potential: Potential
+
+    @property
+    def inverse_mass(self) -> Tensor:
+        """M⁻¹, shaped ``event_shape`` (diagonal metric) or ``(d, d)`` (dense)."""
+        return self.metric.inverse_mass
+
+    @property
+    def mass_factor(self) -> Tensor:
+        """The factor F with p = F ξ ~ N(0, M): M^{1/2} elementwise (diagonal) or the
+        Cholesky factor L of M = L Lᵀ (dense)."""
+        return self.metric.mass_factor
 
 
 class HMCInfo(NamedTuple):
@@ -113,7 +112,8 @@ class HMC(StepSizeSampler):
         n_leapfrog: L₀, the mean number of leapfrog steps per trajectory.
         jitter: j ∈ [0, 1), the relative spread of the number of steps (0: fixed).
         metric: ``"diag"`` (diagonal mass matrix) or ``"dense"`` (full matrix over
-            the flattened event; worth it for strongly correlated targets).
+            the flattened event; worth it for strongly correlated targets), or a
+            :class:`~ebmalgebra.samplers.metrics.Metric` subclass.
         inverse_mass: the initial M⁻¹ (default identity), shaped ``event_shape``
             for ``"diag"`` or ``(d, d)`` for ``"dense"``.
         target_accept: δ for step-size adaptation.
@@ -133,6 +133,9 @@ class HMC(StepSizeSampler):
     """
 
     name = "HMC"
+    leaves_target_invariant = True
+    tempering_step_exponent = 0.5
+    adaptation_flags = ("adapt_step_size", "adapt_mass")
 
     def __init__(
         self,
@@ -140,7 +143,7 @@ class HMC(StepSizeSampler):
         step_size: float | Tensor = 0.1,
         n_leapfrog: int = 10,
         jitter: float = 0.2,
-        metric: str = "diag",
+        metric: str | type[Metric] = "diag",
         inverse_mass: Tensor | None = None,
         target_accept: float = 0.8,
         adapt_step_size: bool = True,
@@ -153,8 +156,7 @@ class HMC(StepSizeSampler):
         check_count(n_leapfrog, "n_leapfrog")
         if not 0.0 <= jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self._metric_class = metric_class(metric, self.name)
         self.n_leapfrog = n_leapfrog
         self.jitter = float(jitter)
         self.metric = metric
@@ -167,87 +169,30 @@ class HMC(StepSizeSampler):
 
     # ------------------------------------------------------------------ init
     def init(self, x0: Tensor, model: EnergyModel) -> HMCState:
-        potential = Potential(model, operation=self.name)
+        potential = Potential(model, operation=self.name, needs_energy=self.needs_energy)
         potential.check(x0, self.name)
         position = x0.detach()
         energy, score = potential.energy_and_score(position)
         step_size = as_chain_values(self.step_size, position, f"{self.name}: step_size")
-        inverse_mass = self._initial_inverse_mass(position)
-        return HMCState(position, energy, score, step_size, inverse_mass,
-                        self.mass_factor(inverse_mass), potential)
+        return HMCState(position, energy, score, step_size, self.initial_metric(position),
+                        potential)
 
-    def _initial_inverse_mass(self, position: Tensor) -> Tensor:
-        event_shape = position.shape[1:]
-        dim = math.prod(event_shape)
-        expected = tuple(event_shape) if self.metric == "diag" else (dim, dim)
+    def initial_metric(self, position: Tensor) -> Metric:
+        """The starting metric for positions ``(n_chains, *event_shape)``: identity, or
+        ``inverse_mass`` (checked against the event shape) on their device and dtype."""
         if self.inverse_mass is None:
-            if self.metric == "diag":
-                return torch.ones(event_shape, dtype=position.dtype, device=position.device)
-            return torch.eye(dim, dtype=position.dtype, device=position.device)
-        inverse_mass = self.inverse_mass.to(position)
-        if tuple(inverse_mass.shape) != expected:
-            raise CompositionError(f"{self.name}: inverse_mass for metric={self.metric!r} must "
-                                   f"be shaped {expected}, got {tuple(inverse_mass.shape)}")
-        return inverse_mass
-
-    def mass_factor(self, inverse_mass: Tensor) -> Tensor:
-        """M^{1/2} (diag) or the Cholesky factor of M = (M⁻¹)⁻¹ (dense)."""
-        if self.metric == "diag":
-            if not (inverse_mass > 0).all():
-                raise ValueError(f"{self.name}: inverse_mass must be positive")
-            return inverse_mass.rsqrt()
-        factor, info = torch.linalg.cholesky_ex(torch.linalg.inv(inverse_mass))
-        if info != 0:
-            raise ValueError(f"{self.name}: inverse_mass must be symmetric positive definite")
-        return factor
+            return self._metric_class.identity(position)
+        metric = self._metric_class(self.inverse_mass.to(position))
+        metric.check(position, self.name)
+        return metric
 
     # ------------------------------------------------------------------ step
-    def _velocity(self, momentum: Tensor, inverse_mass: Tensor) -> Tensor:
-        if self.metric == "diag":
-            return inverse_mass * momentum
-        return (momentum.reshape(momentum.shape[0], -1) @ inverse_mass).reshape(momentum.shape)
-
-    def _kinetic(self, momentum: Tensor, inverse_mass: Tensor) -> Tensor:
-        """½ pᵀ M⁻¹ p per chain."""
-        return 0.5 * torch.linalg.vecdot(momentum.reshape(momentum.shape[0], -1),
-                                         self._velocity(momentum, inverse_mass)
-                                         .reshape(momentum.shape[0], -1))
-
-    def _momentum(self, noise: Tensor, mass_factor: Tensor) -> Tensor:
-        """p = M^{1/2} ξ ~ N(0, M) from standard normal ξ."""
-        if self.metric == "diag":
-            return mass_factor * noise
-        return (noise.reshape(noise.shape[0], -1) @ mass_factor.mT).reshape(noise.shape)
-
     def _draw_n_leapfrog(self, like: Tensor, generator: torch.Generator | None) -> int:
         if self._lowest == self._highest:
             return self._lowest
         device = generator.device if generator is not None else like.device
         return int(torch.randint(self._lowest, self._highest + 1, (), generator=generator,
                                  device=device))
-
-    def integrate(self, state: HMCState, momentum: Tensor, n_leapfrog: int,
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Leapfrog ``n_leapfrog`` steps from ``(state.position, momentum)``.
-
-        Returns ``(position, energy, score, momentum)`` at the end; costs exactly
-        ``n_leapfrog`` energy-and-score evaluations (the start's score is cached).
-        """
-        x, score, inverse_mass, potential = (state.position, state.score, state.inverse_mass,
-                                             state.potential)
-        epsilon = expand_to_event(state.step_size, x)
-        half = 0.5 * epsilon
-        # Diagonal metric: ε M⁻¹ once per trajectory, so each drift is one fused op.
-        drift = epsilon * inverse_mass if self.metric == "diag" else None
-        p = torch.addcmul(momentum, half, score)
-        for index in range(n_leapfrog):
-            if drift is not None:
-                x = torch.addcmul(x, drift, p)
-            else:
-                x = torch.addcmul(x, epsilon, self._velocity(p, inverse_mass))
-            energy, score = potential.energy_and_score(x)
-            p = torch.addcmul(p, epsilon if index < n_leapfrog - 1 else half, score)
-        return x, energy, score, p
 
     def step(self, state: HMCState, generator: torch.Generator | None = None,
              ) -> tuple[HMCState, HMCInfo]:
@@ -259,13 +204,16 @@ class HMC(StepSizeSampler):
     def update(self, state: HMCState, noise: Tensor, uniform: Tensor, n_leapfrog: int,
                ) -> tuple[HMCState, HMCInfo]:
         """The deterministic part of a step given its random numbers: ξ ~ N(0, I) like
-        the position (momentum p = M^{1/2} ξ), u ~ U(0, 1) per chain and the number of
+        the position (momentum p = F ξ ~ N(0, M)), u ~ U(0, 1) per chain and the number of
         leapfrog steps. Traceable whole by ``torch.compile`` (one graph per length)."""
-        x, energy, score, p = self.integrate(state, self._momentum(noise, state.mass_factor),
-                                             n_leapfrog)
-        # With p = M^{1/2} ξ the initial kinetic energy ½ pᵀ M⁻¹ p is ½ ‖ξ‖².
+        metric = state.metric
+        start = PhasePoint(state.position, metric.momentum_from_noise(noise), state.energy,
+                           state.score)
+        x, p, energy, score = integrate(start, state.step_size, metric,
+                                        state.potential.energy_and_score, n_leapfrog)
+        # The initial kinetic energy of p = F ξ is ½ ‖ξ‖² (Metric.momentum_from_noise).
         energy_error = (energy - state.energy) + (
-            self._kinetic(p, state.inverse_mass) - 0.5 * squared_norm(noise))
+            metric.kinetic_energy(p) - 0.5 * squared_norm(noise))
         finite = finite_rows(energy, score)
         accepted, probability = metropolis_accept(-energy_error, finite, uniform)
         # NaN errors (∞ − ∞ from an overflowing kinetic energy) count as divergent too.
@@ -277,52 +225,3 @@ class HMC(StepSizeSampler):
         )
         return new_state, HMCInfo(probability, accepted, energy_error, divergent, ~finite,
                                   n_leapfrog)
-
-    # -------------------------------------------------------------- warmup
-    def adaptation(self, state: HMCState, n_warmup: int) -> WindowAdaptation | None:
-        """Step size and metric adaptation, or ``None`` with neither flag or with fewer
-        than ``MIN_ADAPTATION_STEPS`` warmup steps (which warns)."""
-        flags = tuple(flag for flag in ("adapt_step_size", "adapt_mass") if getattr(self, flag))
-        if not flags or not long_enough_to_adapt(n_warmup, self.name, flags):
-            return None
-        return WindowAdaptation(self, state, n_warmup)
-
-
-class WindowAdaptation:
-    """HMC warmup: dual-averaging ε plus Stan-style windowed M⁻¹, pooled over chains.
-
-    Used by :func:`ebmalgebra.sample`: ``update(state, info)`` after each warmup
-    step, ``finish(state)`` at the end (see :mod:`ebmalgebra.samplers.adaptation`).
-    """
-
-    def __init__(self, sampler: HMC, state: HMCState, n_warmup: int) -> None:
-        self.sampler = sampler
-        self.step_size = (StepSizeAdaptation(state, DualAveraging(sampler.target_accept))
-                          if sampler.adapt_step_size else None)
-        self.windows = dict(mass_windows(n_warmup)) if sampler.adapt_mass else {}
-        self.window_end: int | None = None
-        self.estimator: WelfordCovariance | None = None
-        self.iteration = 0
-
-    def update(self, state: HMCState, info: HMCInfo) -> HMCState:
-        if self.step_size is not None:
-            state = self.step_size.update(state, info)
-        index = self.iteration
-        self.iteration += 1
-        if index in self.windows:
-            self.window_end = self.windows[index]
-            self.estimator = WelfordCovariance(dense=self.sampler.metric == "dense")
-        if self.estimator is None:
-            return state
-        self.estimator.add(state.position)
-        if self.iteration == self.window_end:
-            inverse_mass = self.estimator.regularized().to(state.inverse_mass)
-            self.estimator = None
-            state = state._replace(inverse_mass=inverse_mass,
-                                   mass_factor=self.sampler.mass_factor(inverse_mass))
-            if self.step_size is not None:
-                state = self.step_size.restart(state)
-        return state
-
-    def finish(self, state: HMCState) -> HMCState:
-        return state if self.step_size is None else self.step_size.finish(state)

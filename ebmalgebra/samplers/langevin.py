@@ -138,6 +138,10 @@ class ULA(Sampler):
     """
 
     name = "ULA"
+    needs_energy = False
+    not_invariant_because = (
+        "it has no Metropolis–Hastings correction, so its stationary law differs from the "
+        "target by O(step_size) and estimates built on it are biased")
 
     def __init__(self, *, step_size: float | Tensor = 0.01,
                  noise_scale: float | Tensor | None = None, jit: bool = False) -> None:
@@ -147,7 +151,7 @@ class ULA(Sampler):
         self.jit = check_flag(jit, "jit")
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
-        potential = Potential(model, operation=self.name, needs_energy=False)
+        potential = Potential(model, operation=self.name, needs_energy=self.needs_energy)
         state = init_langevin(x0, potential, self.step_size, self.name)
         if isinstance(self.noise_scale, Tensor):
             as_chain_values(self.noise_scale, state.position, f"{self.name}: noise_scale")

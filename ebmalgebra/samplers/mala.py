@@ -115,6 +115,8 @@ class MALA(StepSizeSampler):
     """
 
     name = "MALA"
+    leaves_target_invariant = True
+    tempering_step_exponent = 1.0
 
     def __init__(self, *, step_size: float | Tensor = 0.1, target_accept: float = 0.574,
                  adapt_step_size: bool = True, jit: bool = False) -> None:
@@ -122,8 +124,9 @@ class MALA(StepSizeSampler):
                          adapt_step_size=adapt_step_size, jit=jit)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
-        return init_langevin(x0, Potential(model, operation=self.name), self.step_size,
-                             self.name)
+        return init_langevin(x0, Potential(model, operation=self.name,
+                                           needs_energy=self.needs_energy),
+                             self.step_size, self.name)
 
     def step(self, state: LangevinState, generator: torch.Generator | None = None,
              ) -> tuple[LangevinState, MALAInfo]:

@@ -82,6 +82,8 @@ class RandomWalkMH(StepSizeSampler):
     """
 
     name = "RandomWalkMH"
+    leaves_target_invariant = True
+    tempering_step_exponent = 0.5
 
     def __init__(self, *, step_size: float | Tensor = 0.5, target_accept: float = 0.234,
                  adapt_step_size: bool = True, jit: bool = False) -> None:
@@ -89,7 +91,8 @@ class RandomWalkMH(StepSizeSampler):
                          adapt_step_size=adapt_step_size, jit=jit)
 
     def init(self, x0: Tensor, model: EnergyModel) -> MHState:
-        potential = Potential(model, operation=self.name, needs_score=False)
+        potential = Potential(model, operation=self.name, needs_energy=self.needs_energy,
+                              needs_score=False)
         potential.check(x0, self.name)
         position = x0.detach()
         step_size = as_chain_values(self.step_size, position, f"{self.name}: step_size")

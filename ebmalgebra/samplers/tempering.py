@@ -21,9 +21,7 @@ from ebmalgebra.samplers.base import (
     as_chain_values,
     expand_to_event,
 )
-from ebmalgebra.samplers.hmc import HMC
 from ebmalgebra.samplers.mala import MALA
-from ebmalgebra.samplers.mh import RandomWalkMH
 
 __all__ = ["ParallelTempering", "TemperingInfo", "TemperingState"]
 
@@ -116,17 +114,19 @@ class ParallelTempering(Sampler):
     evaluation per step. ``state.position`` is the β = 1 replica.
 
     Step sizes are per replica: the inner sampler's step size ε becomes
-    ε / β_k^a with a = 1 for Langevin kernels (the variance of p̃^β grows like
-    1/β) and a = ½ for random-walk and HMC kernels; with ``adapt_step_size``
+    ε / β_k^a with a the inner sampler's declared ``tempering_step_exponent``: 1 for
+    Langevin kernels (the variance of p̃^β grows like 1/β) and ½ for random-walk and
+    HMC kernels; with ``adapt_step_size``
     warmup tunes each replica's step size by dual averaging (pooled over chains).
 
     Args:
         betas: inverse temperatures, starting at 1 and strictly decreasing; a
             geometric ladder down to the β where barriers are about one nat high is
             a good start.
-        sampler: the move kernel at each temperature (``MALA``, ``RandomWalkMH`` or
-            ``HMC``); default ``MALA(step_size=0.1)``. Its own warmup adaptation is
-            replaced by per-replica step-size adaptation.
+        sampler: the move kernel at each temperature, any sampler that leaves its
+            target invariant and declares ``tempering_step_exponent`` (``MALA``,
+            ``RandomWalkMH``, ``HMC``, ...); default ``MALA(step_size=0.1)``. Its own
+            warmup adaptation is replaced by per-replica step-size adaptation.
         adapt_step_size: tune per-replica step sizes in warmup.
 
     Example:
@@ -136,6 +136,9 @@ class ParallelTempering(Sampler):
     """
 
     name = "ParallelTempering"
+    not_invariant_because = (
+        "its hot replicas restart from the particles at every temperature, so its β = 1 "
+        "replica is not a target-invariant move")
 
     def __init__(self, *, betas: Sequence[float] | Tensor, sampler: Sampler | None = None,
                  adapt_step_size: bool = True) -> None:
@@ -148,9 +151,11 @@ class ParallelTempering(Sampler):
             raise ValueError(f"{self.name}: betas must be positive and strictly decreasing, "
                              f"got {values}")
         sampler = MALA(step_size=0.1) if sampler is None else sampler
-        if not isinstance(sampler, MALA | RandomWalkMH | HMC):
-            raise TypeError(f"{self.name}: the inner sampler must be MALA, RandomWalkMH or "
-                            f"HMC, got {type(sampler).__name__}")
+        if not (isinstance(sampler, Sampler) and sampler.leaves_target_invariant
+                and sampler.tempering_step_exponent is not None):
+            raise TypeError(f"{self.name}: the inner sampler must leave its target invariant "
+                            "and declare its tempering_step_exponent (e.g. MALA, RandomWalkMH "
+                            f"or HMC), got {type(sampler).__name__}")
         self.betas = tuple(values)
         self.sampler = sampler
         self.adapt_step_size = adapt_step_size
@@ -162,7 +167,7 @@ class ParallelTempering(Sampler):
         cold = replicas.potential
         betas = torch.tensor(self.betas, dtype=x0.dtype, device=x0.device)
         row_betas = betas.repeat_interleave(n_chains)
-        power = 0.5 if isinstance(inner, RandomWalkMH | HMC) else 1.0
+        power = inner.tempering_step_exponent
         base_step = as_chain_values(inner.step_size, x0, f"{self.name}: step_size")
         changes = {
             "potential": cold.replace(beta=row_betas),

@@ -184,8 +184,8 @@ def draw(
             raise ValueError(f"the annealed sampler needs noise-conditioned models, and "
                              f"{model!r} has none; use mala, hmc or ula")
         n_steps = steps or 1000
-        sampler = {"mala": MALA, "ula": ULA, "hmc": HMC}[kernel](
-            **_adaptation(kernel, n_steps // 2))
+        kind = {"mala": MALA, "ula": ULA, "hmc": HMC}[kernel]
+        sampler = kind(**_adaptation(kind, n_steps // 2))
         x0 = 3.0 * torch.randn((n, *event_shape), generator=generator, dtype=dtype)
         result = sample(model, sampler, x0=x0, n_steps=max(n_steps // 2, 1),
                         warmup=n_steps // 2, generator=generator, progress=progress)
@@ -211,20 +211,20 @@ def draw(
     fixed = from_energy(partial(_energy_at, model, plan.sigma_min), event_shape,
                         name=f"({model!r}) at sigma={plan.sigma_min:g}")
     n_steps = steps or 100
-    result = sample(fixed, HMC(**_adaptation("hmc", n_steps // 2)), x0=positions,
+    result = sample(fixed, HMC(**_adaptation(HMC, n_steps // 2)), x0=positions,
                     n_steps=max(n_steps // 2, 1), warmup=n_steps // 2, generator=generator,
                     progress=progress)
     return result.draws[-1]
 
 
-def _adaptation(kernel: str, warmup: int) -> dict[str, bool]:
-    """Adaptation switches for ``draw``'s own warmup: off when it is too short to adapt
-    (fewer than ``MIN_ADAPTATION_STEPS``), so small ``steps`` burn in without a warning."""
+def _adaptation(kind: type, warmup: int) -> dict[str, bool]:
+    """The sampler class's adaptation switches (``kind.adaptation_flags``) for ``draw``'s
+    own warmup: off when it is too short to adapt (fewer than ``MIN_ADAPTATION_STEPS``),
+    so small ``steps`` burn in without a warning."""
     from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
 
     adapt = warmup >= MIN_ADAPTATION_STEPS
-    return {"mala": {"adapt_step_size": adapt}, "ula": {},
-            "hmc": {"adapt_step_size": adapt, "adapt_mass": adapt}}[kernel]
+    return dict.fromkeys(kind.adaptation_flags, adapt)
 
 
 def _energy_at(model: EnergyModel, sigma: float, x: Tensor) -> Tensor:

@@ -1,0 +1,160 @@
+"""Models, samplers and Monte-Carlo checks shared by the sampler tests
+(tests/test_samplers_*.py, tests/test_adaptation.py).
+
+Tolerances of the moment checks: |estimate − truth| ≤ Z_MAX · MCSE, with
+MCSE = sd(f) / √ESS(f) measured on the very draws (see test_samplers_statistics.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+import ebmalgebra as eb
+from ebmalgebra.diagnostics import ess, mcse_mean
+from ebmalgebra.samplers import HMC, MALA, ULA, AnnealedLangevin, ParallelTempering, RandomWalkMH
+from ebmalgebra.samplers.base import Potential, StepSizeSampler, as_chain_values
+from ebmalgebra.samplers.metrics import DiagonalMetric, Metric
+from ebmalgebra.targets import Gaussian
+
+F64 = torch.float64
+
+
+def gaussian(dim: int = 3, dtype=F64) -> eb.EnergyModel:
+    return Gaussian(torch.zeros(dim, dtype=dtype), 1.0, name="g")
+
+
+def all_samplers(model=None) -> dict:
+    return {
+        "rwmh": RandomWalkMH(step_size=0.5),
+        "ula": ULA(step_size=0.1),
+        "mala": MALA(step_size=0.3),
+        "hmc": HMC(step_size=0.3, n_leapfrog=4),
+        "hmc_dense": HMC(step_size=0.3, n_leapfrog=4, metric="dense"),
+        "annealed": AnnealedLangevin(noise_levels=[1.0, 0.5, 0.1], steps_per_level=2,
+                                     step_size=0.05, mala=0.6),
+        "tempering": ParallelTempering(betas=[1.0, 0.5, 0.25], sampler=MALA(step_size=0.3)),
+        "tempering_rwmh": ParallelTempering(betas=[1.0, 0.3], sampler=RandomWalkMH()),
+        "tempering_hmc": ParallelTempering(betas=[1.0, 0.3], sampler=HMC(n_leapfrog=3)),
+    }
+
+
+def noise_conditioned_gaussian(dim: int = 3) -> eb.EnergyModel:
+    """E(x, t) = ‖x‖² / (2(1 + t²)): N(0, 1) convolved with N(0, t²)."""
+    return eb.from_energy(lambda x, t: 0.5 * (x * x).sum(-1) / (1.0 + t**2), dim,
+                          name="noisy", noise_conditioned=True)
+
+
+def model_for(name: str, dim: int = 3) -> eb.EnergyModel:
+    return noise_conditioned_gaussian(dim) if name == "annealed" else gaussian(dim)
+
+
+SAMPLER_NAMES = tuple(all_samplers())
+
+
+def denoiser_score():
+    return eb.from_score(lambda x: -x, 3, name="denoiser")
+
+
+def nan_wall() -> eb.EnergyModel:
+    """N(0, 1) in 1-D whose energy and score are NaN for x > 1 (√(1 − x) there)."""
+    def energy(x):
+        return (0.5 * x * x + 0.0 * torch.sqrt(1.0 - x)).sum(-1)
+    return eb.from_energy(energy, 1, name="wall")
+
+
+def sink() -> eb.EnergyModel:
+    """N(0, 1) with a −∞ energy (infinite density) for x > 1: never a valid state."""
+    def energy(x):
+        e = 0.5 * (x * x).sum(-1)
+        return torch.where(x[:, 0] > 1.0, -math.inf, e)
+    return eb.from_energy(energy, 1, name="sink")
+
+
+class CountingEnergy(torch.nn.Module):
+    """½‖x‖² by autograd (not analytic), counting forward calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return 0.5 * (x * x).sum(-1)
+
+
+Z_MAX = 4.0
+
+
+def normal(mean: float, variance: float, name: str) -> eb.EnergyModel:
+    """N(mean, variance) over event shape (1,), in float64."""
+    return Gaussian(torch.tensor([mean], dtype=F64), math.sqrt(variance), name=name)
+
+
+def z_scores(values: torch.Tensor, truth: torch.Tensor | float) -> torch.Tensor:
+    """(estimate − truth) / MCSE per coordinate; asserts ESS ≥ 100."""
+    effective = ess(values, kind="mean")
+    assert (effective >= 100).all(), f"ESS too small for a reliable MCSE: {effective}"
+    estimate = values.double().mean((0, 1))
+    return (estimate - truth) / mcse_mean(values)
+
+
+def assert_moments(draws: torch.Tensor, mean, variance, what: str) -> None:
+    """Mean and variance (as E(x − μ)² with the exact μ) within 4 MCSE."""
+    mean = torch.as_tensor(mean, dtype=F64)
+    variance = torch.as_tensor(variance, dtype=F64)
+    z_mean = z_scores(draws, mean)
+    z_var = z_scores((draws.double() - mean) ** 2, variance)
+    assert z_mean.abs().max() <= Z_MAX, f"{what}: mean z = {z_mean.tolist()}"
+    assert z_var.abs().max() <= Z_MAX, f"{what}: variance z = {z_var.tolist()}"
+
+
+class WalkState(NamedTuple):
+    position: torch.Tensor
+    energy: torch.Tensor
+    step_size: torch.Tensor
+    metric: Metric
+    potential: Potential
+
+
+class WalkInfo(NamedTuple):
+    acceptance_rate: torch.Tensor
+    nonfinite: torch.Tensor
+
+
+class PreconditionedWalk(StepSizeSampler):
+    """A sampler of one's own, in one class: random-walk Metropolis with proposal
+    N(x, ε² M⁻¹), i.e. x′ = x + ε M⁻¹ p with p ~ N(0, M). It declares its facts and
+    gets warmup (step size and metric), tempering and AIS from the library."""
+
+    name = "PreconditionedWalk"
+    leaves_target_invariant = True
+    tempering_step_exponent = 0.5
+    adaptation_flags = ("adapt_step_size", "adapt_mass")
+
+    def __init__(self, *, step_size: float = 0.5, target_accept: float = 0.3,
+                 adapt_step_size: bool = True, adapt_mass: bool = True) -> None:
+        super().__init__(step_size=step_size, target_accept=target_accept,
+                         adapt_step_size=adapt_step_size)
+        self.adapt_mass = adapt_mass
+
+    def init(self, x0, model):
+        potential = Potential(model, operation=self.name, needs_score=False)
+        step_size = as_chain_values(self.step_size, x0, f"{self.name}: step_size")
+        return WalkState(x0, potential.energy(x0), step_size, DiagonalMetric.identity(x0),
+                         potential)
+
+    def step(self, state, generator=None):
+        x, energy, step_size, metric, potential = state
+        momentum = metric.sample_momentum(x, generator)
+        proposal = metric.drift(x, momentum, metric.drift_scale(step_size[:, None]))
+        proposal_energy = potential.energy(proposal)
+        finite = torch.isfinite(proposal_energy)
+        uniform = torch.rand(x.shape[:1], generator=generator, dtype=x.dtype)
+        probability = torch.where(finite, (energy - proposal_energy).clamp(max=0).exp(), 0.0)
+        accepted = uniform < probability
+        new_state = state._replace(position=torch.where(accepted[:, None], proposal, x),
+                                   energy=torch.where(accepted, proposal_energy, energy))
+        return new_state, WalkInfo(probability, ~finite)

@@ -1,0 +1,175 @@
+"""What every sampler kernel shares (samplers/base.py): the init/step contract, shapes,
+dtypes, cached energies and scores, capabilities, rejection of non-finite proposals,
+reproducibility, one evaluation per step, declared sampler facts.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sampler_helpers import (
+    F64,
+    SAMPLER_NAMES,
+    CountingEnergy,
+    all_samplers,
+    denoiser_score,
+    gaussian,
+    model_for,
+    nan_wall,
+    sink,
+)
+
+import ebmalgebra as eb
+from ebmalgebra import CapabilityError, CompositionError
+from ebmalgebra.samplers import HMC, MALA, AnnealedLangevin, ParallelTempering, RandomWalkMH
+from ebmalgebra.targets import Banana, Gaussian
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_init_and_step_keep_shapes_dtype_and_device(name, dtype):
+    sampler = all_samplers()[name]
+    x0 = torch.randn(5, 3, dtype=dtype)
+    state = sampler.init(x0, model_for(name))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        state, info = sampler.step(state, generator)
+    assert state.position.shape == (5, 3) and state.position.dtype == dtype
+    assert state.energy.shape == (5,) and state.energy.dtype == dtype
+    if getattr(state, "score", None) is not None:
+        assert state.score.shape == (5, 3) and state.score.dtype == dtype
+    assert state.step_size.shape == (5,)
+    assert info.nonfinite.shape == (5,) and info.nonfinite.dtype == torch.bool
+    assert isinstance(state, tuple) and isinstance(info, tuple)  # NamedTuples
+
+
+@pytest.mark.parametrize("name", ["mala", "hmc", "ula"])
+def test_state_caches_energy_and_score_at_the_position(name):
+    model = gaussian()
+    sampler = all_samplers()[name]
+    state = sampler.init(torch.randn(6, 3, dtype=F64), model)
+    state, _ = sampler.step(state, torch.Generator().manual_seed(1))
+    energy, score = model.energy_and_score(state.position)
+    torch.testing.assert_close(state.energy, energy)
+    torch.testing.assert_close(state.score, score)
+
+
+def test_model_lives_in_the_state_so_one_sampler_serves_two_models():
+    sampler = MALA(step_size=0.2)
+    a, b = gaussian(), Gaussian(torch.full((3,), 5.0, dtype=F64), 1.0, name="b")
+    state_a = sampler.init(torch.zeros(4, 3, dtype=F64), a)
+    state_b = sampler.init(torch.zeros(4, 3, dtype=F64), b)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        state_a, _ = sampler.step(state_a, generator)
+        state_b, _ = sampler.step(state_b, generator)
+    assert state_a.position.mean() < 1.5 < state_b.position.mean()
+    assert isinstance(state_a.potential.model, eb.CompiledEnergy)
+
+
+def test_per_chain_step_sizes():
+    step = torch.tensor([0.01, 0.1, 1.0, 2.0], dtype=F64)
+    state = MALA(step_size=step).init(torch.zeros(4, 3, dtype=F64), gaussian())
+    torch.testing.assert_close(state.step_size, step)
+    with pytest.raises(CompositionError, match="one value per chain"):
+        MALA(step_size=step).init(torch.zeros(5, 3, dtype=F64), gaussian())
+    with pytest.raises(ValueError, match="positive"):
+        MALA(step_size=torch.tensor([0.1, -1.0, 0.1, 0.1])).init(torch.zeros(4, 3), gaussian())
+
+
+def test_bad_hyper_parameters_and_inputs_are_rejected():
+    with pytest.raises(ValueError, match="step_size"):
+        MALA(step_size=0.0)
+    with pytest.raises(ValueError, match="n_leapfrog"):
+        HMC(n_leapfrog=0)
+    with pytest.raises(ValueError, match="metric"):
+        HMC(metric="full")
+    with pytest.raises(ValueError, match="betas"):
+        ParallelTempering(betas=[0.5, 0.25])
+    with pytest.raises(ValueError, match="decreasing"):
+        AnnealedLangevin(noise_levels=[0.1, 1.0])
+    with pytest.raises(ValueError, match="exactly one"):
+        AnnealedLangevin()
+    with pytest.raises(CompositionError, match="event_shape"):
+        MALA().init(torch.zeros(4, 2), gaussian())
+    with pytest.raises(TypeError, match="floating"):
+        MALA().init(torch.zeros(4, 3, dtype=torch.long), gaussian())
+    with pytest.raises(ValueError, match="n_chains or x0"):
+        eb.sample(gaussian(), MALA(), n_steps=10)
+    with pytest.raises(TypeError, match="x0 must be a tensor"):
+        eb.sample(gaussian(), MALA(), n_steps=10, x0=[[0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        eb.sample(gaussian(), MALA(), n_chains=2, n_steps=10, on_nonfinite="ignore")
+
+
+@pytest.mark.parametrize("sampler", [
+    RandomWalkMH(), MALA(), HMC(), ParallelTempering(betas=[1.0, 0.5]),
+    AnnealedLangevin(models=[gaussian()], mala=True),
+], ids=lambda s: type(s).__name__)
+def test_corrected_samplers_reject_score_only_models_naming_the_part(sampler):
+    model = gaussian() & denoiser_score()
+    with pytest.raises(CapabilityError, match="'denoiser' is score-only"):
+        eb.sample(model, sampler, n_chains=4, n_steps=1)
+
+
+def test_nan_wall_is_nan_in_energy_and_score():
+    energy, score = nan_wall().energy_and_score(torch.tensor([[0.5], [1.5]], dtype=F64))
+    assert torch.isfinite(energy[0]) and torch.isfinite(score[0]).all()
+    assert torch.isnan(energy[1]) and torch.isnan(score[1]).all()
+
+
+@pytest.mark.parametrize("target", [nan_wall, sink], ids=["nan", "-inf"])
+@pytest.mark.parametrize("name", ["rwmh", "mala", "hmc", "tempering"])
+def test_corrected_samplers_reject_and_count_nonfinite_proposals(name, target):
+    sampler = {"tempering": ParallelTempering(betas=[1.0, 0.5], sampler=MALA(step_size=0.5))
+               }.get(name) or all_samplers()[name]
+    x0 = torch.zeros(200, 1, dtype=F64)
+    samples = eb.sample(target(), sampler, x0=x0, n_steps=100,
+                        generator=torch.Generator().manual_seed(0))
+    assert bool((samples.draws <= 1.0).all())
+    assert torch.isfinite(samples.state.energy).all()
+    assert int(samples.n_nonfinite.sum()) > 0
+    assert samples.n_nonfinite.shape == (200,)
+    assert int(samples.stats["nonfinite"].sum()) == int(samples.n_nonfinite.sum())
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_same_seed_gives_identical_draws_and_different_seeds_differ(name):
+    def draws(seed):
+        return eb.sample(model_for(name), all_samplers()[name], n_chains=8, n_steps=30,
+                         warmup=20, generator=torch.Generator().manual_seed(seed)).draws
+    first, again, other = draws(7), draws(7), draws(8)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("name", ["ula", "mala", "rwmh", "tempering"])
+def test_langevin_and_mh_use_one_evaluation_per_step(name):
+    net = CountingEnergy()
+    model = eb.from_energy(net, 3, name="counted")
+    sampler = all_samplers()[name]
+    state = sampler.init(torch.randn(10, 3), model)
+    net.calls = 0
+    for _ in range(5):
+        state, _ = sampler.step(state, None)
+    assert net.calls == 5  # tempering: all replicas in one batch
+
+
+def test_updates_trace_into_one_graph_for_torch_compile():
+    """With the random numbers drawn outside, a whole step is one torch.compile graph."""
+    from ebmalgebra.samplers.langevin import ula_update
+    from ebmalgebra.samplers.mala import mala_update
+
+    model = Banana() & gaussian(2, torch.float32) ** 0.5
+    state = MALA().init(torch.randn(10, 2), model)
+    noise, uniform = torch.randn(10, 2), torch.rand(10)
+    hmc, mh = HMC(jitter=0.0), RandomWalkMH()
+    for update, args in [
+        (mala_update, (state, noise, uniform)),
+        (ula_update, (state, noise)),
+        (hmc.update, (hmc.init(torch.randn(10, 2), model), noise, uniform, 3)),
+        (mh.update, (mh.init(torch.randn(10, 2), model), noise, uniform)),
+    ]:
+        explanation = torch._dynamo.explain(update)(*args)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_count == 1

@@ -1,0 +1,165 @@
+"""The ``sample`` driver and the ``Samples`` record (samplers/driver.py).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pytest
+import torch
+from sampler_helpers import F64, all_samplers, gaussian, nan_wall
+
+import ebmalgebra as eb
+from ebmalgebra import diagnostics
+from ebmalgebra.samplers import HMC, MALA, NonFiniteError, RandomWalkMH, Samples
+from ebmalgebra.targets import Gaussian
+
+
+@pytest.mark.parametrize("name", ["ula", "mala", "hmc"])
+def test_on_nonfinite_raise_names_step_and_chain(name):
+    x0 = torch.zeros(50, 1, dtype=F64)
+    with pytest.raises(NonFiniteError, match=r"step \d+ .*chain\(s\) \[\d+"):
+        eb.sample(nan_wall(), all_samplers()[name], x0=x0, n_steps=200,
+                  on_nonfinite="raise", generator=torch.Generator().manual_seed(0))
+
+
+def test_nonfinite_starting_points_raise():
+    x0 = torch.tensor([[0.0], [2.0]], dtype=F64)
+    with pytest.raises(NonFiniteError, match=r"chain\(s\) \[1\]"):
+        eb.sample(nan_wall(), MALA(), x0=x0, n_steps=1)
+
+
+class _PairInfo(NamedTuple):
+    acceptance_rate: torch.Tensor
+    nonfinite: torch.Tensor
+    pair: torch.Tensor
+
+
+class _PairMALA(MALA):
+    """MALA whose info has an undeclared ``(2,)`` tensor: neither per chain nor declared."""
+
+    def step(self, state, generator=None):
+        state, info = super().step(state, generator)
+        return state, _PairInfo(info.acceptance_rate, info.nonfinite,
+                                torch.zeros(2, dtype=state.position.dtype))
+
+
+def test_info_tensors_that_are_not_per_chain_must_be_declared():
+    with pytest.raises(ValueError, match=r"_PairInfo\.pair has shape \(2,\).*n_chains=3.*"
+                                         r"_PairInfo\.per_step_fields"):
+        eb.sample(gaussian(), _PairMALA(), n_chains=3, n_steps=2)
+    _PairInfo.per_step_fields = ("pair",)
+    try:
+        samples = eb.sample(gaussian(), _PairMALA(), n_chains=2, n_steps=2)
+    finally:
+        del _PairInfo.per_step_fields
+    assert samples.stats["pair"].shape == (2, 2)  # recorded whole, though 2 == n_chains
+
+
+class _OneStepMALA(MALA):
+    """MALA whose state reports its step size as one number, as a sampler of one's own may."""
+
+    def step(self, state, generator=None):
+        if not isinstance(state.step_size, torch.Tensor):
+            state = state._replace(step_size=torch.full_like(state.energy, state.step_size))
+        state, info = super().step(state, generator)
+        return state._replace(step_size=float(state.step_size[0])), info
+
+
+def test_a_state_with_one_number_as_step_size_is_recorded_as_it_is():
+    samples = eb.sample(gaussian(), _OneStepMALA(step_size=0.3, adapt_step_size=False),
+                        n_chains=3, n_steps=4, generator=torch.Generator().manual_seed(0))
+    assert samples.stats["step_size"].shape == (4,)
+    assert torch.all(samples.stats["step_size"] == 0.3)
+
+
+def test_default_x0_exact_draws_when_the_model_can_sample():
+    model = Gaussian(torch.full((2,), 50.0, dtype=F64), 0.1, name="far")
+    samples = eb.sample(model, MALA(step_size=0.001, adapt_step_size=False), n_chains=16,
+                        n_steps=1, generator=torch.Generator().manual_seed(3))
+    assert (samples.draws - 50.0).abs().max() < 1.0  # started at exact draws
+    product = model & gaussian(2)  # cannot sample: standard normal start, float64 buffers
+    state_draws = eb.sample(product, RandomWalkMH(step_size=1e-9, adapt_step_size=False),
+                            n_chains=4, n_steps=1, generator=torch.Generator().manual_seed(3))
+    assert state_draws.draws.dtype == F64
+    expected = torch.randn(4, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    torch.testing.assert_close(state_draws.draws[0], expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"x0": torch.zeros(0, 3, dtype=F64)}, r"x0 has shape \(0, 3\): no chains"),
+    ({"n_chains": 0, "x0": torch.zeros(0, 3, dtype=F64)}, "n_chains must be a positive int, got 0"),
+    ({"n_chains": True, "x0": torch.zeros(1, 3, dtype=F64)}, "n_chains must be a positive int, "
+                                                             "got True"),
+    ({"n_chains": 4.0, "x0": torch.zeros(4, 3, dtype=F64)}, "n_chains must be a positive int, "
+                                                            "got 4.0"),
+    ({"n_chains": 4.0}, "n_chains must be a positive int, got 4.0"),
+    ({"n_chains": 3, "x0": torch.zeros(4, 3, dtype=F64)}, "disagrees with n_chains=3"),
+], ids=["empty x0", "zero", "bool", "float with x0", "float", "disagree"])
+def test_n_chains_and_x0_are_checked_together(options, message):
+    with pytest.raises(ValueError, match=message):
+        eb.sample(gaussian(), MALA(), n_steps=2, **options)
+
+
+class _MetaEnergy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3, device="meta"))
+
+    def forward(self, x):
+        return 0.5 * (self.weight * x * x).sum(-1)
+
+
+def test_a_generator_on_another_device_type_than_the_run_is_named():
+    """'meta' tensors stand in for an accelerator: a CPU generator cannot draw there."""
+    cpu = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"generator is on device 'cpu' but x0 is on 'meta'; "
+                                         r"pass torch.Generator\(device='meta'\)"):
+        eb.sample(gaussian(), MALA(), x0=torch.zeros(4, 3, device="meta"), n_steps=2,
+                  generator=cpu)
+    model = eb.from_energy(_MetaEnergy(), 3, name="on_meta")  # default x0 goes to 'meta'
+    with pytest.raises(ValueError, match=r"generator is on device 'cpu' but the model"):
+        eb.sample(model, MALA(), n_chains=4, n_steps=2, generator=cpu)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        eb.sample(gaussian(), MALA(), n_chains=4, n_steps=2, generator=0)
+
+
+def test_thinning_keeps_every_kth_step():
+    def run(thin):
+        return eb.sample(gaussian(), MALA(step_size=0.3), n_chains=4, n_steps=12, warmup=20,
+                         thin=thin, generator=torch.Generator().manual_seed(0))
+    full, thinned = run(1), run(3)
+    assert thinned.draws.shape == (4, 4, 3)
+    assert torch.equal(thinned.draws, full.draws[2::3])
+
+
+def test_callback_sees_every_step():
+    calls = []
+    eb.sample(gaussian(), MALA(adapt_step_size=False), n_chains=2, n_steps=4, warmup=3,
+              callback=lambda i, state, info: calls.append((i, state.position.shape)))
+    assert [i for i, _ in calls] == list(range(7))
+
+
+def test_progress_bar_only_when_asked(capsys):
+    eb.sample(gaussian(), MALA(), n_chains=2, n_steps=5, progress=True)
+    assert "MALA" in capsys.readouterr().err
+    eb.sample(gaussian(), MALA(), n_chains=2, n_steps=5)  # stderr is not a terminal here
+    eb.sample(gaussian(), MALA(), n_chains=2, n_steps=5, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_samples_delegate_to_diagnostics():
+    samples = eb.sample(gaussian(2), HMC(), n_chains=4, n_steps=100, warmup=50,
+                        generator=torch.Generator().manual_seed(0))
+    assert isinstance(samples, Samples) and samples.draws.shape == (100, 4, 2)
+    torch.testing.assert_close(samples.ess(), diagnostics.ess(samples.draws))
+    torch.testing.assert_close(samples.ess("tail"), diagnostics.ess(samples.draws, "tail"))
+    torch.testing.assert_close(samples.rhat(), diagnostics.rhat(samples.draws))
+    assert str(samples.summary("theta")) == str(diagnostics.summary(samples.draws, "theta"))
+    assert "HMC: 100 draws x 4 chains" in repr(samples)
+    assert samples.stats["n_leapfrog"].shape == (150,)
+
+
+def test_sample_is_exported():
+    assert eb.sample is eb.samplers.sample
+    assert "sample" in eb.__all__ and "samplers" in eb.__all__

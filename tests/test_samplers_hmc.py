@@ -1,0 +1,181 @@
+"""HMC (samplers/hmc.py): one step against a hand-written reference leapfrog and
+accept, gradient counts, diagonal and dense metrics, divergences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from sampler_helpers import F64, Z_MAX, CountingEnergy, assert_moments, z_scores
+
+import ebmalgebra as eb
+from ebmalgebra.diagnostics import ess, mcse_mean
+from ebmalgebra.samplers import HMC
+from ebmalgebra.samplers.adaptation import mass_windows
+from ebmalgebra.samplers.metrics import DenseMetric
+from ebmalgebra.targets import Gaussian, MultivariateGaussian
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.5])
+def test_hmc_uses_one_gradient_per_leapfrog_step(jitter):
+    net = CountingEnergy()
+    model = eb.from_energy(net, 2, name="counted")
+    sampler = HMC(step_size=0.1, n_leapfrog=7, jitter=jitter)
+    state = sampler.init(torch.randn(10, 2), model)
+    assert net.calls == 1
+    generator = torch.Generator().manual_seed(0)
+    lengths = set()
+    for _ in range(20):
+        net.calls = 0
+        state, info = sampler.step(state, generator)
+        assert net.calls == info.n_leapfrog
+        lengths.add(info.n_leapfrog)
+    assert lengths == {7} if jitter == 0 else len(lengths) > 1
+    assert all(4 <= n <= 10 for n in lengths)
+
+
+def test_hmc_warmup_of_twenty_steps_tunes_the_step_size_for_the_new_metric():
+    """The final buffer after the mass window was 2 steps, whose ε̄ accepted nothing."""
+    model = Gaussian(torch.zeros(2, dtype=F64), torch.tensor([0.5, 2.0], dtype=F64))
+    samples = eb.sample(model, HMC(), n_chains=64, n_steps=50, warmup=20,
+                        generator=torch.Generator().manual_seed(0))
+    assert float(samples.acceptance_rate[20:].mean()) > 0.6  # target 0.8; was 0.0
+
+
+def test_dense_hmc_adapts_the_covariance_of_a_correlated_gaussian():
+    """The metric after warmup is Stan's regularised covariance of the last window's
+    draws (positions of steps 150–249 for warmup=300, pooled over 64 chains). Undoing the
+    regularisation gives the window's covariance estimate, which must match Σ entrywise
+    within Z_MAX · MCSE, the MCSE of each centred product (x_i − μ_i)(x_j − μ_j) from its
+    ESS on those very window draws (the estimate's own centring at the window mean moves
+    it by O(Σ/n), far below the MCSE)."""
+    covariance = torch.tensor([[1.0, 0.95], [0.95, 1.0]], dtype=F64) * 4.0
+    model = MultivariateGaussian(torch.zeros(2, dtype=F64), covariance)
+    start, end = mass_windows(300)[-1]
+    window = []
+
+    def record(index, state, info):
+        if start <= index < end:
+            window.append(state.position.clone())
+
+    samples = eb.sample(model, HMC(metric="dense", n_leapfrog=5), n_chains=64, n_steps=50,
+                        warmup=300, x0=torch.randn(64, 2, dtype=F64), callback=record,
+                        generator=torch.Generator().manual_seed(0))
+    draws = torch.stack(window)  # (steps, chains, 2)
+    n = draws.shape[0] * draws.shape[1]
+    estimate = (samples.state.inverse_mass - 1e-3 * 5 / (n + 5) * torch.eye(2, dtype=F64)
+                ) * (n + 5) / n
+    for i in range(2):
+        for j in range(i + 1):
+            product = draws[..., i] * draws[..., j]
+            assert float(ess(product)) >= 100  # enough for a reliable MCSE
+            z = (estimate[i, j] - covariance[i, j]) / mcse_mean(product)
+            assert abs(float(z)) <= Z_MAX, f"Σ[{i},{j}]: z = {float(z):.2f}"
+    assert samples.state.mass_factor.shape == (2, 2)
+
+
+def test_hmc_reports_divergences():
+    model = Gaussian(torch.zeros(2, dtype=F64), 0.01, name="narrow")
+    sampler = HMC(step_size=1.0, n_leapfrog=3, adapt_step_size=False)
+    samples = eb.sample(model, sampler, n_chains=8, n_steps=5,
+                        generator=torch.Generator().manual_seed(0))
+    assert int(samples.n_divergent.sum()) == 40
+    assert float(samples.acceptance_rate.max()) == 0.0
+
+
+def test_hmc_counts_a_nan_energy_error_as_a_divergence_with_acceptance_zero(monkeypatch):
+    """A dense metric's ½ pᵀM⁻¹p can overflow to +∞ − ∞ = NaN for finite momenta; such a
+    step must be reported, not slip through as a NaN acceptance probability."""
+    monkeypatch.setattr(DenseMetric, "kinetic_energy", lambda self, p: torch.full(
+        p.shape[:1], math.nan, dtype=p.dtype))
+    sampler = HMC(step_size=0.1, n_leapfrog=2, metric="dense", adapt_step_size=False)
+    samples = eb.sample(Gaussian(torch.zeros(2, dtype=F64), 1.0, name="g"), sampler,
+                        n_chains=4, n_steps=3, generator=torch.Generator().manual_seed(0))
+    assert int(samples.n_divergent.sum()) == 12
+    assert torch.equal(samples.acceptance_rate, torch.zeros(3, dtype=F64))  # per step
+
+
+# ------------------------------------------------ one step against a reference
+
+COVARIANCE_3D = torch.tensor([[2.0, 1.2, 0.3], [1.2, 1.0, 0.1], [0.3, 0.1, 0.5]], dtype=F64)
+MEAN_3D = torch.tensor([1.0, -1.0, 0.5], dtype=F64)
+
+
+def correlated_3d() -> eb.EnergyModel:
+    return MultivariateGaussian(MEAN_3D, COVARIANCE_3D)
+
+
+def reference_hmc_step(x, step_size, n_leapfrog, inverse_mass, noise, uniform):
+    """HMC by the textbook (Neal 2011, §5.3.2), written independently of the library:
+    E(x) = ½ (x − μ)ᵀ Σ⁻¹ (x − μ), unfused half/full/half leapfrog, dense M⁻¹."""
+    precision = torch.linalg.inv(COVARIANCE_3D)
+
+    def energy(y):
+        centred = y - MEAN_3D
+        return 0.5 * torch.einsum("ni,ij,nj->n", centred, precision, centred)
+
+    def score(y):
+        return -(y - MEAN_3D) @ precision
+
+    def kinetic(p):
+        return 0.5 * torch.einsum("ni,ij,nj->n", p, inverse_mass, p)
+
+    mass_cholesky = torch.linalg.cholesky(torch.linalg.inv(inverse_mass))
+    p = noise @ mass_cholesky.T  # p ~ N(0, M)
+    eps = step_size[:, None]
+    y, q = x.clone(), p.clone()
+    for _ in range(n_leapfrog):
+        q = q + 0.5 * eps * score(y)
+        y = y + eps * q @ inverse_mass
+        q = q + 0.5 * eps * score(y)
+    delta_h = energy(y) + kinetic(q) - energy(x) - kinetic(p)
+    probability = torch.clamp(torch.exp(-delta_h), max=1.0)
+    accepted = uniform < probability
+    return torch.where(accepted[:, None], y, x), probability, accepted, delta_h
+
+
+@pytest.mark.parametrize("metric", ["diag", "dense"])
+def test_one_step_matches_a_hand_written_leapfrog_and_accept(metric):
+    n_chains = 64
+    x0 = MEAN_3D + torch.randn(n_chains, 3, generator=torch.Generator().manual_seed(1),
+                               dtype=F64)
+    # Steps from well inside to beyond the stability limit, so both outcomes occur.
+    step_size = torch.linspace(0.05, 1.6, n_chains, dtype=F64)
+    inverse_mass = (torch.tensor([1.5, 0.8, 0.4], dtype=F64) if metric == "diag"
+                    else torch.tensor([[1.5, 0.6, 0.1], [0.6, 0.8, 0.0], [0.1, 0.0, 0.4]],
+                                      dtype=F64))
+    sampler = HMC(step_size=step_size, n_leapfrog=6, jitter=0.0, metric=metric,
+                  inverse_mass=inverse_mass, adapt_step_size=False, adapt_mass=False)
+    state = sampler.init(x0, correlated_3d())
+    state, info = sampler.step(state, torch.Generator().manual_seed(2))
+
+    # The kernel draws ξ ~ N(0, I) like x, then u ~ U(0, 1) per chain, from one generator.
+    generator = torch.Generator().manual_seed(2)
+    noise = torch.randn(n_chains, 3, generator=generator, dtype=F64)
+    uniform = torch.rand(n_chains, generator=generator, dtype=F64)
+    dense = inverse_mass if metric == "dense" else torch.diag(inverse_mass)
+    position, probability, accepted, delta_h = reference_hmc_step(
+        x0, step_size, 6, dense, noise, uniform)
+    assert accepted.any() and not accepted.all()
+    torch.testing.assert_close(state.position, position)
+    torch.testing.assert_close(info.acceptance_rate, probability)
+    torch.testing.assert_close(info.energy_error, delta_h)
+    assert torch.equal(info.is_accepted, accepted)
+
+
+@pytest.mark.parametrize("metric", ["diag", "dense"])
+def test_multivariate_hmc_matches_the_mean_and_covariance(metric):
+    """A fast multivariate check of each metric at a fixed, untuned kernel (no warmup
+    adaptation, chains started at exact draws): means, variances and the cross moment
+    E(x₁ − μ₁)(x₂ − μ₂) = Σ₁₂ = 1.2 (correlation 0.85) within Z_MAX · MCSE (ESS-based)."""
+    inverse_mass = COVARIANCE_3D if metric == "dense" else COVARIANCE_3D.diagonal()
+    sampler = HMC(step_size=0.5 if metric == "dense" else 0.25, n_leapfrog=5, metric=metric,
+                  inverse_mass=inverse_mass, adapt_step_size=False, adapt_mass=False)
+    samples = eb.sample(correlated_3d(), sampler, n_chains=128, n_steps=150,
+                        generator=torch.Generator().manual_seed(3))
+    assert_moments(samples.draws, MEAN_3D, COVARIANCE_3D.diagonal(), f"HMC {metric}")
+    centred = samples.draws - MEAN_3D
+    z = z_scores(centred[..., 0] * centred[..., 1], COVARIANCE_3D[0, 1])
+    assert float(z.abs()) <= Z_MAX, f"cross moment z = {float(z):.2f}"

@@ -1,0 +1,46 @@
+"""The unadjusted Langevin algorithm (samplers/langevin.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from sampler_helpers import F64, denoiser_score, gaussian, nan_wall
+
+import ebmalgebra as eb
+from ebmalgebra.samplers import ULA, AnnealedLangevin
+
+
+def test_ula_and_uncorrected_annealing_run_on_score_only_models():
+    model = gaussian() & denoiser_score()  # s = −2x: N(0, ½)
+    samples = eb.sample(model, ULA(step_size=0.05), n_chains=64, n_steps=300, warmup=100,
+                        x0=torch.randn(64, 3, dtype=F64),
+                        generator=torch.Generator().manual_seed(0))
+    assert torch.isnan(samples.state.energy).all()  # no energy to report
+    assert 0.4 < float(samples.draws.var()) < 0.7
+    noisy = eb.from_score(lambda x, t: -x / (1.0 + t**2), 3, name="noisy_score",
+                          noise_conditioned=True)
+    annealed = AnnealedLangevin(noise_levels=[2.0, 1.0, 0.1], steps_per_level=20,
+                                step_size=0.05)
+    samples = eb.sample(noisy, annealed, x0=torch.randn(16, 3, dtype=F64), n_steps=10,
+                        warmup=annealed.n_annealing_steps)
+    assert samples.state.level == 2
+
+
+def test_ula_freezes_chains_that_hit_nonfinite_values():
+    x0 = torch.zeros(200, 1, dtype=F64)
+    sampler = ULA(step_size=0.2)
+    state = sampler.init(x0, nan_wall())
+    generator = torch.Generator().manual_seed(0)
+    frozen_at = {}
+    for _ in range(100):
+        state, info = sampler.step(state, generator)
+        for chain in info.nonfinite.nonzero().flatten().tolist():
+            frozen_at[chain] = state.position[chain].clone()
+    assert frozen_at, "some chains should have crossed the wall"
+    assert set(frozen_at) == set(state.frozen.nonzero().flatten().tolist())
+    for chain, position in frozen_at.items():  # frozen chains never moved again
+        assert torch.equal(state.position[chain], position)
+    assert bool((state.position <= 1.0).all()) and torch.isfinite(state.score).all()
+    samples = eb.sample(nan_wall(), sampler, x0=x0, n_steps=100,
+                        generator=torch.Generator().manual_seed(0))
+    assert int(samples.frozen.sum()) == len(frozen_at) and "frozen=" in repr(samples)

@@ -1,0 +1,36 @@
+"""Parallel tempering (samplers/tempering.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sampler_helpers import gaussian
+
+import ebmalgebra as eb
+from ebmalgebra.samplers import MALA, ParallelTempering
+
+
+@pytest.mark.parametrize("n_chains", [2, 3])
+def test_tempering_records_pair_and_replica_statistics_whole_for_any_number_of_chains(
+        n_chains):
+    """With n_chains = K − 1 (or K) the (K − 1,) swap (or (K,) replica) acceptances used to
+    pass for per-chain values and were averaged away."""
+    sampler = ParallelTempering(betas=[1.0, 0.5, 0.25], sampler=MALA(step_size=0.3))
+    samples = eb.sample(gaussian(2), sampler, n_chains=n_chains, n_steps=10,
+                        generator=torch.Generator().manual_seed(0))
+    assert samples.stats["swap_acceptance"].shape == (10, 2)
+    assert samples.stats["replica_acceptance"].shape == (10, 3)
+    assert samples.stats["acceptance_rate"].shape == (10,)
+    assert samples.n_nonfinite.shape == (n_chains,)
+
+
+def test_tempering_adapts_one_step_size_per_replica():
+    sampler = ParallelTempering(betas=[1.0, 0.1, 0.01], sampler=MALA(step_size=0.1))
+    samples = eb.sample(gaussian(1), sampler, n_chains=32, n_steps=10, warmup=200,
+                        generator=torch.Generator().manual_seed(0))
+    steps = samples.state.replicas.step_size.reshape(3, 32)
+    assert torch.all(steps == steps[:, :1])  # pooled within a replica
+    assert steps[0, 0] < steps[1, 0] < steps[2, 0]  # hotter replicas take larger steps
+    assert samples.stats["swap_acceptance"].shape == (210, 2)
+    assert samples.state.position.shape == (32, 1)
