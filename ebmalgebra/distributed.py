@@ -44,7 +44,7 @@ from torch import Tensor
 
 from ebmalgebra.errors import CompositionError
 
-__all__ = ["ChainShard", "active_shard", "chain_shard", "process_group"]
+__all__ = ["ChainShard", "DistributedObjective", "active_shard", "chain_shard", "process_group"]
 
 _ACTIVE: ContextVar[ChainShard | None] = ContextVar("ebmalgebra_chain_shard", default=None)
 
