@@ -34,9 +34,10 @@ adaptation consult it, so kernels themselves know nothing of processes.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -273,24 +274,26 @@ class ChainShard:
 
 
 class DistributedObjective(torch.nn.Module):
-    """A training loss of a model run under ``DistributedDataParallel``: each rank's
+    """A training loss run under ``DistributedDataParallel``: each rank's
     ``backward()`` leaves the gradient of the loss averaged over all ranks.
 
     Score-based losses differentiate the energy network inside the loss
     (``torch.autograd.grad`` for the score), which a network wrapped in
-    ``DistributedDataParallel`` does not support: DDP would take that inner
-    gradient for the backward pass and never average the parameter gradients.
-    Wrapping the *loss* instead makes the backward of the loss DDP's backward.
-    Parameters a loss does not reach (an energy's additive constant has no score)
-    are found by ``find_unused_parameters=True``.
+    ``DistributedDataParallel`` does not support: DDP takes that inner gradient
+    for the backward pass and never averages the parameter gradients. Wrapping
+    the *loss* instead makes the loss's backward DDP's backward. Parameters a loss
+    does not reach (an energy's additive constant has no score) are found by
+    ``find_unused_parameters=True``.
 
-    With equal local batches of size B on P ranks, the averaged gradient is that
-    of the loss on the concatenated batch of P·B rows, for losses that are means
-    over rows (all of :mod:`ebmalgebra.learning`'s). Random numbers in the loss
-    come from each rank's own ``generator``.
+    It is itself a loss of ``(model, batch, **options)``, so it goes wherever one
+    does, :func:`ebmalgebra.learning.fit` included. With equal local batches on
+    the P ranks, the averaged gradient is that of the loss on the concatenated
+    batch, for losses that are means over rows (all of
+    :mod:`ebmalgebra.learning`'s). Random numbers in the loss come from each
+    rank's own ``generator``. Every rank must take the same number of steps.
 
     Args:
-        model: the model being trained (its parameters are synchronised from rank 0).
+        model: the model being trained; DDP broadcasts its parameters from rank 0.
         loss: ``loss(model, batch, **options) -> scalar``, e.g.
             :func:`~ebmalgebra.learning.denoising_score_matching`.
         group: the process group (default: the default group).
@@ -298,31 +301,35 @@ class DistributedObjective(torch.nn.Module):
 
     Example:
         >>> objective = DistributedObjective(model, denoising_score_matching, sigma=0.1)
-        >>> objective(local_batch, generator=g).backward()   # then optimizer.step()
+        >>> objective(model, local_batch, generator=g).backward()  # then optimizer.step()
+        >>> fit(model, local_data, objective, generator=g)         # or let fit drive it
     """
 
-    def __init__(self, model: torch.nn.Module, loss, *,
-                 group: dist.ProcessGroup | None = None, **options) -> None:
+    def __init__(self, model: torch.nn.Module, loss: Callable[..., Tensor], *,
+                 group: dist.ProcessGroup | None = None, **options: Any) -> None:
         super().__init__()
         from torch.nn.parallel import DistributedDataParallel
 
-        self.loss = loss
-        self.options = options
         self.parallel = DistributedDataParallel(_Objective(model, loss, options),
                                                 find_unused_parameters=True,
                                                 process_group=group)
 
-    def forward(self, batch: Tensor, **call_options) -> Tensor:
-        """The loss on this rank's ``batch`` (its backward averages over ranks)."""
-        return self.parallel(batch, **call_options)
+    def forward(self, model: torch.nn.Module, batch: Tensor, **options: Any) -> Tensor:
+        """The loss of ``model`` (the one given at construction) on this rank's
+        ``batch``; its backward averages the gradients over ranks."""
+        if model is not self.parallel.module.model:
+            raise ValueError("DistributedObjective: model is not the model this objective "
+                             "was built for; build one DistributedObjective per model")
+        return self.parallel(batch, **options)
 
 
 class _Objective(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, loss, options: dict) -> None:
+    def __init__(self, model: torch.nn.Module, loss: Callable[..., Tensor],
+                 options: dict[str, Any]) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
         self.options = options
 
-    def forward(self, batch: Tensor, **call_options) -> Tensor:
-        return self.loss(self.model, batch, **self.options, **call_options)
+    def forward(self, batch: Tensor, **options: Any) -> Tensor:
+        return self.loss(self.model, batch, **self.options, **options)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import ebmalgebra
 from ebmalgebra import diagnostics
 from ebmalgebra.distributed import DistributedObjective
-from ebmalgebra.learning import MLPEnergy, as_model, denoising_score_matching
+from ebmalgebra.learning import MLPEnergy, as_model, denoising_score_matching, fit
 from ebmalgebra.samplers import (
     HMC,
     MALA,
@@ -140,10 +140,34 @@ def _dsm_setup() -> tuple[MLPEnergy, torch.Tensor]:
 def run_ddp_dsm_step(rank: int) -> dict[str, torch.Tensor | None]:
     """One DDP step of DSM: rank r takes rows [4r, 4r + 4) and noise seeded 100 + r."""
     net, data = _dsm_setup()
-    objective = DistributedObjective(as_model(net, name="net"), denoising_score_matching,
-                                     sigma=SIGMA)
-    rows = data.chunk(WORLD_SIZE)[rank]
-    objective(rows, generator=_seed(100 + rank)).backward()
+    model = as_model(net, name="net")
+    objective = DistributedObjective(model, denoising_score_matching, sigma=SIGMA)
+    objective(model, data.chunk(WORLD_SIZE)[rank], generator=_seed(100 + rank)).backward()
+    return {name: p.grad for name, p in net.named_parameters()}
+
+
+LEARNING_RATE = 0.1
+
+
+def run_ddp_fit(rank: int) -> dict[str, torch.Tensor]:
+    """``fit`` for one epoch of one batch per rank, plain SGD, generator seeded 200 + r."""
+    net, data = _dsm_setup()
+    model = as_model(net, name="net")
+    objective = DistributedObjective(model, denoising_score_matching, sigma=SIGMA)
+    fit(model, data.chunk(WORLD_SIZE)[rank], objective, epochs=1,
+        batch_size=BATCH // WORLD_SIZE, optimizer=torch.optim.SGD(net.parameters(),
+                                                                  lr=LEARNING_RATE),
+        generator=_seed(200 + rank), progress=False)
+    return {name: p.detach().clone() for name, p in net.named_parameters()}
+
+
+def dsm_gradients_by_hand(net: MLPEnergy, rows: torch.Tensor, noise: torch.Tensor,
+                          ) -> dict[str, torch.Tensor | None]:
+    """∇θ of J = ½ mean ‖s(x + σε) + ε/σ‖², s = −∇ₓE, written out over all rows."""
+    noisy = (rows + SIGMA * noise).requires_grad_(True)
+    score = -torch.autograd.grad(net(noisy).sum(), noisy, create_graph=True)[0]
+    loss = 0.5 * (score + noise / SIGMA).square().sum(1).mean()
+    loss.backward()
     return {name: p.grad for name, p in net.named_parameters()}
 
 
@@ -170,6 +194,7 @@ def worker(rank: int, port: int, out: Path) -> None:
     results["nonfinite"] = run_nonfinite()
     results["tempering"] = run_tempering()
     results["ddp"] = run_ddp_dsm_step(rank)
+    results["fit"] = run_ddp_fit(rank)
     dist.destroy_process_group()
     torch.save(results, out / f"rank{rank}.pt")
 
@@ -277,21 +302,35 @@ def test_a_nonfinite_chain_on_one_rank_raises_on_every_rank_with_one_message(ran
 
 @pytest.mark.slow
 def test_one_ddp_step_of_dsm_matches_one_process_on_the_concatenated_batch(ranks):
-    # Independent reference: J = ½ mean ‖s(x + σε) + ε/σ‖² over all 8 rows written out,
-    # with each half's noise drawn as that rank drew it.
+    # Independent reference: the DSM loss written out over all 8 rows, with each
+    # half's noise drawn as that rank drew it.
     net, data = _dsm_setup()
     noise = torch.cat([torch.randn(BATCH // WORLD_SIZE, 2, generator=_seed(100 + rank))
                        for rank in range(WORLD_SIZE)])
-    noisy = (data + SIGMA * noise).requires_grad_(True)
-    score = -torch.autograd.grad(net(noisy).sum(), noisy, create_graph=True)[0]
-    loss = 0.5 * (score + noise / SIGMA).square().sum(1).mean()
-    loss.backward()
+    expected = dsm_gradients_by_hand(net, data, noise)
     for rank in ranks:
-        for name, parameter in net.named_parameters():
-            if parameter.grad is None:  # the output bias: a constant in E has no score
+        for name, gradient in expected.items():
+            if gradient is None:  # the output bias: a constant in E has no score
                 assert rank["ddp"][name] is None
             else:
-                torch.testing.assert_close(rank["ddp"][name], parameter.grad, rtol=0, atol=1e-6)
+                torch.testing.assert_close(rank["ddp"][name], gradient, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_fit_with_a_distributed_objective_takes_the_step_of_the_concatenated_batch(ranks):
+    # fit shuffles each rank's rows with its generator, then the loss draws the noise.
+    net, data = _dsm_setup()
+    rows, noise = [], []
+    for rank, shard in enumerate(data.chunk(WORLD_SIZE)):
+        generator = _seed(200 + rank)
+        rows.append(shard[torch.randperm(shard.shape[0], generator=generator)])
+        noise.append(torch.randn(shard.shape, generator=generator))
+    gradients = dsm_gradients_by_hand(net, torch.cat(rows), torch.cat(noise))
+    for rank in ranks:
+        for name, parameter in net.named_parameters():
+            step = 0.0 if gradients[name] is None else LEARNING_RATE * gradients[name]
+            torch.testing.assert_close(rank["fit"][name], parameter.detach() - step, rtol=0,
+                                       atol=1e-6)
 
 
 @pytest.mark.slow
