@@ -147,16 +147,23 @@ class ChainShard:
             )
         return (self.n_chains, *local_shape[1:])
 
-    def check_generator(self, generator: torch.Generator | None) -> None:
-        """Raise on every rank unless all ranks' generators are in the same state.
+    def check_agreement(self, generator: torch.Generator | None) -> None:
+        """Raise on every rank unless all ranks asked for the same number of chains and
+        hold generators in the same state (one all-gather of 16 bytes per rank).
 
-        Sharded draws rely on every rank drawing the same global noise; a generator
-        seeded with the rank (a common habit) would silently give other chains.
+        Sharded draws rely on every rank drawing the same global noise: a generator
+        seeded with the rank (a common habit) would silently give other chains, and
+        an ``x0`` holding only a rank's own chains would split a different total.
         """
         state = (generator if generator is not None else torch.default_generator).get_state()
-        checksum = torch.tensor([zlib.crc32(state.numpy().tobytes())], dtype=torch.int64)
-        sums = self.stack_ranks(checksum)
-        if len(set(sums.flatten().tolist())) > 1:
+        facts = torch.tensor([self.n_chains, zlib.crc32(state.numpy().tobytes())],
+                             dtype=torch.int64)
+        chains, checksums = self.stack_ranks(facts).cpu().T.tolist()
+        if len(set(chains)) > 1:
+            raise ValueError(f"sample: the ranks ask for different numbers of chains, {chains}; "
+                             "pass the same n_chains, or the same x0 holding all chains, on "
+                             "every rank")
+        if len(set(checksums)) > 1:
             raise ValueError(
                 "sample: the generator's state differs between ranks; seed it with the same "
                 "seed on every rank (chains get distinct numbers from their global index)"

@@ -127,6 +127,20 @@ def run_tempering() -> str:
     return "no error"
 
 
+def run_disagreements(rank: int) -> list[str]:
+    """A generator seeded with the rank, then an x0 holding only a rank's own chains."""
+    messages = []
+    for options in ({"n_chains": N_CHAINS, "generator": _seed(rank)},
+                    {"x0": torch.zeros(4 - rank, 2), "generator": _seed(0)}):
+        try:
+            ebmalgebra.sample(Ring() & Bar(), MALA(step_size=0.1), n_steps=1, **options)
+        except ValueError as error:
+            messages.append(str(error))
+        else:
+            messages.append("no error")
+    return messages
+
+
 BATCH, SIGMA = 8, 0.3
 
 
@@ -193,6 +207,7 @@ def worker(rank: int, port: int, out: Path) -> None:
         }
     results["nonfinite"] = run_nonfinite()
     results["tempering"] = run_tempering()
+    results["disagreements"] = run_disagreements(rank)
     results["ddp"] = run_ddp_dsm_step(rank)
     results["fit"] = run_ddp_fit(rank)
     dist.destroy_process_group()
@@ -331,6 +346,14 @@ def test_fit_with_a_distributed_objective_takes_the_step_of_the_concatenated_bat
             step = 0.0 if gradients[name] is None else LEARNING_RATE * gradients[name]
             torch.testing.assert_close(rank["fit"][name], parameter.detach() - step, rtol=0,
                                        atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ranks_that_disagree_on_the_seed_or_the_chains_are_refused_on_every_rank(ranks):
+    for rank in ranks:
+        seed, chains = rank["disagreements"]
+        assert "generator's state differs between ranks" in seed
+        assert "different numbers of chains, [4, 3]" in chains
 
 
 @pytest.mark.slow

@@ -385,7 +385,7 @@ def sample(
         _check_generator(generator, x0.device, "x0")
     shard = chain_shard(x0.shape[0], group)
     if shard is not None:
-        shard.check_generator(generator)
+        shard.check_agreement(generator)
         x0 = shard.take(x0)
     with nullcontext() if shard is None else shard.activate():
         state = sampler.init(x0, compiled)
