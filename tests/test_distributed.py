@@ -50,9 +50,9 @@ def _seed(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def run_mala() -> ebmalgebra.samplers.Samples:
+def run_mala(group: dist.ProcessGroup | None = None) -> ebmalgebra.samplers.Samples:
     return ebmalgebra.sample(Ring() & Bar(), MALA(step_size=0.05, adapt_step_size=False),
-                             n_chains=N_CHAINS, n_steps=40, generator=_seed(0))
+                             n_chains=N_CHAINS, n_steps=40, generator=_seed(0), group=group)
 
 
 def run_hmc() -> ebmalgebra.samplers.Samples:
@@ -208,6 +208,8 @@ def worker(rank: int, port: int, out: Path) -> None:
     results["nonfinite"] = run_nonfinite()
     results["tempering"] = run_tempering()
     results["disagreements"] = run_disagreements(rank)
+    own_groups = [dist.new_group([r]) for r in range(WORLD_SIZE)]
+    results["own_group"] = run_mala(group=own_groups[rank]).draws
     results["ddp"] = run_ddp_dsm_step(rank)
     results["fit"] = run_ddp_fit(rank)
     dist.destroy_process_group()
@@ -346,6 +348,12 @@ def test_fit_with_a_distributed_objective_takes_the_step_of_the_concatenated_bat
             step = 0.0 if gradients[name] is None else LEARNING_RATE * gradients[name]
             torch.testing.assert_close(rank["fit"][name], parameter.detach() - step, rtol=0,
                                        atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_group_of_one_runs_all_chains_on_its_rank(ranks, single):
+    for rank in ranks:
+        assert torch.equal(rank["own_group"], single["mala"].draws)
 
 
 @pytest.mark.slow
