@@ -5,12 +5,15 @@ reproducibility, one evaluation per step, declared sampler facts.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from sampler_helpers import (
     F64,
     SAMPLER_NAMES,
     CountingEnergy,
+    PreconditionedWalk,
     all_samplers,
     denoiser_score,
     gaussian,
@@ -21,7 +24,15 @@ from sampler_helpers import (
 
 import ebmalgebra as eb
 from ebmalgebra import CapabilityError, CompositionError
-from ebmalgebra.samplers import HMC, MALA, AnnealedLangevin, ParallelTempering, RandomWalkMH
+from ebmalgebra.samplers import (
+    HMC,
+    MALA,
+    ULA,
+    AnnealedLangevin,
+    ParallelTempering,
+    RandomWalkMH,
+    Sampler,
+)
 from ebmalgebra.targets import Banana, Gaussian
 
 
@@ -63,6 +74,8 @@ def test_model_lives_in_the_state_so_one_sampler_serves_two_models():
     for _ in range(200):
         state_a, _ = sampler.step(state_a, generator)
         state_b, _ = sampler.step(state_b, generator)
+    # Means over 4 chains × 3 coordinates of N(0, 1) and N(5, 1): sd ≈ 1/√12 ≈ 0.29 before
+    # autocorrelation, so 1.5 sits over 5 sd from both.
     assert state_a.position.mean() < 1.5 < state_b.position.mean()
     assert isinstance(state_a.potential.model, eb.CompiledEnergy)
 
@@ -173,3 +186,50 @@ def test_updates_trace_into_one_graph_for_torch_compile():
         explanation = torch._dynamo.explain(update)(*args)
         assert explanation.graph_break_count == 0, explanation.break_reasons
         assert explanation.graph_count == 1
+
+
+# ------------------------------------------------------------- declared facts
+
+@pytest.mark.parametrize("sampler, invariant, exponent, needs_energy, flags", [
+    (RandomWalkMH(), True, 0.5, True, ("adapt_step_size",)),
+    (MALA(), True, 1.0, True, ("adapt_step_size",)),
+    (HMC(), True, 0.5, True, ("adapt_step_size", "adapt_mass")),
+    (ULA(), False, None, False, ()),
+    (AnnealedLangevin(models=[gaussian()], mala=False), False, None, False, ()),
+    (AnnealedLangevin(models=[gaussian()], mala=True), False, None, True, ()),
+    (ParallelTempering(betas=[1.0, 0.5]), False, None, True, ()),
+], ids=lambda value: type(value).__name__ if isinstance(value, Sampler) else "")
+def test_samplers_declare_their_facts(sampler, invariant, exponent, needs_energy, flags):
+    """Facts other modules read instead of lists of classes. The exponents: p̃^β has
+    scale ∝ β^(−1/2), so a step that is a length (random walk, leapfrog) grows like
+    β^(−1/2) and a Langevin step, a variance, like β^(−1)."""
+    assert sampler.leaves_target_invariant is invariant
+    assert sampler.tempering_step_exponent == exponent
+    assert sampler.needs_energy is needs_energy
+    assert sampler.adaptation_flags == flags
+    if not invariant:
+        assert sampler.not_invariant_because != Sampler.not_invariant_because
+
+
+def test_a_sampler_of_ones_own_runs_in_tempering_and_ais_from_its_declared_facts():
+    """PreconditionedWalk (tests/sampler_helpers.py) is known to no library module."""
+    model = Gaussian(torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([0.5, 2.0], dtype=F64))
+    tempering = ParallelTempering(betas=[1.0, 0.25], sampler=PreconditionedWalk(step_size=0.4))
+    state = tempering.init(torch.zeros(8, 2, dtype=F64), model)
+    # ε_β = ε · β^(−½) for its declared exponent ½.
+    torch.testing.assert_close(state.replicas.step_size,
+                               torch.tensor([0.4] * 8 + [0.8] * 8, dtype=F64))
+    unnormalised = 3.0 * model  # log Z = log 3
+    walk = PreconditionedWalk(step_size=0.8, adapt_step_size=False, adapt_mass=False)
+    estimate = eb.estimate_log_z(unnormalised, base=Gaussian(torch.zeros(2, dtype=F64), 3.0),
+                                 n_particles=256, sampler=walk, exact=False,
+                                 generator=torch.Generator().manual_seed(0))
+    # 4 stderr: the reported stderr is calibrated (tests/test_normalize.py).
+    assert abs(estimate.log_z - math.log(3.0)) < 4 * estimate.stderr
+
+
+def test_kernels_that_do_not_declare_invariance_are_refused_by_tempering_and_ais():
+    with pytest.raises(TypeError, match="must leave its target invariant.*got ULA"):
+        ParallelTempering(betas=[1.0, 0.5], sampler=ULA())
+    with pytest.raises(ValueError, match="no Metropolis–Hastings correction"):
+        eb.estimate_log_z(gaussian() & gaussian(), sampler=ULA(), exact=False)

@@ -41,7 +41,10 @@ def test_hmc_warmup_of_twenty_steps_tunes_the_step_size_for_the_new_metric():
     model = Gaussian(torch.zeros(2, dtype=F64), torch.tensor([0.5, 2.0], dtype=F64))
     samples = eb.sample(model, HMC(), n_chains=64, n_steps=50, warmup=20,
                         generator=torch.Generator().manual_seed(0))
-    assert float(samples.acceptance_rate[20:].mean()) > 0.6  # target 0.8; was 0.0
+    # Target 0.8; the bug gave 0.0. Window: warmups of 20–40 steps measured 0.78–0.93 on
+    # Gaussians and a banana (samplers/adaptation.py), so 0.6 leaves room below that range
+    # and is still far above the failure.
+    assert float(samples.acceptance_rate[20:].mean()) > 0.6
 
 
 def test_dense_hmc_adapts_the_covariance_of_a_correlated_gaussian():

@@ -26,6 +26,7 @@ import torch
 from sampler_helpers import F64, Z_MAX, assert_moments, normal, z_scores
 
 import ebmalgebra as eb
+from ebmalgebra.diagnostics import ess, mcse_mean
 from ebmalgebra.samplers import (
     HMC,
     MALA,
@@ -36,6 +37,7 @@ from ebmalgebra.samplers import (
     RandomWalkMH,
     Sampler,
 )
+from ebmalgebra.samplers.adaptation import mass_windows
 from ebmalgebra.samplers.base import (
     draw_normal,
     draw_uniform,
@@ -166,14 +168,32 @@ def test_exact_samplers_on_ill_conditioned_10d_gaussian(name):
 
 
 def test_hmc_adapts_mass_to_the_ill_conditioned_gaussian():
-    """Pooled windowed adaptation recovers the variances 0.01 … 100 (to ~10%: a
-    window pools thousands of draws) and dual averaging lands near δ = 0.8."""
+    """Pooled windowed adaptation recovers the variances 0.01 … 100: undoing Stan's
+    regularisation of the last window (steps 150–349 of 128 chains) gives per-coordinate
+    variance estimates within Z_MAX · MCSE of the truth, the MCSE of x² from its ESS on
+    those window draws."""
     model = diagonal_10d()
     x0 = torch.randn(128, 10, generator=torch.Generator().manual_seed(5), dtype=F64)
-    samples = run(model, HMC(step_size=0.1, n_leapfrog=8), seed=7, x0=x0, n_steps=100,
-                  warmup=400)
-    ratio = samples.state.inverse_mass / SCALES_10D**2
-    assert ((ratio > 0.8) & (ratio < 1.25)).all(), ratio
+    start, end = mass_windows(400)[-1]
+    window = []
+
+    def record(index, state, info):
+        if start <= index < end:
+            window.append(state.position.clone())
+
+    samples = eb.sample(model, HMC(step_size=0.1, n_leapfrog=8), x0=x0, n_steps=100,
+                        warmup=400, callback=record, generator=torch.Generator().manual_seed(7))
+    draws = torch.stack(window)
+    n = draws.shape[0] * draws.shape[1]
+    estimate = (samples.state.inverse_mass - 1e-3 * 5 / (n + 5)) * (n + 5) / n
+    squares = draws**2
+    assert (ess(squares) >= 100).all()
+    z = (estimate - SCALES_10D**2) / mcse_mean(squares)
+    assert (z.abs() <= Z_MAX).all(), z
+    # Coarse bound on the adapted acceptance; the target 0.8 itself is pinned exactly
+    # by the dual-averaging replay in tests/test_adaptation.py. The final buffer's
+    # 50 steps leave ε̄ within ~10% of its fixed point, which moves HMC's acceptance
+    # (1 − α grows like ε⁴) by about ±0.1.
     accept = float(samples.acceptance_rate[samples.warmup:].mean())
     assert 0.65 < accept < 0.95, accept
 
@@ -341,8 +361,33 @@ def test_tempering_mixes_two_modes_that_mala_cannot_leave():
     right = (pt.draws > 0).double()
     z = z_scores(right, 0.5)
     assert abs(float(z)) <= Z_MAX, f"mode fraction {float(right.mean()):.3f}, z = {float(z):.2f}"
-    swaps = pt.stats["swap_acceptance"][pt.warmup:].mean(0)
-    assert swaps.shape == (7,) and (swaps > 0.2).all(), swaps
+    swaps = pt.stats["swap_acceptance"][pt.warmup:]
+    assert swaps.shape == (1000, 7)
+    expected = expected_swap_acceptance(model, betas)
+    for pair in range(7):
+        # The recorded rate is the chain mean of min(1, r) per step; z ≤ Z_MAX with the
+        # MCSE from the ESS of that per-step series.
+        z = z_scores(swaps[:, pair, None], expected[pair])
+        assert abs(float(z)) <= Z_MAX, f"pair {pair}: z = {float(z):.2f}"
+
+
+def expected_swap_acceptance(model, betas: list[float]) -> list[float]:
+    """E min(1, r) for each neighbour pair at stationarity, by quadrature.
+
+    Parallel tempering leaves the product of the tempered laws p_β ∝ e^{−βE}
+    invariant, so at stationarity the two replicas of a pair are independent draws
+    x ~ p_{β_k}, y ~ p_{β_{k+1}} and the swap acceptance is the double integral of
+    min(1, exp((β_k − β_{k+1})(E(x) − E(y)))) over those laws (on a fine 1-D grid).
+    """
+    grid = torch.linspace(-30.0, 30.0, 2001, dtype=F64)[:, None]
+    energy = model.energy(grid)
+    rates = []
+    for hot, cold in zip(betas[1:], betas[:-1], strict=True):
+        cold_law, hot_law = torch.softmax(-cold * energy, 0), torch.softmax(-hot * energy, 0)
+        log_ratio = (cold - hot) * (energy[:, None] - energy[None, :])
+        rates.append(float((cold_law[:, None] * hot_law[None, :]
+                            * log_ratio.clamp(max=0.0).exp()).sum()))
+    return rates
 
 
 # ----------------------------------------------------------------- helpers
