@@ -204,6 +204,7 @@ def worker(rank: int, port: int, out: Path) -> None:
             "inverse_mass": getattr(samples.state, "inverse_mass", None),
             "gathered": samples.gather(), "everywhere": samples.gather(dst=None),
             "ess": samples.ess(), "rhat": samples.rhat(), "stats": samples.stats,
+            "repr": repr(samples),
         }
     results["nonfinite"] = run_nonfinite()
     results["tempering"] = run_tempering()
@@ -266,8 +267,9 @@ def test_draws_of_two_processes_are_bit_identical_to_one(ranks, single, name):
     assert torch.equal(sharded, single[name].draws)
     assert torch.equal(ranks[0][name]["gathered"], single[name].draws)
     assert ranks[1][name]["gathered"] is None
-    for rank in ranks:
+    for index, rank in enumerate(ranks):
         assert torch.equal(rank[name]["everywhere"], single[name].draws)
+        assert f"of {N_CHAINS} chains on rank {index}" in rank[name]["repr"]
 
 
 @pytest.mark.slow

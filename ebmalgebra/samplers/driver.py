@@ -136,7 +136,9 @@ class Samples:
 
     def __repr__(self) -> str:
         n_draws, n_chains = self.draws.shape[:2]
-        parts = [f"{n_draws} draws x {n_chains} chains", f"event_shape="
+        chains = (f"{n_chains} chains" if self.shard is None else
+                  f"{n_chains} of {self.shard.n_chains} chains on rank {self.shard.rank}")
+        parts = [f"{n_draws} draws x {chains}", f"event_shape="
                  f"{tuple(self.draws.shape[2:])}", f"warmup={self.warmup}"]
         rate = self.acceptance_rate
         if rate is not None and rate.numel() > self.warmup:
