@@ -36,7 +36,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 import torch
@@ -45,7 +45,15 @@ from torch import Tensor
 
 from ebmalgebra.errors import CompositionError
 
-__all__ = ["ChainShard", "DistributedObjective", "active_shard", "chain_shard", "process_group"]
+__all__ = [
+    "ChainShard",
+    "DistributedObjective",
+    "active_shard",
+    "chain_shard",
+    "enter_shard",
+    "leave_shard",
+    "process_group",
+]
 
 _ACTIVE: ContextVar[ChainShard | None] = ContextVar("ebmalgebra_chain_shard", default=None)
 
@@ -53,6 +61,19 @@ _ACTIVE: ContextVar[ChainShard | None] = ContextVar("ebmalgebra_chain_shard", de
 def active_shard() -> ChainShard | None:
     """The chain shard of the :func:`ebmalgebra.sample` call in progress, or ``None``."""
     return _ACTIVE.get()
+
+
+def enter_shard(shard: ChainShard | None) -> Token | None:
+    """Make ``shard`` the :func:`active_shard` until :func:`leave_shard` is called with
+    the returned token (nothing for ``None``). Prefer :meth:`ChainShard.activate`
+    where a ``with`` block fits."""
+    return None if shard is None else _ACTIVE.set(shard)
+
+
+def leave_shard(token: Token | None) -> None:
+    """Undo the :func:`enter_shard` that returned ``token``."""
+    if token is not None:
+        _ACTIVE.reset(token)
 
 
 def process_group(group: dist.ProcessGroup | None = None) -> dist.ProcessGroup | None:

@@ -13,7 +13,7 @@ from torch import Tensor
 from ebmalgebra import diagnostics
 from ebmalgebra.base import EnergyModel, check_count, check_generator, input_options
 from ebmalgebra.compile import compile
-from ebmalgebra.distributed import ChainShard, chain_shard
+from ebmalgebra.distributed import ChainShard, chain_shard, enter_shard, leave_shard
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import NonFiniteError, Sampler, is_nonfinite
@@ -389,51 +389,53 @@ def sample(
     if shard is not None:
         shard.check_agreement(generator)
         x0 = shard.take(x0)
-    with nullcontext() if shard is None else shard.activate():
-        state = sampler.init(x0, compiled)
-        _check_start(state, shard)
-        n_total = warmup + n_steps
-        n_draws = n_steps // thin
-        position = state.position
-        draws = torch.empty((n_draws, *position.shape), dtype=position.dtype,
-                            device=position.device)
-        recorder = _Recorder(position.shape[0], warmup, shard)
+
+    state = sampler.init(x0, compiled)
+    _check_start(state, shard)
+    n_total = warmup + n_steps
+    n_draws = n_steps // thin
+    position = state.position
+    draws = torch.empty((n_draws, *position.shape), dtype=position.dtype, device=position.device)
+    recorder = _Recorder(position.shape[0], warmup, shard)
+    with nullcontext() if shard is None else shard.activate():  # pools the initial ε
         adaptation = sampler.adaptation(state, warmup) if warmup else None
-        # One bar per run, not one per rank.
-        show = progress if shard is None or shard.rank == 0 else False
-        bar = progress_bar(n_total, show, type(sampler).__name__)
-        try:
-            for index in range(n_total):
-                state, info = sampler.step(state, generator)
-                recorder.add(state, info)  # before adaptation: the step size this step used
-                if on_nonfinite == "raise":
-                    chains = _first_nonfinite(info, shard)
-                    if chains is not None:
-                        phase = "warmup" if index < warmup else "sampling"
-                        raise NonFiniteError(
-                            f"{type(sampler).__name__} step {index} ({phase}): non-finite energy "
-                            f"or score in chain(s) {chains[:10].tolist()}"
-                            f"{' …' if len(chains) > 10 else ''}; pass on_nonfinite='reject' to "
-                            "reject (or, for unadjusted samplers, freeze) such chains instead"
-                        )
-                if index < warmup:
-                    if adaptation is not None:
-                        state = adaptation.update(state, info)
-                        if index == warmup - 1:
-                            state = adaptation.finish(state)
-                else:
-                    after = index - warmup + 1
-                    if after % thin == 0:
-                        draws[after // thin - 1] = state.position
-                if callback is not None:
-                    callback(index, state, info)
-                if bar is not None:
-                    bar.update(1)
-        finally:
+    # One bar per run, not one per rank.
+    show = progress if shard is None or shard.rank == 0 else False
+    bar = progress_bar(n_total, show, type(sampler).__name__)
+    token = enter_shard(shard)  # random draws and adaptation see the shard
+    try:
+        for index in range(n_total):
+            state, info = sampler.step(state, generator)
+            recorder.add(state, info)  # before adaptation: the step size this step used
+            if on_nonfinite == "raise":
+                chains = _first_nonfinite(info, shard)
+                if chains is not None:
+                    phase = "warmup" if index < warmup else "sampling"
+                    raise NonFiniteError(
+                        f"{type(sampler).__name__} step {index} ({phase}): non-finite energy "
+                        f"or score in chain(s) {chains[:10].tolist()}"
+                        f"{' …' if len(chains) > 10 else ''}; pass on_nonfinite='reject' to "
+                        "reject (or, for unadjusted samplers, freeze) such chains instead"
+                    )
+            if index < warmup:
+                if adaptation is not None:
+                    state = adaptation.update(state, info)
+                    if index == warmup - 1:
+                        state = adaptation.finish(state)
+            else:
+                after = index - warmup + 1
+                if after % thin == 0:
+                    draws[after // thin - 1] = state.position
+            if callback is not None:
+                callback(index, state, info)
             if bar is not None:
-                bar.close()
-        stats, counts = recorder.result()
-        return Samples(draws, state, sampler, warmup, thin, stats, counts, shard)
+                bar.update(1)
+    finally:
+        leave_shard(token)
+        if bar is not None:
+            bar.close()
+    stats, counts = recorder.result()
+    return Samples(draws, state, sampler, warmup, thin, stats, counts, shard)
 
 
 def _check_start(state: NamedTuple, shard: ChainShard | None) -> None:
