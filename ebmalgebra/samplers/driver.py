@@ -435,7 +435,7 @@ def sample(
         if bar is not None:
             bar.close()
     stats, counts = recorder.result()
-    return Samples(draws, state, sampler, warmup, thin, stats, counts, shard)
+    return Samples(draws, state, sampler, warmup, thin, stats, counts, shard=shard)
 
 
 def _check_start(state: NamedTuple, shard: ChainShard | None) -> None:
