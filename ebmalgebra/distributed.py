@@ -49,6 +49,7 @@ __all__ = [
     "ChainShard",
     "DistributedObjective",
     "active_shard",
+    "any_chain",
     "chain_shard",
     "enter_shard",
     "leave_shard",
@@ -61,6 +62,18 @@ _ACTIVE: ContextVar[ChainShard | None] = ContextVar("ebmalgebra_chain_shard", de
 def active_shard() -> ChainShard | None:
     """The chain shard of the :func:`ebmalgebra.sample` call in progress, or ``None``."""
     return _ACTIVE.get()
+
+
+def any_chain(mask: Tensor) -> bool:
+    """Whether any chain is flagged in the bool mask ``(n_chains,)``: over the chains of
+    all ranks while a shard is active (a collective), else over ``mask``.
+
+    Kernels whose number of random draws depends on their chains (NUTS doubles its
+    trajectories until no chain is growing) stop on this, so that every rank draws
+    as many numbers as one process would.
+    """
+    shard = active_shard()
+    return bool(mask.any()) if shard is None else shard.any(mask)
 
 
 def enter_shard(shard: ChainShard | None) -> Token | None:

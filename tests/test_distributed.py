@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 import ebmalgebra
 from ebmalgebra import diagnostics
-from ebmalgebra.distributed import DistributedObjective
+from ebmalgebra.distributed import ChainShard, DistributedObjective, any_chain
 from ebmalgebra.learning import MLPEnergy, as_model, denoising_score_matching, fit
 from ebmalgebra.samplers import (
     HMC,
@@ -209,6 +209,10 @@ def worker(rank: int, port: int, out: Path) -> None:
     results["nonfinite"] = run_nonfinite()
     results["tempering"] = run_tempering()
     results["disagreements"] = run_disagreements(rank)
+    with ChainShard(N_CHAINS, dist.group.WORLD).activate():
+        flagged_on_rank_1 = torch.full((4 - rank,), rank == 1)
+        results["any_chain"] = (any_chain(flagged_on_rank_1),
+                                any_chain(torch.zeros(4 - rank, dtype=torch.bool)))
     own_groups = [dist.new_group([r]) for r in range(WORLD_SIZE)]
     results["own_group"] = run_mala(group=own_groups[rank]).draws
     results["ddp"] = run_ddp_dsm_step(rank)
@@ -350,6 +354,11 @@ def test_fit_with_a_distributed_objective_takes_the_step_of_the_concatenated_bat
             step = 0.0 if gradients[name] is None else LEARNING_RATE * gradients[name]
             torch.testing.assert_close(rank["fit"][name], parameter.detach() - step, rtol=0,
                                        atol=1e-6)
+
+
+@pytest.mark.slow
+def test_any_chain_looks_at_the_chains_of_every_rank(ranks):
+    assert [rank["any_chain"] for rank in ranks] == [(True, False), (True, False)]
 
 
 @pytest.mark.slow
