@@ -158,3 +158,46 @@ class PreconditionedWalk(StepSizeSampler):
         new_state = state._replace(position=torch.where(accepted[:, None], proposal, x),
                                    energy=torch.where(accepted, proposal_energy, energy))
         return new_state, WalkInfo(probability, ~finite)
+
+
+class WindowRecorder:
+    """A ``sample`` callback that keeps the positions of warmup steps start … end − 1
+    (a metric adaptation window, e.g. ``mass_windows(warmup)[-1]``)."""
+
+    def __init__(self, window: tuple[int, int]) -> None:
+        self.start, self.end = window
+        self.positions: list[torch.Tensor] = []
+
+    def __call__(self, index: int, state, info) -> None:
+        if self.start <= index < self.end:
+            self.positions.append(state.position.clone())
+
+    def draws(self) -> torch.Tensor:
+        """``(steps, chains, d)``."""
+        return torch.stack(self.positions)
+
+
+def assert_window_metric(inverse_mass: torch.Tensor, draws: torch.Tensor,
+                         covariance: torch.Tensor, mean: torch.Tensor | float = 0.0) -> None:
+    """The metric set after a window estimates the target's (co)variance.
+
+    Undoes Stan's regularisation M⁻¹ = n/(n+5) Σ̂ + 10⁻³ · 5/(n+5) I (n pooled draws)
+    and requires every entry of Σ̂ within Z_MAX · MCSE of ``covariance`` (diagonal
+    ``(d,)`` or dense ``(d, d)``), the MCSE of each centred product
+    (x_i − μ_i)(x_j − μ_j) from its ESS on these very ``draws`` (steps, chains, d).
+    Σ̂'s centring at the window mean rather than μ moves it by O(Σ/n), far below the MCSE.
+    """
+    n = draws.shape[0] * draws.shape[1]
+    dense = inverse_mass.dim() == 2
+    identity = torch.eye(draws.shape[-1], dtype=draws.dtype) if dense else 1.0
+    estimate = (inverse_mass - 1e-3 * 5 / (n + 5) * identity) * (n + 5) / n
+    centred = draws - mean
+    pairs = [(i, j) for i in range(draws.shape[-1]) for j in range(i + 1)] if dense else [
+        (i, i) for i in range(draws.shape[-1])]
+    for i, j in pairs:
+        product = centred[..., i] * centred[..., j]
+        assert float(ess(product)) >= 100, f"Σ[{i},{j}]: ESS too small for a reliable MCSE"
+        got = estimate[i, j] if dense else estimate[i]
+        want = covariance[i, j] if dense else covariance[i]
+        z = float((got - want) / mcse_mean(product))
+        assert abs(z) <= Z_MAX, f"Σ[{i},{j}] = {float(got):.4g} vs {float(want):.4g}: z = {z:.2f}"

@@ -168,6 +168,7 @@ def test_langevin_and_mh_use_one_evaluation_per_step(name):
     assert net.calls == 5  # tempering: all replicas in one batch
 
 
+@pytest.mark.slow  # dynamo traces four kernels: ~13 s
 def test_updates_trace_into_one_graph_for_torch_compile():
     """With the random numbers drawn outside, a whole step is one torch.compile graph."""
     from ebmalgebra.samplers.langevin import ula_update

@@ -8,10 +8,18 @@ import math
 
 import pytest
 import torch
-from sampler_helpers import F64, Z_MAX, CountingEnergy, assert_moments, z_scores
+from sampler_helpers import (
+    F64,
+    Z_MAX,
+    CountingEnergy,
+    WindowRecorder,
+    assert_moments,
+    assert_window_metric,
+    z_scores,
+)
 
 import ebmalgebra as eb
-from ebmalgebra.diagnostics import ess, mcse_mean
+from ebmalgebra import CompositionError
 from ebmalgebra.samplers import HMC
 from ebmalgebra.samplers.adaptation import mass_windows
 from ebmalgebra.samplers.metrics import DenseMetric
@@ -49,33 +57,15 @@ def test_hmc_warmup_of_twenty_steps_tunes_the_step_size_for_the_new_metric():
 
 def test_dense_hmc_adapts_the_covariance_of_a_correlated_gaussian():
     """The metric after warmup is Stan's regularised covariance of the last window's
-    draws (positions of steps 150–249 for warmup=300, pooled over 64 chains). Undoing the
-    regularisation gives the window's covariance estimate, which must match Σ entrywise
-    within Z_MAX · MCSE, the MCSE of each centred product (x_i − μ_i)(x_j − μ_j) from its
-    ESS on those very window draws (the estimate's own centring at the window mean moves
-    it by O(Σ/n), far below the MCSE)."""
+    draws (steps 150–249 of 64 chains for warmup=300): each entry within Z_MAX · MCSE of
+    Σ (:func:`sampler_helpers.assert_window_metric` says how the MCSE is derived)."""
     covariance = torch.tensor([[1.0, 0.95], [0.95, 1.0]], dtype=F64) * 4.0
     model = MultivariateGaussian(torch.zeros(2, dtype=F64), covariance)
-    start, end = mass_windows(300)[-1]
-    window = []
-
-    def record(index, state, info):
-        if start <= index < end:
-            window.append(state.position.clone())
-
+    window = WindowRecorder(mass_windows(300)[-1])
     samples = eb.sample(model, HMC(metric="dense", n_leapfrog=5), n_chains=64, n_steps=50,
-                        warmup=300, x0=torch.randn(64, 2, dtype=F64), callback=record,
+                        warmup=300, x0=torch.randn(64, 2, dtype=F64), callback=window,
                         generator=torch.Generator().manual_seed(0))
-    draws = torch.stack(window)  # (steps, chains, 2)
-    n = draws.shape[0] * draws.shape[1]
-    estimate = (samples.state.inverse_mass - 1e-3 * 5 / (n + 5) * torch.eye(2, dtype=F64)
-                ) * (n + 5) / n
-    for i in range(2):
-        for j in range(i + 1):
-            product = draws[..., i] * draws[..., j]
-            assert float(ess(product)) >= 100  # enough for a reliable MCSE
-            z = (estimate[i, j] - covariance[i, j]) / mcse_mean(product)
-            assert abs(float(z)) <= Z_MAX, f"Σ[{i},{j}]: z = {float(z):.2f}"
+    assert_window_metric(samples.state.inverse_mass, window.draws(), covariance)
     assert samples.state.mass_factor.shape == (2, 2)
 
 
@@ -182,3 +172,17 @@ def test_multivariate_hmc_matches_the_mean_and_covariance(metric):
     centred = samples.draws - MEAN_3D
     z = z_scores(centred[..., 0] * centred[..., 1], COVARIANCE_3D[0, 1])
     assert float(z.abs()) <= Z_MAX, f"cross moment z = {float(z):.2f}"
+
+
+def test_metric_by_name_or_class_and_checked_inverse_mass():
+    def draws(metric):
+        return eb.sample(correlated_3d(), HMC(n_leapfrog=3, metric=metric), n_chains=4,
+                         n_steps=5, warmup=30, generator=torch.Generator().manual_seed(0)).draws
+
+    assert torch.equal(draws("dense"), draws(DenseMetric))
+    with pytest.raises(CompositionError, match=r"HMC: inverse_mass .* shaped \(3, 3\)"):
+        HMC(metric="dense", inverse_mass=torch.eye(2, dtype=F64)).init(
+            torch.zeros(4, 3, dtype=F64), correlated_3d())
+    with pytest.raises(ValueError, match="positive"):
+        HMC(inverse_mass=torch.tensor([1.0, 0.0, 1.0], dtype=F64)).init(
+            torch.zeros(4, 3, dtype=F64), correlated_3d())

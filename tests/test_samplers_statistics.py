@@ -23,10 +23,17 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from sampler_helpers import F64, Z_MAX, assert_moments, normal, z_scores
+from sampler_helpers import (
+    F64,
+    Z_MAX,
+    WindowRecorder,
+    assert_moments,
+    assert_window_metric,
+    normal,
+    z_scores,
+)
 
 import ebmalgebra as eb
-from ebmalgebra.diagnostics import ess, mcse_mean
 from ebmalgebra.samplers import (
     HMC,
     MALA,
@@ -168,32 +175,19 @@ def test_exact_samplers_on_ill_conditioned_10d_gaussian(name):
 
 
 def test_hmc_adapts_mass_to_the_ill_conditioned_gaussian():
-    """Pooled windowed adaptation recovers the variances 0.01 … 100: undoing Stan's
-    regularisation of the last window (steps 150–349 of 128 chains) gives per-coordinate
-    variance estimates within Z_MAX · MCSE of the truth, the MCSE of x² from its ESS on
-    those window draws."""
+    """Pooled windowed adaptation recovers the variances 0.01 … 100: the last window's
+    estimates (steps 150–349 of 128 chains) within Z_MAX · MCSE of the truth
+    (:func:`sampler_helpers.assert_window_metric` derives the MCSE)."""
     model = diagonal_10d()
     x0 = torch.randn(128, 10, generator=torch.Generator().manual_seed(5), dtype=F64)
-    start, end = mass_windows(400)[-1]
-    window = []
-
-    def record(index, state, info):
-        if start <= index < end:
-            window.append(state.position.clone())
-
+    window = WindowRecorder(mass_windows(400)[-1])
     samples = eb.sample(model, HMC(step_size=0.1, n_leapfrog=8), x0=x0, n_steps=100,
-                        warmup=400, callback=record, generator=torch.Generator().manual_seed(7))
-    draws = torch.stack(window)
-    n = draws.shape[0] * draws.shape[1]
-    estimate = (samples.state.inverse_mass - 1e-3 * 5 / (n + 5)) * (n + 5) / n
-    squares = draws**2
-    assert (ess(squares) >= 100).all()
-    z = (estimate - SCALES_10D**2) / mcse_mean(squares)
-    assert (z.abs() <= Z_MAX).all(), z
+                        warmup=400, callback=window, generator=torch.Generator().manual_seed(7))
+    assert_window_metric(samples.state.inverse_mass, window.draws(), SCALES_10D**2)
     # Coarse bound on the adapted acceptance; the target 0.8 itself is pinned exactly
-    # by the dual-averaging replay in tests/test_adaptation.py. The final buffer's
-    # 50 steps leave ε̄ within ~10% of its fixed point, which moves HMC's acceptance
-    # (1 − α grows like ε⁴) by about ±0.1.
+    # by the dual-averaging replay in tests/test_adaptation.py. Window: warmups of only
+    # 20–40 steps already gave 0.78–0.93 on Gaussians (samplers/adaptation.py); 0.65–0.95
+    # contains that spread with margin and excludes an adaptation that does not settle.
     accept = float(samples.acceptance_rate[samples.warmup:].mean())
     assert 0.65 < accept < 0.95, accept
 

@@ -58,7 +58,6 @@ class Metric:
             estimates is then dense too).
     """
 
-    __slots__ = ("inverse_mass", "mass_factor")
     dense: bool = False
 
     def __init__(self, inverse_mass: Tensor) -> None:
@@ -153,7 +152,6 @@ class DiagonalMetric(Metric):
         torch.Size([2, 3])
     """
 
-    __slots__ = ()
     dense = False
 
     def _mass_factor(self, inverse_mass: Tensor) -> Tensor:
@@ -197,7 +195,6 @@ class DenseMetric(Metric):
         torch.Size([5, 2])
     """
 
-    __slots__ = ()
     dense = True
 
     def _mass_factor(self, inverse_mass: Tensor) -> Tensor:
