@@ -80,6 +80,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ebmalgebra.distributed import active_shard
+
 __all__ = [
     "MIN_ADAPTATION_STEPS",
     "MIN_TERM_BUFFER",
@@ -198,7 +200,12 @@ class StepSizeAdaptation:
         self.da = dual_averaging.init(self._grouped(state.step_size))
 
     def _grouped(self, per_chain: Tensor) -> Tensor:
-        return per_chain.reshape(self.n_groups, -1).mean(1)
+        # Means in float64, so that the pooled mean over chains sharded across processes
+        # (summed per rank, then across ranks) rounds to the same value in the run's dtype.
+        shard = active_shard()
+        if shard is not None and self.n_groups == 1:
+            return shard.mean(per_chain).reshape(1)
+        return per_chain.reshape(self.n_groups, -1).to(torch.float64).mean(1).to(per_chain.dtype)
 
     def _per_chain(self, per_group: Tensor, like: Tensor) -> Tensor:
         return per_group.repeat_interleave(like.shape[0] // self.n_groups).to(like)
@@ -282,9 +289,16 @@ class WelfordCovariance:
         self.count = total
 
     def regularized(self) -> Tensor:
-        """n/(n+5) · Σ̂ + 10⁻³ · 5/(n+5) · I (Stan's shrinkage towards a small identity)."""
-        n = self.count
-        covariance = self.m2 / max(n - 1, 1)
+        """n/(n+5) · Σ̂ + 10⁻³ · 5/(n+5) · I (Stan's shrinkage towards a small identity).
+
+        With chains sharded across processes, the moments of all ranks are pooled
+        first (:meth:`ebmalgebra.distributed.ChainShard.merge_moments`).
+        """
+        n, m2 = self.count, self.m2
+        shard = active_shard()
+        if shard is not None:
+            n, _, m2 = shard.merge_moments(n, self.mean, m2, dense=self.dense)
+        covariance = m2 / max(n - 1, 1)
         shrink = 1e-3 * 5.0 / (n + 5.0)
         if self.dense:
             eye = torch.eye(covariance.shape[0], dtype=covariance.dtype,

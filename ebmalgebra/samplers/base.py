@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import CompiledEnergy, compile
+from ebmalgebra.distributed import active_shard
 from ebmalgebra.errors import CompositionError, EBMAlgebraError
 from ebmalgebra.jit import call_compiled
 from ebmalgebra.samplers.adaptation import DualAveraging, window_adaptation
@@ -353,13 +354,26 @@ def is_nonfinite(energy: Tensor | None, score: Tensor | None) -> Tensor:
 
 
 def draw_normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped, typed and placed like ``like``."""
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    """Standard normal noise shaped, typed and placed like ``like``.
+
+    With chains sharded across processes (:mod:`ebmalgebra.distributed`) the noise of
+    all chains is drawn and this rank's rows kept, so each chain gets the numbers it
+    would get in one process.
+    """
+    shard = active_shard()
+    shape = like.shape if shard is None else shard.global_shape(like.shape, "draw_normal")
+    noise = torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+    return noise if shard is None else shard.take(noise)
 
 
 def draw_uniform(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """U(0, 1) draws, one per chain: shape ``(n,)`` for ``like`` of shape ``(n, …)``."""
-    return torch.rand(like.shape[:1], generator=generator, dtype=like.dtype, device=like.device)
+    """U(0, 1) draws, one per chain: shape ``(n,)`` for ``like`` of shape ``(n, …)``;
+    sharded like :func:`draw_normal`."""
+    shard = active_shard()
+    shape = like.shape[:1] if shard is None else shard.global_shape(like.shape[:1],
+                                                                    "draw_uniform")
+    uniform = torch.rand(shape, generator=generator, dtype=like.dtype, device=like.device)
+    return uniform if shard is None else shard.take(uniform)
 
 
 def metropolis_accept(log_ratio: Tensor, finite: Tensor, uniform: Tensor,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -12,6 +13,7 @@ from torch import Tensor
 from ebmalgebra import diagnostics
 from ebmalgebra.base import EnergyModel, check_count, check_generator, input_options
 from ebmalgebra.compile import compile
+from ebmalgebra.distributed import ChainShard, chain_shard, enter_shard, leave_shard
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import NonFiniteError, Sampler, is_nonfinite
@@ -52,6 +54,11 @@ class Samples:
             draws, ``(n_draws, n_chains)`` each, plus ``step_size`` and ``lp`` (the
             unnormalised log density −E of each draw); see :meth:`to_arviz`.
         default_sampler: why the sampler was chosen, when :func:`sample` chose it.
+        shard: for a run sharded across processes (:mod:`ebmalgebra.distributed`),
+            the block of global chains this rank ran; ``None`` otherwise. ``draws``,
+            ``state`` and ``chain_counts`` then hold this rank's chains only, while
+            ``stats`` are over all chains, and :meth:`ess`, :meth:`rhat`,
+            :meth:`summary` and :meth:`gather` are collectives over all ranks.
     """
 
     draws: Tensor
@@ -63,9 +70,11 @@ class Samples:
     chain_counts: dict[str, Tensor] = field(repr=False)
     chain_stats: dict[str, Tensor] = field(default_factory=dict, repr=False)
     default_sampler: str | None = None
+    shard: ChainShard | None = field(default=None, repr=False)
 
     @property
     def n_chains(self) -> int:
+        """Chains in ``draws``: those of this rank when the run is sharded."""
         return self.draws.shape[1]
 
     @property
@@ -106,18 +115,20 @@ class Samples:
 
     def ess(self, kind: str = "bulk") -> Tensor:
         """Effective sample size per coordinate, shaped ``event_shape``
-        (:func:`ebmalgebra.diagnostics.ess`)."""
-        return diagnostics.ess(self.draws, kind=kind)
+        (:func:`ebmalgebra.diagnostics.ess`), over the chains of all ranks."""
+        return diagnostics.ess(self.gather(dst=None), kind=kind)
 
     def rhat(self) -> Tensor:
-        """Rank-normalised split-R̂ per coordinate (:func:`ebmalgebra.diagnostics.rhat`)."""
-        return diagnostics.rhat(self.draws)
+        """Rank-normalised split-R̂ per coordinate (:func:`ebmalgebra.diagnostics.rhat`),
+        over the chains of all ranks."""
+        return diagnostics.rhat(self.gather(dst=None))
 
     def summary(self, names: str | list[str] | None = None) -> diagnostics.Summary:
         """Mean, sd, quantiles, MCSE, ESS and R̂ per coordinate
-        (:func:`ebmalgebra.diagnostics.summary`); ``print`` it for a table."""
+        (:func:`ebmalgebra.diagnostics.summary`), over the chains of all ranks;
+        ``print`` it for a table."""
         header = f"sampler: {self.default_sampler}" if self.default_sampler else ""
-        return diagnostics.summary(self.draws, names=names, header=header)
+        return diagnostics.summary(self.gather(dst=None), names=names, header=header)
 
     def to_arviz(self, var_name: str = "x"):
         """The draws and sample stats as ``arviz.InferenceData``
@@ -126,9 +137,24 @@ class Samples:
 
         return to_arviz(self, var_name=var_name)
 
+    def gather(self, dst: int | None = 0) -> Tensor | None:
+        """The draws of all chains, ``(n_draws, n_chains_global, *event_shape)``.
+
+        Rank ``dst`` of the run's group gets them and the other ranks ``None``;
+        ``dst=None`` gives them to every rank. The draws themselves when the run is
+        not sharded. A collective: every rank must call it.
+        """
+        if self.shard is None:
+            return self.draws
+        if dst is None:
+            return self.shard.all_gather(self.draws, dim=1)
+        return self.shard.gather(self.draws, dim=1, dst=dst)
+
     def __repr__(self) -> str:
         n_draws, n_chains = self.draws.shape[:2]
-        parts = [f"{n_draws} draws x {n_chains} chains", f"event_shape="
+        chains = (f"{n_chains} chains" if self.shard is None else
+                  f"{n_chains} of {self.shard.n_chains} chains on rank {self.shard.rank}")
+        parts = [f"{n_draws} draws x {chains}", f"event_shape="
                  f"{tuple(self.draws.shape[2:])}", f"warmup={self.warmup}"]
         rate = self.acceptance_rate
         if rate is not None and rate.numel() > self.warmup:
@@ -148,9 +174,10 @@ class _Recorder:
     :func:`_per_chain_fields`), never from the shape of a block.
     """
 
-    def __init__(self, n_chains: int, warmup: int) -> None:
+    def __init__(self, n_chains: int, warmup: int, shard: ChainShard | None = None) -> None:
         self.n_chains = n_chains
         self.warmup = warmup
+        self.shard = shard
         self.per_chain: frozenset[str] | None = None
         self.pending: dict[str, list] = {}
         self.done: dict[str, list[Tensor]] = {}
@@ -189,6 +216,9 @@ class _Recorder:
                         total = self.counts.get(name, 0)
                         self.counts[name] = total + block.sum(0)
                     reduced = block.sum(1)
+                elif self.shard is not None:
+                    # Summed over ranks in result(): this rank's share of the global mean.
+                    reduced = block.sum(1) / self.shard.n_chains
                 elif block.is_floating_point():
                     reduced = block.mean(1)
                 else:  # integer counts per chain (NUTS's tree depth): their mean
@@ -200,6 +230,10 @@ class _Recorder:
     def result(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         self.flush()
         stats = {name: torch.cat(blocks) for name, blocks in self.done.items()}
+        if self.shard is not None:
+            for name in sorted(self.per_chain or ()):
+                if name in stats:
+                    stats[name] = self.shard.sum(stats[name])
         return stats, self.counts
 
 
@@ -252,9 +286,16 @@ def _check_generator(generator: torch.Generator | None, device: torch.device,
         )
 
 
-def _first_nonfinite(info: NamedTuple) -> Tensor | None:
+def _first_nonfinite(info: NamedTuple, shard: ChainShard | None) -> Tensor | None:
+    """Global indices of the chains flagged ``nonfinite``, the same on every rank."""
     flags = getattr(info, "nonfinite", None)
-    if flags is None or not bool(flags.any()):
+    if flags is None:
+        return None
+    if shard is not None:
+        if not shard.any(flags):
+            return None
+        flags = shard.all_gather(flags)
+    elif not bool(flags.any()):
         return None
     return flags.nonzero().flatten()
 
@@ -272,6 +313,7 @@ def sample(
     progress: bool | None = None,
     callback: Callable[[int, NamedTuple, NamedTuple], Any] | None = None,
     on_nonfinite: str = "reject",
+    group: torch.distributed.ProcessGroup | None = None,
 ) -> Samples:
     """Draw MCMC samples of ``model`` with ``sampler``; all chains run batched.
 
@@ -306,6 +348,12 @@ def sample(
         on_nonfinite: ``"reject"`` (default): NaN/inf proposals are rejected and
             counted (unadjusted samplers freeze the chain); ``"raise"``: raise
             :class:`NonFiniteError` naming the step and the chains.
+        group: a ``torch.distributed`` process group to shard the chains over; by
+            default the default group when one is initialised with several processes
+            (e.g. under ``torchrun``). Each rank then runs a contiguous block of the
+            ``n_chains`` chains, and the draws of every chain are those one process
+            would give for the same seed (:mod:`ebmalgebra.distributed`). Pass the
+            same arguments on every rank: the same seed, and ``x0`` for all chains.
 
     Returns:
         :class:`Samples` with ``draws`` ``(n_steps // thin, n_chains, *event_shape)``.
@@ -364,28 +412,36 @@ def sample(
             raise ValueError(f"sample: x0 has shape {tuple(x0.shape)}: no chains; it must "
                              "be (n_chains, *event_shape) with n_chains ≥ 1")
         _check_generator(generator, x0.device, "x0")
+    shard = chain_shard(x0.shape[0], group)
+    if shard is not None:
+        shard.check_agreement(generator)
+        x0 = shard.take(x0)
 
     state = sampler.init(x0, compiled)
-    _check_start(state)
+    _check_start(state, shard)
     n_total = warmup + n_steps
     n_draws = n_steps // thin
     position = state.position
     draws = torch.empty((n_draws, *position.shape), dtype=position.dtype, device=position.device)
-    recorder = _Recorder(position.shape[0], warmup)
+    recorder = _Recorder(position.shape[0], warmup, shard)
     # The info behind each kept draw, stacked once at the end (cheaper than per step).
     kept: list[tuple[NamedTuple, Tensor | None, Tensor | None]] = []
     has_energy = getattr(getattr(state, "potential", None), "has_energy", False)
     escape = EscapeWatch(model, position, n_steps=n_total)
-    adaptation = sampler.adaptation(state, warmup) if warmup else None
-    bar = progress_bar(n_total, progress, type(sampler).__name__)
+    with nullcontext() if shard is None else shard.activate():  # pools the initial ε
+        adaptation = sampler.adaptation(state, warmup) if warmup else None
+    # One bar per run, not one per rank.
+    show = progress if shard is None or shard.rank == 0 else False
+    bar = progress_bar(n_total, show, type(sampler).__name__)
     restore_threads = use_threads(position.numel())  # one thread for small batches
+    token = enter_shard(shard)  # random draws and adaptation see the shard
     try:
         for index in range(n_total):
             state, info = sampler.step(state, generator)
             recorder.add(state, info)  # before adaptation: the step size this step used
             escape.update(index, state.position)
             if on_nonfinite == "raise":
-                chains = _first_nonfinite(info)
+                chains = _first_nonfinite(info, shard)
                 if chains is not None:
                     phase = "warmup" if index < warmup else "sampling"
                     raise NonFiniteError(
@@ -410,12 +466,13 @@ def sample(
             if bar is not None:
                 bar.update(1)
     finally:
+        leave_shard(token)
         restore_threads()
         if bar is not None:
             bar.close()
     stats, counts = recorder.result()
     return Samples(draws, state, sampler, warmup, thin, stats, counts,
-                   _chain_stats(kept, recorder.per_chain), default_sampler)
+                   _chain_stats(kept, recorder.per_chain), default_sampler, shard=shard)
 
 
 def _default_sampler(model: EnergyModel) -> tuple[Sampler, str]:
@@ -442,10 +499,12 @@ def _chain_stats(kept: list[tuple[NamedTuple, Tensor | None, Tensor | None]],
     return stats
 
 
-def _check_start(state: NamedTuple) -> None:
+def _check_start(state: NamedTuple, shard: ChainShard | None) -> None:
     score = getattr(state, "score", None)
     energy = state.energy if state.potential.has_energy else None
     bad = is_nonfinite(energy, score)
+    if shard is not None:
+        bad = shard.all_gather(bad) if shard.any(bad) else bad[:0]
     if bad.any():
         chains = bad.nonzero().flatten()
         raise NonFiniteError(
