@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -254,11 +255,15 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def single() -> dict:
+def single() -> Iterator[dict]:
     """The same scenarios in this process, with no process group."""
     assert not dist.is_initialized()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: reductions may split by thread count
-    return {name: scenario() for name, scenario in SAMPLER_SCENARIOS.items()}
+    try:
+        yield {name: scenario() for name, scenario in SAMPLER_SCENARIOS.items()}
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------- tests
