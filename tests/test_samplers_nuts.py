@@ -20,7 +20,7 @@ from sampler_helpers import F64, assert_moments
 from test_samplers_statistics import STATIONARITY_TARGETS, ks_after_steps
 
 import ebmalgebra as eb
-from ebmalgebra.samplers import NUTS, NUTSInfo, NUTSState
+from ebmalgebra.samplers import NUTS, NUTSInfo, NUTSState, ParallelTempering
 from ebmalgebra.samplers import nuts as nuts_module
 from ebmalgebra.samplers.integrators import PhasePoint, leapfrog
 from ebmalgebra.targets import Funnel, Gaussian, GaussianMixture, MultivariateGaussian
@@ -213,3 +213,13 @@ def test_sample_without_a_sampler_runs_nuts_and_says_so():
     score_only = eb.from_score(lambda x: -x, 2, name="denoiser")
     with pytest.raises(eb.CapabilityError, match="denoiser"):
         eb.sample(score_only, n_chains=4, n_steps=10)
+
+
+def test_nuts_inside_parallel_tempering_keeps_the_cold_replica_on_target():
+    """Tempering evaluates ``model ** β`` with one β per row; NUTS evaluates only the
+    chains still integrating, so their β must be selected with them."""
+    model = Gaussian(torch.tensor([1.0, -1.0], dtype=F64), torch.tensor([0.5, 2.0], dtype=F64))
+    sampler = ParallelTempering(betas=[1.0, 0.4], sampler=NUTS(max_depth=5))
+    samples = run(model, sampler, seed=9, n_chains=32, warmup=150, n_steps=200)
+    assert_moments(samples.draws, model.loc, torch.tensor([0.25, 4.0], dtype=F64),
+                   "cold replica")
