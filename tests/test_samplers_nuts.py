@@ -223,3 +223,23 @@ def test_nuts_inside_parallel_tempering_keeps_the_cold_replica_on_target():
     samples = run(model, sampler, seed=9, n_chains=32, warmup=150, n_steps=200)
     assert_moments(samples.draws, model.loc, torch.tensor([0.25, 4.0], dtype=F64),
                    "cold replica")
+
+
+def test_one_model_evaluation_per_leapfrog_step():
+    """The start's score comes from the state, and chains run batched: a step calls
+    the model once per leapfrog step of its longest tree."""
+    calls = []
+
+    def energy(x):
+        calls.append(x.shape[0])
+        return 0.5 * (x * x).sum(-1)
+
+    model = eb.from_energy(energy, 3, name="counted")
+    sampler = NUTS(step_size=0.4)
+    state = sampler.init(torch.randn(16, 3, generator=torch.Generator().manual_seed(10)), model)
+    generator = torch.Generator().manual_seed(11)
+    for _ in range(5):
+        calls.clear()
+        state, info = sampler.step(state, generator)
+        assert len(calls) == int(info.n_leapfrog.max())
+        assert sum(calls) >= int(info.n_leapfrog.sum())
