@@ -278,13 +278,13 @@ class NUTS(StepSizeSampler):
             keeps_going = merged_no_u_turn(
                 _End(far, metric.velocity(far)), _End(near, metric.velocity(near)),
                 momentum_sum, subtree.first, subtree.last, subtree.momentum_sum)
-            right = _where_point(merge & forward, subtree.end, right)
-            left = _where_point(merge & ~forward, subtree.end, left)
-            momentum_sum = select(merge, momentum_sum + subtree.momentum_sum, momentum_sum)
             depth = depth + merge.long()
             growing = merge & keeps_going
             if not bool(growing.any()):
                 break
+            right = _where_point(merge & forward, subtree.end, right)
+            left = _where_point(merge & ~forward, subtree.end, left)
+            momentum_sum = select(merge, momentum_sum + subtree.momentum_sum, momentum_sum)
         energy_error = candidate.hamiltonian - start_h
         new_state = state._replace(position=candidate.position, energy=candidate.energy,
                                    score=candidate.score)
