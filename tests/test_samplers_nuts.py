@@ -215,6 +215,7 @@ def test_sample_without_a_sampler_runs_nuts_and_says_so():
         eb.sample(score_only, n_chains=4, n_steps=10)
 
 
+@pytest.mark.slow
 def test_nuts_inside_parallel_tempering_keeps_the_cold_replica_on_target():
     """Tempering evaluates ``model ** β`` with one β per row; NUTS evaluates only the
     chains still integrating, so their β must be selected with them."""
