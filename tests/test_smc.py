@@ -338,3 +338,12 @@ def test_normalised_zoo_models_get_true_mixture_weights():
         fractions.append(fraction)
     assert abs(fractions[0] - 0.5) <= 0.03  # the 0.5 ± 0.03 on each side
     assert weight_left > 0.8 and fractions[1] > 0.75  # the raw mixture is far from even
+
+
+def test_zoo_draw_with_smc_tempers_models_without_noise_levels():
+    model = eb.from_energy(lambda x: 0.5 * (((x - 1.0) / 0.5) ** 2).sum(-1), 2, name="blob")
+    n = 1000
+    draws = eb.zoo.draw(model, n, kernel="smc", generator=_seed(0))
+    assert draws.shape == (n, 2)
+    # sd 0.5 per coordinate; the mean's variance is at most sd²·(2/n + 1/n) as above; z ≤ 4.
+    assert (draws.mean(0) - 1.0).abs().max() <= 4 * 0.5 * math.sqrt(3 / n)
