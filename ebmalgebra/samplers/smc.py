@@ -175,7 +175,8 @@ class SMC:
             level's step and its ``target_accept`` the aim of the per-step adaptation.
             Default MALA starting from 0.1 × the mean variance of the initial particles.
             HMC's diagonal (or dense) inverse mass is set at every level to the
-            particles' weighted variance (covariance) when ``adapt_mass``.
+            particles' weighted variance (covariance) when ``adapt_mass``. The kernel's
+            own warmup adaptation is not used: SMC adapts between steps instead.
         n_steps: MCMC transitions per level.
         resampling: ``"systematic"``, ``"stratified"``, ``"residual"`` or ``"multinomial"``.
         ess_threshold: resample when ESS < ``ess_threshold``·N (0 never, 1 always).
