@@ -49,6 +49,7 @@ __all__ = [
     "ChainShard",
     "DistributedObjective",
     "active_shard",
+    "all_chains",
     "any_chain",
     "chain_shard",
     "enter_shard",
@@ -103,11 +104,19 @@ def process_group(group: dist.ProcessGroup | None = None) -> dist.ProcessGroup |
     return dist.group.WORLD if dist.get_world_size() > 1 else None
 
 
-def chain_shard(n_chains: int, group: dist.ProcessGroup | None = None) -> ChainShard | None:
+def chain_shard(n_chains: int, group: dist.ProcessGroup | None = None, *,
+                operation: str = "sample") -> ChainShard | None:
     """The shard of ``n_chains`` global chains this rank runs, or ``None`` when not
-    distributed (see :func:`process_group`)."""
+    distributed (see :func:`process_group`); ``operation`` names the caller in errors."""
     group = process_group(group)
-    return None if group is None else ChainShard(n_chains, group)
+    return None if group is None else ChainShard(n_chains, group, operation=operation)
+
+
+def all_chains(local: Tensor, shard: ChainShard | None) -> Tensor:
+    """The global tensor ``(n_chains, …)`` from this rank's rows ``(n_local, …)``, on
+    every rank (:meth:`ChainShard.all_gather`); ``local`` itself when ``shard`` is
+    ``None``. A collective when sharded."""
+    return local if shard is None else shard.all_gather(local)
 
 
 class ChainShard:
@@ -121,18 +130,21 @@ class ChainShard:
     Args:
         n_chains: the global number of chains N (at least the group's size).
         group: the process group the chains are spread over.
+        operation: the caller named in errors (``"sample"``, ``"SMC"``, …).
 
     Example (on each of 2 ranks, N = 5):
         >>> shard = ChainShard(5, dist.group.WORLD)
         >>> shard.start, shard.stop      # (0, 3) on rank 0, (3, 5) on rank 1
     """
 
-    def __init__(self, n_chains: int, group: dist.ProcessGroup) -> None:
+    def __init__(self, n_chains: int, group: dist.ProcessGroup, *,
+                 operation: str = "sample") -> None:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+        self.operation = operation
         if n_chains < self.world_size:
-            raise ValueError(f"sample: n_chains={n_chains} is smaller than the number of "
+            raise ValueError(f"{operation}: n_chains={n_chains} is smaller than the number of "
                              f"processes ({self.world_size}); every rank needs a chain")
         self.n_chains = n_chains
         base, extra = divmod(n_chains, self.world_size)
@@ -194,13 +206,14 @@ class ChainShard:
                              dtype=torch.int64)
         chains, checksums = self.stack_ranks(facts).cpu().T.tolist()
         if len(set(chains)) > 1:
-            raise ValueError(f"sample: the ranks ask for different numbers of chains, {chains}; "
-                             "pass the same n_chains, or the same x0 holding all chains, on "
-                             "every rank")
+            raise ValueError(f"{self.operation}: the ranks ask for different numbers of "
+                             f"chains, {chains}; pass the same n_chains, or the same x0 "
+                             "holding all chains, on every rank")
         if len(set(checksums)) > 1:
             raise ValueError(
-                "sample: the generator's state differs between ranks; seed it with the same "
-                "seed on every rank (chains get distinct numbers from their global index)"
+                f"{self.operation}: the generator's state differs between ranks; seed it with "
+                "the same seed on every rank (chains get distinct numbers from their global "
+                "index)"
             )
 
     # -------------------------------------------------------------- reductions

@@ -12,19 +12,30 @@ each move, and moves by MCMC transitions that leave π_{β_k} invariant
 Ẑ = mean_i exp(log w_i) is unbiased for Z (so E[log Ẑ] ≤ log Z: AIS gives a
 stochastic lower bound), and ``normalize`` attaches the result so that
 mixtures get their true weights.
+
+Across processes (an initialised ``torch.distributed`` group, or ``group=``) the
+particles are sharded in contiguous blocks of the global index as in
+:func:`ebmalgebra.sample`, with the noise of all particles drawn on every rank, so
+log Ẑ and the particles equal those of one process with the same seed. Per MCMC
+step the default kernel all-gathers the acceptance probabilities (8N bytes) for
+its population step size; the pilot run all-gathers its energy gaps per
+temperature (8N/4 bytes); the end all-gathers the log weights and particles.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ebmalgebra.base import EnergyModel, check_count, input_options
 from ebmalgebra.compile import compile
+from ebmalgebra.distributed import ChainShard, all_chains, chain_shard
 from ebmalgebra.errors import CapabilityError, CompositionError
 from ebmalgebra.ops import Normalized
 from ebmalgebra.progress import progress_bar
@@ -134,7 +145,8 @@ def geometric_path(base: EnergyModel, model: EnergyModel, beta: float) -> Energy
 
 def fit_base(model: EnergyModel, *, n_chains: int = 256, n_steps: int = 200,
              widen: float = 1.5, generator: torch.Generator | None = None,
-             dtype: torch.dtype | None = None) -> MultivariateGaussian:
+             dtype: torch.dtype | None = None,
+             group: dist.ProcessGroup | None = None) -> MultivariateGaussian:
     """A Gaussian base fitted to short-run MALA samples of ``model``, widened by ``widen``.
 
     Chains start at N(0, I), adapt their step size for ``n_steps`` warmup steps
@@ -142,7 +154,9 @@ def fit_base(model: EnergyModel, *, n_chains: int = 256, n_steps: int = 200,
     the base is N(μ, widen² Σ) (a base wider than the target keeps importance
     weights bounded). Only vector event shapes ``(d,)`` are supported. The
     chains and the base have ``dtype`` (default :func:`particle_options`: the
-    model's own) on the model's device.
+    model's own) on the model's device. Under a process group (``group``, or the
+    initialised default one) the chains are sharded and their draws all-gathered,
+    so every rank fits the same base.
     """
     shape = model.event_shape
     if shape is None or len(shape) != 1:
@@ -156,8 +170,8 @@ def fit_base(model: EnergyModel, *, n_chains: int = 256, n_steps: int = 200,
         options["device"])
     adapt = n_steps >= MIN_ADAPTATION_STEPS  # shorter runs only burn in, without a warning
     run = sample(model, MALA(step_size=0.1, adapt_step_size=adapt), x0=x0, n_steps=n_steps,
-                 warmup=n_steps, generator=generator, progress=False)
-    draws = run.draws.reshape(-1, shape[0]).double()
+                 warmup=n_steps, generator=generator, progress=False, group=group)
+    draws = run.gather(dst=None).reshape(-1, shape[0]).double()
     if not torch.isfinite(draws).all():
         raise CapabilityError(f"fit_base: short-run samples of {model!r} are not finite; "
                               "pass base= explicitly")
@@ -242,12 +256,24 @@ class _Annealer:
     """Runs AIS particles through a schedule; shared by the pilot and the main run."""
 
     def __init__(self, model: EnergyModel, base: EnergyModel, sampler: Sampler | None,
-                 n_steps: int, generator: torch.Generator | None) -> None:
+                 n_steps: int, generator: torch.Generator | None,
+                 shard: ChainShard | None) -> None:
         self.model, self.base = compile(model), compile(base)
         self.sampler = sampler
         self.n_steps = n_steps
         self.generator = generator
+        self.shard = shard
         self.step_size: Tensor | None = None
+
+    def start(self, n_particles: int) -> Tensor:
+        """Exact base samples of all ``n_particles`` (the same on every rank); returns
+        this rank's rows, and sets the default kernel's step size from all of them."""
+        x = self.base.sample(n_particles, self.generator).to(**particle_options(self.model))
+        if self.sampler is None:
+            scale = x.var(0).mean().clamp_min(1e-12)
+            n_local = n_particles if self.shard is None else self.shard.n_local
+            self.step_size = 0.1 * scale.expand(n_local).clone()
+        return x if self.shard is None else self.shard.take(x)
 
     def gap(self, x: Tensor) -> Tensor:
         """E_base(x) − E_model(x): the log-weight increment per unit of β."""
@@ -257,24 +283,20 @@ class _Annealer:
     def move(self, x: Tensor, beta: float) -> tuple[Tensor, float]:
         """``n_steps`` MCMC transitions invariant for π_β; returns (x, mean acceptance)."""
         target = geometric_path(self.base, self.model, beta)
-        if self.sampler is not None:
-            kernel = self.sampler
-        else:
-            if self.step_size is None:
-                scale = x.var(0).mean().clamp_min(1e-12)
-                self.step_size = 0.1 * scale.expand(x.shape[0]).clone()
-            kernel = MALA(step_size=self.step_size, adapt_step_size=False)
+        kernel = self.sampler or MALA(step_size=self.step_size, adapt_step_size=False)
         state = kernel.init(x, target)
         rates = []
         for _ in range(self.n_steps):
-            state, info = kernel.step(state, self.generator)
+            with nullcontext() if self.shard is None else self.shard.activate():
+                state, info = kernel.step(state, self.generator)
             rate = getattr(info, "acceptance_rate", None)
             if rate is not None:
-                rates.append(rate.mean())
+                # The mean of all N rates, in one process's order of summation.
+                rates.append(all_chains(rate, self.shard).mean())
                 if self.sampler is None:
                     # Population-level Robbins–Monro towards MALA's optimal 0.574: the
                     # kernel stays π_β-invariant at every step.
-                    self.step_size = self.step_size * torch.exp(rate.mean() - 0.574)
+                    self.step_size = self.step_size * torch.exp(rates[-1] - 0.574)
                     state = state._replace(step_size=self.step_size)
         acceptance = float(torch.stack(rates).mean()) if rates else math.nan
         return state.position, acceptance
@@ -293,6 +315,7 @@ def estimate_log_z(
     progress: bool | None = None,
     exact: bool = True,
     method: str = "ais",
+    group: dist.ProcessGroup | None = None,
 ) -> LogZEstimate:
     """Estimate log Z = log ∫ exp(−E(x)) dx of ``model``.
 
@@ -323,6 +346,10 @@ def estimate_log_z(
             (:class:`~ebmalgebra.samplers.SMC`: resampling when the ESS halves, each next β
             chosen on the fly to keep the conditional ESS ≥ ``target_cess``, stderr by
             the Chan & Lai genealogy estimator; ``n_temps`` does not apply).
+        group: a ``torch.distributed`` process group to shard the particles over; by
+            default the initialised default group, if any (see the module docstring).
+            Every rank must call with the same arguments and an equally seeded
+            ``generator``, and gets the whole result.
 
     Returns:
         :class:`LogZEstimate` with ``log_z``, ``stderr`` (delta method:
@@ -366,7 +393,7 @@ def estimate_log_z(
     if method not in ("ais", "smc"):
         raise ValueError(f"estimate_log_z: method must be 'ais' or 'smc', got {method!r}")
     if base is None:
-        base = fit_base(model, generator=generator)
+        base = fit_base(model, generator=generator, group=group)
     else:
         base.require("normalizer", "estimate_log_z base")
         base.require("sample", "estimate_log_z base")
@@ -376,7 +403,7 @@ def estimate_log_z(
     log_z_base = float(base.log_z())
     if method == "smc":
         return _smc_estimate(model, base, n_particles, n_steps, target_cess, sampler,
-                             generator, progress)
+                             generator, progress, group)
 
     if n_temps is not None:
         grid = torch.linspace(-6.0, 6.0, n_temps + 1, dtype=torch.float64)
@@ -384,14 +411,15 @@ def estimate_log_z(
         schedule = ((sigmoid - sigmoid[0]) / (sigmoid[-1] - sigmoid[0])).tolist()
     else:
         schedule = _pilot_schedule(model, base, max(n_particles // 4, 64), target_cess,
-                                   n_steps, sampler, generator)
+                                   n_steps, sampler, generator, group)
 
-    annealer = _Annealer(model, base, sampler, n_steps, generator)
-    options = particle_options(model)
-    x = base.sample(n_particles, generator).to(**options)
-    log_w = torch.zeros(n_particles, dtype=torch.float64, device=options["device"])
+    shard = _particle_shard(n_particles, group, generator)
+    annealer = _Annealer(model, base, sampler, n_steps, generator, shard)
+    x = annealer.start(n_particles)
+    log_w = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     acceptance = []
-    bar = progress_bar(len(schedule) - 1, progress, "AIS")
+    bar = progress_bar(len(schedule) - 1, progress if shard is None or shard.rank == 0
+                       else False, "AIS")
     try:
         for previous, beta in zip(schedule[:-1], schedule[1:], strict=True):
             log_w = log_w + (beta - previous) * annealer.gap(x).double()
@@ -402,7 +430,8 @@ def estimate_log_z(
     finally:
         if bar is not None:
             bar.close()
-    log_w = torch.nan_to_num(log_w, nan=-math.inf)
+    log_w = all_chains(torch.nan_to_num(log_w, nan=-math.inf), shard)
+    x = all_chains(x, shard)
     ess = _kish_ess(log_w)
     if ess >= _reliable_ess(n_particles):
         stderr = math.sqrt(max(1.0 / ess - 1.0 / n_particles, 0.0))
@@ -422,12 +451,22 @@ def estimate_log_z(
     )
 
 
+def _particle_shard(n_particles: int, group: dist.ProcessGroup | None,
+                    generator: torch.Generator | None) -> ChainShard | None:
+    shard = chain_shard(n_particles, group, operation="estimate_log_z")
+    if shard is not None:
+        shard.check_agreement(generator)
+    return shard
+
+
 def _smc_estimate(model: EnergyModel, base: EnergyModel, n_particles: int, n_steps: int,
                   target_cess: float, sampler: Sampler | None,
-                  generator: torch.Generator | None, progress: bool | None) -> LogZEstimate:
+                  generator: torch.Generator | None, progress: bool | None,
+                  group: dist.ProcessGroup | None) -> LogZEstimate:
     """:func:`estimate_log_z` by adaptive tempered SMC from ``base`` to ``model``."""
     result = SMC(kernel=sampler, n_steps=n_steps, target_cess=target_cess).run(
-        model, base=base, n_particles=n_particles, generator=generator, progress=progress)
+        model, base=base, n_particles=n_particles, generator=generator, progress=progress,
+        group=group)
     return LogZEstimate(log_z=result.log_z, stderr=result.stderr,
                         ess=float(1.0 / result.weights.square().sum()),
                         method="smc", particles=result.particles,
@@ -437,15 +476,17 @@ def _smc_estimate(model: EnergyModel, base: EnergyModel, n_particles: int, n_ste
 
 def _pilot_schedule(model: EnergyModel, base: EnergyModel, n_particles: int,
                     target_cess: float, n_steps: int, sampler: Sampler | None,
-                    generator: torch.Generator | None) -> list[float]:
-    """A temperature schedule from a pilot AIS run with CESS-controlled steps."""
-    annealer = _Annealer(model, base, sampler, n_steps, generator)
-    options = particle_options(model)
-    x = base.sample(n_particles, generator).to(**options)
-    log_w = torch.zeros(n_particles, dtype=torch.float64, device=options["device"])
+                    generator: torch.Generator | None,
+                    group: dist.ProcessGroup | None) -> list[float]:
+    """A temperature schedule from a pilot AIS run with CESS-controlled steps; sharded
+    like the main run, with the gaps all-gathered so every rank picks the same β."""
+    shard = _particle_shard(n_particles, group, generator)
+    annealer = _Annealer(model, base, sampler, n_steps, generator, shard)
+    x = annealer.start(n_particles)
+    log_w = torch.zeros(n_particles, dtype=torch.float64, device=x.device)
     schedule = [0.0]
     while schedule[-1] < 1.0:
-        gap = torch.nan_to_num(annealer.gap(x).double(), nan=-math.inf)
+        gap = all_chains(torch.nan_to_num(annealer.gap(x).double(), nan=-math.inf), shard)
         beta = _next_beta(schedule[-1], log_w, gap, target_cess)
         log_w = log_w + (beta - schedule[-1]) * gap
         schedule.append(beta)

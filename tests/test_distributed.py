@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -26,10 +27,12 @@ import ebmalgebra
 from ebmalgebra import diagnostics
 from ebmalgebra.distributed import ChainShard, DistributedObjective, any_chain
 from ebmalgebra.learning import MLPEnergy, as_model, denoising_score_matching, fit
+from ebmalgebra.normalize import estimate_log_z
 from ebmalgebra.samplers import (
     HMC,
     MALA,
     NUTS,
+    SMC,
     ULA,
     AnnealedLangevin,
     NonFiniteError,
@@ -194,6 +197,65 @@ def dsm_gradients_by_hand(net: MLPEnergy, rows: torch.Tensor, noise: torch.Tenso
     return {name: p.grad for name, p in net.named_parameters()}
 
 
+N_PARTICLES = 33  # rank 0 moves particles 0–16, rank 1 particles 17–32
+
+
+def _wide_base() -> Gaussian:
+    return Gaussian(torch.zeros(2, dtype=torch.float64), 2.5, name="base")
+
+
+def _particle_run(result) -> dict[str, object]:
+    """What a particle run returns that one process must reproduce."""
+    keys = ("log_z", "particles", "log_weights", "samples", "eve", "ess", "step_size",
+            "acceptance", "resampled", "temperatures", "stderr")
+    return {key: getattr(result, key) for key in keys if hasattr(result, key)}
+
+
+def run_smc_tempering(group: dist.ProcessGroup | None = None) -> dict[str, object]:
+    """Adaptive tempering with MALA moves: CESS bisection and resampling on the
+    log weights of all particles, particles moved between ranks."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # few lineages among 33 particles
+        result = SMC(n_steps=3).run(Ring() & Bar(), base=_wide_base(), n_particles=N_PARTICLES,
+                                    generator=_seed(20), group=group)
+    return _particle_run(result)
+
+
+def run_smc_hmc_models() -> dict[str, object]:
+    """HMC moves with the mass adapted to all particles' spread, resampling at every
+    level, along a user-given path of models."""
+    target = Ring() & Bar()
+    kernel = HMC(step_size=0.2, n_leapfrog=3, jitter=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = SMC(kernel=kernel, n_steps=2, ess_threshold=1.0, resampling="residual").run(
+            target, models=[target ** 0.3], base=_wide_base(), n_particles=N_PARTICLES,
+            generator=_seed(21))
+    return _particle_run(result)
+
+
+def run_ais() -> dict[str, object]:
+    """AIS with a fixed schedule: the default MALA's step size follows the acceptance
+    of all particles."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 33 particles, 12 temperatures
+        return _particle_run(estimate_log_z(Ring() & Bar(), base=_wide_base(),
+                                            n_particles=N_PARTICLES, n_temps=12, n_steps=3,
+                                            generator=_seed(22)))
+
+
+def run_ais_fitted() -> dict[str, object]:
+    """AIS with the defaults: a base fitted to sharded MALA chains and a pilot schedule."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _particle_run(estimate_log_z(Ring() & Bar(), n_particles=N_PARTICLES,
+                                            n_steps=2, target_cess=0.9,
+                                            generator=_seed(23)))
+
+
+PARTICLE_SCENARIOS = {"smc_tempering": run_smc_tempering, "smc_hmc_models": run_smc_hmc_models,
+                      "ais": run_ais, "ais_fitted": run_ais_fitted}
+
 SAMPLER_SCENARIOS = {"mala": run_mala, "hmc": run_hmc, "annealed": run_annealed,
                      "nuts": run_nuts,
                      "ula": run_ula, "mh": run_mh, "hmc_adapted": run_hmc_adapted,
@@ -216,6 +278,8 @@ def worker(rank: int, port: int, out: Path) -> None:
             "ess": samples.ess(), "rhat": samples.rhat(), "stats": samples.stats,
             "repr": repr(samples),
         }
+    for name, scenario in PARTICLE_SCENARIOS.items():
+        results[name] = scenario()
     results["nonfinite"] = run_nonfinite()
     results["tempering"] = run_tempering()
     results["disagreements"] = run_disagreements(rank)
@@ -225,6 +289,7 @@ def worker(rank: int, port: int, out: Path) -> None:
                                 any_chain(torch.zeros(4 - rank, dtype=torch.bool)))
     own_groups = [dist.new_group([r]) for r in range(WORLD_SIZE)]
     results["own_group"] = run_mala(group=own_groups[rank]).draws
+    results["smc_own_group"] = run_smc_tempering(group=own_groups[rank])
     results["ddp"] = run_ddp_dsm_step(rank)
     results["fit"] = run_ddp_fit(rank)
     dist.destroy_process_group()
@@ -270,7 +335,8 @@ def single() -> Iterator[dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: reductions may split by thread count
     try:
-        yield {name: scenario() for name, scenario in SAMPLER_SCENARIOS.items()}
+        yield {name: scenario() for name, scenario in {**SAMPLER_SCENARIOS,
+                                                       **PARTICLE_SCENARIOS}.items()}
     finally:
         torch.set_num_threads(threads)
 
@@ -327,6 +393,45 @@ def test_ess_and_rhat_of_a_sharded_run_are_those_of_all_draws(ranks, single, nam
     for rank in ranks:
         torch.testing.assert_close(rank[name]["ess"], diagnostics.ess(draws), rtol=0, atol=0)
         torch.testing.assert_close(rank[name]["rhat"], diagnostics.rhat(draws), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smc_tempering", "smc_hmc_models", "ais"])
+def test_smc_and_ais_with_two_processes_equal_one_process(ranks, single, name):
+    # Same seed, same numbers: every rank holds the result of the whole run, and it is
+    # that of one process bit for bit (tolerance 0, well inside the 1e-10 asked for).
+    expected = single[name]
+    if name.startswith("smc"):
+        assert bool(expected["resampled"].any())  # particles did move between ranks
+    for rank in ranks:
+        assert rank[name].keys() == expected.keys()
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(rank[name][key], value), key
+            else:
+                assert rank[name][key] == value, key
+
+
+@pytest.mark.slow
+def test_estimate_log_z_fits_the_same_base_on_every_rank(ranks, single):
+    # The base is fitted to MALA chains sharded across the ranks: each rank sees the
+    # draws of all chains (without gathering them each rank fitted its own base and
+    # the ranks disagreed). The pooled step size is a float64 mean summed per rank,
+    # so it may differ from one process's in the last bit: 1e-10 on log Z.
+    expected = single["ais_fitted"]
+    for rank in ranks:
+        assert abs(rank["ais_fitted"]["log_z"] - expected["log_z"]) < 1e-10
+        torch.testing.assert_close(rank["ais_fitted"]["particles"], expected["particles"],
+                                   rtol=1e-6, atol=1e-6)
+    assert torch.equal(ranks[0]["ais_fitted"]["particles"], ranks[1]["ais_fitted"]["particles"])
+
+
+@pytest.mark.slow
+def test_smc_in_a_group_of_one_runs_all_particles_on_its_rank(ranks, single):
+    for rank in ranks:
+        assert rank["smc_own_group"]["log_z"] == single["smc_tempering"]["log_z"]
+        assert torch.equal(rank["smc_own_group"]["particles"],
+                           single["smc_tempering"]["particles"])
 
 
 @pytest.mark.slow

@@ -40,6 +40,20 @@ E_i the index of particle i's ancestor at level 0 and S_j = Σ_{i : E_i = j} W_i
 final weight descending from initial particle j, Var(Ẑ/Z) ≈ Σ_j (S_j − 1/N)², and by
 the delta method stderr(log Ẑ) = √(Σ_j (S_j − 1/N)²). Without resampling it is the
 familiar √(1/ESS − 1/N). It fails when few lineages survive (``n_eves`` small).
+
+Across processes (an initialised ``torch.distributed`` group, or ``group=``), rank r
+moves the particles of its contiguous block of the global index
+(:class:`~ebmalgebra.distributed.ChainShard`), drawing the noise of all N particles
+and keeping its rows, so every particle sees the numbers it would in one process.
+Every rank holds the full log weights ``(N,)``, the genealogy ``(N,)`` and the step
+size: per level it all-gathers the local increments (8N bytes in float64), computes
+ESS, CESS bisection, log Ẑ and the ancestor indices identically, and after a
+resampling takes its new particles from an all-gather of positions, energies and
+scores, N·(2d + 1)·8 bytes in float64 for d coordinates. Each MCMC step all-gathers the
+acceptance probabilities (8N bytes) so the adapted step size is that of one
+process; HMC with ``adapt_mass`` all-gathers the positions per level (8Nd bytes).
+The result holds all particles on every rank: log Ẑ and the particles equal those of
+one process with the same seed.
 """
 
 from __future__ import annotations
@@ -47,12 +61,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ebmalgebra.base import EnergyModel, check_count, check_generator
+from ebmalgebra.distributed import ChainShard, all_chains, chain_shard
 from ebmalgebra.errors import CapabilityError, CompositionError
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import Potential
@@ -228,6 +245,7 @@ class SMC:
         generator: torch.Generator | None = None,
         progress: bool | None = None,
         dtype: torch.dtype = torch.float64,
+        group: dist.ProcessGroup | None = None,
     ) -> SMCResult:
         """Carry ``n_particles`` from ``base`` to ``model`` along the chosen path.
 
@@ -245,6 +263,10 @@ class SMC:
             generator: the source of all randomness: same generator, same result.
             progress: a progress bar over levels (default: when stderr is a terminal).
             dtype: dtype of the default base (a given ``base`` sets its own).
+            group: a ``torch.distributed`` process group to shard the particles over;
+                by default the initialised default group, if any (see the module
+                docstring). Every rank must call ``run`` with the same arguments and an
+                equally seeded ``generator``; every rank gets the whole result.
         """
         check_count(n_particles, "SMC: n_particles", 2)
         check_generator(generator, "SMC")
@@ -257,10 +279,15 @@ class SMC:
         if start_at_first:
             base, anchors = first_model, anchors[1:]
         elif base is None:
-            base = _default_base(first_model, first_t, dtype, generator)
+            base = _default_base(first_model, first_t, dtype, generator, group)
         base.require("normalizer", "SMC base")
         base.require("sample", "SMC base")
-        run = _Run(self, base, n_particles, generator)
+        shard = chain_shard(n_particles, group, operation="SMC")
+        if shard is not None:
+            shard.check_agreement(generator)
+        run = _Run(self, base, n_particles, generator, shard)
+        if shard is not None and shard.rank != 0:
+            progress = False
         bar = progress_bar(len(anchors), progress, "SMC", unit="level")
         try:
             if not start_at_first:
@@ -304,7 +331,8 @@ def _anchors(model: EnergyModel, noise_levels: Sequence[float] | Tensor | None,
 
 
 def _default_base(model: EnergyModel, t: float | None, dtype: torch.dtype,
-                  generator: torch.Generator | None) -> EnergyModel:
+                  generator: torch.Generator | None,
+                  group: dist.ProcessGroup | None) -> EnergyModel:
     from ebmalgebra.targets import Gaussian
 
     if t is not None:
@@ -314,18 +342,24 @@ def _default_base(model: EnergyModel, t: float | None, dtype: torch.dtype,
         return Gaussian(torch.zeros(shape, dtype=dtype), max(t, 1e-3), name="base")
     from ebmalgebra.normalize import fit_base
 
-    return fit_base(model, generator=generator, dtype=dtype)
+    return fit_base(model, generator=generator, dtype=dtype, group=group)
 
 
 class _Run:
-    """The particle system of one SMC run and its records."""
+    """The particle system of one SMC run and its records.
+
+    With a ``shard``, ``state`` holds this rank's particles ``(n_local, …)`` while
+    ``log_w``, ``eve`` and the step size are global and equal on every rank.
+    """
 
     def __init__(self, smc: SMC, base: EnergyModel, n_particles: int,
-                 generator: torch.Generator | None) -> None:
+                 generator: torch.Generator | None, shard: ChainShard | None) -> None:
         self.smc = smc
         self.generator = generator
         self.n = n_particles
-        x = base.sample(n_particles, generator)
+        self.shard = shard
+        self.n_local = n_particles if shard is None else shard.n_local
+        x = base.sample(n_particles, generator)  # all N on every rank: the same numbers
         if not x.is_floating_point():
             raise CompositionError(f"SMC: base {base!r} samples {x.dtype}, not floating point")
         if smc.kernel is None:
@@ -333,7 +367,7 @@ class _Run:
             self.kernel: MALA | HMC = MALA(step_size=float(0.1 * scale), adapt_step_size=False)
         else:
             self.kernel = smc.kernel
-        self.state = self.kernel.init(x, base)
+        self.state = self.kernel.init(x if shard is None else shard.take(x), base)
         self.step_size = self.state.step_size[:1].clone()
         self.log_w = torch.full((n_particles,), -math.log(n_particles), dtype=x.dtype,
                                 device=x.device)
@@ -355,7 +389,7 @@ class _Run:
                 raise CapabilityError(f"SMC: tempering to {model!r} needs more than "
                                       f"{_MAX_TEMPERING_STEPS} steps; give a closer base=")
             x = self.state.position
-            gap = base_potential.energy(x) - model_potential.energy(x)
+            gap = all_chains(base_potential.energy(x) - model_potential.energy(x), self.shard)
             self.n_evaluations += 1
             new_beta = next_exponent(self.log_w, gap, beta, self.smc.target_cess)
             target = Potential(base ** (1.0 - new_beta) & model ** new_beta, operation="SMC",
@@ -369,11 +403,14 @@ class _Run:
     def advance_to(self, potential: Potential, description: str) -> None:
         """Reweight from the current level to ``potential``'s, resample, move."""
         energy, score = potential.energy_and_score(self.state.position)
-        self._step(potential, self.state.energy - energy, energy, score, description)
+        self._step(potential, all_chains(self.state.energy - energy, self.shard), energy, score,
+                   description)
 
     # ---------------------------------------------------------------- steps
     def _step(self, potential: Potential, increment: Tensor, energy: Tensor, score: Tensor,
               description: str) -> None:
+        """Reweight by the global log ``increment`` ``(N,)``, resample, move; ``energy`` and
+        ``score`` are the new level's at this rank's particles."""
         self.n_evaluations += 1
         increment = torch.nan_to_num(increment.to(self.log_w), nan=-math.inf)
         unnormalised = self.log_w + increment
@@ -389,7 +426,7 @@ class _Run:
         resampled = ess < self.smc.ess_threshold * self.n
         if resampled:
             ancestors = resample(self.log_w.exp(), self.generator, method=self.smc.resampling)
-            x, energy, score = x[ancestors], energy[ancestors], score[ancestors]
+            x, energy, score = self._inherit(ancestors, x, energy, score)
             self.eve = self.eve[ancestors]
             self.log_w = torch.full_like(self.log_w, -math.log(self.n))
         self.state = self._retarget(x, energy, score, potential)
@@ -399,13 +436,23 @@ class _Run:
                            ("levels", description)):
             self.records[key].append(value)
 
+    def _inherit(self, ancestors: Tensor, *local: Tensor) -> list[Tensor]:
+        """This rank's rows of each particle tensor after resampling: row i of the new
+        system is row ``ancestors[i]`` of the old, which may live on another rank. All
+        ranks all-gather the old rows, then keep their block of the new ones."""
+        if self.shard is None:
+            return [values[ancestors] for values in local]
+        mine = ancestors[self.shard.start:self.shard.stop]
+        return [self.shard.all_gather(values)[mine] for values in local]
+
     def _retarget(self, x: Tensor, energy: Tensor, score: Tensor, potential: Potential):
         changes = dict(position=x, energy=energy, score=score, potential=potential,
-                       step_size=self.step_size.expand(self.n).clone())
+                       step_size=self.step_size.expand(self.n_local).clone())
         if isinstance(self.kernel, MALA):
-            changes["frozen"] = torch.zeros(self.n, dtype=torch.bool, device=x.device)
+            changes["frozen"] = torch.zeros(self.n_local, dtype=torch.bool, device=x.device)
         elif self.kernel.adapt_mass:
-            inverse_mass = _weighted_spread(x, self.log_w.exp(), self.kernel.metric == "dense")
+            inverse_mass = _weighted_spread(all_chains(x, self.shard), self.log_w.exp(),
+                                            self.kernel.metric == "dense")
             changes["metric"] = self.state.metric.replace(inverse_mass)
         return self.state._replace(**changes)
 
@@ -415,13 +462,16 @@ class _Run:
         target = self.kernel.target_accept
         adapt = self.smc.adapt_step_size
         for _ in range(self.smc.n_steps):
-            self.state, info = self.kernel.step(self.state, self.generator)
+            with nullcontext() if self.shard is None else self.shard.activate():
+                self.state, info = self.kernel.step(self.state, self.generator)
             self.n_evaluations += getattr(info, "n_leapfrog", 1)
-            rate = info.acceptance_rate.mean()
+            # The mean of all N rates, in one process's order of summation.
+            rate = all_chains(info.acceptance_rate, self.shard).mean()
             rates.append(rate)
             if adapt:
                 self.step_size = self.step_size * torch.exp(rate - target)
-                self.state = self.state._replace(step_size=self.step_size.expand(self.n).clone())
+                self.state = self.state._replace(
+                    step_size=self.step_size.expand(self.n_local).clone())
         return float(torch.stack(rates).mean()) if rates else math.nan
 
     # --------------------------------------------------------------- result
@@ -440,13 +490,14 @@ class _Run:
                           "more levels, more n_steps or a closer base", RuntimeWarning,
                           stacklevel=3)
         final = resample(weights, self.generator, method=self.smc.resampling)
+        particles = all_chains(self.state.position, self.shard)
         records = {key: torch.tensor(values, dtype=torch.bool if key == "resampled" else
                                      torch.float64)
                    for key, values in self.records.items() if key != "levels"}
         return SMCResult(
-            particles=self.state.position,
+            particles=particles,
             log_weights=self.log_w,
-            samples=self.state.position[final],
+            samples=particles[final],
             log_z=self.log_z,
             stderr=stderr,
             ess=records["ess"],
