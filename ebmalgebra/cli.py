@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ebmalgebra.base import EnergyModel, format_number
+from ebmalgebra.distributed import is_leader, launched_group
 from ebmalgebra.errors import EBMAlgebraError
 from ebmalgebra.expression_parser import ExpressionError
 from ebmalgebra.leaves import one
@@ -158,6 +159,8 @@ def _sample(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     samples = _draw(model, args.n, args.sampler, args.steps, args.seed)
     seconds = time.perf_counter() - start
+    if not is_leader():  # under torchrun every rank holds all samples; rank 0 writes
+        return EXIT_OK
     _write_samples(samples, repr(model), out)
     print(f"{model!r}: {args.n} samples ({args.sampler}, seed {args.seed}) in {seconds:.1f} s")
     print(f"  {_describe_samples(model, samples)}")
@@ -315,7 +318,7 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"ebmalgebra {args.command}: warning: {message}", file=sys.stderr)
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), launched_group():  # a group under torchrun
             warnings.showwarning = show
             return args.run(args)
     except _Failure as failure:

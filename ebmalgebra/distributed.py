@@ -33,6 +33,7 @@ adaptation consult it, so kernels themselves know nothing of processes.
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +54,8 @@ __all__ = [
     "any_chain",
     "chain_shard",
     "enter_shard",
+    "is_leader",
+    "launched_group",
     "leave_shard",
     "process_group",
 ]
@@ -102,6 +105,36 @@ def process_group(group: dist.ProcessGroup | None = None) -> dist.ProcessGroup |
     if not (dist.is_available() and dist.is_initialized()):
         return None
     return dist.group.WORLD if dist.get_world_size() > 1 else None
+
+
+def is_leader() -> bool:
+    """Whether this process writes output: rank 0 of an initialised default group, or
+    any process when there is no group."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+@contextmanager
+def launched_group(backend: str = "gloo") -> Iterator[int]:
+    """The default process group of a ``torchrun`` launch, for the ``with`` block.
+
+    When the environment says ``WORLD_SIZE`` > 1 (``torchrun`` sets it, with ``RANK``,
+    ``MASTER_ADDR`` and ``MASTER_PORT``) and no group is initialised yet, initialise
+    one with ``backend`` from the environment and destroy it at the end; otherwise do
+    nothing. Yields this process's rank (0 when alone).
+
+    Example:
+        >>> with launched_group() as rank:   # under torchrun --nproc_per_node=2
+        ...     samples = ebmalgebra.sample(model, MALA(), n_chains=10_000)
+    """
+    starts = (int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available()
+              and not dist.is_initialized())
+    if starts:
+        dist.init_process_group(backend)
+    try:
+        yield dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    finally:
+        if starts:
+            dist.destroy_process_group()
 
 
 def chain_shard(n_chains: int, group: dist.ProcessGroup | None = None, *,

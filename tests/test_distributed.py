@@ -308,8 +308,7 @@ def _free_port() -> int:
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("distributed")
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
-        "PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    env = _worker_env()
     processes = [subprocess.Popen([sys.executable, __file__, str(rank), str(port), str(out)],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                  for rank in range(WORLD_SIZE)]
@@ -500,6 +499,35 @@ def test_a_sampler_that_draws_per_replica_is_refused_on_every_rank(ranks):
     # global chains can hold; it runs in one process (tests/test_samplers.py).
     for rank in ranks:
         assert "only samplers that draw one row per chain" in rank["tempering"]
+
+
+def _worker_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
+        "PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_the_cli_under_torchrun_writes_once_the_samples_of_one_process(tmp_path):
+    # `-m --`: torchrun's own parser would take the CLI's `--n` for an abbreviation of
+    # its `--nnodes` / `--nproc_per_node` and stop.
+    from safetensors.torch import load_file
+
+    command = ["sample", "ring & bar", "--n", "65", "--steps", "40", "--seed", "3", "--out"]
+    launches = {
+        "one": [sys.executable, "-m", "ebmalgebra"],
+        "two": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={WORLD_SIZE}", "-m", "--", "ebmalgebra"],
+    }
+    outputs = {}
+    for name, launch in launches.items():
+        out = tmp_path / f"{name}.safetensors"
+        done = subprocess.run([*launch, *command, str(out)], env=_worker_env(), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=WALL_CLOCK_LIMIT)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("wrote ") == 1, done.stdout  # rank 0 reports and writes
+        outputs[name] = load_file(out)["samples"]
+    assert outputs["one"].shape == (65, 2)
+    assert torch.equal(outputs["two"], outputs["one"])
 
 
 if __name__ == "__main__":

@@ -216,7 +216,7 @@ def _draw(model: EnergyModel, n: int, kernel: str, steps: int | None,
         x0 = 3.0 * torch.randn((n, *event_shape), generator=generator, dtype=dtype)
         result = sample(model, sampler, x0=x0, n_steps=max(n_steps // 2, 1),
                         warmup=n_steps // 2, generator=generator, progress=progress)
-        return result.draws[-1]
+        return _final(result)
 
     plan = plan_for(model) if plan is None else plan
     if steps is not None and kernel != "hmc":
@@ -230,7 +230,7 @@ def _draw(model: EnergyModel, n: int, kernel: str, steps: int | None,
                                                        dtype=dtype)
     result = sample(model, annealed, x0=x0, n_steps=1, warmup=annealed.n_annealing_steps - 1,
                     generator=generator, progress=progress)
-    positions = result.draws[-1]
+    positions = _final(result)
     if kernel != "hmc":
         return positions
     from ebmalgebra.leaves import from_energy
@@ -241,7 +241,15 @@ def _draw(model: EnergyModel, n: int, kernel: str, steps: int | None,
     result = sample(fixed, HMC(**_adaptation(HMC, n_steps // 2)), x0=positions,
                     n_steps=max(n_steps // 2, 1), warmup=n_steps // 2, generator=generator,
                     progress=progress)
-    return result.draws[-1]
+    return _final(result)
+
+
+def _final(result) -> Tensor:
+    """The last draw of every chain ``(n, *event_shape)``: all-gathered from the ranks
+    when :func:`~ebmalgebra.sample` sharded the chains over a process group, so that
+    :func:`draw` returns all ``n`` samples on every rank."""
+    last = result.draws[-1]
+    return last if result.shard is None else result.shard.all_gather(last)
 
 
 def _draw_smc(model: EnergyModel, n: int, plan: SamplingPlan | None, steps: int | None,
