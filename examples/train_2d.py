@@ -14,6 +14,13 @@ Run::
 
     python examples/train_2d.py --out train_2d.png          # ≈ 2 minutes on one core
     python examples/train_2d.py --out train_2d.png --tiny  # a few seconds (CI)
+    torchrun --nproc_per_node=2 examples/train_2d.py --tiny  # data parallel (DDP)
+
+Under ``torchrun`` each rank trains on an equal share of the data with a batch of
+128 / P rows (so the averaged gradient is that of a 128-row batch), its loss
+wrapped in :class:`~ebmalgebra.distributed.DistributedObjective`, its own replay
+buffer and random stream; the MALA chains afterwards are sharded across the ranks;
+rank 0 prints and writes the figure.
 """
 
 from __future__ import annotations
@@ -27,8 +34,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 
 from ebmalgebra.datasets import eight_gaussians, moons  # noqa: E402
+from ebmalgebra.distributed import (  # noqa: E402
+    DistributedObjective,
+    is_leader,
+    launched_group,
+)
 from ebmalgebra.learning import (  # noqa: E402
     MLPEnergy,
     ReplayBuffer,
@@ -40,19 +53,43 @@ from ebmalgebra.learning import (  # noqa: E402
 from ebmalgebra.samplers import MALA, ULA, sample  # noqa: E402
 
 LIMIT = 4.0
+BATCH_SIZE = 128
+
+
+def this_rank(data: torch.Tensor, generator: torch.Generator):
+    """(data, generator) for training: as given in one process; under ``torchrun`` this
+    rank's equal share of the rows and a generator of its own, seeded from ``generator``
+    (which stays in step on all ranks)."""
+    if not dist.is_initialized():
+        return data, generator
+    rank, world = dist.get_rank(), dist.get_world_size()
+    per_rank = data.shape[0] // world
+    seed = int(torch.randint(2**62, (), generator=generator))
+    return (data[rank * per_rank:(rank + 1) * per_rank],
+            torch.Generator().manual_seed(seed + rank))
+
+
+def objective(model, loss):
+    """``loss``, wrapped for DDP (gradients averaged over ranks) under ``torchrun``."""
+    return DistributedObjective(model, loss) if dist.is_initialized() else loss
+
+
+def batch_size() -> int:
+    return BATCH_SIZE // (dist.get_world_size() if dist.is_initialized() else 1)
 
 
 def train_eight_gaussians(epochs: int, generator: torch.Generator):
     data = eight_gaussians(4000, generator=generator)
     model = as_model(MLPEnergy(2, hidden=(128, 128)), name="eight_gaussians")
+    data, generator = this_rank(data, generator)
     buffer = ReplayBuffer(5000, 2, low=-LIMIT, high=LIMIT, generator=generator)
     # A small α: the regulariser bounds |E|, and sharp modes need large energy gaps.
     loss = partial(contrastive_divergence, sampler=ULA(step_size=0.01), n_steps=20,
                    buffer=buffer, alpha=0.01)
     # β₁ = 0 as in Du & Mordatch: CD gradients are noisy and momentum lags them.
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.999))
-    history = fit(model, data, loss, epochs=epochs, batch_size=128, optimizer=optimizer,
-                  generator=generator)
+    history = fit(model, data, objective(model, loss), epochs=epochs, batch_size=batch_size(),
+                  optimizer=optimizer, generator=generator)
     return data, model, history
 
 
@@ -60,7 +97,9 @@ def train_moons(epochs: int, generator: torch.Generator):
     data = moons(4000, generator=generator)
     model = as_model(MLPEnergy(2, hidden=(128, 128)), name="moons")
     loss = partial(score_matching, method="sliced", n_projections=4)
-    history = fit(model, data, loss, epochs=epochs, batch_size=128, generator=generator)
+    data, generator = this_rank(data, generator)
+    history = fit(model, data, objective(model, loss), epochs=epochs, batch_size=batch_size(),
+                  generator=generator)
     return data, model, history
 
 
@@ -74,6 +113,11 @@ def energy_grid(model, resolution: int = 200):
 
 
 def main() -> None:
+    with launched_group():  # a process group under torchrun, else nothing
+        run()
+
+
+def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="train_2d.png")
     parser.add_argument("--seed", type=int, default=0)
@@ -83,6 +127,7 @@ def main() -> None:
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(args.seed)
     epochs = {"cd": 2 if args.tiny else 150, "sm": 2 if args.tiny else 40}
+    say = print if is_leader() else (lambda *_: None)
 
     runs = []
     for name, train, n_epochs in (("eight_gaussians (CD + replay buffer)", train_eight_gaussians,
@@ -94,13 +139,15 @@ def main() -> None:
         samples = sample(model, MALA(step_size=0.01), x0=x0, n_steps=1,
                          warmup=50 if args.tiny else 500, generator=generator)
         seconds = time.perf_counter() - start
-        print(f"{name}: {history.steps} steps, final loss {history.smoothed()[-1]:.3f}, "
+        say(f"{name}: {history.steps} steps, final loss {history.smoothed()[-1]:.3f}, "
               f"{seconds:.1f} s including sampling")
-        runs.append((name, data, model, samples.draws[-1], history))
+        runs.append((name, data, model, samples.gather(dst=None)[-1], history))
 
     draws = runs[0][3]
     covered = eight_gaussians.nearest_mode(draws).bincount(minlength=8) / len(draws)
     distance = (draws[:, None] - eight_gaussians.centers()[None]).norm(dim=-1).amin(dim=1)
+    if not is_leader():
+        return
     print("eight_gaussians: share of samples per mode", [round(float(c), 3) for c in covered],
           f"; within 0.5 of a mode centre: {float((distance < 0.5).float().mean()):.1%}")
 

@@ -530,5 +530,19 @@ def test_the_cli_under_torchrun_writes_once_the_samples_of_one_process(tmp_path)
     assert torch.equal(outputs["two"], outputs["one"])
 
 
+@pytest.mark.slow
+def test_the_training_example_runs_under_torchrun(tmp_path):
+    # DDP over 2 ranks; its single-process run is tests/test_learning_examples.py's.
+    out = tmp_path / "train_2d.png"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={WORLD_SIZE}", str(ROOT / "examples" /
+                                                                 "train_2d.py"),
+                           "--tiny", "--out", str(out)], env=_worker_env(), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=WALL_CLOCK_LIMIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("share of samples per mode") == 1, done.stdout  # rank 0 only
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 if __name__ == "__main__":
     worker(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))
