@@ -29,6 +29,15 @@ so that they see the same machine load. Three measurements:
    and the speed-up of 2 processes over 1 for MALA warmup steps with pooled
    step-size adaptation (one all-reduce per step, which also makes the ranks
    wait for each other every step) and with a fixed step size.
+4. **SMC across processes**: the wall time of an adaptive tempering SMC run
+   (3 MALA moves per level, resampling at every level) from N(0, 3² I) to the
+   MLP energy times N(0, 0.3² I) (the MLP alone is nearly flat, hence improper)
+   with as many particles as chains in part 2, 1 and 2 processes; and, with 2
+   processes, the communication
+   of one level: the all-gather of the log-weight increments (8N bytes), of the
+   acceptance probabilities after each move (8N bytes), and a resampling's
+   all-gather of positions, energies and scores (8N(2d + 1) bytes in float64) for
+   d = 2 and d = 256.
 """
 
 from __future__ import annotations
@@ -50,8 +59,9 @@ sys.path.insert(0, str(ROOT))
 import ebmalgebra  # noqa: E402
 from ebmalgebra.distributed import ChainShard, active_shard  # noqa: E402
 from ebmalgebra.learning import MLPEnergy, as_model  # noqa: E402
-from ebmalgebra.samplers import MALA  # noqa: E402
+from ebmalgebra.samplers import MALA, SMC  # noqa: E402
 from ebmalgebra.samplers.base import draw_normal, draw_uniform  # noqa: E402
+from ebmalgebra.targets import Gaussian  # noqa: E402
 
 try:
     from _timing import median_times
@@ -129,6 +139,14 @@ def worker(n_chains: int, n_steps: int, n_calls: int) -> None:
     result["warmup_adapted"] = timed_sample(sampler=MALA(step_size=1e-3), n_steps=0,
                                             warmup=warm_steps)[0] / warm_steps
     result["warmup_fixed"] = timed_sample(n_steps=0, warmup=warm_steps)[0] / warm_steps
+    dist.barrier()
+    start = time.perf_counter()
+    run = SMC(n_steps=3, ess_threshold=1.0).run(
+        model & Gaussian(torch.zeros(2), 0.3), base=Gaussian(torch.zeros(2), 3.0),
+        n_particles=n_chains, generator=torch.Generator().manual_seed(2), progress=False)
+    dist.barrier()
+    result.update(smc=time.perf_counter() - start, smc_levels=len(run.levels),
+                  smc_resamplings=int(run.resampled.sum()), smc_log_z=run.log_z)
     if world_size > 1:
         shard = ChainShard(n_chains, dist.group.WORLD)
         stat = torch.rand(shard.n_local)
@@ -149,6 +167,12 @@ def worker(n_chains: int, n_steps: int, n_calls: int) -> None:
                                                                               dtype=torch.float64)
             result[name] = per_call(lambda m=mean, s=m2, d=dense: shard.merge_moments(
                 10, m, s, dense=d))
+        increments = torch.rand(shard.n_local, dtype=torch.float64)
+        result["smc_increments"] = per_call(lambda: shard.all_gather(increments))
+        for dim in (2, 256):
+            position = torch.rand(shard.n_local, dim, dtype=torch.float64)
+            result[f"smc_resampling_{dim}"] = per_call(
+                lambda x=position: [shard.all_gather(t) for t in (x, increments, x)])
     assert active_shard() is None
     if rank == 0:
         print("RESULT " + json.dumps(result), flush=True)
@@ -199,6 +223,20 @@ def scaling(n_chains: int, n_steps: int, n_calls: int, repeats: int) -> None:
         one, two = (statistics.median(r[kind] for r in runs[n]) for n in (1, 2))
         print(f"   MALA warmup step {label}: 1 process {one * 1e3:.2f} ms, 2 processes "
               f"{two * 1e3:.2f} ms, speed-up {one / two:.2f}x")
+    print(f"\n4. SMC, adaptive tempering to the MLP energy & N(0, 0.3² I), {n_chains:,} "
+          "particles, resampling at every level")
+    for n_processes in (1, 2):
+        results = runs[n_processes]
+        print(f"   {n_processes} process(es): "
+              f"{statistics.median(r['smc'] for r in results):.2f} s, "
+              f"{results[0]['smc_levels']} levels, {results[0]['smc_resamplings']} "
+              f"resamplings, log Z {results[0]['smc_log_z']:.9f}")
+    n_bytes = 8 * n_chains
+    print(f"   per level, all-gather of the increments ({n_bytes:,} bytes): "
+          f"{comm['smc_increments'] * 1e6:.0f} us; of the acceptance after each move: the same")
+    for dim in (2, 256):
+        print(f"   per resampling, d = {dim}: all-gather of positions, energies, scores "
+              f"({n_bytes * (2 * dim + 1):,} bytes): {comm[f'smc_resampling_{dim}'] * 1e3:.2f} ms")
 
 
 def main() -> None:
