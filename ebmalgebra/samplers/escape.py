@@ -8,9 +8,10 @@ the energy falls without bound, and the "samples" are garbage (face pixels of
 
     escaped(x) ⇔ maxⱼ |xⱼ − cⱼ| > factor · scale,
 
-with c the centre and ``scale`` the reference spread: the larger of a data
-scale (the zoo card's ``"data_scale"``, max |xⱼ| of the training data) and
-the spread of the starting points, maxᵢⱼ |x0ᵢⱼ − cⱼ| with c the mean of x0.
+with c the centre and ``scale`` the reference size: the largest of a data
+scale (the zoo card's ``"data_scale"``, max |xⱼ| of the training data), the
+spread of the starting points, maxᵢⱼ |x0ᵢⱼ − cⱼ| with c the mean of x0, and
+the size of c itself, maxⱼ |cⱼ| (1 when all of these are 0).
 ``factor`` is 10 by default: a proper target's chains equilibrate in its own
 typical set, so they pass ten times the starting spread only when the
 target is far wider than the starting points (then start the chains wider,
@@ -113,7 +114,10 @@ def _reference(x0: Tensor | None, scale: float | None, center: float | Tensor | 
         start = x0.detach()
         middle = start.mean(0) if center is None else torch.as_tensor(
             center, dtype=start.dtype, device=start.device)
-        reference = max(float((start - middle).abs().amax()), scale or 0.0)
+        # The start's location counts as a scale too: chains started together at x = 5
+        # may well be meant to explore a target of size 5 around the origin.
+        reference = max(float((start - middle).abs().amax()), float(middle.abs().amax()),
+                        scale or 0.0)
     # An all-equal start (x0 = zeros) and no data scale: measure against unit scale.
     return _Reference(middle, factor * (reference if reference > 0 else 1.0))
 
