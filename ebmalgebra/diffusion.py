@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
 from ebmalgebra.errors import CompositionError
-from ebmalgebra.leaves import Leaf, _check_energy_output, as_event_shape, call_leaf_function
+from ebmalgebra.leaves import _CallableLeaf, _check_energy_output
 from ebmalgebra.schedules import NoiseSchedule, _as_levels
 
 __all__ = [
@@ -179,28 +179,19 @@ class DiscreteVP(NoiseSchedule):
         return f"DiscreteVP(T={self.sigmas.numel()}, timesteps={self.timesteps!r})"
 
 
-class _NoiseConditionedNetwork(Leaf):
+class _NoiseConditionedNetwork(_CallableLeaf):
     """Shared part of the diffusion leaves: a network called as ``network(x, τ(t))``."""
-
-    noise_conditioned = True
 
     def __init__(self, network: Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule,
                  event_shape: int | Sequence[int], name: str, capabilities: Capabilities,
                  network_time: Callable[[Tensor], Tensor] | None) -> None:
-        if not callable(network):
-            raise CompositionError(f"{name!r}: network must be a callable or nn.Module, got "
-                                   f"{type(network).__name__}")
         if not isinstance(schedule, NoiseSchedule):
             raise CompositionError(f"{name!r}: schedule must be a NoiseSchedule (VE(), VP() or "
                                    f"DiscreteVP(...)), got {type(schedule).__name__}")
         if network_time is not None and not callable(network_time):
             raise CompositionError(f"{name!r}: network_time must be callable, got "
                                    f"{type(network_time).__name__}")
-        super().__init__(as_event_shape(event_shape), name, capabilities)
-        if isinstance(network, nn.Module):
-            self.network = network
-        else:
-            self._network = network
+        super().__init__(network, event_shape, name, capabilities, noise_conditioned=True)
         self.schedule = schedule
         self._network_time = network_time
 
@@ -221,9 +212,7 @@ class _NoiseConditionedNetwork(Leaf):
         return levels, self.schedule.alpha(levels).to(x), sigma
 
     def _call_network(self, x: Tensor, levels: Tensor) -> Tensor:
-        network = self.network if "network" in self._modules else self._network
-        time = levels if self._network_time is None else self._network_time(levels)
-        return call_leaf_function(self, network, x, time, True)
+        return self._call(x, levels if self._network_time is None else self._network_time(levels))
 
 
 class DiffusionScore(_NoiseConditionedNetwork):
