@@ -224,8 +224,6 @@ class DiffusionScore(_NoiseConditionedNetwork):
     ``network_time(t)``) and returns a prediction shaped like x.
     """
 
-    analytic_score = False
-
     def __init__(self, network: Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule,
                  *, prediction: Prediction, event_shape: int | Sequence[int],
                  name: str = "diffusion",

@@ -279,7 +279,7 @@ def test_energy_heads_give_smc_weights_and_log_z():
         assert abs(estimate - float(mean[i])) <= 4 * stderr + 0.01
 
 
-def _tiny_unet(prediction_type):
+def _tiny_unet(prediction_type, scheduler="DDPMScheduler", **scheduler_options):
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(
@@ -287,7 +287,9 @@ def _tiny_unet(prediction_type):
         block_out_channels=(8, 16), norm_num_groups=4,
         down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D")).double().eval()
-    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    scheduler = getattr(diffusers, scheduler)(num_train_timesteps=1000,
+                                              prediction_type=prediction_type,
+                                              **scheduler_options)
     return unet, scheduler
 
 
@@ -315,7 +317,7 @@ def test_diffusers_unet_leaf_converts_the_raw_output(prediction_type):
 
 
 def test_diffusers_nearest_timestep_and_composition():
-    unet, scheduler = _tiny_unet("epsilon")
+    unet, scheduler = _tiny_unet("epsilon", "DDIMScheduler", beta_schedule="squaredcos_cap_v2")
     leaf = from_diffusers(unet, scheduler, timesteps="nearest", name="unet")
     x = torch.randn(2, 2, 8, 8, generator=_seed(11), dtype=F64)
     cumprod = scheduler.alphas_cumprod.double()
