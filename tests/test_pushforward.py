@@ -132,3 +132,31 @@ def test_pushforwards_save_and_load(tmp_path):
     with pytest.raises(eb.SerializationError, match="no file form"):
         eb.save(normal().pushforward(tt.CumulativeDistributionTransform(Normal(0.0, 1.0))),
                 tmp_path / "cdf.safetensors")
+
+
+def test_differentiable_scores_match_autograd_of_the_energy():
+    # Score matching differentiates the score in y; the pulled-back score must keep the
+    # graph as autograd of E(y) = E_a(T⁻¹y) + log|det J_T| does.
+    base = eb.targets.Gaussian(torch.tensor([0.2, -0.4], dtype=F64),
+                               torch.tensor([1.0, 0.5], dtype=F64), name="a")
+    pushed = base.pushforward(tt.ComposeTransform([tt.AffineTransform(0.5, 2.0),
+                                                   tt.ExpTransform()]))
+    by_autograd = eb.from_energy(lambda y: pushed.energy(y), 2, name="e")
+    y = (torch.rand(6, 2, dtype=F64) * 3 + 0.2).requires_grad_(True)
+
+    def divergence(model):
+        score = model.score(y, create_graph=True)
+        return sum(torch.autograd.grad(score[:, i].sum(), y, create_graph=True)[0][:, i]
+                   for i in range(2))
+
+    torch.testing.assert_close(pushed.score(y), by_autograd.score(y))
+    torch.testing.assert_close(divergence(pushed), divergence(by_autograd))
+
+
+def test_a_file_with_an_unknown_transform_is_refused():
+    from ebmalgebra.io.transforms import decode
+
+    with pytest.raises(eb.SerializationError, match="unknown transform kind 'eval'"):
+        decode(["eval", "1"])
+    with pytest.raises(eb.SerializationError, match="must be a list"):
+        decode({"kind": "exp"})
