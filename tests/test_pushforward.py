@@ -160,3 +160,36 @@ def test_a_file_with_an_unknown_transform_is_refused():
         decode(["eval", "1"])
     with pytest.raises(eb.SerializationError, match="must be a list"):
         decode({"kind": "exp"})
+
+
+def test_affine_pushforwards_of_gaussians_rewrite_to_gaussians():
+    # N(μ, Σ) under y = loc + s ⊙ x is N(s ⊙ μ + loc, diag(s) Σ diag(s)), mass kept.
+    mean = torch.tensor([0.5, -1.0], dtype=F64)
+    covariance = torch.tensor([[1.0, 0.4], [0.4, 0.8]], dtype=F64)
+    g = eb.targets.MultivariateGaussian(mean, covariance, name="g")
+    loc, scale = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([2.0, -0.5], dtype=F64)
+    pushed = 3.0 * g.pushforward(tt.AffineTransform(loc, scale)).pushforward(
+        tt.AffineTransform(0.0, 0.5))
+    exact = eb.compile(pushed & g, closed_form=True)
+    assert len(exact.leaf_models) == 1  # the pushforward fused with g into one Gaussian
+    y = torch.randn(8, 2, dtype=F64)
+    assert_equivalent(exact, pushed & g, y, rtol=1e-9, atol=1e-9)
+    alone = eb.compile(pushed, closed_form=True).expr.base
+    torch.testing.assert_close(alone.loc, 0.5 * (scale * mean + loc))
+    torch.testing.assert_close(alone.scale_tril @ alone.scale_tril.mT,
+                               0.25 * scale[:, None] * covariance * scale[None, :])
+    mixture = eb.targets.GaussianMixture(torch.stack([mean, -mean]), 0.7,
+                                         weights=torch.tensor([0.2, 0.8], dtype=F64))
+    moved = mixture.pushforward(tt.AffineTransform(loc, scale))
+    assert_equivalent(eb.compile(moved, closed_form=True), moved, y, rtol=1e-9, atol=1e-9)
+
+
+def test_closed_forms_inside_a_pushforward_keep_its_transform():
+    # The Gaussian product inside is fused; the (unsavable, non-affine) transform stays.
+    a = eb.targets.Gaussian(torch.tensor([0.3], dtype=F64), 1.0, name="a")
+    b = eb.targets.Gaussian(torch.tensor([-0.2], dtype=F64), 2.0, name="b")
+    expr = (a & b).pushforward(tt.CumulativeDistributionTransform(Normal(0.0, 1.0)))
+    exact = eb.compile(expr, closed_form=True)
+    assert exact.expr.base is not expr.base
+    y = torch.linspace(0.05, 0.95, 7, dtype=F64)[:, None]
+    assert_equivalent(exact, expr, y, rtol=1e-9, atol=1e-9)
