@@ -16,6 +16,8 @@ Gamma draws.
 
 Canonical form: the identity transform is dropped, and nested pushforwards
 compose, ``a.pushforward(T1).pushforward(T2)`` is ``a.pushforward(T2 ∘ T1)``.
+Closed form: Gaussians pushed forward by affine maps are Gaussians
+(``compile(..., closed_form=True)``).
 """
 
 from __future__ import annotations
