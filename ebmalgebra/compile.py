@@ -365,13 +365,18 @@ class CompiledEnergy(EnergyModel):
         if isinstance(node, LeafRef):
             return energies[node.index]
         if isinstance(node, Affine):
-            total = None
+            total, missing = None, False
             for coefficient, sub in node.terms:
                 energy = self._forward(sub, energies, zeros, cache)
                 if energy is None:
-                    return None
+                    # Keep going: mixtures in later terms must still cache their logits,
+                    # which the score's backward pass needs.
+                    missing = True
+                    continue
                 term = energy if coefficient == 1.0 else coefficient * energy
                 total = term if total is None else total + term
+            if missing:
+                return None
             total = zeros if total is None else total
             return total + node.constant if node.constant != 0.0 else total
         logits = []
