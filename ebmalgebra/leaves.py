@@ -339,7 +339,7 @@ class DistributionLeaf(Leaf):
             inside = self.distribution.support.check(x)
         except (NotImplementedError, ValueError):  # e.g. constraints.dependent
             return None
-        return inside.reshape(x.shape[0], -1).all(1)
+        return inside.flatten(1).all(1) if inside.dim() > 1 else inside
 
     def _point_in_support(self) -> Tensor:
         """One fixed draw of the distribution (seeded, cached): a point where log p is finite."""
