@@ -278,13 +278,13 @@ class NUTS(StepSizeSampler):
             keeps_going = merged_no_u_turn(
                 _End(far, metric.velocity(far)), _End(near, metric.velocity(near)),
                 momentum_sum, subtree.first, subtree.last, subtree.momentum_sum)
-            right = _where_point(merge & forward, subtree.end, right)
-            left = _where_point(merge & ~forward, subtree.end, left)
-            momentum_sum = select(merge, momentum_sum + subtree.momentum_sum, momentum_sum)
             depth = depth + merge.long()
             growing = merge & keeps_going
             if not bool(growing.any()):
                 break
+            right = _where_point(merge & forward, subtree.end, right)
+            left = _where_point(merge & ~forward, subtree.end, left)
+            momentum_sum = select(merge, momentum_sum + subtree.momentum_sum, momentum_sum)
         energy_error = candidate.hamiltonian - start_h
         new_state = state._replace(position=candidate.position, energy=candidate.energy,
                                    score=candidate.score)
@@ -378,5 +378,14 @@ def _leapfrog_rows(point: PhasePoint, signed_step: Tensor, metric: Metric,
         return leapfrog(point, signed_step, metric, potential.energy_and_score)
     index = rows.nonzero().squeeze(1)
     moved = leapfrog(PhasePoint(*(t.index_select(0, index) for t in point)),
-                     signed_step.index_select(0, index), metric, potential.energy_and_score)
+                     signed_step.index_select(0, index), metric,
+                     _rows_of(potential, index).energy_and_score)
     return PhasePoint(*(t.index_copy(0, index, new) for t, new in zip(point, moved, strict=True)))
+
+
+def _rows_of(potential: Potential, index: Tensor) -> Potential:
+    """The potential of the chains ``index``: per-chain noise levels ``t`` and exponents
+    ``beta`` (parallel tempering's replicas) are selected with them."""
+    changes = {name: value.index_select(0, index) for name in ("t", "beta")
+               if isinstance(value := getattr(potential, name), Tensor) and value.dim() > 0}
+    return potential.replace(**changes) if changes else potential
