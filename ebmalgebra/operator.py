@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions.constraints import Constraint
 
 from ebmalgebra.base import (
     Capabilities,
@@ -255,6 +256,13 @@ class Operator(EnergyModel, metaclass=_Canonicalizing):
         return cls(*operands, **spec)
 
     # ----------------------------------------------------------------- facts
+    @property
+    def support(self) -> Constraint:
+        """The children's common support (ℝ is neutral), as for a product."""
+        from ebmalgebra.constraints import intersect
+
+        return intersect(self, [child.support for child in self.operands()])
+
     def sampling_exponent(self) -> float:
         return max(child.sampling_exponent() for child in self.operands())
 
