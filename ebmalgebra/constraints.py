@@ -23,7 +23,7 @@ bijection here, and asking for one raises :class:`CapabilityError`.
 
 torch registers no bijection onto positive-definite matrices or Cholesky
 factors; :func:`unconstraining_transform` adds them (:class:`LowerCholeskyVector`,
-:class:`CholeskyOuter`).
+:class:`PositiveDefiniteVector`).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from ebmalgebra.base import EnergyModel
 
 __all__ = [
-    "CholeskyOuter",
     "LowerCholeskyVector",
+    "PositiveDefiniteVector",
     "Unconstrained",
     "elementwise_support",
     "intersect",
@@ -164,32 +164,47 @@ class LowerCholeskyVector(tt.Transform):
         return torch.Size([*shape[:-2], self.n * (self.n + 1) // 2])
 
 
-class CholeskyOuter(tt.Transform):
-    """Cholesky factors L → positive-definite matrices Σ = L Lᵀ.
+class PositiveDefiniteVector(tt.Transform):
+    """ℝ^{n(n+1)/2} → positive-definite n×n matrices, Σ = L Lᵀ with L from
+    :class:`LowerCholeskyVector`.
 
-    As a map of the n(n+1)/2 free entries, log|det J| = n log 2 +
-    Σᵢ (n − i + 1) log L_ii for i = 1…n (Muirhead 1982, Aspects of Multivariate
-    Statistical Theory, Thm 2.1.9). Shapes: ``(..., n, n) ↔ (..., n, n)``.
+    log|det J| (as a map onto the n(n+1)/2 free entries of Σ) adds Σᵢ v_ii for
+    L_ii = exp(v_ii) to that of L ↦ L Lᵀ, n log 2 + Σᵢ (n − i + 1) log L_ii for
+    i = 1…n (Muirhead 1982, Aspects of Multivariate Statistical Theory,
+    Thm 2.1.9): n log 2 + Σᵢ (n − i + 2) v_ii. It is computed from v alone, so
+    the sampler never factorises a matrix (only the start u = T⁻¹(x) does).
+    Shapes: ``(..., n(n+1)/2) ↔ (..., n, n)``.
     """
 
-    domain = tc.lower_cholesky
+    domain = tc.real_vector
     codomain = tc.positive_definite
     bijective = True
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CholeskyOuter)
+    def __init__(self, n: int, cache_size: int = 0) -> None:
+        super().__init__(cache_size=cache_size)
+        self.n = n
+        self._factor = LowerCholeskyVector(n)
 
-    def _call(self, factor: Tensor) -> Tensor:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PositiveDefiniteVector) and other.n == self.n
+
+    def _call(self, v: Tensor) -> Tensor:
+        factor = self._factor(v)
         return factor @ factor.mT
 
     def _inverse(self, matrix: Tensor) -> Tensor:
-        return torch.linalg.cholesky(matrix)
+        return self._factor.inv(torch.linalg.cholesky(matrix))
 
-    def log_abs_det_jacobian(self, factor: Tensor, matrix: Tensor) -> Tensor:
-        n = factor.shape[-1]
-        powers = torch.arange(n, 0, -1, dtype=factor.dtype, device=factor.device)
-        log_diagonal = factor.diagonal(dim1=-2, dim2=-1).log()
-        return n * math.log(2.0) + (powers * log_diagonal).sum(-1)
+    def log_abs_det_jacobian(self, v: Tensor, matrix: Tensor) -> Tensor:
+        rows, _, diagonal = self._factor._indices(v)
+        powers = (self.n - rows[diagonal] + 1).to(v.dtype)  # n − i + 2 for 1-based i
+        return self.n * math.log(2.0) + (powers * v[..., diagonal]).sum(-1)
+
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
+        return self._factor.forward_shape(shape)
+
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
+        return self._factor.inverse_shape(shape)
 
 
 def unconstraining_transform(support: tc.Constraint, event_shape: Sequence[int]
@@ -198,7 +213,7 @@ def unconstraining_transform(support: tc.Constraint, event_shape: Sequence[int]
 
     ``torch.distributions.biject_to`` where torch registers one; positive-definite
     matrices and lower Cholesky factors of ``event_shape`` (n, n) use
-    ``CholeskyOuter ∘ LowerCholeskyVector`` and ``LowerCholeskyVector`` (k = n(n+1)/2).
+    :class:`PositiveDefiniteVector` and :class:`LowerCholeskyVector` (k = n(n+1)/2).
 
     Raises:
         CapabilityError: when no bijection onto ``support`` is known.
@@ -208,10 +223,9 @@ def unconstraining_transform(support: tc.Constraint, event_shape: Sequence[int]
         if len(shape) < 2 or shape[-1] != shape[-2]:
             raise CapabilityError(f"support {support} needs square (n, n) events, got "
                                   f"event shape {shape}")
-        to_factor = LowerCholeskyVector(shape[-1])
         if isinstance(support, type(tc.lower_cholesky)):
-            return to_factor
-        return tt.ComposeTransform([to_factor, CholeskyOuter()])
+            return LowerCholeskyVector(shape[-1])
+        return PositiveDefiniteVector(shape[-1])
     try:
         return biject_to(support)
     except NotImplementedError as error:

@@ -350,11 +350,18 @@ class DistributionLeaf(Leaf):
 
     def _in_support(self, x: Tensor) -> Tensor | None:
         """Whether each x lies in the support, ``(batch,)``; None where torch cannot tell."""
+        # Non-finite events are outside, and checked at the stand-in instead: torch's
+        # positive_definite.check answers only symmetry for the whole batch as soon as one
+        # matrix (e.g. one with a NaN) is not symmetric.
+        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+        if not bool(finite.all()):
+            mask = finite.reshape(-1, *(1,) * (x.dim() - 1))
+            x = torch.where(mask, x, self._point_in_support().to(x))
         try:
             inside = self.distribution.support.check(x)
         except (NotImplementedError, ValueError):  # e.g. constraints.dependent
             return None
-        return inside.reshape(x.shape[0], -1).all(1)
+        return inside.reshape(x.shape[0], -1).all(1) & finite
 
     def _point_in_support(self) -> Tensor:
         """One fixed draw of the distribution (seeded, cached): a point where log p is finite."""

@@ -152,7 +152,7 @@ def warn_if_escaped(model: EnergyModel, position: Tensor, reference: _Reference,
     """Warn (:class:`ImproperTargetWarning`) if any chain of ``position`` is beyond
     ``reference.limit``; returns whether it warned."""
     center = reference.center.to(device=position.device, dtype=position.dtype)
-    distance = (position.detach() - center).abs().flatten(1).amax(1)
+    distance = (position.detach() - center).abs().reshape(position.shape[0], -1).amax(1)
     # NaN positions (frozen chains) are counted elsewhere, not as escapes.
     escaped = distance > reference.limit
     if not bool(escaped.any()):
