@@ -19,7 +19,13 @@ from torch.distributions import transforms as tt
 
 import ebmalgebra as eb
 from ebmalgebra import CapabilityError
-from ebmalgebra.constraints import LowerCholeskyVector, PositiveDefiniteVector, unconstrain
+from ebmalgebra.constraints import (
+    LowerCholeskyVector,
+    PositiveDefiniteVector,
+    is_real,
+    same_support,
+    unconstrain,
+)
 from ebmalgebra.diagnostics import ess
 from ebmalgebra.samplers import HMC
 
@@ -171,3 +177,21 @@ def test_distribution_leaf_rejects_a_non_positive_definite_matrix_next_to_a_nan(
                      torch.eye(2)])
     energy = wishart.energy(x)
     assert torch.isinf(energy[:2]).all() and torch.isfinite(energy[2])
+
+
+def test_each_node_derives_its_support() -> None:
+    gamma = eb.from_distribution(Independent(Gamma(torch.ones(2), torch.ones(2)), 1))
+    normal = eb.from_distribution(Independent(Normal(torch.zeros(2), 1.0), 1))
+    positive = gamma.support
+    assert isinstance(positive, constraints.independent)
+    # Independent builds a new constraint on each access: compare by structure.
+    assert same_support((gamma & normal).support, positive)        # ∩: ℝ is neutral
+    assert same_support((2.0 * gamma**0.5).support, positive)       # unary nodes keep it
+    assert same_support(eb.compile(gamma & normal).support, positive)
+    assert is_real((gamma | normal).support)                        # ∪ with ℝ is ℝ
+    assert same_support((gamma | gamma**2).support, positive)
+    assert not same_support(positive, constraints.independent(constraints.positive, 1))
+    log_gamma = gamma.pushforward(tt.ExpTransform().inv)   # the transform's codomain
+    assert unconstrain(log_gamma) is None
+    with pytest.raises(Exception, match="support must be"):
+        eb.from_log_prob(lambda x: -x.sum(-1), 2, support="positive")
