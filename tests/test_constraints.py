@@ -62,6 +62,7 @@ def test_gamma_beta_moments_and_draws_stay_in_the_support() -> None:
     assert gamma.unconstrained is not None and gamma.draws.min() > 0
     # The chains ran on log x, so their draws are the log of the returned ones.
     torch.testing.assert_close(gamma.unconstrained_draws.exp(), gamma.draws)
+    assert "sampled in unconstrained coordinates" in str(gamma.summary())
     _assert_moments(gamma.draws, shape / rate, shape / rate**2)
 
     a, b = torch.tensor([2.0, 0.7]), torch.tensor([5.0, 0.7])

@@ -136,7 +136,11 @@ class Samples:
         """Mean, sd, quantiles, MCSE, ESS and R̂ per coordinate
         (:func:`ebmalgebra.diagnostics.summary`), over the chains of all ranks;
         ``print`` it for a table."""
-        header = f"sampler: {self.default_sampler}" if self.default_sampler else ""
+        lines = [f"sampler: {self.default_sampler}"] if self.default_sampler else []
+        if self.unconstrained is not None:
+            lines.append(f"support: {self.unconstrained.transform.codomain}, sampled in "
+                         "unconstrained coordinates (Samples.unconstrained_draws)")
+        header = "\n".join(lines)
         return diagnostics.summary(self.gather(dst=None), names=names, header=header)
 
     def to_arviz(self, var_name: str = "x"):
