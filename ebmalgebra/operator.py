@@ -31,6 +31,9 @@ sampling exponent          ``sampling_exponent()``: how many energies the
                            node stacks (default: its largest child's)
 impropriety                ``passes_impropriety``: whether an improper
                            child makes the node improper (default False)
+support                    ``support``: where p̃ > 0 (default: the
+                           children's common support, ℝ neutral, as for
+                           ``&``; :mod:`ebmalgebra.constraints`)
 =========================  ==================================================
 
 Nodes are immutable: the metaclass canonicalises before construction and
