@@ -56,7 +56,7 @@ def _assert_moments(draws: Tensor, mean: Tensor, var: Tensor) -> None:
 
 
 
-def test_gamma_beta_moments_and_draws_stay_in_the_support() -> None:
+def test_gamma_moments_and_draws_stay_in_the_support() -> None:
     shape, rate = torch.tensor([2.0, 0.5]), torch.tensor([3.0, 1.0])
     gamma = _run(eb.from_distribution(Independent(Gamma(shape, rate), 1)))
     assert gamma.unconstrained is not None and gamma.draws.min() > 0
@@ -65,6 +65,8 @@ def test_gamma_beta_moments_and_draws_stay_in_the_support() -> None:
     assert "sampled in unconstrained coordinates" in str(gamma.summary())
     _assert_moments(gamma.draws, shape / rate, shape / rate**2)
 
+
+def test_beta_moments_and_draws_stay_in_the_unit_interval() -> None:
     a, b = torch.tensor([2.0, 0.7]), torch.tensor([5.0, 0.7])
     beta = _run(eb.from_distribution(Independent(Beta(a, b), 1)), seed=1)
     assert beta.draws.min() > 0 and beta.draws.max() < 1
