@@ -47,6 +47,7 @@ __all__ = [
     "LowerCholeskyVector",
     "PositiveDefiniteVector",
     "Unconstrained",
+    "compatible",
     "elementwise_support",
     "intersect",
     "is_real",
@@ -87,8 +88,32 @@ def same_support(first: tc.Constraint, second: tc.Constraint) -> bool:
     return True
 
 
+def _unwrapped(support: tc.Constraint) -> tuple[tc.Constraint, int]:
+    ndims = 0
+    while isinstance(support, tc.independent):
+        ndims += support.reinterpreted_batch_ndims
+        support = support.base_constraint
+    return support, ndims
+
+
+def compatible(first: tc.Constraint, second: tc.Constraint) -> bool:
+    """Whether two supports are equal up to their boundary: the same constraint, or
+    ones that ``biject_to`` maps from ℝ by the same bijection (``positive`` and
+    ``nonnegative``, a HalfNormal's and a Gamma's), with the same event dims."""
+    if same_support(first, second):
+        return True
+    (first, first_ndims), (second, second_ndims) = _unwrapped(first), _unwrapped(second)
+    if first_ndims != second_ndims:
+        return False
+    try:
+        return bool(biject_to(first) == biject_to(second))
+    except NotImplementedError:
+        return False
+
+
 def intersect(node: EnergyModel, supports: Sequence[tc.Constraint]) -> tc.Constraint:
-    """The support of a product (∩): ℝ is neutral, other supports must agree.
+    """The support of a product (∩): ℝ is neutral, other supports must agree
+    (:func:`compatible`: equal up to their boundary, which has no mass).
 
     Raises:
         CapabilityError: for two different constrained supports, naming ``node``.
@@ -98,7 +123,7 @@ def intersect(node: EnergyModel, supports: Sequence[tc.Constraint]) -> tc.Constr
         return supports[0] if supports else tc.real
     first = constrained[0]
     for other in constrained[1:]:
-        if not same_support(first, other):
+        if not compatible(first, other):
             raise CapabilityError(
                 f"{node!r} mixes the supports {first} and {other}; sampling in unconstrained "
                 "space needs one support per expression (pass unconstrain=False to sample, "
