@@ -202,3 +202,23 @@ def test_each_node_derives_its_support() -> None:
     assert unconstrain(log_gamma) is None
     with pytest.raises(Exception, match="support must be"):
         eb.from_log_prob(lambda x: -x.sum(-1), 2, support="positive")
+
+
+def test_a_model_on_cholesky_factors() -> None:
+    # p̃(L) = ∏_{i≥j} exp(−L_ij²/2) on lower-triangular L with a positive diagonal:
+    # the diagonal is half-normal (mean √(2/π), variance 1 − 2/π), the entry below
+    # it standard normal, and the entry above it stays 0.
+    def log_density(factor: Tensor) -> Tensor:
+        return -0.5 * (factor.tril() ** 2).sum((-2, -1))
+
+    model = eb.from_log_prob(log_density, (2, 2), support=constraints.lower_cholesky)
+    x0 = torch.eye(2).expand(N_CHAINS, 2, 2) * (0.5 + torch.rand(N_CHAINS, 1, 1,
+                                                 generator=torch.Generator().manual_seed(3)))
+    samples = _run(model, x0=x0)
+    assert samples.unconstrained_draws.shape[-1] == 3
+    draws = samples.draws
+    assert (draws[..., 0, 1] == 0).all() and (draws.diagonal(dim1=-2, dim2=-1) > 0).all()
+    half = (2 / torch.pi) ** 0.5
+    lower = torch.stack([draws[..., 0, 0], draws[..., 1, 0], draws[..., 1, 1]], -1)
+    _assert_moments(lower, torch.tensor([half, 0.0, half]),
+                    torch.tensor([1 - half**2, 1.0, 1 - half**2]))
