@@ -283,14 +283,15 @@ class Unconstrained:
 
 
 def unconstrain(model: EnergyModel) -> Unconstrained | None:
-    """``model`` in unconstrained coordinates, or ``None`` when its support is ℝ.
+    """``model`` in unconstrained coordinates, or ``None`` when its support is ℝ (or
+    ``constraints.dependent``, one torch cannot state).
 
     Raises:
         CapabilityError: for mixed supports or a support without a known bijection.
     """
     support = model.support
-    if is_real(support):
-        return None
+    if is_real(support) or isinstance(support, tc._Dependent):
+        return None  # ℝ, or a support torch cannot state: sample the model as it is
     event_shape = model.event_shape
     if event_shape is None:
         raise CapabilityError(f"{model!r} has support {support} but no event shape")

@@ -200,6 +200,11 @@ def test_each_node_derives_its_support() -> None:
     assert not same_support(positive, constraints.independent(constraints.positive, 1))
     log_gamma = gamma.pushforward(tt.ExpTransform().inv)   # the transform's codomain
     assert unconstrain(log_gamma) is None
+    unknown = eb.from_log_prob(lambda x: -x.sum(-1), 2, support=constraints.dependent)
+    assert unconstrain(unknown) is None                     # nothing to map: sampled as is
+    with pytest.raises(CapabilityError, match="no bijection"):
+        unconstrain(eb.from_log_prob(lambda x: -x.sum(-1), 2,
+                                     support=constraints.nonnegative_integer))
     with pytest.raises(Exception, match="support must be"):
         eb.from_log_prob(lambda x: -x.sum(-1), 2, support="positive")
 
