@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ebmalgebra.base import EnergyModel, format_number
+from ebmalgebra.base import EnergyModel
 from ebmalgebra.errors import EBMAlgebraError
 from ebmalgebra.expression_parser import ExpressionError
 from ebmalgebra.leaves import one

@@ -353,7 +353,7 @@ class DistributionLeaf(Leaf):
         # Non-finite events are outside, and checked at the stand-in instead: torch's
         # positive_definite.check answers only symmetry for the whole batch as soon as one
         # matrix (e.g. one with a NaN) is not symmetric.
-        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+        finite = torch.isfinite(x.flatten(1) if x.dim() > 1 else x[:, None]).all(1)
         if not bool(finite.all()):
             mask = finite.reshape(-1, *(1,) * (x.dim() - 1))
             x = torch.where(mask, x, self._point_in_support().to(x))
@@ -361,7 +361,7 @@ class DistributionLeaf(Leaf):
             inside = self.distribution.support.check(x)
         except (NotImplementedError, ValueError):  # e.g. constraints.dependent
             return None
-        return inside.reshape(x.shape[0], -1).all(1) & finite
+        return (inside.flatten(1).all(1) if inside.dim() > 1 else inside) & finite
 
     def _point_in_support(self) -> Tensor:
         """One fixed draw of the distribution (seeded, cached): a point where log p is finite."""

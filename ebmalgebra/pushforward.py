@@ -16,6 +16,8 @@ Gamma draws.
 
 Canonical form: the identity transform is dropped, and nested pushforwards
 compose, ``a.pushforward(T1).pushforward(T2)`` is ``a.pushforward(T2 ∘ T1)``.
+Closed form: Gaussians pushed forward by affine maps are Gaussians
+(``compile(..., closed_form=True)``).
 """
 
 from __future__ import annotations
@@ -153,6 +155,19 @@ class Pushforward(Operator):
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         return self.transform(self.base._sample(n, generator))
 
+    # ------------------------------------------------------------------ rules
+    def gaussian_form(self, forms: list) -> object | None:
+        """Gaussians stay Gaussian under affine maps y = loc + scale ⊙ x (each stage an
+        ``AffineTransform``): with D = diag(1/scale), (P, h, c) becomes
+        (DPD, DPD·loc + Dh, ½ locᵀDPD loc + hᵀD loc + c + Σ log|scale|), and mixture
+        components move to (scale ⊙ μ + loc, diag(scale) Σ diag(scale)) with their masses."""
+        form = forms[0]
+        for part in _parts(self.transform):
+            if type(part) is not tt.AffineTransform:
+                return None
+            form = _affine_form(form, part)
+        return form
+
     # ------------------------------------------------------------------ facts
     @property
     def support(self) -> Constraint:
@@ -160,6 +175,10 @@ class Pushforward(Operator):
 
     def sampling_exponent(self) -> float:
         return self.base.sampling_exponent()
+
+    def with_operands(self, operands: list[EnergyModel]) -> EnergyModel:
+        (base,) = operands
+        return Pushforward(base, self.transform)
 
     def spec(self) -> dict[str, Any]:
         from ebmalgebra.io.transforms import encode
@@ -175,6 +194,23 @@ class Pushforward(Operator):
 
     def __repr__(self) -> str:
         return f"{self.base.parenthesized(ATOM)}.pushforward({_describe(self.transform)})"
+
+
+def _affine_form(form: object, affine: tt.AffineTransform) -> object:
+    from ebmalgebra.quadratic import Components, Quadratic
+
+    reference = form.precision if isinstance(form, Quadratic) else form.means
+    dim = reference.shape[-1]
+    loc = torch.as_tensor(affine.loc).to(reference).expand(dim)
+    scale = torch.as_tensor(affine.scale).to(reference).expand(dim)
+    if isinstance(form, Components):
+        covariances = scale[:, None] * form.covariances * scale[None, :]
+        return Components(form.log_masses, form.means * scale + loc, covariances)
+    inverse = 1.0 / scale
+    precision = inverse[:, None] * form.precision * inverse[None, :]
+    return Quadratic(precision, precision @ loc + inverse * form.shift,
+                     0.5 * loc @ precision @ loc + form.shift @ (inverse * loc)
+                     + form.constant + scale.abs().log().sum())
 
 
 def _describe(transform: tt.Transform) -> str:

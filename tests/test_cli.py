@@ -160,6 +160,15 @@ def test_the_sampler_choice_changes_the_draws(capsys, tmp_path):
             assert not torch.equal(draws[first], draws[second]), (first, second)
 
 
+@pytest.mark.slow
+def test_demo_prints_the_table_and_writes_the_picture(capsys, tmp_path):
+    out = tmp_path / "figures" / "demo.pdf"  # any matplotlib format, folders created
+    status, stdout, err = run(capsys, "demo", "--n", "2", "--steps", "60", "--out", str(out))
+    assert status == 0, err
+    assert "glasses & (face & ~hat) ** 0.35" in stdout and "both" in stdout
+    assert out.read_bytes()[:5] == b"%PDF-"
+
+
 def test_an_improper_expression_is_sampled_with_a_one_line_warning(capsys, tmp_path):
     out = tmp_path / "inverse.safetensors"
     status, _, err = run(capsys, "sample", "~ring", "--n", "16", "--steps", "80",

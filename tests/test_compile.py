@@ -105,6 +105,18 @@ def test_score_only_leaves_compile_for_scores():
         compiled.energy(x)
 
 
+def test_a_score_only_factor_before_a_mixture_compiles_for_scores():
+    # The energy is unknown at the score-only factor, but the mixture after it still needs
+    # its weights: s = s_denoiser + softmax-weighted (s_a, s_b). Found by test_laws.
+    a = Gaussian(torch.zeros(2, dtype=F64), 1.0, name="a")
+    b = Gaussian(torch.full((2,), 3.0, dtype=F64), 1.0, name="b")
+    denoiser = eb.from_score(lambda x: -2.0 * x, 2, name="denoiser")
+    x = torch.randn(6, 2, dtype=F64)
+    weight_a = torch.sigmoid(b.energy(x) - a.energy(x))[:, None]
+    expected = -2.0 * x + weight_a * a.score(x) + (1 - weight_a) * b.score(x)
+    torch.testing.assert_close(eb.compile(denoiser & (a | b)).score(x), expected)
+
+
 def test_noise_level_is_threaded_to_conditioned_leaves():
     conditioned = eb.from_energy(lambda x, t: 0.5 * (x**2).sum(-1) / t**2, 2, name="e",
                                  noise_conditioned=True)

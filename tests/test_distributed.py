@@ -29,6 +29,7 @@ from ebmalgebra.learning import MLPEnergy, as_model, denoising_score_matching, f
 from ebmalgebra.samplers import (
     HMC,
     MALA,
+    NUTS,
     ULA,
     AnnealedLangevin,
     NonFiniteError,
@@ -62,6 +63,13 @@ def run_hmc() -> ebmalgebra.samplers.Samples:
                              HMC(step_size=0.2, n_leapfrog=5, jitter=0.4, adapt_step_size=False,
                                  adapt_mass=False),
                              n_chains=N_CHAINS, n_steps=30, generator=_seed(1))
+
+
+def run_nuts() -> ebmalgebra.samplers.Samples:
+    # Chains grow trees of different depths: the doubling must stop on all ranks' chains.
+    return ebmalgebra.sample(Ring() & Bar(), NUTS(step_size=0.1, adapt_step_size=False,
+                                                  adapt_mass=False),
+                             n_chains=N_CHAINS, n_steps=8, generator=_seed(12))
 
 
 def run_ula() -> ebmalgebra.samplers.Samples:
@@ -187,6 +195,7 @@ def dsm_gradients_by_hand(net: MLPEnergy, rows: torch.Tensor, noise: torch.Tenso
 
 
 SAMPLER_SCENARIOS = {"mala": run_mala, "hmc": run_hmc, "annealed": run_annealed,
+                     "nuts": run_nuts,
                      "ula": run_ula, "mh": run_mh, "hmc_adapted": run_hmc_adapted,
                      "hmc_dense_adapted": run_hmc_dense_adapted,
                      "mala_adapted": run_mala_adapted}
@@ -269,7 +278,7 @@ def single() -> Iterator[dict]:
 # ---------------------------------------------------------------------- tests
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mala", "hmc", "annealed", "ula", "mh"])
+@pytest.mark.parametrize("name", ["mala", "hmc", "annealed", "nuts", "ula", "mh"])
 def test_draws_of_two_processes_are_bit_identical_to_one(ranks, single, name):
     assert [rank[name]["shard"] for rank in ranks] == [(0, 4), (4, 7)]
     sharded = torch.cat([rank[name]["draws"] for rank in ranks], dim=1)

@@ -84,6 +84,16 @@ def test_proper_models_do_not_warn(sampler, model):
     assert caught == []
 
 
+def test_chains_started_at_one_point_away_from_the_origin_are_not_flagged():
+    # x0 has no spread; the target N(0, 2²) lies 5 away, so chains travel |x − 5| ≈ 5 + 3·2.
+    model = Gaussian(torch.zeros(1), 2.0, name="g")
+    samples, caught = run_recording(lambda: eb.sample(
+        model, MALA(step_size=1.0), x0=torch.full((64, 1), 5.0), n_steps=300,
+        generator=seeded()))
+    assert (samples.draws - 5.0).abs().max() > 10  # beyond 10× a unit scale
+    assert caught == []
+
+
 def test_the_last_step_is_checked_in_runs_shorter_than_the_check_interval():
     model = ~Gaussian(torch.zeros(2), 1.0, name="g")  # E = −‖x‖²/2: ULA grows x by 1 + ε
     _, caught = run_recording(lambda: eb.sample(

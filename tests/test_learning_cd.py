@@ -11,11 +11,17 @@ from ebmalgebra.learning import MLPEnergy, ReplayBuffer, as_model, contrastive_d
 from ebmalgebra.samplers import HMC, MALA, ULA, RandomWalkMH
 
 
+@pytest.mark.slow
 def test_cd_with_replay_buffer_covers_all_eight_modes():
     # Small budget (≈ 3 s): 320 Adam steps of CD with 20 ULA steps per batch.
     # Then fresh ULA chains from uniform noise on [−4, 4]² run 500 steps on
-    # the learned energy; all 8 modes must hold ≥ 5% of them (a fair share
-    # is 12.5%; with 1000 chains the binomial standard error is ≈ 1%).
+    # the learned energy. A chain counts for mode k only within 0.765 of its
+    # centre, half the spacing 2·2·sin(π/8) = 1.53 of neighbouring modes (so
+    # discs are disjoint; data, std 0.15, leave one only with P = e^{−13}):
+    # chains that ran off, as with swapped CD phases, count for none. Half the
+    # chains must be in some disc, and each disc must hold ≥ 4% of them (a
+    # fair share of 70% near is 8.8%; with 1000 chains the binomial standard
+    # error at 4–9% is ≤ 0.9%, so 4% is > 4 of them above 0).
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     data = eight_gaussians(4000, generator=g)
@@ -31,8 +37,10 @@ def test_cd_with_replay_buffer_covers_all_eight_modes():
     state = sampler.init(8 * torch.rand(1000, 2, generator=g) - 4, model)
     for _ in range(500):
         state, _ = sampler.step(state, g)
-    shares = eight_gaussians.nearest_mode(state.position).bincount(minlength=8) / 1000
-    assert shares.min() >= 0.05, shares
+    distance = torch.cdist(state.position, eight_gaussians.centers()).min(dim=1).values
+    near = distance < 0.765
+    shares = eight_gaussians.nearest_mode(state.position[near]).bincount(minlength=8) / 1000
+    assert near.double().mean() >= 0.5 and shares.min() >= 0.04, shares
 
 
 def test_cd_gradient_is_data_minus_model_expectation():

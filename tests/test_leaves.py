@@ -106,6 +106,7 @@ def test_a_point_outside_a_distributions_support_has_infinite_energy():
     points = torch.tensor([[0.2, 0.3, 0.5], [0.5, 0.6, -0.1]], dtype=F64)
     torch.testing.assert_close(simplex.energy(points),
                                torch.tensor([-math.log(2.0), math.inf], dtype=F64))
+    assert simplex.energy(points[:0]).shape == (0,) and leaf.energy(x[:0]).shape == (0,)
 
 
 @pytest.mark.parametrize("sampler", [MALA(step_size=1.0), HMC(step_size=1.0, n_leapfrog=4)],

@@ -132,3 +132,64 @@ def test_pushforwards_save_and_load(tmp_path):
     with pytest.raises(eb.SerializationError, match="no file form"):
         eb.save(normal().pushforward(tt.CumulativeDistributionTransform(Normal(0.0, 1.0))),
                 tmp_path / "cdf.safetensors")
+
+
+def test_differentiable_scores_match_autograd_of_the_energy():
+    # Score matching differentiates the score in y; the pulled-back score must keep the
+    # graph as autograd of E(y) = E_a(T⁻¹y) + log|det J_T| does.
+    base = eb.targets.Gaussian(torch.tensor([0.2, -0.4], dtype=F64),
+                               torch.tensor([1.0, 0.5], dtype=F64), name="a")
+    pushed = base.pushforward(tt.ComposeTransform([tt.AffineTransform(0.5, 2.0),
+                                                   tt.ExpTransform()]))
+    by_autograd = eb.from_energy(lambda y: pushed.energy(y), 2, name="e")
+    y = (torch.rand(6, 2, dtype=F64) * 3 + 0.2).requires_grad_(True)
+
+    def divergence(model):
+        score = model.score(y, create_graph=True)
+        return sum(torch.autograd.grad(score[:, i].sum(), y, create_graph=True)[0][:, i]
+                   for i in range(2))
+
+    torch.testing.assert_close(pushed.score(y), by_autograd.score(y))
+    torch.testing.assert_close(divergence(pushed), divergence(by_autograd))
+
+
+def test_a_file_with_an_unknown_transform_is_refused():
+    from ebmalgebra.io.transforms import decode
+
+    with pytest.raises(eb.SerializationError, match="unknown transform kind 'eval'"):
+        decode(["eval", "1"])
+    with pytest.raises(eb.SerializationError, match="must be a list"):
+        decode({"kind": "exp"})
+
+
+def test_affine_pushforwards_of_gaussians_rewrite_to_gaussians():
+    # N(μ, Σ) under y = loc + s ⊙ x is N(s ⊙ μ + loc, diag(s) Σ diag(s)), mass kept.
+    mean = torch.tensor([0.5, -1.0], dtype=F64)
+    covariance = torch.tensor([[1.0, 0.4], [0.4, 0.8]], dtype=F64)
+    g = eb.targets.MultivariateGaussian(mean, covariance, name="g")
+    loc, scale = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([2.0, -0.5], dtype=F64)
+    pushed = 3.0 * g.pushforward(tt.AffineTransform(loc, scale)).pushforward(
+        tt.AffineTransform(0.0, 0.5))
+    exact = eb.compile(pushed & g, closed_form=True)
+    assert len(exact.leaf_models) == 1  # the pushforward fused with g into one Gaussian
+    y = torch.randn(8, 2, dtype=F64)
+    assert_equivalent(exact, pushed & g, y, rtol=1e-9, atol=1e-9)
+    alone = eb.compile(pushed, closed_form=True).expr.base
+    torch.testing.assert_close(alone.loc, 0.5 * (scale * mean + loc))
+    torch.testing.assert_close(alone.scale_tril @ alone.scale_tril.mT,
+                               0.25 * scale[:, None] * covariance * scale[None, :])
+    mixture = eb.targets.GaussianMixture(torch.stack([mean, -mean]), 0.7,
+                                         weights=torch.tensor([0.2, 0.8], dtype=F64))
+    moved = mixture.pushforward(tt.AffineTransform(loc, scale))
+    assert_equivalent(eb.compile(moved, closed_form=True), moved, y, rtol=1e-9, atol=1e-9)
+
+
+def test_closed_forms_inside_a_pushforward_keep_its_transform():
+    # The Gaussian product inside is fused; the (unsavable, non-affine) transform stays.
+    a = eb.targets.Gaussian(torch.tensor([0.3], dtype=F64), 1.0, name="a")
+    b = eb.targets.Gaussian(torch.tensor([-0.2], dtype=F64), 2.0, name="b")
+    expr = (a & b).pushforward(tt.CumulativeDistributionTransform(Normal(0.0, 1.0)))
+    exact = eb.compile(expr, closed_form=True)
+    assert exact.expr.base is not expr.base
+    y = torch.linspace(0.05, 0.95, 7, dtype=F64)[:, None]
+    assert_equivalent(exact, expr, y, rtol=1e-9, atol=1e-9)

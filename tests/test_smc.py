@@ -178,7 +178,7 @@ def test_a_sequence_of_models_gives_the_last_ones_log_z(kernel):
 def test_same_generator_same_result():
     start, middle, target, _ = _gaussian_path()
     runs = [SMC(n_steps=2, resampling=method).run(target, models=[start, middle],
-                                                  n_particles=64, generator=_seed(7))
+                                                  n_particles=256, generator=_seed(7))
             for method in ("residual", "residual", "multinomial")]
     assert torch.equal(runs[0].particles, runs[1].particles)
     assert torch.equal(runs[0].samples, runs[1].samples)
@@ -338,3 +338,24 @@ def test_normalised_zoo_models_get_true_mixture_weights():
         fractions.append(fraction)
     assert abs(fractions[0] - 0.5) <= 0.03  # the issue's 0.5 ± 0.03 on each side
     assert weight_left > 0.8 and fractions[1] > 0.75  # the raw mixture is far from even
+
+
+def test_zoo_draw_with_smc_tempers_models_without_noise_levels():
+    model = eb.from_energy(lambda x: 0.5 * (((x - 1.0) / 0.5) ** 2).sum(-1), 2, name="blob")
+    n = 1000
+    draws = eb.zoo.draw(model, n, kernel="smc", generator=_seed(0))
+    assert draws.shape == (n, 2)
+    # sd 0.5 per coordinate; the mean's variance is at most sd²·(2/n + 1/n) as above; z ≤ 4.
+    assert (draws.mean(0) - 1.0).abs().max() <= 4 * 0.5 * math.sqrt(3 / n)
+
+
+def test_collapsed_genealogy_warns_and_reports_an_infinite_stderr():
+    """Forty Gaussians of scale 0.3, each 0.5 further along x₀, and no moves: the particles
+    never spread out again, so every level's reweighting keeps only a few lineages."""
+    start = Gaussian(torch.zeros(2, dtype=F64), 1.0, name="start")
+    path = [Gaussian(torch.tensor([0.5 * k, 0.0], dtype=F64), 0.3, name=f"m{k}")
+            for k in range(1, 41)]
+    with pytest.warns(RuntimeWarning, match="initial particles have descendants"):
+        result = SMC(n_steps=0).run(path[-1], models=[start, *path[:-1]], n_particles=200,
+                                    generator=_seed(0))
+    assert result.n_eves < 5 and result.stderr == math.inf

@@ -387,9 +387,10 @@ def sample(
             (with ``on_nonfinite="raise"``) when a step produces one.
 
     Warns:
-        ImproperTargetWarning: once, if chains run beyond ten times the spread of
-            ``x0`` (:mod:`ebmalgebra.samplers.escape`): the target is probably
-            improper, and the warning names its inverse or negative-power parts.
+        ImproperTargetWarning: once, if chains run beyond ten times the size of
+            ``x0``, its spread or its distance from the origin
+            (:mod:`ebmalgebra.samplers.escape`): the target is probably improper,
+            and the warning names its inverse or negative-power parts.
 
     Example:
         >>> from ebmalgebra.targets import Gaussian

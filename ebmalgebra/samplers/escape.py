@@ -8,9 +8,10 @@ the energy falls without bound, and the "samples" are garbage (face pixels of
 
     escaped(x) ⇔ maxⱼ |xⱼ − cⱼ| > factor · scale,
 
-with c the centre and ``scale`` the reference spread: the larger of a data
-scale (the zoo card's ``"data_scale"``, max |xⱼ| of the training data) and
-the spread of the starting points, maxᵢⱼ |x0ᵢⱼ − cⱼ| with c the mean of x0.
+with c the centre and ``scale`` the reference size: the largest of a data
+scale (the zoo card's ``"data_scale"``, max |xⱼ| of the training data), the
+spread of the starting points, maxᵢⱼ |x0ᵢⱼ − cⱼ| with c the mean of x0, and
+the size of c itself, maxⱼ |cⱼ| (1 when all of these are 0).
 ``factor`` is 10 by default: a proper target's chains equilibrate in its own
 typical set, so they pass ten times the starting spread only when the
 target is far wider than the starting points (then start the chains wider,
@@ -41,6 +42,7 @@ CHECK_EVERY = 64
 """Steps between two checks of a run: rare enough to cost nothing next to the steps."""
 
 DEFAULT_FACTOR = 10.0
+"""How many reference scales away a chain counts as escaped."""
 
 
 class ImproperTargetWarning(RuntimeWarning):
@@ -104,8 +106,8 @@ class _Reference(NamedTuple):
     limit: float
 
 
-def _reference(x0: Tensor | None, scale: float | None, center: float | Tensor | None,
-               factor: float) -> _Reference:
+def _reference(x0: Tensor | None, scale: float | None,
+               center: float | Tensor | None) -> _Reference:
     if x0 is None:
         middle = torch.as_tensor(0.0 if center is None else center)
         reference = scale or 0.0
@@ -113,9 +115,12 @@ def _reference(x0: Tensor | None, scale: float | None, center: float | Tensor | 
         start = x0.detach()
         middle = start.mean(0) if center is None else torch.as_tensor(
             center, dtype=start.dtype, device=start.device)
-        reference = max(float((start - middle).abs().amax()), scale or 0.0)
+        # The start's location counts as a scale too: chains started together at x = 5
+        # may well be meant to explore a target of size 5 around the origin.
+        reference = max(float((start - middle).abs().amax()), float(middle.abs().amax()),
+                        scale or 0.0)
     # An all-equal start (x0 = zeros) and no data scale: measure against unit scale.
-    return _Reference(middle, factor * (reference if reference > 0 else 1.0))
+    return _Reference(middle, DEFAULT_FACTOR * (reference if reference > 0 else 1.0))
 
 
 class EscapeWatch:
@@ -126,16 +131,15 @@ class EscapeWatch:
         x0: starting points ``(n_chains, *event_shape)``.
         scale: a data scale (max |xⱼ| of typical data), if known.
         center: the centre c; default the mean of ``x0``.
-        factor: how many reference scales count as escaped.
         n_steps: total steps of the run (the last one is always checked).
         where: the caller's name, at the start of the warning.
     """
 
     def __init__(self, model: EnergyModel, x0: Tensor, *, scale: float | None = None,
-                 center: float | Tensor | None = None, factor: float = DEFAULT_FACTOR,
-                 n_steps: int, where: str = "sample") -> None:
+                 center: float | Tensor | None = None, n_steps: int,
+                 where: str = "sample") -> None:
         self.model = model
-        self.reference = _reference(x0, scale, center, factor)
+        self.reference = _reference(x0, scale, center)
         self.n_steps = n_steps
         self.where = where
         self.warned = False
@@ -152,7 +156,7 @@ def warn_if_escaped(model: EnergyModel, position: Tensor, reference: _Reference,
     """Warn (:class:`ImproperTargetWarning`) if any chain of ``position`` is beyond
     ``reference.limit``; returns whether it warned."""
     center = reference.center.to(device=position.device, dtype=position.dtype)
-    distance = (position.detach() - center).abs().reshape(position.shape[0], -1).amax(1)
+    distance = (position.detach() - center).abs().reshape(len(position), -1).amax(1)
     # NaN positions (frozen chains) are counted elsewhere, not as escapes.
     escaped = distance > reference.limit
     if not bool(escaped.any()):
@@ -167,7 +171,6 @@ def check_final(model: EnergyModel, positions: Tensor, *, x0: Tensor | None = No
                 scale: float | None = None, center: float | Tensor | None = None,
                 where: str = "draw") -> bool:
     """One check of final ``positions``: against ``scale`` around ``center`` (default 0)
-    alone, or, given ``x0``, against the larger of ``scale`` and x0's spread around
-    ``center`` (default x0's mean). Returns whether it warned."""
-    return warn_if_escaped(model, positions, _reference(x0, scale, center, DEFAULT_FACTOR),
-                           where)
+    alone, or, given ``x0``, against the largest of ``scale``, x0's spread around
+    ``center`` (default x0's mean) and the size of ``center``. Returns whether it warned."""
+    return warn_if_escaped(model, positions, _reference(x0, scale, center), where)

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.base import EnergyModel, check_count
+from ebmalgebra.distributed import any_chain
 from ebmalgebra.samplers.base import (
     Potential,
     StepSizeSampler,
@@ -280,7 +281,7 @@ class NUTS(StepSizeSampler):
                 momentum_sum, subtree.first, subtree.last, subtree.momentum_sum)
             depth = depth + merge.long()
             growing = merge & keeps_going
-            if not bool(growing.any()):
+            if not any_chain(growing):  # over all ranks' chains when sharded
                 break
             right = _where_point(merge & forward, subtree.end, right)
             left = _where_point(merge & ~forward, subtree.end, left)
@@ -317,10 +318,12 @@ class NUTS(StepSizeSampler):
         sum_accept = torch.zeros_like(start_h)
         divergent = nonfinite = torch.zeros_like(growing)
         for leaf in range(2 ** tree_depth):
-            n_valid = int(valid.sum())
-            if n_valid == 0:
+            # Over all ranks' chains when sharded, so every rank draws as many numbers.
+            if not any_chain(valid):
                 break
-            point = _leapfrog_rows(point, signed_step, metric, potential, valid, n_valid)
+            n_valid = int(valid.sum())
+            if n_valid:
+                point = _leapfrog_rows(point, signed_step, metric, potential, valid, n_valid)
             last = _End(point.momentum, metric.velocity(point.momentum))
             hamiltonian = point.energy + 0.5 * torch.linalg.vecdot(
                 _flat(last.momentum), _flat(last.velocity))

@@ -45,6 +45,7 @@ familiar √(1/ESS − 1/N). It fails when few lineages survive (``n_eves`` smal
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -74,7 +75,9 @@ class SMCResult:
         samples: ``(N, *event_shape)`` equally weighted, by a last resampling of
             ``particles``.
         log_z: log Ẑ of the final target (from the normalised base, see module docs).
-        stderr: its standard error by the Chan & Lai (2013) genealogy estimator.
+        stderr: its standard error by the Chan & Lai (2013) genealogy estimator; ``inf``
+            (with a ``RuntimeWarning``) when fewer than max(5, N/100) initial particles
+            have descendants at the end.
         ess: ESS 1/Σ W² after each level's reweighting, before resampling ``(L,)``.
         acceptance: mean acceptance rate of the moves at each level ``(L,)``.
         step_size: the adapted step size at the end of each level ``(L,)``.
@@ -175,7 +178,8 @@ class SMC:
             level's step and its ``target_accept`` the aim of the per-step adaptation.
             Default MALA starting from 0.1 × the mean variance of the initial particles.
             HMC's diagonal (or dense) inverse mass is set at every level to the
-            particles' weighted variance (covariance) when ``adapt_mass``.
+            particles' weighted variance (covariance) when ``adapt_mass``. The kernel's
+            own warmup adaptation is not used: SMC adapts between steps instead.
         n_steps: MCMC transitions per level.
         resampling: ``"systematic"``, ``"stratified"``, ``"residual"`` or ``"multinomial"``.
         ess_threshold: resample when ESS < ``ess_threshold``·N (0 never, 1 always).
@@ -425,6 +429,16 @@ class _Run:
         weights = self.log_w.exp()
         per_eve = torch.zeros_like(weights).index_add_(0, self.eve, weights)
         stderr = math.sqrt(float((per_eve - 1.0 / self.n).square().sum()))
+        n_eves = int(torch.unique(self.eve).numel())
+        if n_eves < min(self.n, max(5, self.n // 100)):
+            # The genealogy estimator averages over surviving lineages; with a handful it
+            # is meaningless (with one it is ≈ 1 nat whatever the error).
+            stderr = math.inf
+            warnings.warn(f"SMC: only {n_eves} of {self.n} initial particles have descendants "
+                          "at the end, so the weights degenerated along the path and log_z "
+                          "and expectations are unreliable (stderr inf); use more particles, "
+                          "more levels, more n_steps or a closer base", RuntimeWarning,
+                          stacklevel=3)
         final = resample(weights, self.generator, method=self.smc.resampling)
         records = {key: torch.tensor(values, dtype=torch.bool if key == "resampled" else
                                      torch.float64)

@@ -13,7 +13,13 @@ Requires ``hypothesis`` (installed with the ``dev`` extra).
 """
 
 from ebmalgebra.testing.assertions import assert_equivalent, assert_score_is_gradient
-from ebmalgebra.testing.strategies import expressions, leaves, points, points_at_all_scales
+from ebmalgebra.testing.strategies import (
+    LEAF_KINDS,
+    expressions,
+    leaves,
+    points,
+    points_at_all_scales,
+)
 
-__all__ = ["assert_equivalent", "assert_score_is_gradient", "expressions", "leaves", "points",
-           "points_at_all_scales"]
+__all__ = ["LEAF_KINDS", "assert_equivalent", "assert_score_is_gradient", "expressions", "leaves",
+           "points", "points_at_all_scales"]

@@ -31,6 +31,7 @@ def assert_equivalent(
     a: EnergyModel,
     b: EnergyModel,
     x: Tensor,
+    t: TimeLike = None,
     *,
     up_to_constant: bool = False,
     rtol: float = 1e-9,
@@ -43,9 +44,12 @@ def assert_equivalent(
     by one constant over the batch (the same unnormalised density up to Z):
     E_a − E_b − mean(E_a − E_b) is compared with zero, relative to the energy
     scale. Models without energies (score-only) are compared on scores only.
+    Each model's fused ``energy_and_score`` must also agree with its own
+    ``energy`` and ``score`` (they are separate code paths in every node).
 
     Args:
         x: points shaped ``(batch, *event_shape)``; use float64 for tight tolerances.
+        t: noise level for noise-conditioned leaves (a number or ``(batch,)``).
 
     Raises:
         AssertionError: naming both expressions and the worst entry.
@@ -53,8 +57,9 @@ def assert_equivalent(
     if a.has_energy != b.has_energy:
         raise AssertionError(f"one model has an energy and the other not:\n  a = {a!r}\n"
                              f"  b = {b!r}")
+    score_a, score_b = a.score(x, t), b.score(x, t)
     if a.has_energy:
-        energy_a, energy_b = a.energy(x).detach(), b.energy(x).detach()
+        energy_a, energy_b = a.energy(x, t).detach(), b.energy(x, t).detach()
         if up_to_constant:
             gap = energy_a - energy_b
             scale = torch.maximum(energy_a.abs(), energy_b.abs())
@@ -62,7 +67,13 @@ def assert_equivalent(
                    0.0, atol + rtol * float(scale.max()), a, b)
         else:
             _close("energies", energy_a, energy_b, rtol, atol, a, b)
-    _close("scores", a.score(x), b.score(x), rtol, atol, a, b)
+        for model, energy, score in ((a, energy_a, score_a), (b, energy_b, score_b)):
+            fused_energy, fused_score = model.energy_and_score(x, t)
+            _close("energy_and_score's energy and energy", fused_energy, energy, rtol, atol,
+                   model, model)
+            _close("energy_and_score's score and score", fused_score, score, rtol, atol,
+                   model, model)
+    _close("scores", score_a, score_b, rtol, atol, a, b)
 
 
 def assert_score_is_gradient(

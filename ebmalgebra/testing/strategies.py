@@ -1,8 +1,10 @@
 """Hypothesis strategies for random leaves, expressions and points.
 
-Leaves are analytic targets with closed forms (Gaussians, Gaussian mixtures,
-and 2-D toys), parameters drawn in ranges where energies stay moderate, so
-that algebraic laws can be checked to tight float64 tolerances.
+Leaves are by default analytic targets with closed forms (Gaussians,
+Gaussian mixtures, and 2-D toys), parameters drawn in ranges where energies
+stay moderate, so that algebraic laws can be checked to tight float64
+tolerances. On request they are also networks (score by autograd, the
+compiler's autograd path), score-only leaves and noise-conditioned leaves.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from torch import nn
 
 from ebmalgebra.base import EnergyModel
+from ebmalgebra.leaves import from_energy, from_score
 from ebmalgebra.targets import (
     Banana,
     Bar,
@@ -71,20 +75,103 @@ def _toy(draw: st.DrawFn) -> EnergyModel:
                angle=draw(_floats(0, 3.14)), name=next(_names))
 
 
-def leaves(event_shape: Sequence[int] = (2,)) -> st.SearchStrategy[EnergyModel]:
-    """Random analytic leaves over vectors of shape ``event_shape`` (one dimension).
-
-    Gaussians (diagonal and full covariance) and Gaussian mixtures for any
-    dimension; for ``(2,)`` also the banana, ring, bar and funnel toys. Each
-    leaf is new (own parameters) and named ``leafN``.
-    """
-    if len(event_shape) != 1:
-        raise ValueError(f"leaves: event_shape must have one dimension, got {event_shape!r}")
-    dim = int(event_shape[0])
+def _analytic(dim: int) -> st.SearchStrategy[EnergyModel]:
     options = [_diagonal_gaussian(dim), _full_gaussian(dim), _mixture(dim)]
     if dim == 2:
         options.append(_toy())
     return st.one_of(options)
+
+
+class _ConfinedNetwork(nn.Module):
+    """E(x) = ½‖x − c‖²/s² + vᵀ tanh(W x + b): a random float64 MLP energy, bounded below.
+
+    The quadratic keeps it normalisable; |vᵀ tanh| ≤ ‖v‖₁ keeps it moderate.
+    """
+
+    def __init__(self, dim: int, seed: int, hidden: int = 8):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+
+        def normal(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.randn(*shape, generator=generator, dtype=torch.float64))
+
+        self.center, self.weight, self.bias, self.readout = (
+            normal(dim), normal(hidden, dim), normal(hidden), normal(hidden))
+        self.log_scale = nn.Parameter(torch.rand(1, generator=generator, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quadratic = 0.5 * ((x - self.center) * torch.exp(-self.log_scale)).square().sum(-1)
+        return quadratic + torch.tanh(x @ self.weight.T + self.bias) @ self.readout
+
+
+class _SmoothedGaussian(nn.Module):
+    """E(x, t) = ‖x − μ‖²/(2(σ² + t²)) + (d/2) log 2π(σ² + t²): N(μ, σ²I) ∗ N(0, t²I).
+
+    ``t`` is a number or a ``(batch,)`` tensor.
+    """
+
+    def __init__(self, loc: torch.Tensor, scale: float):
+        super().__init__()
+        self.register_buffer("loc", loc)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        variance = self.scale**2 + torch.as_tensor(t, dtype=x.dtype, device=x.device) ** 2
+        squares = (x - self.loc.to(x)).square().sum(-1)
+        return 0.5 * squares / variance + 0.5 * x.shape[-1] * torch.log(2 * torch.pi * variance)
+
+
+@st.composite
+def _network(draw: st.DrawFn, dim: int) -> EnergyModel:
+    net = _ConfinedNetwork(dim, draw(st.integers(0, 2**31 - 1)))
+    return from_energy(net, dim, name=next(_names))
+
+
+@st.composite
+def _score_only(draw: st.DrawFn, dim: int) -> EnergyModel:
+    return from_score(draw(_analytic(dim)).score, dim, name=next(_names))
+
+
+@st.composite
+def _noise_conditioned(draw: st.DrawFn, dim: int) -> EnergyModel:
+    net = _SmoothedGaussian(draw(_vectors(dim, -2, 2)), draw(_floats(0.5, 2)))
+    return from_energy(net, dim, name=next(_names), noise_conditioned=True)
+
+
+LEAF_KINDS = ("analytic", "network", "score_only", "noise_conditioned")
+"""What :func:`leaves` can draw; see its docstring."""
+
+_KIND_STRATEGIES = {"analytic": _analytic, "network": _network, "score_only": _score_only,
+                    "noise_conditioned": _noise_conditioned}
+
+
+def leaves(event_shape: Sequence[int] = (2,), *, kinds: Sequence[str] = ("analytic",)
+           ) -> st.SearchStrategy[EnergyModel]:
+    """Random leaves over vectors of shape ``event_shape`` (one dimension).
+
+    Kinds (any subset of :data:`LEAF_KINDS`):
+
+    * ``"analytic"``: Gaussians (diagonal and full covariance) and Gaussian
+      mixtures for any dimension; for ``(2,)`` also the banana, ring, bar and
+      funnel toys. Closed-form energy, score and log Z.
+    * ``"network"``: a random float64 MLP energy ½‖x − c‖²/s² + vᵀ tanh(Wx + b)
+      (an ``nn.Module`` with parameters); its score comes from autograd.
+    * ``"score_only"``: the score of an analytic leaf, without its energy
+      (``from_score``); it cannot enter ``|``, so :func:`expressions` puts
+      ``&`` there instead.
+    * ``"noise_conditioned"``: the Gaussian N(μ, σ²I) smoothed by noise t,
+      E(x, t) with score by autograd; evaluate expressions with a ``t``.
+
+    Each leaf is new (own parameters) and named ``leafN``.
+    """
+    if len(event_shape) != 1:
+        raise ValueError(f"leaves: event_shape must have one dimension, got {event_shape!r}")
+    unknown = [kind for kind in kinds if kind not in LEAF_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"leaves: kinds must be a non-empty subset of {LEAF_KINDS}, "
+                         f"got {tuple(kinds)!r}")
+    dim = int(event_shape[0])
+    return st.one_of([_KIND_STRATEGIES[kind](dim) for kind in dict.fromkeys(kinds)])
 
 
 _OPERATORS = ("&", "|", "**", "leaf", "&", "|", "*", "~")
@@ -101,7 +188,9 @@ def _expression(draw: st.DrawFn, base: st.SearchStrategy[EnergyModel], max_depth
     if operator == "&":
         return first & draw(_expression(base, max_depth - 1))
     if operator == "|":
-        return first | draw(_expression(base, max_depth - 1))
+        second = draw(_expression(base, max_depth - 1))
+        # A mixture needs energies (DESIGN §2): score-only operands are multiplied instead.
+        return first | second if first.has_energy and second.has_energy else first & second
     if operator == "*":
         return draw(_floats(0.1, 10)) * first
     if operator == "**":
@@ -123,7 +212,9 @@ def expressions(
     holds by construction (``st.recursive`` bounds the number of leaves, not
     the depth, and drifted towards chains of unary operators here). Pass
     ``base=st.sampled_from([a, b, c])`` to reuse a pool of leaves, so that
-    expressions mention the same leaf several times.
+    expressions mention the same leaf several times, or
+    ``base=leaves(kinds=LEAF_KINDS)`` for networks, score-only and
+    noise-conditioned leaves too (``|`` becomes ``&`` over score-only parts).
     """
     base = leaves(event_shape) if base is None else base
     return _expression(base, max_depth)

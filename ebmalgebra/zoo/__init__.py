@@ -24,6 +24,11 @@ and sampled by annealed Langevin dynamics from high to low σ
     images = zoo.draw(both, 64)               # (64, 16, 16)
     zoo.parse("glasses & (face & ~hat) ** 0.75")
 
+:func:`draw` warns (``ImproperTargetWarning``) when samples land beyond ten
+times the card's ``"data_scale"``, the mark of an improper expression such as
+``glasses & ~hat``. The story of ``python -m ebmalgebra demo`` is
+:func:`ebmalgebra.zoo.demo.run_demo`.
+
 Files: ``weights/<name>.safetensors`` (the model, as written by
 :func:`ebmalgebra.save`, or a plain state dict whose architecture the card
 gives) and ``weights/<name>.json``, the model card: architecture, training
