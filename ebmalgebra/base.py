@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import constraints
+from torch.distributions.constraints import Constraint
 
 from ebmalgebra.errors import CapabilityError, CompositionError
 
@@ -312,6 +314,13 @@ class EnergyModel(nn.Module):
     def rewrite(self, rewrite: Callable[[EnergyModel], EnergyModel]) -> EnergyModel:
         """This model with ``rewrite`` applied to its children (a leaf has none)."""
         return self
+
+    @property
+    def support(self) -> Constraint:
+        """Where p̃ > 0, a ``torch.distributions.constraints`` object (ℝ by default);
+        :func:`ebmalgebra.sample` samples constrained models in unconstrained space
+        (:mod:`ebmalgebra.constraints`)."""
+        return constraints.real
 
     def sampling_exponent(self) -> float:
         """How many energies the model stacks (a leaf counts 1): the zoo divides its

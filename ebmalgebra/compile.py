@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.distributions.constraints import Constraint
 
 from ebmalgebra import evaluator
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
@@ -118,6 +119,10 @@ class CompiledEnergy(EnergyModel):
 
     def lower(self, program: ProgramBuilder) -> ProgramNode:
         return program.lower(self.expr)
+
+    @property
+    def support(self) -> Constraint:
+        return self._source.support
 
     def sampling_exponent(self) -> float:
         return self._source.sampling_exponent()

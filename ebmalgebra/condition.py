@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions.constraints import Constraint
 
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
 from ebmalgebra.errors import CompositionError
@@ -115,6 +116,13 @@ class Conditioned(Operator):
 
     def params(self) -> dict[str, Any]:
         return {"mask": self.mask, "values": self.values}
+
+    @property
+    def support(self) -> Constraint:
+        """The base's support on the free coordinates; only elementwise ones split."""
+        from ebmalgebra.constraints import elementwise_support
+
+        return elementwise_support(self, self.base.support)
 
     def structure(self) -> tuple:
         return ("Conditioned", (tuple(self.mask.flatten().tolist()),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, constraints
 
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike, input_options
 from ebmalgebra.errors import CompositionError
@@ -237,7 +237,9 @@ class _CallableLeaf(Leaf):
 class EnergyFunction(_CallableLeaf):
     """A leaf E(x) (or E(x, t)) from a callable or module; score by autograd.
 
-    ``sign=-1`` turns a log-density function into an energy.
+    ``sign=-1`` turns a log-density function into an energy. ``support`` (a
+    ``torch.distributions.constraints`` object, ℝ by default) says where p̃ > 0;
+    samplers then work in unconstrained coordinates (:mod:`ebmalgebra.constraints`).
     """
 
     def __init__(
@@ -249,16 +251,25 @@ class EnergyFunction(_CallableLeaf):
         log_z: float | Tensor | None = None,
         noise_conditioned: bool = False,
         sign: float = 1.0,
+        support: constraints.Constraint = constraints.real,
     ) -> None:
+        if not isinstance(support, constraints.Constraint):
+            raise CompositionError(f"{name!r}: support must be a torch.distributions."
+                                   f"constraints.Constraint, got {type(support).__name__}")
         caps = Capabilities(has_energy=True, has_score=True, normalizer_known=log_z is not None,
                             can_sample=False)
         super().__init__(fn, event_shape, name, caps, noise_conditioned)
         self._sign = sign
+        self._support = support
         if log_z is not None:
             value = torch.as_tensor(log_z, dtype=torch.float64).detach()
             if value.numel() != 1 or not torch.isfinite(value):
                 raise CompositionError(f"{name!r}: log_z must be a finite scalar, got {log_z!r}")
             self.register_buffer("log_normalizer", value.reshape(()))
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return self._support
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
         return self._sign * _check_energy_output(self, x, self._call(x, t))
@@ -327,6 +338,10 @@ class DistributionLeaf(Leaf):
         energy = -self._log_prob(torch.where(mask, x, stand_in))
         return torch.where(inside, energy, torch.full_like(energy, torch.inf))
 
+    @property
+    def support(self) -> constraints.Constraint:
+        return self.distribution.support
+
     def _log_prob(self, x: Tensor) -> Tensor:
         try:
             return self.distribution.log_prob(x)
@@ -335,11 +350,18 @@ class DistributionLeaf(Leaf):
 
     def _in_support(self, x: Tensor) -> Tensor | None:
         """Whether each x lies in the support, ``(batch,)``; None where torch cannot tell."""
+        # Non-finite events are outside, and checked at the stand-in instead: torch's
+        # positive_definite.check answers only symmetry for the whole batch as soon as one
+        # matrix (e.g. one with a NaN) is not symmetric.
+        finite = torch.isfinite(x.flatten(1) if x.dim() > 1 else x[:, None]).all(1)
+        if not bool(finite.all()):
+            mask = finite.reshape(-1, *(1,) * (x.dim() - 1))
+            x = torch.where(mask, x, self._point_in_support().to(x))
         try:
             inside = self.distribution.support.check(x)
         except (NotImplementedError, ValueError):  # e.g. constraints.dependent
             return None
-        return inside.flatten(1).all(1) if inside.dim() > 1 else inside
+        return (inside.flatten(1).all(1) if inside.dim() > 1 else inside) & finite
 
     def _point_in_support(self) -> Tensor:
         """One fixed draw of the distribution (seeded, cached): a point where log p is finite."""
@@ -368,6 +390,7 @@ def from_energy(
     name: str = "energy",
     log_z: float | Tensor | None = None,
     noise_conditioned: bool = False,
+    support: constraints.Constraint = constraints.real,
 ) -> EnergyModel:
     """A model with energy ``fn(x)`` (or ``fn(x, t)`` when ``noise_conditioned``).
 
@@ -379,12 +402,15 @@ def from_energy(
         event_shape: shape of one sample.
         name: printed by ``repr``.
         log_z: log ∫ exp(−fn(x)) dx when known.
+        support: where p̃ > 0 (a ``torch.distributions.constraints`` object, e.g.
+            ``constraints.positive``); :func:`ebmalgebra.sample` then samples in
+            unconstrained coordinates and returns constrained draws.
 
     Example:
         >>> quad = from_energy(lambda x: 0.5 * (x**2).sum(-1), event_shape=2, name="quad")
     """
     return EnergyFunction(fn, event_shape, name=name, log_z=log_z,
-                          noise_conditioned=noise_conditioned)
+                          noise_conditioned=noise_conditioned, support=support)
 
 
 def from_log_prob(
@@ -394,10 +420,19 @@ def from_log_prob(
     name: str = "log_prob",
     normalized: bool = False,
     noise_conditioned: bool = False,
+    support: constraints.Constraint = constraints.real,
 ) -> EnergyModel:
-    """A model with energy E = −fn(x); ``normalized=True`` declares ∫ exp(fn) = 1."""
+    """A model with energy E = −fn(x); ``normalized=True`` declares ∫ exp(fn) = 1.
+
+    ``support`` (default ℝ) says where fn > −∞, e.g. ``constraints.positive`` for a
+    scale: :func:`ebmalgebra.sample` samples such models in unconstrained coordinates
+    (:mod:`ebmalgebra.constraints`) and returns draws in the support.
+
+    Example:
+        >>> scale = from_log_prob(lambda x: -x.sum(-1), 1, support=constraints.positive)
+    """
     return EnergyFunction(fn, event_shape, name=name, log_z=0.0 if normalized else None,
-                          noise_conditioned=noise_conditioned, sign=-1.0)
+                          noise_conditioned=noise_conditioned, sign=-1.0, support=support)
 
 
 def from_score(

@@ -31,6 +31,9 @@ sampling exponent          ``sampling_exponent()``: how many energies the
                            node stacks (default: its largest child's)
 impropriety                ``passes_impropriety``: whether an improper
                            child makes the node improper (default False)
+support                    ``support``: where p̃ > 0 (default: the
+                           children's common support, ℝ neutral, as for
+                           ``&``; :mod:`ebmalgebra.constraints`)
 =========================  ==================================================
 
 Nodes are immutable: the metaclass canonicalises before construction and
@@ -45,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions.constraints import Constraint
 
 from ebmalgebra.base import (
     Capabilities,
@@ -255,6 +259,13 @@ class Operator(EnergyModel, metaclass=_Canonicalizing):
         return cls(*operands, **spec)
 
     # ----------------------------------------------------------------- facts
+    @property
+    def support(self) -> Constraint:
+        """The children's common support (ℝ is neutral), as for a product."""
+        from ebmalgebra.constraints import intersect
+
+        return intersect(self, [child.support for child in self.operands()])
+
     def sampling_exponent(self) -> float:
         return max(child.sampling_exponent() for child in self.operands())
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from torch.distributions.constraints import Constraint
 
 from ebmalgebra.base import (
     Capabilities,
@@ -176,6 +177,13 @@ class Mixture(Operator):
         if capability == "sample":
             return self._first_missing("normalizer") or self._first_missing("sample")
         return self._first_missing(capability)
+
+    @property
+    def support(self) -> Constraint:
+        """The union of the components' supports: ℝ if any has it."""
+        from ebmalgebra.constraints import unite
+
+        return unite(self, [child.support for child in self.operands()])
 
     def component_weights(self) -> Tensor:
         """True mixture weights π_i = w_i Z_i / Σ_j w_j Z_j, shape ``(n_components,)``.

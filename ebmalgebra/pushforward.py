@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.distributions import transforms as tt
+from torch.distributions.constraints import Constraint
 
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
 from ebmalgebra.errors import CompositionError
@@ -168,6 +169,10 @@ class Pushforward(Operator):
         return form
 
     # ------------------------------------------------------------------ facts
+    @property
+    def support(self) -> Constraint:
+        return self.transform.codomain
+
     def sampling_exponent(self) -> float:
         return self.base.sampling_exponent()
 

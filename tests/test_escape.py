@@ -129,3 +129,13 @@ def test_an_unstable_step_on_a_proper_target_is_reported_as_such():
     assert len(caught) == 1
     assert "no inverse or negative power" in str(caught[0].message)
     assert "step size may be too large" in str(caught[0].message)
+
+
+def test_scalar_event_models_are_checked_too():
+    # Positions of a model with event_shape () are (n_chains,): the check once
+    # failed on them with an IndexError instead of warning.
+    from ebmalgebra.samplers.escape import check_final
+
+    leaf = eb.from_distribution(torch.distributions.Normal(0.0, 1.0), name="scalar")
+    with pytest.warns(ImproperTargetWarning):
+        assert check_final(leaf, torch.tensor([0.5, 100.0]), scale=1.0)

@@ -115,8 +115,10 @@ def test_samplers_reject_and_count_proposals_outside_the_support(sampler):
     # Steps of 1 near x ≈ 1 leave (0, ∞) often; those proposals are rejected, not raised.
     gamma = D.Gamma(torch.tensor(2.0, dtype=F64), torch.tensor(1.0, dtype=F64))
     leaf = eb.from_distribution(gamma, name="rate")
+    # unconstrain=False: sample on (0, ∞) itself, not on log x (tests/test_constraints.py).
     out = eb.sample(leaf, sampler, x0=torch.ones(64, dtype=F64), n_steps=300, warmup=0,
-                    generator=torch.Generator().manual_seed(0), progress=False)
+                    generator=torch.Generator().manual_seed(0), progress=False,
+                    unconstrain=False)
     assert (out.draws > 0).all()
     assert int(out.n_nonfinite.sum()) > 0
     # Gamma(2, 1) has mean 2 and sd √2; z ≤ 4 with the ESS-based standard error.

@@ -13,6 +13,7 @@ from torch import Tensor
 from ebmalgebra import diagnostics
 from ebmalgebra.base import EnergyModel, check_count, check_generator, input_options
 from ebmalgebra.compile import compile
+from ebmalgebra.constraints import Unconstrained, unconstrain
 from ebmalgebra.distributed import ChainShard, chain_shard, enter_shard, leave_shard
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.progress import progress_bar
@@ -54,6 +55,12 @@ class Samples:
             draws, ``(n_draws, n_chains)`` each, plus ``step_size`` and ``lp`` (the
             unnormalised log density −E of each draw); see :meth:`to_arviz`.
         default_sampler: why the sampler was chosen, when :func:`sample` chose it.
+        unconstrained: for a model with a constrained support, the bijection
+            T: ℝᵏ → support the chains ran through (:mod:`ebmalgebra.constraints`);
+            ``None`` otherwise.
+        unconstrained_draws: the chains' positions u ``(n_draws, n_chains, k…)``
+            with ``draws = T(u)``; ``None`` for unconstrained models. ``state``
+            holds unconstrained positions too.
         shard: for a run sharded across processes (:mod:`ebmalgebra.distributed`),
             the block of global chains this rank ran; ``None`` otherwise. ``draws``,
             ``state`` and ``chain_counts`` then hold this rank's chains only, while
@@ -71,6 +78,8 @@ class Samples:
     chain_stats: dict[str, Tensor] = field(default_factory=dict, repr=False)
     default_sampler: str | None = None
     shard: ChainShard | None = field(default=None, repr=False)
+    unconstrained: Unconstrained | None = field(default=None, repr=False)
+    unconstrained_draws: Tensor | None = field(default=None, repr=False)
 
     @property
     def n_chains(self) -> int:
@@ -127,7 +136,11 @@ class Samples:
         """Mean, sd, quantiles, MCSE, ESS and R̂ per coordinate
         (:func:`ebmalgebra.diagnostics.summary`), over the chains of all ranks;
         ``print`` it for a table."""
-        header = f"sampler: {self.default_sampler}" if self.default_sampler else ""
+        lines = [f"sampler: {self.default_sampler}"] if self.default_sampler else []
+        if self.unconstrained is not None:
+            lines.append(f"support: {self.unconstrained.transform.codomain}, sampled in "
+                         "unconstrained coordinates (Samples.unconstrained_draws)")
+        header = "\n".join(lines)
         return diagnostics.summary(self.gather(dst=None), names=names, header=header)
 
     def to_arviz(self, var_name: str = "x"):
@@ -314,6 +327,7 @@ def sample(
     callback: Callable[[int, NamedTuple, NamedTuple], Any] | None = None,
     on_nonfinite: str = "reject",
     group: torch.distributed.ProcessGroup | None = None,
+    unconstrain: bool = True,
 ) -> Samples:
     """Draw MCMC samples of ``model`` with ``sampler``; all chains run batched.
 
@@ -354,6 +368,12 @@ def sample(
             ``n_chains`` chains, and the draws of every chain are those one process
             would give for the same seed (:mod:`ebmalgebra.distributed`). Pass the
             same arguments on every rank: the same seed, and ``x0`` for all chains.
+        unconstrain: for a model whose support is constrained (``model.support``,
+            e.g. a Gamma's (0, ∞)), run the chains on its pushforward to ℝᵏ by a
+            bijection T⁻¹ (log-Jacobian included) and return ``draws = T(u)``, with
+            ``x0`` given in the constrained space (:mod:`ebmalgebra.constraints`).
+            ``False`` samples the model as it is (proposals outside the support
+            are rejected).
 
     Returns:
         :class:`Samples` with ``draws`` ``(n_steps // thin, n_chains, *event_shape)``.
@@ -392,6 +412,11 @@ def sample(
     if n_chains is not None:
         check_count(n_chains, "sample: n_chains", 1)
     check_generator(generator, "sample")
+    unconstrained = _unconstrain(model) if unconstrain else None
+    if unconstrained is not None:
+        model = unconstrained.model
+        if isinstance(x0, Tensor):
+            x0 = unconstrained.to_unconstrained(x0)
     compiled = compile(model)
     default_sampler = None
     if sampler is None:
@@ -472,8 +497,19 @@ def sample(
         if bar is not None:
             bar.close()
     stats, counts = recorder.result()
+    unconstrained_draws = None
+    if unconstrained is not None:
+        unconstrained_draws, draws = draws, unconstrained.to_constrained(draws)
     return Samples(draws, state, sampler, warmup, thin, stats, counts,
-                   _chain_stats(kept, recorder.per_chain), default_sampler, shard=shard)
+                   _chain_stats(kept, recorder.per_chain), default_sampler, shard=shard,
+                   unconstrained=unconstrained, unconstrained_draws=unconstrained_draws)
+
+
+def _unconstrain(model: EnergyModel) -> Unconstrained | None:
+    """The model on ℝᵏ when its support is constrained (``None`` for ℝ or non-models)."""
+    if not isinstance(model, EnergyModel):
+        return None  # compile names the wrong type
+    return unconstrain(model)
 
 
 def _default_sampler(model: EnergyModel) -> tuple[Sampler, str]:

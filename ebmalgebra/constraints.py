@@ -1,0 +1,316 @@
+"""Constrained supports: sample in unconstrained space, return constrained draws.
+
+A model whose support S is not all of ℝⁿ (a Gamma's (0, ∞), a Beta's (0, 1), a
+Dirichlet's simplex, a Wishart's positive-definite matrices) is hard on
+gradient samplers: a leapfrog step leaves S, the energy is +∞ there and the
+proposal is rejected, so the step size collapses near the boundary. As Stan
+and NumPyro do, :func:`ebmalgebra.sample` instead samples the pushforward of
+the model by the inverse of a bijection T: ℝᵏ → S (``torch.distributions.
+biject_to(S)``),
+
+    E_u(u) = E(T(u)) − log|det J_T(u)|,        x = T(u),
+
+which is a density on all of ℝᵏ with the same mass (change of variables; the
+log-Jacobian keeps the draws of x distributed as p̃), and maps the draws back by
+T. k can differ from n: the simplex of K components has k = K − 1.
+
+The support is a fact each node owns (``EnergyModel.support``): a leaf's is its
+distribution's support or the ``support=`` it was built with (ℝ by default);
+``&`` intersects its children's supports and ``|`` unites them (:func:`intersect`,
+:func:`unite`), ``pushforward`` has its transform's codomain. Supports that are
+neither ℝ nor equal to each other in one expression (a Beta & a Gamma) have no
+bijection here, and asking for one raises :class:`CapabilityError`.
+
+torch registers no bijection onto positive-definite matrices or Cholesky
+factors; :func:`unconstraining_transform` adds them (:class:`LowerCholeskyVector`,
+:class:`PositiveDefiniteVector`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.distributions import biject_to
+from torch.distributions import constraints as tc
+from torch.distributions import transforms as tt
+
+from ebmalgebra.errors import CapabilityError
+
+if TYPE_CHECKING:
+    from ebmalgebra.base import EnergyModel
+
+__all__ = [
+    "LowerCholeskyVector",
+    "PositiveDefiniteVector",
+    "Unconstrained",
+    "compatible",
+    "elementwise_support",
+    "intersect",
+    "is_real",
+    "same_support",
+    "unconstrain",
+    "unconstraining_transform",
+    "unite",
+]
+
+
+# ----------------------------------------------------------------- support algebra
+def is_real(support: tc.Constraint) -> bool:
+    """Whether ``support`` is all of ℝ (elementwise, or as an independent event)."""
+    while isinstance(support, tc.independent):
+        support = support.base_constraint
+    return type(support) is type(tc.real)
+
+
+def same_support(first: tc.Constraint, second: tc.Constraint) -> bool:
+    """Structural equality of two constraints (torch's compare by identity)."""
+    if first is second:
+        return True
+    if type(first) is not type(second):
+        return False
+    mine, theirs = vars(first), vars(second)
+    if mine.keys() != theirs.keys():
+        return False
+    for key, value in mine.items():
+        other = theirs[key]
+        if isinstance(value, tc.Constraint):
+            if not (isinstance(other, tc.Constraint) and same_support(value, other)):
+                return False
+        elif isinstance(value, Tensor) or isinstance(other, Tensor):
+            if not torch.equal(torch.as_tensor(value), torch.as_tensor(other)):
+                return False
+        elif value != other:
+            return False
+    return True
+
+
+def _unwrapped(support: tc.Constraint) -> tuple[tc.Constraint, int]:
+    ndims = 0
+    while isinstance(support, tc.independent):
+        ndims += support.reinterpreted_batch_ndims
+        support = support.base_constraint
+    return support, ndims
+
+
+def compatible(first: tc.Constraint, second: tc.Constraint) -> bool:
+    """Whether two supports are equal up to their boundary: the same constraint, or
+    ones that ``biject_to`` maps from ℝ by the same bijection (``positive`` and
+    ``nonnegative``, a HalfNormal's and a Gamma's), with the same event dims."""
+    if same_support(first, second):
+        return True
+    (first, first_ndims), (second, second_ndims) = _unwrapped(first), _unwrapped(second)
+    if first_ndims != second_ndims:
+        return False
+    try:
+        return bool(biject_to(first) == biject_to(second))
+    except NotImplementedError:
+        return False
+
+
+def intersect(node: EnergyModel, supports: Sequence[tc.Constraint]) -> tc.Constraint:
+    """The support of a product (∩): ℝ is neutral, other supports must agree
+    (:func:`compatible`: equal up to their boundary, which has no mass).
+
+    Raises:
+        CapabilityError: for two different constrained supports, naming ``node``.
+    """
+    constrained = [support for support in supports if not is_real(support)]
+    if not constrained:
+        return supports[0] if supports else tc.real
+    first = constrained[0]
+    for other in constrained[1:]:
+        if not compatible(first, other):
+            raise CapabilityError(
+                f"{node!r} mixes the supports {first} and {other}; sampling in unconstrained "
+                "space needs one support per expression (pass unconstrain=False to sample, "
+                "or build the model on one support)")
+    return first
+
+
+def unite(node: EnergyModel, supports: Sequence[tc.Constraint]) -> tc.Constraint:
+    """The support of a mixture (∪): ℝ if any component has ℝ, else the common one.
+
+    Raises:
+        CapabilityError: for two different constrained supports, naming ``node``.
+    """
+    for support in supports:
+        if is_real(support):
+            return support
+    return intersect(node, supports)
+
+
+# -------------------------------------------- bijections torch does not register
+class LowerCholeskyVector(tt.Transform):
+    """ℝ^{n(n+1)/2} → lower-triangular n×n matrices with a positive diagonal.
+
+    The vector fills the lower triangle row by row (``torch.tril_indices``); the
+    diagonal entries are exponentiated, L_ii = exp(v_ii), so
+    log|det J| = Σᵢ v_ii. Shapes: ``(..., n(n+1)/2) ↔ (..., n, n)``.
+    """
+
+    domain = tc.real_vector
+    codomain = tc.lower_cholesky
+    bijective = True
+
+    def __init__(self, n: int, cache_size: int = 0) -> None:
+        super().__init__(cache_size=cache_size)
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LowerCholeskyVector) and other.n == self.n
+
+    def _indices(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        rows, cols = torch.tril_indices(self.n, self.n, device=like.device)
+        return rows, cols, rows == cols
+
+    def _call(self, v: Tensor) -> Tensor:
+        rows, cols, diagonal = self._indices(v)
+        entries = torch.where(diagonal, v.exp(), v)
+        matrix = v.new_zeros(*v.shape[:-1], self.n, self.n)
+        matrix[..., rows, cols] = entries
+        return matrix
+
+    def _inverse(self, matrix: Tensor) -> Tensor:
+        rows, cols, diagonal = self._indices(matrix)
+        entries = matrix[..., rows, cols]
+        return torch.where(diagonal, entries.log(), entries)
+
+    def log_abs_det_jacobian(self, v: Tensor, matrix: Tensor) -> Tensor:
+        return v[..., self._indices(v)[2]].sum(-1)
+
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
+        return torch.Size([*shape[:-1], self.n, self.n])
+
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
+        return torch.Size([*shape[:-2], self.n * (self.n + 1) // 2])
+
+
+class PositiveDefiniteVector(tt.Transform):
+    """ℝ^{n(n+1)/2} → positive-definite n×n matrices, Σ = L Lᵀ with L from
+    :class:`LowerCholeskyVector`.
+
+    log|det J| (as a map onto the n(n+1)/2 free entries of Σ) adds Σᵢ v_ii for
+    L_ii = exp(v_ii) to that of L ↦ L Lᵀ, n log 2 + Σᵢ (n − i + 1) log L_ii for
+    i = 1…n (Muirhead 1982, Aspects of Multivariate Statistical Theory,
+    Thm 2.1.9): n log 2 + Σᵢ (n − i + 2) v_ii. It is computed from v alone, so
+    the sampler never factorises a matrix (only the start u = T⁻¹(x) does).
+    Shapes: ``(..., n(n+1)/2) ↔ (..., n, n)``.
+    """
+
+    domain = tc.real_vector
+    codomain = tc.positive_definite
+    bijective = True
+
+    def __init__(self, n: int, cache_size: int = 0) -> None:
+        super().__init__(cache_size=cache_size)
+        self.n = n
+        self._factor = LowerCholeskyVector(n)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PositiveDefiniteVector) and other.n == self.n
+
+    def _call(self, v: Tensor) -> Tensor:
+        factor = self._factor(v)
+        return factor @ factor.mT
+
+    def _inverse(self, matrix: Tensor) -> Tensor:
+        return self._factor.inv(torch.linalg.cholesky(matrix))
+
+    def log_abs_det_jacobian(self, v: Tensor, matrix: Tensor) -> Tensor:
+        rows, _, diagonal = self._factor._indices(v)
+        powers = (self.n - rows[diagonal] + 1).to(v.dtype)  # n − i + 2 for 1-based i
+        return self.n * math.log(2.0) + (powers * v[..., diagonal]).sum(-1)
+
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
+        return self._factor.forward_shape(shape)
+
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
+        return self._factor.inverse_shape(shape)
+
+
+def unconstraining_transform(support: tc.Constraint, event_shape: Sequence[int]
+                             ) -> tt.Transform:
+    """A bijection T from unconstrained ℝᵏ onto ``support`` for events of ``event_shape``.
+
+    ``torch.distributions.biject_to`` where torch registers one; positive-definite
+    matrices and lower Cholesky factors of ``event_shape`` (n, n) use
+    :class:`PositiveDefiniteVector` and :class:`LowerCholeskyVector` (k = n(n+1)/2).
+
+    Raises:
+        CapabilityError: when no bijection onto ``support`` is known.
+    """
+    if isinstance(support, (type(tc.positive_definite), type(tc.lower_cholesky))):
+        shape = tuple(event_shape)
+        if len(shape) < 2 or shape[-1] != shape[-2]:
+            raise CapabilityError(f"support {support} needs square (n, n) events, got "
+                                  f"event shape {shape}")
+        if isinstance(support, type(tc.lower_cholesky)):
+            return LowerCholeskyVector(shape[-1])
+        return PositiveDefiniteVector(shape[-1])
+    try:
+        return biject_to(support)
+    except NotImplementedError as error:
+        raise CapabilityError(f"no bijection from ℝᵏ onto the support {support} is known: "
+                              "pass unconstrain=False to sample, or sample a pushforward "
+                              "of the model yourself") from error
+
+
+# ----------------------------------------------------------------- the sampler hook
+class Unconstrained:
+    """A model with a constrained support, seen in unconstrained coordinates.
+
+    Attributes:
+        model: the pushforward of the original model by T⁻¹, a density on ℝᵏ.
+        transform: T, from unconstrained u ``(..., *model.event_shape)`` to the
+            constrained x ``(..., *original.event_shape)``.
+    """
+
+    def __init__(self, model: EnergyModel, transform: tt.Transform) -> None:
+        self.model = model
+        self.transform = transform
+
+    def to_unconstrained(self, x: Tensor) -> Tensor:
+        """u = T⁻¹(x), shapes ``(..., *event_shape) → (..., *unconstrained shape)``."""
+        return self.transform.inv(x)
+
+    def to_constrained(self, u: Tensor) -> Tensor:
+        """x = T(u), the inverse of :meth:`to_unconstrained`."""
+        return self.transform(u)
+
+
+def unconstrain(model: EnergyModel) -> Unconstrained | None:
+    """``model`` in unconstrained coordinates, or ``None`` when its support is ℝ (or
+    ``constraints.dependent``, one torch cannot state).
+
+    Raises:
+        CapabilityError: for mixed supports or a support without a known bijection.
+    """
+    support = model.support
+    if is_real(support) or isinstance(support, tc._Dependent):
+        return None  # ℝ, or a support torch cannot state: sample the model as it is
+    event_shape = model.event_shape
+    if event_shape is None:
+        raise CapabilityError(f"{model!r} has support {support} but no event shape")
+    bijection = unconstraining_transform(support, event_shape)
+    return Unconstrained(model.pushforward(bijection.inv), bijection)
+
+
+def elementwise_support(node: EnergyModel, support: tc.Constraint) -> tc.Constraint:
+    """``support`` on a vector of some of its coordinates (for ``condition``).
+
+    Raises:
+        CapabilityError: when ``support`` ties coordinates together (a simplex).
+    """
+    base = support
+    while isinstance(base, tc.independent):
+        base = base.base_constraint
+    if is_real(base):
+        return tc.real_vector
+    if base.event_dim != 0:
+        raise CapabilityError(f"{node!r}: the support {support} ties the coordinates "
+                              "together, so the free ones have no support of their own")
+    return tc.independent(base, 1)

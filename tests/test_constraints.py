@@ -1,0 +1,231 @@
+"""Constrained supports: sampling through biject_to + pushforward, against closed forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+from torch.distributions import (
+    Beta,
+    Dirichlet,
+    Exponential,
+    Gamma,
+    HalfNormal,
+    Independent,
+    Normal,
+    Wishart,
+    constraints,
+)
+from torch.distributions import transforms as tt
+
+import ebmalgebra as eb
+from ebmalgebra import CapabilityError
+from ebmalgebra.constraints import (
+    LowerCholeskyVector,
+    PositiveDefiniteVector,
+    is_real,
+    same_support,
+    unconstrain,
+)
+from ebmalgebra.diagnostics import ess
+from ebmalgebra.samplers import HMC
+
+N_CHAINS, WARMUP, N_STEPS = 128, 150, 100
+
+
+def _run(model: eb.EnergyModel, seed: int = 0, **kwargs) -> eb.Samples:
+    return eb.sample(model, HMC(n_leapfrog=8), n_chains=N_CHAINS, n_steps=N_STEPS,
+                     warmup=WARMUP, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def _assert_moments(draws: Tensor, mean: Tensor, var: Tensor) -> None:
+    """Means and variances within 5 Monte-Carlo standard errors.
+
+    The standard error of the mean is sd/√ESS (bulk ESS of the draws); that of the
+    variance is sd(x²−…)·/√ESS computed on the centred squares, so a 5σ band fails
+    a correct sampler with probability < 1e-6 per coordinate.
+    """
+    flat = draws.reshape(*draws.shape[:2], -1).double()
+    mean, var = mean.reshape(-1).double(), var.reshape(-1).double()
+    n_eff = ess(flat)
+    mean_error = (flat.mean((0, 1)) - mean).abs()
+    assert torch.all(mean_error < 5 * var.sqrt() / n_eff.sqrt()), (flat.mean((0, 1)), mean)
+    squares = (flat - mean) ** 2
+    var_error = (squares.mean((0, 1)) - var).abs()
+    assert torch.all(var_error < 5 * squares.std((0, 1)) / ess(squares).sqrt()), (
+        squares.mean((0, 1)), var)
+
+
+
+def test_gamma_moments_and_draws_stay_in_the_support() -> None:
+    shape, rate = torch.tensor([2.0, 0.5]), torch.tensor([3.0, 1.0])
+    gamma = _run(eb.from_distribution(Independent(Gamma(shape, rate), 1)))
+    assert gamma.unconstrained is not None and gamma.draws.min() > 0
+    # The chains ran on log x, so their draws are the log of the returned ones.
+    torch.testing.assert_close(gamma.unconstrained_draws.exp(), gamma.draws)
+    assert "sampled in unconstrained coordinates" in str(gamma.summary())
+    _assert_moments(gamma.draws, shape / rate, shape / rate**2)
+
+
+def test_beta_moments_and_draws_stay_in_the_unit_interval() -> None:
+    a, b = torch.tensor([2.0, 0.7]), torch.tensor([5.0, 0.7])
+    beta = _run(eb.from_distribution(Independent(Beta(a, b), 1)), seed=1)
+    assert beta.draws.min() > 0 and beta.draws.max() < 1
+    total = a + b
+    _assert_moments(beta.draws, a / total, a * b / (total**2 * (total + 1)))
+
+
+def test_dirichlet_moments_on_the_simplex() -> None:
+    alpha = torch.tensor([1.5, 3.0, 0.8])
+    samples = _run(eb.from_distribution(Dirichlet(alpha)))
+    # Stick-breaking: 2 unconstrained coordinates for 3 components.
+    assert samples.unconstrained_draws.shape[-1] == 2 and samples.draws.shape[-1] == 3
+    torch.testing.assert_close(samples.draws.sum(-1), torch.ones(N_STEPS, N_CHAINS))
+    total = alpha.sum()
+    mean = alpha / total
+    _assert_moments(samples.draws, mean, mean * (1 - mean) / (total + 1))
+
+
+def test_wishart_moments_on_positive_definite_matrices() -> None:
+    # float64: in float32 exp(v_ii) of early warmup steps underflows to matrices that
+    # pass one positive-definiteness check and fail the next.
+    df, scale = 5.0, torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+    # Started near df·Σ (as wide as the target, for the escape check): torch's Wishart
+    # sampler can return singular matrices.
+    jitter = torch.rand(N_CHAINS, 1, 1, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(2))
+    samples = _run(eb.from_distribution(Wishart(df, covariance_matrix=scale)),
+                   x0=df * scale * (0.5 + 2 * jitter))
+    assert samples.unconstrained_draws.shape[-1] == 3  # n(n+1)/2 free entries
+    assert torch.linalg.eigvalsh(samples.draws).min() > 0
+    diagonal = scale.diagonal()
+    # E W = ν Σ, Var W_ij = ν (Σ_ij² + Σ_ii Σ_jj) (Wishart moments).
+    _assert_moments(samples.draws, df * scale,
+                    df * (scale**2 + diagonal[:, None] * diagonal[None, :]))
+
+
+def test_positive_definite_bijection_log_jacobian_matches_autograd() -> None:
+    n = 3
+    v = torch.randn(n * (n + 1) // 2, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0))
+    rows, cols = torch.tril_indices(n, n)
+    for bijection in (LowerCholeskyVector(n), PositiveDefiniteVector(n)):
+        def lower_entries(u: Tensor, bijection: tt.Transform = bijection) -> Tensor:
+            return bijection(u)[rows, cols]
+
+        # The density is on the n(n+1)/2 free entries: |det| of that square Jacobian.
+        jacobian = torch.autograd.functional.jacobian(lower_entries, v)
+        expected = torch.linalg.slogdet(jacobian)[1]
+        torch.testing.assert_close(bijection.log_abs_det_jacobian(v, bijection(v)), expected)
+        torch.testing.assert_close(bijection.inv(bijection(v)), v)
+
+
+def test_positive_scale_from_log_prob_never_goes_negative() -> None:
+    # Half-normal on a scale: without the bijection HMC proposes negative values.
+    scale = eb.from_log_prob(lambda x: -0.5 * (x**2).sum(-1), 1, support=constraints.positive)
+    x0 = 0.2 + 2 * torch.rand(N_CHAINS, 1, generator=torch.Generator().manual_seed(2))
+    samples = _run(scale, x0=x0)
+    assert samples.draws.min() > 0
+    # Half-normal(1): mean √(2/π), variance 1 − 2/π.
+    mean = torch.tensor([(2 / torch.pi) ** 0.5])
+    _assert_moments(samples.draws, mean, 1 - mean**2)
+
+
+def test_product_of_leaves_with_one_support() -> None:
+    # Gamma(2, 3) & Exponential(1) on (0, ∞)² is Gamma(2, 4) in each coordinate.
+    gamma = eb.from_distribution(Independent(Gamma(torch.full((2,), 2.0),
+                                                   torch.full((2,), 3.0)), 1))
+    exponential = eb.from_distribution(Independent(Exponential(torch.ones(2)), 1))
+    normal = eb.from_distribution(Independent(Normal(torch.zeros(2), 10.0), 1))
+    # Exponential's support is [0, ∞) and HalfNormal's (0, ∞): the same bijection.
+    # Its scale 1000 shifts the moments by ~1e-7, far below the Monte-Carlo error.
+    half_normal = eb.from_distribution(Independent(HalfNormal(torch.full((2,), 1000.0)), 1))
+    model = gamma & exponential & normal ** 0.0 & half_normal  # ℝ does not change the support
+    samples = _run(model)
+    assert samples.draws.min() > 0
+    _assert_moments(samples.draws, torch.full((2,), 0.5), torch.full((2,), 2 / 16))
+
+
+def test_mixed_supports_are_a_clear_error() -> None:
+    beta = eb.from_distribution(Independent(Beta(torch.ones(2), torch.ones(2)), 1), name="beta")
+    gamma = eb.from_distribution(Independent(Gamma(torch.ones(2), torch.ones(2)), 1),
+                                 name="gamma")
+    with pytest.raises(CapabilityError, match="mixes the supports"):
+        eb.sample(beta & gamma, HMC(), n_chains=2, n_steps=1)
+    # The union of (0, ∞) and ℝ is ℝ: a mixture with a real component needs nothing.
+    normal = eb.from_distribution(Independent(Normal(torch.zeros(2), 1.0), 1))
+    assert unconstrain(gamma | normal) is None
+    # Sampling the model as it is stays possible.
+    raw = eb.sample(beta & gamma, HMC(step_size=0.1), x0=torch.full((2, 2), 0.5), n_steps=3,
+                    unconstrain=False)
+    assert raw.unconstrained is None and raw.draws.shape == (3, 2, 2)
+
+
+def test_constrained_x0_is_mapped_and_condition_keeps_elementwise_supports() -> None:
+    gamma = eb.from_distribution(Independent(Gamma(torch.full((3,), 2.0),
+                                                   torch.ones(3)), 1))
+    x0 = torch.full((2, 3), 1.5)
+    samples = eb.sample(gamma, HMC(), x0=x0, n_steps=0)
+    torch.testing.assert_close(samples.state.position, x0.log())  # chains run on log x
+    conditioned = gamma.condition(torch.tensor([True, False, False]), torch.tensor([1.0, 0, 0]))
+    assert isinstance(conditioned.support, constraints.independent)
+    assert conditioned.pushforward(tt.ExpTransform().inv).support is not None
+    dirichlet = eb.from_distribution(Dirichlet(torch.ones(3)))
+    with pytest.raises(CapabilityError, match="ties the coordinates"):
+        _ = dirichlet.condition(torch.tensor([True, False, False]), torch.zeros(3)).support
+
+
+def test_distribution_leaf_rejects_a_non_positive_definite_matrix_next_to_a_nan() -> None:
+    # torch's positive_definite.check tests only symmetry once one matrix of the
+    # batch is not symmetric; a NaN matrix used to let the singular one through to
+    # log_prob, which raised.
+    wishart = eb.from_distribution(Wishart(5.0, covariance_matrix=torch.eye(2)))
+    x = torch.stack([torch.full((2, 2), torch.nan), torch.diag(torch.tensor([0.0, 4.0])),
+                     torch.eye(2)])
+    energy = wishart.energy(x)
+    assert torch.isinf(energy[:2]).all() and torch.isfinite(energy[2])
+
+
+def test_each_node_derives_its_support() -> None:
+    gamma = eb.from_distribution(Independent(Gamma(torch.ones(2), torch.ones(2)), 1))
+    normal = eb.from_distribution(Independent(Normal(torch.zeros(2), 1.0), 1))
+    positive = gamma.support
+    assert isinstance(positive, constraints.independent)
+    # Independent builds a new constraint on each access: compare by structure.
+    assert same_support((gamma & normal).support, positive)        # ∩: ℝ is neutral
+    assert same_support((2.0 * gamma**0.5).support, positive)       # unary nodes keep it
+    assert same_support(eb.compile(gamma & normal).support, positive)
+    assert is_real((gamma | normal).support)                        # ∪ with ℝ is ℝ
+    assert same_support((gamma | gamma**2).support, positive)
+    assert not same_support(positive, constraints.independent(constraints.positive, 1))
+    log_gamma = gamma.pushforward(tt.ExpTransform().inv)   # the transform's codomain
+    assert unconstrain(log_gamma) is None
+    unknown = eb.from_log_prob(lambda x: -x.sum(-1), 2, support=constraints.dependent)
+    assert unconstrain(unknown) is None                     # nothing to map: sampled as is
+    with pytest.raises(CapabilityError, match="no bijection"):
+        unconstrain(eb.from_log_prob(lambda x: -x.sum(-1), 2,
+                                     support=constraints.nonnegative_integer))
+    with pytest.raises(Exception, match="support must be"):
+        eb.from_log_prob(lambda x: -x.sum(-1), 2, support="positive")
+
+
+def test_a_model_on_cholesky_factors() -> None:
+    # p̃(L) = ∏_{i≥j} exp(−L_ij²/2) on lower-triangular L with a positive diagonal:
+    # the diagonal is half-normal (mean √(2/π), variance 1 − 2/π), the entry below
+    # it standard normal, and the entry above it stays 0.
+    def log_density(factor: Tensor) -> Tensor:
+        return -0.5 * (factor.tril() ** 2).sum((-2, -1))
+
+    model = eb.from_log_prob(log_density, (2, 2), support=constraints.lower_cholesky)
+    # Starts as wide as the target (the escape check measures from their spread).
+    start = torch.randn(N_CHAINS, 2, 2, generator=torch.Generator().manual_seed(3)).tril()
+    x0 = start + torch.diag_embed(start.diagonal(dim1=-2, dim2=-1).abs() + 0.3
+                                  - start.diagonal(dim1=-2, dim2=-1))
+    samples = _run(model, x0=x0)
+    assert samples.unconstrained_draws.shape[-1] == 3
+    draws = samples.draws
+    assert (draws[..., 0, 1] == 0).all() and (draws.diagonal(dim1=-2, dim2=-1) > 0).all()
+    half = (2 / torch.pi) ** 0.5
+    lower = torch.stack([draws[..., 0, 0], draws[..., 1, 0], draws[..., 1, 1]], -1)
+    _assert_moments(lower, torch.tensor([half, 0.0, half]),
+                    torch.tensor([1 - half**2, 1.0, 1 - half**2]))
