@@ -19,6 +19,7 @@ from torch import nn
 import ebmalgebra as eb
 from ebmalgebra import io
 from ebmalgebra.io import SerializationError, register_leaf, register_module
+from ebmalgebra.io.registry import LEAVES
 from ebmalgebra.learning.nets import (
     ConvEnergy,
     DenoiserEnergy,
@@ -182,6 +183,20 @@ def test_registering_needs_a_config_and_a_free_name():
         register_leaf("test_io.no_config")(NoConfig)
     with pytest.raises(ValueError, match="already registered"):
         register_leaf("gaussian", config=lambda leaf: {})(NoConfig)
+
+
+def test_a_class_defined_again_replaces_its_registration():
+    # A notebook cell or script run twice defines a new class of the same module and name.
+    def define():
+        class Redefined(Leaf):
+            def config(self):
+                return {}
+        return register_leaf("test_io.redefined")(Redefined)
+
+    first, second = define(), define()
+    assert first is not second
+    assert LEAVES.by_name["test_io.redefined"].cls is second
+    assert first not in LEAVES.by_class
 
 
 # ----------------------------------------------------------------- save errors

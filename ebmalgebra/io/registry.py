@@ -53,6 +53,11 @@ class _Entry:
     build: Callable[..., Any]
 
 
+def _same_definition(old: type, new: type) -> bool:
+    """Whether ``new`` is ``old`` defined again: same module and qualified name."""
+    return (old.__module__, old.__qualname__) == (new.__module__, new.__qualname__)
+
+
 class _Registry:
     """Type name ⇄ class, with how to describe (``config``) and rebuild (``build``) one."""
 
@@ -79,8 +84,13 @@ class _Registry:
                 )
         previous = self.by_name.get(name)
         if previous is not None and previous.cls is not cls:
-            raise ValueError(f"register_{self.kind}: {name!r} is already registered for "
-                             f"{previous.cls.__qualname__}")
+            if _same_definition(previous.cls, cls):
+                # The class was defined again (a notebook cell or script run twice):
+                # the new definition replaces the old one.
+                del self.by_class[previous.cls]
+            else:
+                raise ValueError(f"register_{self.kind}: {name!r} is already registered for "
+                                 f"{previous.cls.__qualname__}")
         entry = _Entry(name, cls, config, build or cls)
         self.by_name[name] = entry
         self.by_class[cls] = entry
