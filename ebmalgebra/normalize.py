@@ -44,6 +44,7 @@ from ebmalgebra.samplers import MALA, Sampler, sample
 from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
 from ebmalgebra.samplers.smc import SMC
 from ebmalgebra.targets import MultivariateGaussian
+from ebmalgebra.threads import particle_batch, threaded
 
 __all__ = ["LogZEstimate", "estimate_log_z", "normalize"]
 
@@ -302,6 +303,7 @@ class _Annealer:
         return state.position, acceptance
 
 
+@threaded(particle_batch)
 def estimate_log_z(
     model: EnergyModel,
     *,

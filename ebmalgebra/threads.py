@@ -1,4 +1,5 @@
-"""How many CPU threads torch uses inside ``sample``, ``zoo.draw`` and ``fit``.
+"""How many CPU threads torch uses inside ``sample``, ``zoo.draw``, ``fit``,
+``estimate_log_z`` and ``SMC.run``.
 
 The library's work is many small batched operations (chains × a few
 coordinates, or a batch through a small network). Spreading one such op
@@ -28,13 +29,17 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 
-__all__ = ["ENV", "SMALL_BATCH", "call_threads", "policy_threads", "use_threads"]
+__all__ = ["ENV", "SMALL_BATCH", "call_threads", "particle_batch", "policy_threads", "threaded",
+           "use_threads"]
 
 ENV = "EBMALGEBRA_THREADS"
 """Environment variable overriding the policy: a positive integer, or ``torch``."""
@@ -91,6 +96,33 @@ def call_threads(batch_elements: int) -> Iterator[None]:
         yield
     finally:
         restore()
+
+
+def threaded(batch_elements: Callable[..., int]) -> Callable[[Callable], Callable]:
+    """Decorate a function so that it runs under the policy for the batch that
+    ``batch_elements(**arguments)`` computes from its bound arguments (defaults applied).
+
+    Example:
+        >>> @threaded(particle_batch)
+        ... def estimate_log_z(model, *, n_particles=1024): ...
+    """
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with call_threads(batch_elements(**bound.arguments)):
+                return function(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+def particle_batch(*, model, n_particles: int, **_) -> int:
+    """Tensor elements per step of ``n_particles`` particles of ``model``: n × numel(event)."""
+    event_shape = getattr(model, "event_shape", None) or ()
+    return n_particles * math.prod(event_shape) if isinstance(n_particles, int) else 0
 
 
 def _nothing() -> None:

@@ -80,3 +80,14 @@ def test_call_threads_applies_the_env_override_and_restores(torch_default, monke
     with threads.call_threads(10):
         assert torch.get_num_threads() == 3
     assert torch.get_num_threads() == TORCH_DEFAULT
+
+
+@pytest.mark.parametrize("method", ["ais", "smc"])
+def test_log_z_estimation_runs_on_one_thread_and_restores_the_count(torch_default, method):
+    seen = []
+    model = eb.from_energy(lambda x: (seen.append(torch.get_num_threads()),
+                                      0.5 * (x * x).sum(-1))[1], 2, name="quad")
+    eb.estimate_log_z(model, n_particles=32, n_temps=3, n_steps=2, method=method,
+                      generator=torch.Generator().manual_seed(0), progress=False)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == TORCH_DEFAULT

@@ -76,6 +76,7 @@ from ebmalgebra.samplers.base import Potential
 from ebmalgebra.samplers.hmc import HMC
 from ebmalgebra.samplers.mala import MALA
 from ebmalgebra.samplers.resampling import RESAMPLING, resample
+from ebmalgebra.threads import particle_batch, threaded
 
 __all__ = ["SMC", "SMCResult", "conditional_ess", "next_exponent"]
 
@@ -234,6 +235,7 @@ class SMC:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"SMC({fields})"
 
+    @threaded(particle_batch)
     def run(
         self,
         model: EnergyModel,
