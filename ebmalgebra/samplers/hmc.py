@@ -174,17 +174,8 @@ class HMC(StepSizeSampler):
         position = x0.detach()
         energy, score = potential.energy_and_score(position)
         step_size = as_chain_values(self.step_size, position, f"{self.name}: step_size")
-        return HMCState(position, energy, score, step_size, self.initial_metric(position),
-                        potential)
-
-    def initial_metric(self, position: Tensor) -> Metric:
-        """The starting metric for positions ``(n_chains, *event_shape)``: identity, or
-        ``inverse_mass`` (checked against the event shape) on their device and dtype."""
-        if self.inverse_mass is None:
-            return self._metric_class.identity(position)
-        metric = self._metric_class(self.inverse_mass.to(position))
-        metric.check(position, self.name)
-        return metric
+        metric = self._metric_class.starting(self.inverse_mass, position, self.name)
+        return HMCState(position, energy, score, step_size, metric, potential)
 
     # ------------------------------------------------------------------ step
     def _draw_n_leapfrog(self, like: Tensor, generator: torch.Generator | None) -> int:

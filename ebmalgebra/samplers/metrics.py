@@ -77,6 +77,17 @@ class Metric:
         """M = I for positions ``(n_chains, *event_shape)``, on their device and dtype."""
         raise NotImplementedError
 
+    @classmethod
+    def starting(cls, inverse_mass: Tensor | None, position: Tensor, operation: str) -> Metric:
+        """A sampler's first metric for positions ``(n_chains, *event_shape)``: the
+        identity, or ``inverse_mass`` checked against the event shape, on the positions'
+        device and dtype."""
+        if inverse_mass is None:
+            return cls.identity(position)
+        metric = cls(inverse_mass.to(position))
+        metric.check(position, operation)
+        return metric
+
     def replace(self, inverse_mass: Tensor) -> Metric:
         """A metric of the same kind with a new M⁻¹ (e.g. the one warmup estimated)."""
         return type(self)(inverse_mass)

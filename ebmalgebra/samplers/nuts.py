@@ -233,11 +233,7 @@ class NUTS(StepSizeSampler):
         position = x0.detach()
         energy, score = potential.energy_and_score(position)
         step_size = as_chain_values(self.step_size, position, f"{self.name}: step_size")
-        if self.inverse_mass is None:
-            metric = self._metric_class.identity(position)
-        else:
-            metric = self._metric_class(self.inverse_mass.to(position))
-            metric.check(position, self.name)
+        metric = self._metric_class.starting(self.inverse_mass, position, self.name)
         return NUTSState(position, energy, score, step_size, metric, potential)
 
     # ------------------------------------------------------------------ step
