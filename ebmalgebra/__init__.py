@@ -21,7 +21,13 @@ from typing import Any
 from ebmalgebra import samplers, targets
 from ebmalgebra.base import Capabilities, EnergyModel
 from ebmalgebra.compile import CompiledEnergy, compile
-from ebmalgebra.errors import CapabilityError, CompositionError, EBMAlgebraError
+from ebmalgebra.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    CapabilityError,
+    CompositionError,
+    EBMAlgebraError,
+)
 from ebmalgebra.io import SerializationError, load, save
 from ebmalgebra.leaves import (
     Leaf,
@@ -40,6 +46,8 @@ from ebmalgebra.samplers import sample
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "Capabilities",
     "CapabilityError",
     "ClassifierEnergy",

@@ -15,7 +15,6 @@ missing.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,42 +75,7 @@ def format_number(value: float) -> str:
     return repr(value)
 
 
-def as_finite_float(value: object, what: str, *, positive: bool = False) -> float:
-    """``value``, a real number or one-element tensor, as a finite float (> 0 if ``positive``).
 
-    Anything else is a :class:`CompositionError` that starts with ``what``,
-    e.g. ``"weight must be finite, got inf"``.
-    """
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise CompositionError(f"{what} must be a scalar, got a tensor of shape "
-                                   f"{tuple(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise CompositionError(f"{what} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value) or (positive and value <= 0):
-        requirement = "a positive finite number" if positive else "finite"
-        raise CompositionError(f"{what} must be {requirement}, got {value!r}")
-    return float(value)
-
-
-def check_count(value: object, what: str, minimum: int = 1) -> int:
-    """``value`` if it is an int ≥ ``minimum`` (a bool is not), else a ``ValueError``
-    that names ``what``: "<what> must be a positive int, got …"."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        requirement = "a positive int" if minimum == 1 else f"an int ≥ {minimum}"
-        raise ValueError(f"{what} must be {requirement}, got {value!r}")
-    return value
-
-
-def check_generator(generator: object, what: str) -> torch.Generator | None:
-    """``generator`` if it is a ``torch.Generator`` or ``None``, else a ``TypeError``
-    that names ``what``."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{what}: generator must be a torch.Generator or None, got "
-                        f"{type(generator).__name__}; seed one with "
-                        "torch.Generator().manual_seed(0)")
-    return generator
 
 
 def input_options(module: object, *, dtype: torch.dtype | None = None,

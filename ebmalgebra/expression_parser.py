@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.errors import EBMAlgebraError
+from ebmalgebra.errors import EBMAlgebraError, ExpressionError
 
 __all__ = ["ExpressionError", "parse_expression"]
 
@@ -42,19 +42,6 @@ MAX_NESTING = 100
 accepts: the recursive descent takes a few Python frames per level, and deeper text would
 hit Python's recursion limit instead of a positioned :class:`ExpressionError`."""
 
-
-class ExpressionError(EBMAlgebraError, ValueError):
-    """A syntax error, unknown name or ill-typed operation in an expression string.
-
-    Attributes:
-        text: the expression.
-        position: index of the offending character in ``text``.
-        reason: the message without the caret display.
-    """
-
-    def __init__(self, reason: str, text: str, position: int) -> None:
-        self.reason, self.text, self.position = reason, text, position
-        super().__init__(f"{reason}\n  {text}\n  {' ' * position}^")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, check_count, input_options
+from ebmalgebra import validation
+from ebmalgebra.base import EnergyModel, input_options
 from ebmalgebra.compile import compile
 from ebmalgebra.distributed import ChainShard, all_chains, chain_shard
 from ebmalgebra.errors import CapabilityError, CompositionError
@@ -386,9 +387,9 @@ def estimate_log_z(
         value = exact_log_z(model)
         if value is not None:
             return LogZEstimate(value, 0.0, math.inf, "exact")
-    check_count(n_particles, "estimate_log_z: n_particles", 2)
+    validation.count("estimate_log_z: n_particles", n_particles, 2)
     if n_temps is not None:
-        check_count(n_temps, "estimate_log_z: n_temps")
+        validation.count("estimate_log_z: n_temps", n_temps)
     if not 0.0 < target_cess < 1.0:
         raise ValueError(f"estimate_log_z: target_cess must be in (0, 1), got {target_cess!r}")
     _check_transition(sampler)

@@ -29,14 +29,14 @@ import torch
 from torch import Tensor
 from torch.distributions.constraints import Constraint
 
+from ebmalgebra import validation
 from ebmalgebra.base import (
     Capabilities,
     EnergyModel,
     TimeLike,
-    as_finite_float,
     format_number,
 )
-from ebmalgebra.errors import CapabilityError, CompositionError
+from ebmalgebra.errors import ArgumentError, CapabilityError, CompositionError
 from ebmalgebra.operator import ATOM, INVERT, MIXTURE, POWER, PRODUCT, WEIGHT, Operator
 
 if TYPE_CHECKING:
@@ -272,10 +272,10 @@ class _Unary(Operator):
 
 
 def _check_weight(weight: object, base: object) -> float:
-    weight = as_finite_float(weight, "weight")
+    weight = validation.real("weight", weight)
     if weight <= 0:
-        raise CompositionError(f"weight must be positive, got {format_number(weight)} "
-                               f"in {format_number(weight)} * {base!r}")
+        raise ArgumentError(f"weight must be positive, got {format_number(weight)} "
+                            f"in {format_number(weight)} * {base!r}")
     return weight
 
 
@@ -356,7 +356,7 @@ class Power(_Unary):
     def canonical(cls, base: EnergyModel, exponent: float) -> EnergyModel | None:
         from ebmalgebra.leaves import one
 
-        exponent = as_finite_float(exponent, f"exponent of {base!r} ** beta")
+        exponent = validation.real(f"exponent of {base!r} ** beta", exponent)
         if _is_one(base) or exponent == 0.0:
             return one
         if exponent == 1.0:
@@ -369,7 +369,7 @@ class Power(_Unary):
 
     def __init__(self, base: EnergyModel, exponent: float) -> None:
         super().__init__(base)
-        self.exponent = as_finite_float(exponent, f"exponent of {base!r} ** beta")
+        self.exponent = validation.real(f"exponent of {base!r} ** beta", exponent)
 
     @property
     def passes_impropriety(self) -> bool:  # type: ignore[override]
@@ -442,12 +442,12 @@ class Normalized(_Unary):
                  stderr: float | None = None) -> None:
         super().__init__(base)
         self._given = log_z is not None
-        self.log_z_stderr = None if stderr is None else as_finite_float(stderr, "stderr")
+        self.log_z_stderr = None if stderr is None else validation.real("stderr", stderr)
         if log_z is None:
             base.require("normalizer", "normalized() without log_z")
             value = base._log_z().detach()
         else:
-            value = torch.as_tensor(as_finite_float(log_z, "log_z"), dtype=torch.float64)
+            value = torch.as_tensor(validation.real("log_z", log_z), dtype=torch.float64)
         self.register_buffer("log_normalizer", value.reshape(()).double())
 
     def derive_capabilities(self) -> Capabilities:

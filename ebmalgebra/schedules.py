@@ -19,14 +19,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import as_finite_float
+from ebmalgebra import validation
 
 __all__ = ["VE", "VP", "NoiseSchedule"]
 
 def _as_levels(t: float | Tensor) -> Tensor:
     if isinstance(t, Tensor):
         return t if t.is_floating_point() else t.to(torch.get_default_dtype())
-    return torch.tensor(as_finite_float(t, "noise level t"), dtype=torch.float64)
+    return torch.tensor(validation.real("noise level t", t), dtype=torch.float64)
 
 class NoiseSchedule:
     """x_t = α_t x_0 + σ_t ε: subclasses define :meth:`alpha` and :meth:`sigma`."""
@@ -62,8 +62,8 @@ class VP(NoiseSchedule):
     """
 
     def __init__(self, *, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
-        self.beta_min = as_finite_float(beta_min, "VP: beta_min", positive=True)
-        self.beta_max = as_finite_float(beta_max, "VP: beta_max", positive=True)
+        self.beta_min = validation.positive("VP: beta_min", beta_min)
+        self.beta_max = validation.positive("VP: beta_max", beta_max)
         if self.beta_max < self.beta_min:
             raise ValueError(f"VP: beta_max ({beta_max!r}) must be at least beta_min "
                              f"({beta_min!r})")

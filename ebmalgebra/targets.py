@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ebmalgebra import validation
 from ebmalgebra.base import Capabilities, TimeLike
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, CompositionError
 from ebmalgebra.leaves import Leaf
 
 if TYPE_CHECKING:
@@ -45,26 +46,21 @@ def _as_tensor(value: TensorLike, what: str, dtype: torch.dtype | None = None) -
     tensor = value if isinstance(value, Tensor) else torch.as_tensor(value, dtype=dtype)
     if not tensor.is_floating_point():
         tensor = tensor.to(dtype or torch.get_default_dtype())
-    if not torch.isfinite(tensor).all():
-        raise CompositionError(f"{what} must be finite, got {value!r}")
-    return tensor.detach().clone()
+    return validation.finite_entries(what, tensor.detach().clone())
 
 
 def _positive(value: TensorLike, what: str, dtype: torch.dtype | None = None) -> Tensor:
-    tensor = _as_tensor(value, what, dtype)
-    if (tensor <= 0).any():
-        raise CompositionError(f"{what} must be positive, got {value!r}")
-    return tensor
+    return validation.positive_entries(what, _as_tensor(value, what, dtype))
 
 
 def _cholesky(matrix: Tensor, what: str) -> Tensor:
     if matrix.dim() < 2 or matrix.shape[-1] != matrix.shape[-2]:
         raise CompositionError(f"{what} must be a square matrix, got shape {tuple(matrix.shape)}")
     if not torch.allclose(matrix, matrix.mT, rtol=1e-5, atol=1e-8):
-        raise CompositionError(f"{what} must be symmetric")
+        raise ArgumentError(f"{what} must be symmetric")
     factor, info = torch.linalg.cholesky_ex(matrix)
     if (info != 0).any():
-        raise CompositionError(f"{what} must be positive definite")
+        raise ArgumentError(f"{what} must be positive definite")
     return factor
 
 
@@ -165,9 +161,7 @@ class MultivariateGaussian(AnalyticTarget):
             raise CompositionError(f"{name}: loc must be a vector (d,), got {tuple(loc.shape)}")
         given = [v is not None for v in (covariance, scale_tril, precision)]
         if sum(given) != 1:
-            raise CompositionError(
-                f"{name}: give exactly one of covariance, scale_tril, precision"
-            )
+            raise ArgumentError(f"{name}: give exactly one of covariance, scale_tril, precision")
         if covariance is not None:
             tril = _cholesky(_as_tensor(covariance, f"{name}: covariance", loc.dtype).to(loc.dtype),
                              f"{name}: covariance")
@@ -275,7 +269,7 @@ class GaussianMixture(AnalyticTarget):
             raise CompositionError(f"{name}: locs must be (K, d), got {tuple(locs.shape)}")
         n_components, dim = locs.shape
         if (scales is None) == (covariances is None):
-            raise CompositionError(f"{name}: give exactly one of scales, covariances")
+            raise ArgumentError(f"{name}: give exactly one of scales, covariances")
         if covariances is not None:
             covs = _as_tensor(covariances, f"{name}: covariances", locs.dtype).to(locs.dtype)
             if covs.shape != (n_components, dim, dim):
@@ -387,8 +381,7 @@ class Funnel(AnalyticTarget):
     """
 
     def __init__(self, dim: int = 2, *, scale: float = 3.0, name: str = "funnel"):
-        if not isinstance(dim, int) or dim < 2:
-            raise CompositionError(f"{name}: dim must be an int ≥ 2, got {dim!r}")
+        validation.count(f"{name}: dim", dim, 2)
         _positive(scale, f"{name}: scale")
         super().__init__(torch.Size([dim]), name)
         self.register_buffer("hyperparameters", torch.tensor([float(scale)]))

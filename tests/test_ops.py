@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ebmalgebra as eb
-from ebmalgebra import CapabilityError, CompositionError, one
+from ebmalgebra import ArgumentError, ArgumentTypeError, CapabilityError, CompositionError, one
 from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
 from ebmalgebra.targets import Gaussian, Ring
 
@@ -129,11 +129,6 @@ def test_errors_name_the_smallest_offending_subexpression(abc):
 @pytest.mark.parametrize("build,match", [
     (lambda a, b, c: a & Gaussian(torch.zeros(3), 1.0, name="d"), r"event shapes differ.*d"),
     (lambda a, b, c: a | Gaussian(torch.zeros(3), 1.0, name="d"), r"event shapes differ"),
-    (lambda a, b, c: 0 * a, "weight must be positive"),
-    (lambda a, b, c: -2.0 * a, "weight must be positive"),
-    (lambda a, b, c: float("inf") * a, "weight must be finite"),
-    (lambda a, b, c: a ** float("nan"), "exponent of a \\*\\* beta must be finite"),
-    (lambda a, b, c: a ** "2", "must be a real number"),
     (lambda a, b, c: a * b, "use `a & b`"),
     (lambda a, b, c: a & 3, "combines two EnergyModels"),
 ])
@@ -141,6 +136,18 @@ def test_composition_errors(abc, build, match):
     a, b, c = abc
     with pytest.raises(CompositionError, match=match):
         build(a, b, c)
+
+
+@pytest.mark.parametrize("build,error,match", [
+    (lambda a: 0 * a, ArgumentError, "weight must be positive"),
+    (lambda a: -2.0 * a, ArgumentError, "weight must be positive"),
+    (lambda a: float("inf") * a, ArgumentError, "weight must be finite"),
+    (lambda a: a ** float("nan"), ArgumentError, "exponent of a \\*\\* beta must be finite"),
+    (lambda a: a ** "2", ArgumentTypeError, "must be a real number"),
+])
+def test_bad_weights_and_exponents_are_argument_errors(abc, build, error, match):
+    with pytest.raises(error, match=match):
+        build(abc[0])
 
 
 def test_input_validation(abc):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy import stats
 from torch import distributions as D
 
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, CompositionError
 from ebmalgebra.leaves import autograd_energy_and_score
 from ebmalgebra.targets import (
     Banana,
@@ -160,19 +160,22 @@ def test_energies_follow_input_dtype():
             assert energy.dtype == dtype and score.dtype == dtype
 
 
-@pytest.mark.parametrize("build,match", [
-    (lambda: Gaussian(torch.zeros(2), -1.0), "scale must be positive"),
-    (lambda: Gaussian(torch.zeros(2), torch.ones(3)), "does not broadcast"),
+# A value outside its own constraint is an ArgumentError; arguments whose shapes do
+# not fit each other are a CompositionError (both are ValueErrors).
+@pytest.mark.parametrize("build,error,match", [
+    (lambda: Gaussian(torch.zeros(2), -1.0), ArgumentError, "scale must be positive"),
+    (lambda: Gaussian(torch.zeros(2), torch.ones(3)), CompositionError, "does not broadcast"),
     (lambda: MultivariateGaussian(torch.zeros(2), torch.tensor([[1.0, 2.0], [2.0, 1.0]])),
-     "positive definite"),
-    (lambda: MultivariateGaussian(torch.zeros(2)), "exactly one"),
-    (lambda: GaussianMixture(torch.zeros(2, 2), 1.0, weights=torch.ones(3)), "weights must be"),
-    (lambda: Ring(radius=0.0), "radius must be positive"),
-    (lambda: Funnel(1), "dim must be"),
-    (lambda: Gaussian(torch.tensor([float("nan")]), 1.0), "must be finite"),
+     ArgumentError, "positive definite"),
+    (lambda: MultivariateGaussian(torch.zeros(2)), ArgumentError, "exactly one"),
+    (lambda: GaussianMixture(torch.zeros(2, 2), 1.0, weights=torch.ones(3)), CompositionError,
+     "weights must be"),
+    (lambda: Ring(radius=0.0), ArgumentError, "radius must be positive"),
+    (lambda: Funnel(1), ArgumentError, "dim must be"),
+    (lambda: Gaussian(torch.tensor([float("nan")]), 1.0), ArgumentError, "must be finite"),
 ])
-def test_bad_parameters_are_named(build, match):
-    with pytest.raises(CompositionError, match=match):
+def test_bad_parameters_are_named(build, error, match):
+    with pytest.raises(error, match=match):
         build()
 
 

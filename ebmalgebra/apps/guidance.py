@@ -30,7 +30,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ebmalgebra.base import Capabilities, TimeLike, check_count, input_options
+from ebmalgebra import validation
+from ebmalgebra.base import Capabilities, TimeLike, input_options
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.io import register_leaf, register_module
 from ebmalgebra.leaves import Leaf, as_event_shape, call_leaf_function
@@ -186,7 +187,7 @@ class MLPClassifier(nn.Module):
 
         super().__init__()
         self.event_shape = as_event_shape(event_shape)
-        check_count(n_classes, "n_classes", 2)
+        validation.count("n_classes", n_classes, 2)
         hidden = tuple(hidden)
         if not hidden or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
                              for w in hidden):

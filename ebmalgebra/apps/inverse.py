@@ -35,8 +35,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ebmalgebra import validation
 from ebmalgebra.apps.likelihood import GaussianLikelihood, _check_mask
-from ebmalgebra.base import EnergyModel, check_count
+from ebmalgebra.base import EnergyModel
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.samplers import MALA, AnnealedLangevin, Sampler, sample
 from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
@@ -128,8 +129,8 @@ def posterior_estimate(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    check_count(n_steps, "n_steps")
-    check_count(n_obs, "n_obs")
+    validation.count("n_steps", n_steps)
+    validation.count("n_obs", n_obs)
     if x0.shape[0] % n_obs:
         raise ValueError(f"x0 must hold a multiple of n_obs={n_obs} chains, got {x0.shape[0]}")
     _check_observation_count(posterior, n_obs)
@@ -223,7 +224,7 @@ def _reconstruct(prior: EnergyModel, y: Tensor, sigma: float, mask: Tensor | Non
     """Shared body of :func:`denoise` and :func:`inpaint`."""
     if not isinstance(prior, EnergyModel):
         raise TypeError(f"{what}: prior must be an EnergyModel, got {type(prior).__name__}")
-    check_count(n_chains, f"{what}: n_chains")
+    validation.count(f"{what}: n_chains", n_chains)
     batch, single = _as_batch(y, prior, what)
     noise_conditioned = is_noise_conditioned(prior)
     if mask is not None:

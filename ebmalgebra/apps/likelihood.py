@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ebmalgebra.base import Capabilities, TimeLike, as_finite_float, input_options
+from ebmalgebra import validation
+from ebmalgebra.base import Capabilities, TimeLike, input_options
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.io import SerializationError, register_leaf
 from ebmalgebra.leaves import Leaf, as_event_shape
@@ -91,7 +92,7 @@ class GaussianLikelihood(Leaf):
             raise CompositionError(f"{name}: y must be a floating-point tensor, got {kind}")
         if not torch.isfinite(y).all():
             raise CompositionError(f"{name}: y must be finite")
-        sigma = as_finite_float(sigma, f"{name}: sigma", positive=True)
+        sigma = validation.positive(f"{name}: sigma", sigma)
         y = y.detach().clone()
         shape = None if event_shape is None else as_event_shape(event_shape)
         matrix = callable_operator = None

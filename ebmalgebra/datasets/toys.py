@@ -16,7 +16,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import check_generator
+from ebmalgebra import validation
 
 __all__ = ["bar", "checkerboard", "eight_gaussians", "moons", "rings"]
 
@@ -58,7 +58,7 @@ def _draw_device(generator: torch.Generator | None) -> torch.device:
 
     Also validates ``generator``, which every sampler passes through here.
     """
-    if check_generator(generator, "datasets") is None:
+    if validation.generator("datasets: generator", generator) is None:
         return torch.device("cpu")
     return generator.device
 

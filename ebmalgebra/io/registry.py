@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.errors import EBMAlgebraError
+from ebmalgebra.errors import SerializationError
 
 __all__ = [
     "LEAVES",
@@ -34,14 +34,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-
-class SerializationError(EBMAlgebraError, ValueError):
-    """An expression cannot be saved, or a file cannot be loaded as one.
-
-    The message names the part at fault: the leaf that is not serialisable,
-    the unknown type, the tensor whose shape, dtype or checksum is off, the
-    malformed JSON field.
-    """
 
 
 # ------------------------------------------------------------------- registry

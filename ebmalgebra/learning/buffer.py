@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import as_finite_float, check_count
+from ebmalgebra import validation
 from ebmalgebra.leaves import as_event_shape
 from ebmalgebra.samplers.base import is_nonfinite
 
@@ -61,14 +61,14 @@ class ReplayBuffer:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        check_count(capacity, "ReplayBuffer: capacity")
-        reinit_fraction = as_finite_float(reinit_fraction, "ReplayBuffer: reinit_fraction")
+        validation.count("ReplayBuffer: capacity", capacity)
+        reinit_fraction = validation.real("ReplayBuffer: reinit_fraction", reinit_fraction)
         if not 0.0 <= reinit_fraction <= 1.0:
             raise ValueError(f"ReplayBuffer: reinit_fraction must be in [0, 1], "
                              f"got {reinit_fraction!r}")
         if noise is None:
-            low = as_finite_float(low, "ReplayBuffer: low")
-            high = as_finite_float(high, "ReplayBuffer: high")
+            low = validation.real("ReplayBuffer: low", low)
+            high = validation.real("ReplayBuffer: high", high)
             if not low < high:
                 raise ValueError(f"ReplayBuffer: need low < high, got low={low}, high={high}")
         elif not callable(noise):

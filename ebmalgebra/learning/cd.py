@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, as_finite_float, check_generator
+from ebmalgebra import validation
+from ebmalgebra.base import EnergyModel
 from ebmalgebra.learning._checks import check_batch, check_model
 from ebmalgebra.learning.buffer import ReplayBuffer
 
@@ -84,10 +85,10 @@ def contrastive_divergence(
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"contrastive_divergence: n_steps must be a non-negative int, "
                          f"got {n_steps!r}")
-    alpha = as_finite_float(alpha, "contrastive_divergence: alpha")
+    alpha = validation.real("contrastive_divergence: alpha", alpha)
     if alpha < 0:
         raise ValueError(f"contrastive_divergence: alpha must be non-negative, got {alpha!r}")
-    check_generator(generator, "contrastive_divergence")
+    validation.generator("contrastive_divergence: generator", generator)
     n = positives.shape[0]
     if buffer is None:
         starts, index = positives.detach(), None

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, check_count, check_generator
+from ebmalgebra import validation
+from ebmalgebra.base import EnergyModel
 from ebmalgebra.learning._checks import check_batch, check_model
-from ebmalgebra.samplers.base import check_positive
 from ebmalgebra.threads import use_threads
 
 __all__ = ["History", "fit"]
@@ -45,7 +45,7 @@ class History:
 
     def smoothed(self, window: int = 50) -> list[float]:
         """Moving average of the loss over the last ``window`` steps (fewer at the start)."""
-        check_count(window, "History.smoothed: window")
+        validation.count("History.smoothed: window", window)
         out, total = [], 0.0
         for i, value in enumerate(self.losses):
             total += value
@@ -59,7 +59,7 @@ class History:
 
         Returns the matplotlib Axes.
         """
-        check_count(window, "History.plot: window")
+        validation.count("History.plot: window", window)
         from ebmalgebra.plotting import new_axes, save_figure
 
         if ax is None:
@@ -123,8 +123,8 @@ def fit(
     """
     check_model(model, "fit")
     data = check_batch(model, data, "fit")
-    check_count(epochs, "fit: epochs")
-    check_count(batch_size, "fit: batch_size")
+    validation.count("fit: epochs", epochs)
+    validation.count("fit: batch_size", batch_size)
     if not callable(loss):
         raise TypeError(f"fit: loss must be callable as loss(model, batch, generator=...), "
                         f"got {type(loss).__name__}")
@@ -132,8 +132,8 @@ def fit(
         raise TypeError(f"fit: callback must be callable as callback(step, loss) or None, "
                         f"got {type(callback).__name__}")
     if max_grad_norm is not None and max_grad_norm != math.inf:  # inf: measure, never clip
-        max_grad_norm = check_positive(max_grad_norm, "fit: max_grad_norm")
-    check_generator(generator, "fit")
+        max_grad_norm = validation.positive("fit: max_grad_norm", max_grad_norm)
+    validation.generator("fit: generator", generator)
     _check_scheduler(scheduler, optimizer)
     if optimizer is None:
         parameters = [p for p in model.parameters() if p.requires_grad]

@@ -30,7 +30,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ebmalgebra.base import EnergyModel, TimeLike, check_count
+from ebmalgebra import validation
+from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.leaves import as_event_shape, from_energy
 
@@ -142,7 +143,7 @@ class GaussianEnergy(nn.Module):
 
     def __init__(self, dim: int, *, loc: Tensor | None = None, scale_tril: Tensor | None = None):
         super().__init__()
-        dim = check_count(dim, "dim")
+        dim = validation.count("dim", dim)
         self.event_shape = torch.Size([dim])
         loc = _float_tensor(torch.zeros(dim) if loc is None else loc)
         scale_tril = _float_tensor(torch.eye(dim) if scale_tril is None else scale_tril)
@@ -352,7 +353,7 @@ class ResidualMLPDenoiser(nn.Module):
         super().__init__()
         self.event_shape = _event_shape(event_shape)
         for value, what in ((width, "width"), (depth, "depth"), (embedding_dim, "embedding_dim")):
-            check_count(value, what)
+            validation.count(what, value)
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         self.sigma_data = float(sigma_data)

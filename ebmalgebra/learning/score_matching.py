@@ -50,12 +50,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, TimeLike, check_count
+from ebmalgebra import validation
+from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import compile as compile_model
 from ebmalgebra.errors import CapabilityError
 from ebmalgebra.jit import call_compiled
 from ebmalgebra.learning._checks import check_batch, check_model
-from ebmalgebra.samplers.base import check_positive
 
 __all__ = ["denoising_score_matching", "exact_score_matching", "multi_noise_dsm",
            "score_matching", "sliced_score_matching"]
@@ -157,7 +157,7 @@ def sliced_score_matching(
     if projection not in _PROJECTIONS:
         raise ValueError(f"sliced_score_matching: projection must be one of {_PROJECTIONS}, "
                          f"got {projection!r}")
-    check_count(n_projections, "sliced_score_matching: n_projections")
+    validation.count("sliced_score_matching: n_projections", n_projections)
     # Each projection gets its own copy of x: one backward pass serves all of them.
     repeated = x.detach().repeat(n_projections, *([1] * (x.dim() - 1))).requires_grad_(True)
     if isinstance(t, Tensor) and t.dim() > 0:
@@ -194,7 +194,7 @@ def denoising_score_matching(
     """
     check_model(model, "denoising_score_matching", "score")
     x = check_batch(model, batch, "denoising_score_matching")
-    sigma = check_positive(sigma, "denoising_score_matching: sigma")
+    sigma = validation.positive("denoising_score_matching: sigma", sigma)
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return _run(_denoising_objective, jit, model, x + sigma * noise, noise, sigma, t)
 
@@ -247,8 +247,8 @@ def multi_noise_dsm(
         index = torch.randint(0, levels.numel(), (n,), generator=generator, device=x.device)
         sigma = levels[index]
     else:
-        low = math.log(check_positive(sigma_min, "multi_noise_dsm: sigma_min"))
-        high = math.log(check_positive(sigma_max, "multi_noise_dsm: sigma_max"))
+        low = math.log(validation.positive("multi_noise_dsm: sigma_min", sigma_min))
+        high = math.log(validation.positive("multi_noise_dsm: sigma_max", sigma_max))
         if low > high:
             raise ValueError(f"multi_noise_dsm: sigma_min ({sigma_min}) must not exceed "
                              f"sigma_max ({sigma_max})")

@@ -80,7 +80,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ebmalgebra import validation
 from ebmalgebra.distributed import active_shard
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError
 
 __all__ = [
     "MIN_ADAPTATION_STEPS",
@@ -141,12 +143,9 @@ class DualAveraging:
     kappa: float = 0.75
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.target_accept < 1.0:
-            raise ValueError(f"target_accept must be in (0, 1), got {self.target_accept!r}")
+        validation.in_interval("target_accept", self.target_accept)
         for name in ("t0", "gamma", "kappa"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be positive, got {value!r}")
+            validation.positive(name, getattr(self, name))
 
     def init(self, step_size: Tensor) -> DualAveragingState:
         """Start at ``step_size`` (per group), with μ = log(10 ε₀)."""
@@ -194,7 +193,7 @@ class StepSizeAdaptation:
     def __init__(self, state, dual_averaging: DualAveraging, n_groups: int = 1) -> None:
         n_chains = state.step_size.shape[0]
         if n_groups < 1 or n_chains % n_groups:
-            raise ValueError(f"n_groups must divide n_chains = {n_chains}, got {n_groups}")
+            raise ArgumentError(f"n_groups must divide n_chains = {n_chains}, got {n_groups}")
         self.dual_averaging = dual_averaging
         self.n_groups = n_groups
         self.da = dual_averaging.init(self._grouped(state.step_size))
@@ -327,7 +326,7 @@ class WindowAdaptation:
         self.step_size = (StepSizeAdaptation(state, DualAveraging(target_accept))
                           if adapt_step_size else None)
         if adapt_mass and not hasattr(state, "metric"):
-            raise TypeError(f"adapt_mass needs a state with a metric, got "
+            raise ArgumentTypeError(f"adapt_mass needs a state with a metric, got "
                             f"{type(state).__name__}")
         self.windows = dict(mass_windows(n_warmup)) if adapt_mass else {}
         self.window_end: int | None = None

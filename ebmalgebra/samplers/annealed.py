@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, check_count
-from ebmalgebra.errors import CompositionError
+from ebmalgebra import validation
+from ebmalgebra.base import EnergyModel
+from ebmalgebra.errors import ArgumentError, CompositionError
 from ebmalgebra.samplers.base import Potential, Sampler, check_step_size, is_nonfinite
 from ebmalgebra.samplers.langevin import LangevinState, init_langevin, ula_step
 from ebmalgebra.samplers.mala import mala_step
@@ -133,35 +133,25 @@ class AnnealedLangevin(Sampler):
         max_step_growth: float = 1000.0,
     ) -> None:
         if (noise_levels is None) == (models is None):
-            raise ValueError(f"{self.name}: give exactly one of noise_levels, models")
+            raise ArgumentError(f"{self.name}: give exactly one of noise_levels, models")
         if noise_levels is not None:
-            levels = (noise_levels.detach().double().reshape(-1).tolist()
-                      if isinstance(noise_levels, Tensor) else [float(t) for t in noise_levels])
-            if not levels or any(not (math.isfinite(t) and t > 0) for t in levels):
-                raise ValueError(f"{self.name}: noise_levels must be positive and finite, "
-                                 f"got {levels}")
-            if any(b >= a for a, b in zip(levels, levels[1:], strict=False)):
-                raise ValueError(f"{self.name}: noise_levels must be strictly decreasing")
-            self.noise_levels: tuple[float, ...] | None = tuple(levels)
+            self.noise_levels: tuple[float, ...] | None = validation.decreasing(
+                f"{self.name}: noise_levels", noise_levels)
             self.models: tuple[EnergyModel, ...] | None = None
         else:
             self.noise_levels = None
             self.models = tuple(models)
             if not isinstance(mala, bool):
-                raise ValueError(f"{self.name}: a noise threshold mala={mala} needs "
-                                 "noise_levels; use mala=True or False with models")
-        check_count(steps_per_level, f"{self.name}: steps_per_level")
+                raise ArgumentError(f"{self.name}: a noise threshold mala={mala} needs "
+                                    "noise_levels; use mala=True or False with models")
+        validation.count(f"{self.name}: steps_per_level", steps_per_level)
         if not isinstance(mala, bool) and not (isinstance(mala, int | float) and mala > 0):
-            raise ValueError(f"{self.name}: mala must be True, False or a positive noise "
-                             f"threshold, got {mala!r}")
-        if not 0.0 < target_accept < 1.0:
-            raise ValueError(f"{self.name}: target_accept must be in (0, 1)")
-        if isinstance(max_step_growth, bool) or not isinstance(max_step_growth, int | float) or (
-                not max_step_growth >= 1.0):
-            raise ValueError(f"{self.name}: max_step_growth must be at least 1, got "
-                             f"{max_step_growth!r}")
+            raise ArgumentError(f"{self.name}: mala must be True, False or a positive noise "
+                                f"threshold, got {mala!r}")
+        validation.in_interval(f"{self.name}: target_accept", target_accept)
+        validation.at_least(f"{self.name}: max_step_growth", max_step_growth, 1)
         self.steps_per_level = steps_per_level
-        self.step_size = check_step_size(step_size)
+        self.step_size = check_step_size(step_size, f"{self.name}: step_size")
         self.mala = mala
         self.target_accept = target_accept
         self.adapt_step_size = adapt_step_size

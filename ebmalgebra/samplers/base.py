@@ -29,12 +29,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import CompiledEnergy, compile
 from ebmalgebra.distributed import active_shard
-from ebmalgebra.errors import CompositionError, EBMAlgebraError
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CompositionError, NonFiniteError
 from ebmalgebra.jit import call_compiled
-from ebmalgebra.samplers.adaptation import DualAveraging, window_adaptation
+from ebmalgebra.samplers.adaptation import window_adaptation
 
 __all__ = [
     "NonFiniteError",
@@ -42,7 +43,6 @@ __all__ = [
     "Sampler",
     "StepSizeSampler",
     "as_chain_values",
-    "check_flag",
     "draw_normal",
     "draw_uniform",
     "expand_to_event",
@@ -53,14 +53,6 @@ __all__ = [
     "sum_event",
 ]
 
-
-class NonFiniteError(EBMAlgebraError, FloatingPointError):
-    """A chain produced a NaN or infinite energy or score.
-
-    Raised by :func:`ebmalgebra.sample` with ``on_nonfinite="raise"`` (naming the
-    step and the chain indices), and for starting points whose energy or score
-    is already non-finite.
-    """
 
 
 class Potential:
@@ -96,7 +88,7 @@ class Potential:
         beta: float | Tensor | None = None,
     ) -> None:
         if not isinstance(model, EnergyModel):
-            raise TypeError(f"{operation}: model must be an EnergyModel, got "
+            raise ArgumentTypeError(f"{operation}: model must be an EnergyModel, got "
                             f"{type(model).__name__}")
         compiled = model if isinstance(model, CompiledEnergy) else compile(model)
         if needs_energy:
@@ -117,9 +109,7 @@ class Potential:
 
     def check(self, x: Tensor, operation: str) -> None:
         """Validate starting positions: a floating tensor ``(n_chains, *event_shape)``."""
-        if not isinstance(x, Tensor) or not x.is_floating_point():
-            kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
-            raise TypeError(f"{operation}: x0 must be a floating-point tensor, got {kind}")
+        validation.floating_tensor(f"{operation}: x0", x)
         event_shape = self.model.event_shape
         n_event = x.dim() - 1 if event_shape is None else len(event_shape)
         if x.dim() != n_event + 1:
@@ -230,11 +220,10 @@ class StepSizeSampler(Sampler):
 
     def __init__(self, *, step_size: float | Tensor, target_accept: float,
                  adapt_step_size: bool, jit: bool = False) -> None:
-        self.step_size = check_step_size(step_size)
-        DualAveraging(target_accept=target_accept)  # validates
-        self.target_accept = target_accept
+        self.step_size = check_step_size(step_size, f"{self.name}: step_size")
+        self.target_accept = validation.in_interval(f"{self.name}: target_accept", target_accept)
         self.adapt_step_size = adapt_step_size
-        self.jit = check_flag(jit, "jit")
+        self.jit = validation.flag(f"{self.name}: jit", jit)
 
     def adaptation(self, state: NamedTuple, n_warmup: int):
         """Dual averaging of the step size (and windowed metric estimation where the
@@ -261,7 +250,7 @@ def as_chain_values(value: float | Tensor, like: Tensor, what: str, *,
     """
     n_chains = like.shape[0]
     if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
-        raise TypeError(f"{what} must be a float or a tensor of shape ({n_chains},), got "
+        raise ArgumentTypeError(f"{what} must be a float or a tensor of shape ({n_chains},), got "
                         f"{type(value).__name__}")
     tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if tensor.dim() == 0:
@@ -273,25 +262,11 @@ def as_chain_values(value: float | Tensor, like: Tensor, what: str, *,
         tensor, dtype=torch.bool))
     if bad.any():
         kind = "positive and finite" if positive else "finite"
-        raise ValueError(f"{what} must be {kind}; got {tensor[bad][0].item()!r} for chain "
+        raise ArgumentError(f"{what} must be {kind}, got {tensor[bad][0].item()!r} for chain "
                          f"{int(bad.nonzero()[0])}")
     return tensor.clone()
 
 
-def check_positive(value: float, what: str) -> float:
-    """A positive finite float hyper-parameter (checked at construction)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{what} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def check_flag(value: bool, what: str) -> bool:
-    """A bool hyper-parameter (checked at construction)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{what} must be True or False, got {value!r}")
-    return value
 
 
 def run_update(update: Callable, jit: bool, state: NamedTuple, *args: Any,
@@ -309,11 +284,11 @@ def run_update(update: Callable, jit: bool, state: NamedTuple, *args: Any,
     return update(state, *args)
 
 
-def check_step_size(value: float | Tensor, what: str = "step_size") -> float | Tensor:
+def check_step_size(value: float | Tensor, what: str) -> float | Tensor:
     """Check a float step size at construction (tensors are checked at ``init``)."""
     if isinstance(value, Tensor):
         return value.detach()
-    return check_positive(value, what)
+    return validation.positive(what, value)
 
 
 def expand_to_event(values: Tensor | float, like: Tensor) -> Tensor | float:

@@ -10,12 +10,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ebmalgebra import diagnostics
-from ebmalgebra.base import EnergyModel, check_count, check_generator, input_options
+from ebmalgebra import diagnostics, validation
+from ebmalgebra.base import EnergyModel, input_options
 from ebmalgebra.compile import compile
 from ebmalgebra.constraints import Unconstrained, unconstrain
 from ebmalgebra.distributed import ChainShard, chain_shard, enter_shard, leave_shard
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, CompositionError
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import NonFiniteError, Sampler, is_nonfinite
 from ebmalgebra.samplers.escape import EscapeWatch
@@ -255,7 +255,7 @@ def _per_chain_fields(info: NamedTuple, n_chains: int) -> frozenset[str]:
     dimension, except those its type lists in ``per_step_fields``.
 
     Raises:
-        ValueError: if such a tensor is not ``(n_chains, …)``, i.e. the info type
+        CompositionError: if such a tensor is not ``(n_chains, …)``, i.e. the info type
             should list it in ``per_step_fields``.
     """
     info_type = type(info)
@@ -265,7 +265,7 @@ def _per_chain_fields(info: NamedTuple, n_chains: int) -> frozenset[str]:
         if not isinstance(value, Tensor) or value.dim() == 0 or name in per_step:
             continue
         if value.shape[0] != n_chains:
-            raise ValueError(
+            raise CompositionError(
                 f"sample: {info_type.__name__}.{name} has shape {tuple(value.shape)}, but "
                 f"per-chain info values are shaped (n_chains, …) with n_chains={n_chains}; "
                 f"list per-step fields in {info_type.__name__}.per_step_fields"
@@ -293,7 +293,7 @@ def _check_generator(generator: torch.Generator | None, device: torch.device,
                      what: str) -> None:
     """Random numbers are drawn on the run's device, so the generator must live there."""
     if generator is not None and generator.device.type != device.type:
-        raise ValueError(
+        raise ArgumentError(
             f"sample: generator is on device {generator.device.type!r} but {what} is on "
             f"{str(device)!r}; pass torch.Generator(device={device.type!r})"
         )
@@ -379,10 +379,11 @@ def sample(
         :class:`Samples` with ``draws`` ``(n_steps // thin, n_chains, *event_shape)``.
 
     Raises:
-        TypeError: if ``sampler``, ``x0`` or ``generator`` is not of its type.
-        ValueError: for a bad count (``n_chains``, ``n_steps``, ``warmup``, ``thin``),
-            an ``x0`` without chains or disagreeing with ``n_chains``, or a
-            ``generator`` on another device type than the run.
+        ArgumentTypeError: (a ``TypeError``) if ``sampler``, ``x0`` or ``generator``
+            is not of its type.
+        ArgumentError: (a ``ValueError``) for a bad count (``n_chains``, ``n_steps``,
+            ``warmup``, ``thin``), an ``x0`` without chains or disagreeing with
+            ``n_chains``, or a ``generator`` on another device type than the run.
         NonFiniteError: if a starting point has a non-finite energy or score, or
             (with ``on_nonfinite="raise"``) when a step produces one.
 
@@ -400,18 +401,16 @@ def sample(
         >>> samples.draws.shape
         torch.Size([500, 64, 1])
     """
-    if sampler is not None and not isinstance(sampler, Sampler):
-        raise TypeError(f"sample: sampler must be an ebmalgebra.samplers.Sampler, got "
-                        f"{type(sampler).__name__}")
-    if on_nonfinite not in ON_NONFINITE:
-        raise ValueError(f"sample: on_nonfinite must be one of {ON_NONFINITE}, got "
-                         f"{on_nonfinite!r}")
-    check_count(n_steps, "sample: n_steps", 0)
-    check_count(warmup, "sample: warmup", 0)
-    check_count(thin, "sample: thin", 1)
+    if sampler is not None:
+        validation.instance("sample: sampler", sampler, Sampler,
+                            "an ebmalgebra.samplers.Sampler")
+    validation.one_of("sample: on_nonfinite", on_nonfinite, ON_NONFINITE)
+    validation.count("sample: n_steps", n_steps, 0)
+    validation.count("sample: warmup", warmup, 0)
+    validation.count("sample: thin", thin, 1)
     if n_chains is not None:
-        check_count(n_chains, "sample: n_chains", 1)
-    check_generator(generator, "sample")
+        validation.count("sample: n_chains", n_chains, 1)
+    validation.generator("sample: generator", generator)
     unconstrained = _unconstrain(model) if unconstrain else None
     if unconstrained is not None:
         model = unconstrained.model
@@ -423,19 +422,17 @@ def sample(
         sampler, default_sampler = _default_sampler(compiled)
     if x0 is None:
         if n_chains is None:
-            raise ValueError("sample: give n_chains or x0")
+            raise ArgumentError("sample: give n_chains or x0")
         device = input_options(compiled, device=torch.device("cpu"))["device"]
         _check_generator(generator, device, "the model (so the default x0)")
         x0 = default_x0(compiled, n_chains, generator)
     else:
-        if not isinstance(x0, Tensor):
-            raise TypeError(f"sample: x0 must be a tensor (n_chains, *event_shape), got "
-                            f"{type(x0).__name__}")
+        validation.instance("sample: x0", x0, Tensor, "a tensor (n_chains, *event_shape)")
         if n_chains is not None and x0.shape[:1] != (n_chains,):
-            raise ValueError(f"sample: x0 has shape {tuple(x0.shape)}, which disagrees with "
+            raise ArgumentError(f"sample: x0 has shape {tuple(x0.shape)}, which disagrees with "
                              f"n_chains={n_chains}")
         if x0.shape[:1] == (0,):
-            raise ValueError(f"sample: x0 has shape {tuple(x0.shape)}: no chains; it must "
+            raise ArgumentError(f"sample: x0 has shape {tuple(x0.shape)}: no chains; it must "
                              "be (n_chains, *event_shape) with n_chains ≥ 1")
         _check_generator(generator, x0.device, "x0")
     shard = chain_shard(x0.shape[0], group)

@@ -8,7 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, check_count
+from ebmalgebra import validation
+from ebmalgebra.base import EnergyModel
 from ebmalgebra.samplers.base import (
     Potential,
     StepSizeSampler,
@@ -153,9 +154,8 @@ class HMC(StepSizeSampler):
     ) -> None:
         super().__init__(step_size=step_size, target_accept=target_accept,
                          adapt_step_size=adapt_step_size, jit=jit)
-        check_count(n_leapfrog, "n_leapfrog")
-        if not 0.0 <= jitter < 1.0:
-            raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+        validation.count(f"{self.name}: n_leapfrog", n_leapfrog)
+        validation.in_interval(f"{self.name}: jitter", jitter, closed_low=True)
         self._metric_class = metric_class(metric, self.name)
         self.n_leapfrog = n_leapfrog
         self.jitter = float(jitter)

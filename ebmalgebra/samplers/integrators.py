@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ebmalgebra import validation
 from ebmalgebra.samplers.metrics import Metric
 
 __all__ = ["EnergyAndScore", "PhasePoint", "integrate", "leapfrog"]
@@ -86,8 +87,7 @@ def integrate(point: PhasePoint, step_size: float | Tensor, metric: Metric,
     kicks. ``n_steps`` is a Python int (one compiled graph per length under
     ``torch.compile``).
     """
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"integrate: n_steps must be a positive int, got {n_steps!r}")
+    validation.count("integrate: n_steps", n_steps)
     x, momentum, energy, score = point
     epsilon = _per_chain(step_size, x)
     half = 0.5 * epsilon

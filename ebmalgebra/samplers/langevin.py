@@ -7,12 +7,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.samplers.base import (
     Potential,
     Sampler,
     as_chain_values,
-    check_flag,
     check_step_size,
     draw_normal,
     expand_to_event,
@@ -145,10 +145,10 @@ class ULA(Sampler):
 
     def __init__(self, *, step_size: float | Tensor = 0.01,
                  noise_scale: float | Tensor | None = None, jit: bool = False) -> None:
-        self.step_size = check_step_size(step_size)
+        self.step_size = check_step_size(step_size, f"{self.name}: step_size")
         self.noise_scale = None if noise_scale is None else check_step_size(
-            noise_scale, "noise_scale")
-        self.jit = check_flag(jit, "jit")
+            noise_scale, f"{self.name}: noise_scale")
+        self.jit = validation.flag(f"{self.name}: jit", jit)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
         potential = Potential(model, operation=self.name, needs_energy=self.needs_energy)

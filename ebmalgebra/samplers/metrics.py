@@ -35,7 +35,8 @@ import math
 import torch
 from torch import Tensor
 
-from ebmalgebra.errors import CompositionError
+from ebmalgebra import validation
+from ebmalgebra.errors import ArgumentError, CompositionError
 
 __all__ = ["DenseMetric", "DiagonalMetric", "Metric", "metric_class"]
 
@@ -61,11 +62,7 @@ class Metric:
     dense: bool = False
 
     def __init__(self, inverse_mass: Tensor) -> None:
-        if not isinstance(inverse_mass, Tensor) or not inverse_mass.is_floating_point():
-            kind = inverse_mass.dtype if isinstance(inverse_mass, Tensor) else type(
-                inverse_mass).__name__
-            raise TypeError(f"{type(self).__name__}: inverse_mass must be a floating-point "
-                            f"tensor, got {kind}")
+        validation.floating_tensor(f"{type(self).__name__}: inverse_mass", inverse_mass)
         self.inverse_mass = inverse_mass.detach()
         self.mass_factor = self._mass_factor(self.inverse_mass)
 
@@ -166,9 +163,7 @@ class DiagonalMetric(Metric):
     dense = False
 
     def _mass_factor(self, inverse_mass: Tensor) -> Tensor:
-        if not bool(((inverse_mass > 0) & torch.isfinite(inverse_mass)).all()):
-            raise ValueError("DiagonalMetric: inverse_mass must be positive and finite, got "
-                             f"minimum {inverse_mass.min().item()!r}")
+        validation.positive_entries("DiagonalMetric: inverse_mass", inverse_mass)
         return inverse_mass.rsqrt()
 
     @classmethod
@@ -214,10 +209,10 @@ class DenseMetric(Metric):
                                    f"got shape {tuple(inverse_mass.shape)}")
         scale = inverse_mass.abs().max()
         if not torch.allclose(inverse_mass, inverse_mass.mT, rtol=0.0, atol=float(1e-5 * scale)):
-            raise ValueError("DenseMetric: inverse_mass must be symmetric")
+            raise ArgumentError("DenseMetric: inverse_mass must be symmetric")
         factor, info = torch.linalg.cholesky_ex(torch.linalg.inv(inverse_mass))
         if info != 0 or not bool(torch.isfinite(factor).all()):
-            raise ValueError("DenseMetric: inverse_mass must be symmetric positive definite")
+            raise ArgumentError("DenseMetric: inverse_mass must be symmetric positive definite")
         return factor
 
     @classmethod
@@ -246,6 +241,6 @@ def metric_class(kind: str | type[Metric], operation: str) -> type[Metric]:
     if isinstance(kind, type) and issubclass(kind, Metric):
         return kind
     if kind not in _KINDS:
-        raise ValueError(f"{operation}: metric must be one of {tuple(_KINDS)} or a Metric "
+        raise ArgumentError(f"{operation}: metric must be one of {tuple(_KINDS)} or a Metric "
                          f"subclass, got {kind!r}")
     return _KINDS[kind]

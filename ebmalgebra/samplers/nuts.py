@@ -51,7 +51,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, check_count
+from ebmalgebra import validation
+from ebmalgebra.base import EnergyModel
 from ebmalgebra.distributed import any_chain
 from ebmalgebra.samplers.base import (
     Potential,
@@ -216,14 +217,13 @@ class NUTS(StepSizeSampler):
     ) -> None:
         super().__init__(step_size=step_size, target_accept=target_accept,
                          adapt_step_size=adapt_step_size)
-        check_count(max_depth, "NUTS: max_depth")
+        validation.count("NUTS: max_depth", max_depth)
         self.max_depth = max_depth
         self.metric = metric
         self._metric_class = metric_class(metric, self.name)
         self.inverse_mass = None if inverse_mass is None else inverse_mass.detach()
         self.adapt_mass = adapt_mass
-        if not max_energy_error > 0:
-            raise ValueError(f"NUTS: max_energy_error must be positive, got {max_energy_error!r}")
+        validation.positive("NUTS: max_energy_error", max_energy_error)
         self.max_energy_error = float(max_energy_error)
 
     # ------------------------------------------------------------------ init

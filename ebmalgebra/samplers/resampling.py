@@ -24,25 +24,22 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import check_count, check_generator
-from ebmalgebra.errors import CompositionError
+from ebmalgebra import validation
+from ebmalgebra.errors import ArgumentError, CompositionError
 
 __all__ = ["RESAMPLING", "multinomial", "resample", "residual", "stratified", "systematic"]
 
 
 def _check_weights(weights: Tensor, what: str) -> Tensor:
-    if not isinstance(weights, Tensor) or not weights.is_floating_point():
-        kind = weights.dtype if isinstance(weights, Tensor) else type(weights).__name__
-        raise TypeError(f"{what}: weights must be a floating-point tensor, got {kind}")
+    validation.floating_tensor(f"{what}: weights", weights)
     if weights.dim() != 1 or weights.shape[0] == 0:
         raise CompositionError(f"{what}: weights must be a non-empty vector (N,), got shape "
                                f"{tuple(weights.shape)}")
-    if not (torch.isfinite(weights).all() and (weights >= 0).all()):
-        raise ValueError(f"{what}: weights must be finite and non-negative")
+    validation.non_negative_entries(f"{what}: weights", weights)
     total = float(weights.sum())
     if abs(total - 1.0) > 1e-6 * weights.shape[0]:
-        raise ValueError(f"{what}: weights must be normalised (sum to 1), they sum to {total!r}; "
-                         "pass torch.softmax(log_weights, 0)")
+        raise ArgumentError(f"{what}: weights must be normalised (sum to 1), they sum to "
+                            f"{total!r}; pass torch.softmax(log_weights, 0)")
     return weights
 
 
@@ -64,7 +61,7 @@ def multinomial(weights: Tensor, generator: torch.Generator | None = None,
                 n: int | None = None) -> Tensor:
     """Multinomial resampling: ``n`` (default N) i.i.d. ancestors A_m ~ W, sorted ``(n,)``."""
     weights = _check_weights(weights, "multinomial")
-    n = weights.shape[0] if n is None else check_count(n, "multinomial: n")
+    n = weights.shape[0] if n is None else validation.count("multinomial: n", n)
     return _inverse_cdf(weights, _uniforms(n, weights, generator)).sort().values
 
 
@@ -72,7 +69,7 @@ def stratified(weights: Tensor, generator: torch.Generator | None = None,
                n: int | None = None) -> Tensor:
     """Stratified resampling: A_m = F⁻¹((m + U_m)/n), U_m ~ U(0, 1) independent; ``(n,)``."""
     weights = _check_weights(weights, "stratified")
-    n = weights.shape[0] if n is None else check_count(n, "stratified: n")
+    n = weights.shape[0] if n is None else validation.count("stratified: n", n)
     offsets = torch.arange(n, dtype=weights.dtype, device=weights.device)
     return _inverse_cdf(weights, (offsets + _uniforms(n, weights, generator)) / n)
 
@@ -81,7 +78,7 @@ def systematic(weights: Tensor, generator: torch.Generator | None = None,
                n: int | None = None) -> Tensor:
     """Systematic resampling: A_m = F⁻¹((m + U)/n) with one U ~ U(0, 1); ``(n,)``."""
     weights = _check_weights(weights, "systematic")
-    n = weights.shape[0] if n is None else check_count(n, "systematic: n")
+    n = weights.shape[0] if n is None else validation.count("systematic: n", n)
     offsets = torch.arange(n, dtype=weights.dtype, device=weights.device)
     return _inverse_cdf(weights, (offsets + _uniforms(1, weights, generator)) / n)
 
@@ -91,7 +88,7 @@ def residual(weights: Tensor, generator: torch.Generator | None = None,
     """Residual resampling: ⌊n W_i⌋ copies of each i, the rest multinomial on the
     residuals (n W_i − ⌊n W_i⌋)/R; sorted ``(n,)``."""
     weights = _check_weights(weights, "residual")
-    n = weights.shape[0] if n is None else check_count(n, "residual: n")
+    n = weights.shape[0] if n is None else validation.count("residual: n", n)
     expected = n * weights
     copies = expected.floor().long()
     kept = torch.repeat_interleave(torch.arange(weights.shape[0], device=weights.device), copies)
@@ -121,7 +118,6 @@ def resample(weights: Tensor, generator: torch.Generator | None = None, *,
         >>> ancestors = resample(torch.softmax(log_w, 0), generator, method="systematic")
         >>> particles = particles[ancestors]
     """
-    check_generator(generator, "resample")
-    if method not in RESAMPLING:
-        raise ValueError(f"resample: method must be one of {tuple(RESAMPLING)}, got {method!r}")
+    validation.generator("resample: generator", generator)
+    validation.one_of("resample: method", method, RESAMPLING)
     return RESAMPLING[method](weights, generator, n)

@@ -68,9 +68,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, check_count, check_generator
+from ebmalgebra import validation
+from ebmalgebra.base import EnergyModel
 from ebmalgebra.distributed import ChainShard, all_chains, chain_shard
-from ebmalgebra.errors import CapabilityError, CompositionError
+from ebmalgebra.errors import ArgumentError, CapabilityError, CompositionError
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import Potential
 from ebmalgebra.samplers.hmc import HMC
@@ -214,16 +215,13 @@ class SMC:
                  resampling: str = "systematic", ess_threshold: float = 0.5,
                  target_cess: float = 0.9, adapt_step_size: bool = True) -> None:
         if kernel is not None and not isinstance(kernel, MALA | HMC):
-            raise ValueError(f"SMC: kernel must be MALA(...) or HMC(...), which leave each "
-                             f"level invariant; got {kernel!r}")
-        check_count(n_steps, "SMC: n_steps", 0)
-        if resampling not in RESAMPLING:
-            raise ValueError(f"SMC: resampling must be one of {tuple(RESAMPLING)}, got "
-                             f"{resampling!r}")
-        if not 0.0 <= ess_threshold <= 1.0:
-            raise ValueError(f"SMC: ess_threshold must be in [0, 1], got {ess_threshold!r}")
-        if not 0.0 < target_cess < 1.0:
-            raise ValueError(f"SMC: target_cess must be in (0, 1), got {target_cess!r}")
+            raise ArgumentError(f"SMC: kernel must be MALA(...) or HMC(...), which leave each "
+                                f"level invariant, got {kernel!r}")
+        validation.count("SMC: n_steps", n_steps, 0)
+        validation.one_of("SMC: resampling", resampling, RESAMPLING)
+        validation.in_interval("SMC: ess_threshold", ess_threshold, closed_low=True,
+                               closed_high=True)
+        validation.in_interval("SMC: target_cess", target_cess)
         self.kernel = kernel
         self.n_steps = n_steps
         self.resampling = resampling
@@ -270,10 +268,10 @@ class SMC:
                 docstring). Every rank must call ``run`` with the same arguments and an
                 equally seeded ``generator``; every rank gets the whole result.
         """
-        check_count(n_particles, "SMC: n_particles", 2)
-        check_generator(generator, "SMC")
+        validation.count("SMC: n_particles", n_particles, 2)
+        validation.generator("SMC: generator", generator)
         if noise_levels is not None and models is not None:
-            raise ValueError("SMC: give at most one of noise_levels, models")
+            raise ArgumentError("SMC: give at most one of noise_levels, models")
         anchors = _anchors(model, noise_levels, models)
         first_model, first_t = anchors[0]
         start_at_first = base is None and noise_levels is None and models is not None and (
@@ -310,24 +308,17 @@ class SMC:
 def _anchors(model: EnergyModel, noise_levels: Sequence[float] | Tensor | None,
              models: Sequence[EnergyModel] | None) -> list[tuple[EnergyModel, float | None]]:
     """The fixed targets of the path as (model, noise level) pairs."""
-    if not isinstance(model, EnergyModel):
-        raise TypeError(f"SMC: model must be an EnergyModel, got {type(model).__name__}")
+    validation.instance("SMC: model", model, EnergyModel, "an EnergyModel")
     if noise_levels is not None:
-        levels = (noise_levels.detach().double().reshape(-1).tolist()
-                  if isinstance(noise_levels, Tensor) else [float(t) for t in noise_levels])
-        if not levels or any(not (math.isfinite(t) and t >= 0) for t in levels):
-            raise ValueError(f"SMC: noise_levels must be finite and non-negative, got {levels}")
-        if any(b >= a for a, b in zip(levels, levels[1:], strict=False)):
-            raise ValueError("SMC: noise_levels must be strictly decreasing")
+        levels = validation.decreasing("SMC: noise_levels", noise_levels, allow_zero=True)
         if not any(getattr(leaf, "noise_conditioned", False) for leaf in model.leaves()):
             raise CompositionError(f"SMC: noise_levels were given but no part of {model!r} is "
                                    "noise-conditioned")
         return [(model, t) for t in levels]
     if models is not None:
         for index, intermediate in enumerate(models):
-            if not isinstance(intermediate, EnergyModel):
-                raise TypeError(f"SMC: models[{index}] must be an EnergyModel, got "
-                                f"{type(intermediate).__name__}")
+            validation.instance(f"SMC: models[{index}]", intermediate, EnergyModel,
+                                "an EnergyModel")
         return [(m, None) for m in (*models, model)]
     return [(model, None)]
 

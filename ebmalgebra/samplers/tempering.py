@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError
 from ebmalgebra.samplers.adaptation import (
     DualAveraging,
     StepSizeAdaptation,
@@ -144,18 +145,16 @@ class ParallelTempering(Sampler):
                  adapt_step_size: bool = True) -> None:
         values = [float(b) for b in torch.as_tensor(betas, dtype=torch.float64).reshape(-1)]
         if len(values) < 2 or values[0] != 1.0:
-            raise ValueError(f"{self.name}: betas must start at 1 and have at least two "
-                             f"entries, got {values}")
-        if any(not (b > 0 and math.isfinite(b)) for b in values) or any(
-                b >= a for a, b in zip(values, values[1:], strict=False)):
-            raise ValueError(f"{self.name}: betas must be positive and strictly decreasing, "
-                             f"got {values}")
+            raise ArgumentError(f"{self.name}: betas must start at 1 and have at least two "
+                                f"entries, got {values}")
+        validation.decreasing(f"{self.name}: betas", values)
         sampler = MALA(step_size=0.1) if sampler is None else sampler
         if not (isinstance(sampler, Sampler) and sampler.leaves_target_invariant
                 and sampler.tempering_step_exponent is not None):
-            raise TypeError(f"{self.name}: the inner sampler must leave its target invariant "
-                            "and declare its tempering_step_exponent (e.g. MALA, RandomWalkMH "
-                            f"or HMC), got {type(sampler).__name__}")
+            raise ArgumentTypeError(
+                f"{self.name}: the inner sampler must leave its target invariant and declare "
+                "its tempering_step_exponent (e.g. MALA, RandomWalkMH or HMC), got "
+                f"{type(sampler).__name__}")
         self.betas = tuple(values)
         self.sampler = sampler
         self.adapt_step_size = adapt_step_size

@@ -45,7 +45,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.io import SerializationError
+from ebmalgebra.errors import ZooError
 from ebmalgebra.zoo.sampling import SamplingPlan, draw, plan_for
 from ebmalgebra.zoo.store import WeightStore
 
@@ -69,12 +69,6 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 _CARDS: weakref.WeakKeyDictionary[EnergyModel, dict] = weakref.WeakKeyDictionary()
 
-
-class ZooError(SerializationError, KeyError):
-    """An unknown zoo name, or a shipped file that is missing or fails its checksum."""
-
-    def __str__(self) -> str:  # KeyError would print the message with quotes
-        return str(self.args[0]) if self.args else ""
 
 
 def list() -> builtins.list[str]:  # noqa: A001 - the zoo's own vocabulary: zoo.list()

@@ -23,7 +23,8 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from ebmalgebra.base import EnergyModel, check_count, input_options
+from ebmalgebra import validation
+from ebmalgebra.base import EnergyModel, input_options
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.samplers.escape import ImproperTargetWarning, check_final
 
@@ -166,9 +167,9 @@ def draw(
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown sampler {kernel!r}; choose one of {', '.join(KERNELS)}")
-    check_count(n, "n")
+    validation.count("n", n)
     if steps is not None:
-        check_count(steps, "steps")
+        validation.count("steps", steps)
     event_shape = model.event_shape
     if event_shape is None:
         raise CompositionError(f"draw: {model!r} has no event shape")
@@ -259,7 +260,7 @@ def _draw_smc(model: EnergyModel, n: int, plan: SamplingPlan | None, steps: int 
     from ebmalgebra.samplers import SMC
     from ebmalgebra.targets import Gaussian
 
-    check_count(n, "n", 2)
+    validation.count("n", n, 2)
     event_shape = model.event_shape
     if not is_noise_conditioned(model):
         base = Gaussian(torch.zeros(event_shape, dtype=dtype), 3.0, name="base")
