@@ -37,9 +37,9 @@ tensor or one value per batch element; ``None`` when unused."""
 CAPABILITY_NAMES = ("energy", "score", "normalizer", "sample")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Capabilities:
-    """What a model can do, as local facts (construct it by keyword).
+    """What a model can do, as local facts, constructed by keyword only.
 
     Attributes:
         has_energy: ``energy(x)`` is available (not score-only).

@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor
 
+from ebmalgebra import validation
 from ebmalgebra.base import Capabilities, TimeLike
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.leaves import Leaf
@@ -59,10 +60,10 @@ class NoisedGaussianMixture(Leaf):
 
     def __init__(self, locs: Tensor, covariances: Tensor, weights: Tensor,
                  schedule: NoiseSchedule, *, name: str = "gmm") -> None:
-        if not isinstance(schedule, NoiseSchedule):
-            raise TypeError(f"{name}: schedule must be a NoiseSchedule (VE() or VP()), got "
-                            f"{type(schedule).__name__}")
-        super().__init__(torch.Size(locs.shape[1:]), name, Capabilities(True, True, True, False))
+        validation.instance(f"{name}: schedule", schedule, NoiseSchedule,
+                            "a NoiseSchedule (VE() or VP())")
+        super().__init__(torch.Size(locs.shape[1:]), name, Capabilities(
+            has_energy=True, has_score=True, normalizer_known=True, can_sample=False))
         eigenvalues, eigenvectors = torch.linalg.eigh(0.5 * (covariances + covariances.mT))
         self.register_buffer("locs", locs.detach().clone())
         self.register_buffer("eigenvalues", eigenvalues)  # (K, d)

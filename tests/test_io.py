@@ -138,7 +138,8 @@ class Shifted(Leaf):
     analytic_score = False
 
     def __init__(self, center: float, *, name: str = "shifted") -> None:
-        super().__init__(torch.Size([2]), name, eb.Capabilities(True, True, False, False))
+        super().__init__(torch.Size([2]), name, eb.Capabilities(
+            has_energy=True, has_score=True, normalizer_known=False, can_sample=False))
         self.center = float(center)
         self.register_buffer("scale", torch.ones(2))
 
