@@ -150,6 +150,11 @@ class EnergyModel(nn.Module):
         """Child models in order (empty for leaves)."""
         return ()
 
+    def factors(self) -> tuple[EnergyModel, ...]:
+        """The experts whose product this model is, p̃ = Π p̃_i: ``(a, b, c)`` for
+        ``a & b & c``, and ``(self,)`` for a model that is not a product."""
+        return (self,)
+
     def leaves(self) -> Iterator[EnergyModel]:
         """Distinct leaves in first-appearance order."""
         seen: set[int] = set()

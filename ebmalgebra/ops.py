@@ -88,6 +88,9 @@ class Product(Operator):
                             has_score=all(c.has_score for c in caps),
                             normalizer_known=False, can_sample=False)
 
+    def factors(self) -> tuple[EnergyModel, ...]:
+        return self.operands()
+
     def _why_not(self, capability: str) -> tuple[EnergyModel, str] | None:
         if capability in ("energy", "score"):
             return self._first_missing(capability)

@@ -129,10 +129,11 @@ def test_save_and_load_round_trip(tmp_path):
 
 # ------------------------------------------------------------------ errors
 def test_bad_sigma_is_a_clear_error():
+    # A bad value of one argument: ArgumentError (a ValueError), not CompositionError.
     for sigma in (0.0, -1.0, math.inf, math.nan):
-        with pytest.raises(eb.CompositionError, match="sigma must be a positive"):
+        with pytest.raises(eb.ArgumentError, match="likelihood: sigma must be (positive|finite)"):
             GaussianLikelihood(torch.zeros(3), sigma)
-    with pytest.raises(eb.CompositionError, match="sigma"):
+    with pytest.raises(eb.ArgumentError, match="sigma"):
         denoise(Gaussian(torch.zeros(3), 1.0), torch.zeros(3), 0.0)
 
 

@@ -138,6 +138,14 @@ def test_composition_errors(abc, build, match):
         build(a, b, c)
 
 
+def test_factors_of_a_product_and_of_anything_else(abc):
+    a, b, c = abc
+    assert (a & b & c).factors() == (a, b, c)
+    mixture = a | b
+    assert (mixture & c).factors() == (mixture, c)
+    assert mixture.factors() == (mixture,) and a.factors() == (a,)
+
+
 @pytest.mark.parametrize("build,error,match", [
     (lambda a: 0 * a, ArgumentError, "weight must be positive"),
     (lambda a: -2.0 * a, ArgumentError, "weight must be positive"),

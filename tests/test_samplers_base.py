@@ -212,6 +212,16 @@ def test_samplers_declare_their_facts(sampler, invariant, exponent, needs_energy
         assert sampler.not_invariant_because != Sampler.not_invariant_because
 
 
+def test_samplers_declare_whether_they_anneal():
+    """apps.inverse reads these instead of asking for the AnnealedLangevin class."""
+    by_levels = AnnealedLangevin(noise_levels=[1.0, 0.5, 0.1], steps_per_level=4)
+    assert by_levels.noise_levels == (1.0, 0.5, 0.1) and by_levels.n_annealing_steps == 12
+    by_models = AnnealedLangevin(models=[gaussian()], steps_per_level=4)
+    assert by_models.noise_levels is None and by_models.n_annealing_steps == 8
+    for sampler in (RandomWalkMH(), MALA(), HMC(), ULA(), ParallelTempering(betas=[1.0, 0.5])):
+        assert sampler.noise_levels is None and sampler.n_annealing_steps is None
+
+
 def test_a_sampler_of_ones_own_runs_in_tempering_and_ais_from_its_declared_facts():
     """PreconditionedWalk (tests/sampler_helpers.py) is known to no library module."""
     model = Gaussian(torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([0.5, 2.0], dtype=F64))

@@ -38,7 +38,7 @@ from torch import Tensor
 from ebmalgebra import validation
 from ebmalgebra.apps.likelihood import GaussianLikelihood, _check_mask
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, CompositionError
 from ebmalgebra.samplers import MALA, AnnealedLangevin, Sampler, sample
 from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
 from ebmalgebra.zoo.sampling import is_noise_conditioned
@@ -123,32 +123,35 @@ def posterior_estimate(
     posteriors and to :class:`~ebmalgebra.samplers.MALA` otherwise.
 
     Raises:
-        ValueError: n_obs is not a positive int or does not divide x0's batch size.
+        ArgumentError: (a ``ValueError``) n_obs is not a positive int or does not divide
+            x0's batch size, or the posterior is noise-conditioned and the sampler
+            does not anneal over noise levels.
         CompositionError: a batched :class:`GaussianLikelihood` in ``posterior``
             holds a different number of observations than n_obs.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    validation.one_of("method", method, METHODS)
     validation.count("n_steps", n_steps)
     validation.count("n_obs", n_obs)
     if x0.shape[0] % n_obs:
-        raise ValueError(f"x0 must hold a multiple of n_obs={n_obs} chains, got {x0.shape[0]}")
+        raise ArgumentError(f"x0 must hold a multiple of n_obs={n_obs} chains, got {x0.shape[0]}")
     _check_observation_count(posterior, n_obs)
     noise_conditioned = is_noise_conditioned(posterior)
     if sampler is None:
         # The warmup below is n_steps: adapt only when that is long enough to.
         sampler = (annealed_sampler(_prior_part(posterior)) if noise_conditioned
                    else MALA(step_size=1e-3, adapt_step_size=n_steps >= MIN_ADAPTATION_STEPS))
-    annealed = isinstance(sampler, AnnealedLangevin) and sampler.noise_levels is not None
+    validation.instance("posterior_estimate: sampler", sampler, Sampler,
+                        "an ebmalgebra.samplers.Sampler")
+    annealed = sampler.noise_levels is not None
     if noise_conditioned and not annealed:
-        raise ValueError(f"{posterior!r} is noise-conditioned: use an AnnealedLangevin sampler "
-                         "with noise_levels (e.g. ebmalgebra.apps.inverse.annealed_sampler)")
+        raise ArgumentError(f"{posterior!r} is noise-conditioned: use an AnnealedLangevin "
+                            "sampler with noise_levels (e.g. "
+                            "ebmalgebra.apps.inverse.annealed_sampler)")
     if method == "map":
         levels = sampler.noise_levels if annealed else (None,)
         steps = max(1, n_steps // len(levels)) if annealed else n_steps
         return _descend(posterior, x0, levels, steps)[:n_obs]
-    warmup = (sampler.n_annealing_steps if isinstance(sampler, AnnealedLangevin)
-              else n_steps)
+    warmup = n_steps if sampler.n_annealing_steps is None else sampler.n_annealing_steps
     keep = n_steps if method == "posterior_mean" else 1
     result = sample(posterior, sampler, x0=x0, n_steps=keep, warmup=warmup,
                     generator=generator, progress=progress)
@@ -171,11 +174,7 @@ def _check_observation_count(posterior: EnergyModel, n_obs: int) -> None:
 def _prior_part(posterior: EnergyModel) -> EnergyModel:
     """The factors of a product that are not Gaussian likelihoods (whose curvature the
     annealed step schedule need not budget for: 1/(σ² + t²) ≤ 1/t²)."""
-    from ebmalgebra.ops import Product
-
-    if not isinstance(posterior, Product):
-        return posterior
-    kept = [f for f in posterior.operands() if not isinstance(f, GaussianLikelihood)]
+    kept = [f for f in posterior.factors() if not isinstance(f, GaussianLikelihood)]
     if not kept:
         return posterior
     prior = kept[0]
@@ -222,8 +221,7 @@ def _reconstruct(prior: EnergyModel, y: Tensor, sigma: float, mask: Tensor | Non
                  what: str, method: str, sampler: Sampler | None, n_chains: int, n_steps: int,
                  generator: torch.Generator | None, progress: bool | None) -> Tensor:
     """Shared body of :func:`denoise` and :func:`inpaint`."""
-    if not isinstance(prior, EnergyModel):
-        raise TypeError(f"{what}: prior must be an EnergyModel, got {type(prior).__name__}")
+    validation.instance(f"{what}: prior", prior, EnergyModel, "an EnergyModel")
     validation.count(f"{what}: n_chains", n_chains)
     batch, single = _as_batch(y, prior, what)
     noise_conditioned = is_noise_conditioned(prior)

@@ -170,6 +170,11 @@ class Sampler:
     - ``adaptation_flags``: the warmup switches the sampler has
       (``"adapt_step_size"``, ``"adapt_mass"``), which callers that run short
       warmups turn off.
+    - ``noise_levels``: the decreasing noise levels t₁ > … > t_L the sampler
+      anneals a noise-conditioned model through, or ``None``.
+    - ``n_annealing_steps``: the number of steps of its annealing phase, after
+      which the chains target the model itself (the warmup to give
+      :func:`ebmalgebra.sample`), or ``None`` for samplers that do not anneal.
     """
 
     name: str = "sampler"
@@ -179,6 +184,8 @@ class Sampler:
     tempering_step_exponent: float | None = None
     needs_energy: bool = True
     adaptation_flags: tuple[str, ...] = ()
+    noise_levels: tuple[float, ...] | None = None
+    n_annealing_steps: int | None = None
 
     def init(self, x0: Tensor, model: EnergyModel) -> NamedTuple:
         """Compile ``model``, evaluate it at ``x0`` ``(n_chains, *event_shape)`` and
