@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 from torch.distributions.constraints import Constraint
 
-from ebmalgebra.errors import CapabilityError, CompositionError
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CapabilityError, CompositionError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -348,7 +348,7 @@ class EnergyModel(nn.Module):
         """
         self.require("sample", "sample")
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"sample: n must be a non-negative int, got {n!r}")
+            raise ArgumentError(f"sample: n must be a non-negative int, got {n!r}")
         return self._sample(n, generator)
 
     # ---------------------------------------------------- hooks (flat batch)
@@ -373,9 +373,9 @@ class EnergyModel(nn.Module):
     def _flatten(self, x: Tensor, t: TimeLike) -> tuple[Tensor, torch.Size, TimeLike]:
         """Validate ``x`` and reshape ``(*batch, *event)`` to ``(batch, *event)``."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"{self!r}: x must be a torch.Tensor, got {type(x).__name__}")
+            raise ArgumentTypeError(f"{self!r}: x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
-            raise TypeError(f"{self!r}: x must be a floating-point tensor, got {x.dtype}")
+            raise ArgumentTypeError(f"{self!r}: x must be a floating-point tensor, got {x.dtype}")
         event_shape = self.event_shape
         if (event_shape is not None and x.dim() == len(event_shape) + 1
                 and x.shape[1:] == event_shape and (t is None or not isinstance(t, Tensor)

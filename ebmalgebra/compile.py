@@ -29,6 +29,7 @@ from torch.distributions.constraints import Constraint
 
 from ebmalgebra import evaluator
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError
 from ebmalgebra.program import (  # noqa: F401 - the program's node types, re-exported
     ANALYTIC,
     Affine,
@@ -58,7 +59,7 @@ class CompiledEnergy(EnergyModel):
     def __init__(self, expr: EnergyModel, *, closed_form: bool = False) -> None:
         super().__init__()
         if not isinstance(expr, EnergyModel):
-            raise TypeError(f"compile expects an EnergyModel, got {type(expr).__name__}")
+            raise ArgumentTypeError(f"compile expects an EnergyModel, got {type(expr).__name__}")
         source = expr
         if closed_form:
             from ebmalgebra.rewrites import rewrite_closed_forms
@@ -187,7 +188,7 @@ def compile(expr: EnergyModel, *, closed_form: bool = False,  # noqa: A001
     if backend is None:
         backend = expr.backend if isinstance(expr, CompiledEnergy) else "eager"
     if backend not in BACKENDS:
-        raise ValueError(f"compile: backend must be one of {BACKENDS}, got {backend!r}")
+        raise ArgumentError(f"compile: backend must be one of {BACKENDS}, got {backend!r}")
     if isinstance(expr, CompiledEnergy):
         if expr.closed_form == closed_form and expr.backend == backend:
             return expr

@@ -40,6 +40,9 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from ebmalgebra import validation
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError
+
 __all__ = ["ESS_KINDS", "Summary", "ess", "mcse_mean", "rhat", "summary"]
 
 ESS_KINDS = ("bulk", "tail", "mean", "sd")
@@ -78,7 +81,8 @@ def _prepare(draws: Draws) -> _Prepared:
     device = None
     if isinstance(draws, torch.Tensor):
         if draws.is_complex():
-            raise TypeError(f"draws must be real-valued, got a tensor of dtype {draws.dtype}")
+            raise ArgumentTypeError(f"draws must be real-valued, got a tensor of dtype "
+                                    f"{draws.dtype}")
         device = draws.device
         values = draws.detach().to("cpu", torch.float64).numpy()
     else:
@@ -88,25 +92,26 @@ def _prepare(draws: Draws) -> _Prepared:
             and not np.issubdtype(values.dtype, np.complexfloating)
         )
         if not real:
-            raise TypeError(f"draws must be real numbers, got an array of dtype {values.dtype}")
+            raise ArgumentTypeError(f"draws must be real numbers, got an array of dtype "
+                                    f"{values.dtype}")
         values = values.astype(np.float64)
     if values.ndim < 2:
-        raise ValueError(
+        raise ArgumentError(
             f"draws must be shaped (n_draws, n_chains, *event_shape), got shape "
             f"{tuple(values.shape)}; for a single chain pass draws[:, None]"
         )
     n_draws, n_chains = values.shape[:2]
     if n_draws < MIN_DRAWS:
-        raise ValueError(
+        raise ArgumentError(
             f"draws needs at least {MIN_DRAWS} draws along axis 0 to split chains in two, "
             f"got {n_draws} (shape {tuple(values.shape)})"
         )
     if n_chains < 1:
-        raise ValueError(f"draws has no chains: shape {tuple(values.shape)}")
+        raise ArgumentError(f"draws has no chains: shape {tuple(values.shape)}")
     finite = np.isfinite(values)
     if not finite.all():
         first = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise ValueError(
+        raise ArgumentError(
             f"draws contains {int((~finite).sum())} non-finite values (first at index "
             f"{first}: {values[first]}); diagnostics need finite draws"
         )
@@ -254,7 +259,7 @@ def _ess(x: np.ndarray, kind: str) -> np.ndarray:
         return _ess_of_split(_split_chains(x))
     if kind == "sd":
         return _ess_of_split(_split_chains((x - x.mean(axis=(0, 1))) ** 2))
-    raise ValueError(f"kind must be one of {ESS_KINDS}, got {kind!r}")
+    raise validation.fail("kind", f"one of {ESS_KINDS}", kind)
 
 
 def _rhat(x: np.ndarray) -> np.ndarray:
@@ -467,7 +472,7 @@ def summary(draws: Draws, names: str | Sequence[str] | None = None, header: str 
     else:
         row_names = tuple(str(name) for name in names)
         if len(row_names) != n_coords:
-            raise ValueError(
+            raise ArgumentError(
                 f"names must give one name per coordinate: event_shape "
                 f"{prepared.event_shape} has {n_coords}, got {len(row_names)} names"
             )

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, CompositionError
 from ebmalgebra.leaves import _CallableLeaf, _check_energy_output
 from ebmalgebra.schedules import NoiseSchedule, _as_levels
 
@@ -58,7 +58,7 @@ _DIFFUSERS_PREDICTIONS = {"epsilon": "epsilon", "sample": "x0", "v_prediction": 
 
 def _check_prediction(prediction: str, what: str) -> str:
     if prediction not in PREDICTIONS:
-        raise ValueError(f"{what}: prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        raise ArgumentError(f"{what}: prediction must be one of {PREDICTIONS}, got {prediction!r}")
     return prediction
 
 
@@ -135,13 +135,13 @@ class DiscreteVP(NoiseSchedule):
                  timesteps: Literal["interpolate", "nearest"] = "interpolate") -> None:
         cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().reshape(-1)
         if cumprod.numel() < 2 or not bool(((cumprod > 0) & (cumprod < 1)).all()):
-            raise ValueError("DiscreteVP: alphas_cumprod must hold at least 2 values in (0, 1)")
+            raise ArgumentError("DiscreteVP: alphas_cumprod must hold at least 2 values in (0, 1)")
         sigmas = torch.sqrt(1.0 - cumprod)
         if not bool((sigmas[1:] > sigmas[:-1]).all()):
-            raise ValueError("DiscreteVP: alphas_cumprod must be strictly decreasing")
+            raise ArgumentError("DiscreteVP: alphas_cumprod must be strictly decreasing")
         if timesteps not in ("interpolate", "nearest"):
-            raise ValueError(f"DiscreteVP: timesteps must be 'interpolate' or 'nearest', got "
-                             f"{timesteps!r}")
+            raise ArgumentError(f"DiscreteVP: timesteps must be 'interpolate' or 'nearest', got "
+                                f"{timesteps!r}")
         self.sigmas = sigmas
         self.timesteps = timesteps
 
@@ -149,8 +149,8 @@ class DiscreteVP(NoiseSchedule):
         levels = _as_levels(t)
         low, high = float(self.sigmas[0]), float(self.sigmas[-1])
         if not bool(((levels >= low * (1 - 1e-6)) & (levels <= high * (1 + 1e-6))).all()):
-            raise ValueError(f"DiscreteVP: noise level t (= σ) must lie in the scheduler's "
-                             f"range [{low:.4g}, {high:.4g}], got {t!r}")
+            raise ArgumentError(f"DiscreteVP: noise level t (= σ) must lie in the scheduler's "
+                                f"range [{low:.4g}, {high:.4g}], got {t!r}")
         return levels
 
     def timestep(self, t: float | Tensor) -> Tensor:
@@ -207,8 +207,8 @@ class _NoiseConditionedNetwork(_CallableLeaf):
         levels = levels.expand(x.shape[0]) if levels.dim() == 0 else levels
         sigma = self.schedule.sigma(levels).to(x)
         if not bool((sigma > 0).all()):
-            raise ValueError(f"{self!r}: the noise level t must give σ_t > 0 (the conversion "
-                             f"divides by σ_t); got t = {t!r}")
+            raise ArgumentError(f"{self!r}: the noise level t must give σ_t > 0 (the conversion "
+                                f"divides by σ_t); got t = {t!r}")
         return levels, self.schedule.alpha(levels).to(x), sigma
 
     def _call_network(self, x: Tensor, levels: Tensor) -> Tensor:
@@ -263,8 +263,8 @@ class DiffusionEnergy(_NoiseConditionedNetwork):
                  name: str = "diffusion_energy",
                  network_time: Callable[[Tensor], Tensor] | None = None) -> None:
         if parameterization not in ("energy", "epsilon"):
-            raise ValueError(f"{name!r}: parameterization must be 'energy' or 'epsilon', got "
-                             f"{parameterization!r}")
+            raise ArgumentError(f"{name!r}: parameterization must be 'energy' or 'epsilon', got "
+                                f"{parameterization!r}")
         caps = Capabilities(has_energy=True, has_score=True, normalizer_known=False,
                             can_sample=False)
         super().__init__(network, schedule, event_shape, name, caps, network_time)
@@ -362,9 +362,9 @@ def from_diffusers(unet: nn.Module, scheduler: object, *, prediction: str | None
         prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type",
                                   "epsilon")
         if prediction_type not in _DIFFUSERS_PREDICTIONS:
-            raise ValueError(f"from_diffusers: scheduler.config.prediction_type "
-                             f"{prediction_type!r} is not one of "
-                             f"{tuple(_DIFFUSERS_PREDICTIONS)}; pass prediction=")
+            raise ArgumentError(f"from_diffusers: scheduler.config.prediction_type "
+                                f"{prediction_type!r} is not one of "
+                                f"{tuple(_DIFFUSERS_PREDICTIONS)}; pass prediction=")
         prediction = _DIFFUSERS_PREDICTIONS[prediction_type]
     config = unet.config
     size = config.sample_size

@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, CompositionError
 
 __all__ = [
     "ChainShard",
@@ -98,9 +98,9 @@ def process_group(group: dist.ProcessGroup | None = None) -> dist.ProcessGroup |
     than one process, else ``None`` (run in this process alone)."""
     if group is not None:
         if not (dist.is_available() and dist.is_initialized()):
-            raise ValueError("group: torch.distributed is not initialised; call "
-                             "torch.distributed.init_process_group first (torchrun sets "
-                             "up the environment for it)")
+            raise ArgumentError("group: torch.distributed is not initialised; call "
+                                "torch.distributed.init_process_group first (torchrun sets "
+                                "up the environment for it)")
         return group
     if not (dist.is_available() and dist.is_initialized()):
         return None
@@ -177,8 +177,8 @@ class ChainShard:
         self.world_size = dist.get_world_size(group)
         self.operation = operation
         if n_chains < self.world_size:
-            raise ValueError(f"{operation}: n_chains={n_chains} is smaller than the number of "
-                             f"processes ({self.world_size}); every rank needs a chain")
+            raise ArgumentError(f"{operation}: n_chains={n_chains} is smaller than the number of "
+                                f"processes ({self.world_size}); every rank needs a chain")
         self.n_chains = n_chains
         base, extra = divmod(n_chains, self.world_size)
         self.counts = [base + (r < extra) for r in range(self.world_size)]
@@ -239,11 +239,11 @@ class ChainShard:
                              dtype=torch.int64)
         chains, checksums = self.stack_ranks(facts).cpu().T.tolist()
         if len(set(chains)) > 1:
-            raise ValueError(f"{self.operation}: the ranks ask for different numbers of "
-                             f"chains, {chains}; pass the same n_chains, or the same x0 "
-                             "holding all chains, on every rank")
+            raise ArgumentError(f"{self.operation}: the ranks ask for different numbers of "
+                                f"chains, {chains}; pass the same n_chains, or the same x0 "
+                                "holding all chains, on every rank")
         if len(set(checksums)) > 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"{self.operation}: the generator's state differs between ranks; seed it with "
                 "the same seed on every rank (chains get distinct numbers from their global "
                 "index)"
@@ -337,8 +337,8 @@ class ChainShard:
             dist.all_gather(parts, padded, group=self.group)
         else:
             if not 0 <= dst < self.world_size:
-                raise ValueError(f"dst must be a rank of the group, 0 … {self.world_size - 1}; "
-                                 f"got {dst}")
+                raise ArgumentError(f"dst must be a rank of the group, 0 … {self.world_size - 1}; "
+                                    f"got {dst}")
             parts = ([torch.empty_like(padded) for _ in range(self.world_size)]
                      if self.rank == dst else None)
             dist.gather(padded, parts, dst=dist.get_global_rank(self.group, dst),
@@ -405,8 +405,8 @@ class DistributedObjective(torch.nn.Module):
         """The loss of ``model`` (the one given at construction) on this rank's
         ``batch``; its backward averages the gradients over ranks."""
         if model is not self.parallel.module.model:
-            raise ValueError("DistributedObjective: model is not the model this objective "
-                             "was built for; build one DistributedObjective per model")
+            raise ArgumentError("DistributedObjective: model is not the model this objective "
+                                "was built for; build one DistributedObjective per model")
         return self.parallel(batch, **options)
 
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.errors import EBMAlgebraError, ExpressionError
+from ebmalgebra.errors import ArgumentTypeError, EBMAlgebraError, ExpressionError
 
 __all__ = ["ExpressionError", "parse_expression"]
 
@@ -271,7 +271,7 @@ def parse_expression(
         ring & bar ** 2
     """
     if not isinstance(text, str):
-        raise TypeError(f"parse_expression expects a string, got {type(text).__name__}")
+        raise ArgumentTypeError(f"parse_expression expects a string, got {type(text).__name__}")
     resolved: dict[str, EnergyModel] = {}
 
     def lookup(name: str, position: int) -> EnergyModel:

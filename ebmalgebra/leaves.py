@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike, input_options
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, CompositionError
 
 if TYPE_CHECKING:
     from ebmalgebra.program import ProgramBuilder, ProgramNode
@@ -64,7 +64,8 @@ def call_leaf_function(leaf: EnergyModel, fn: Callable, x: Tensor, t: TimeLike,
     A noise-conditioned leaf called without ``t`` and a module whose parameters
     have another dtype or device than ``x`` (networks compute in their own
     dtype; move them with ``.to(...)``) raise :class:`CompositionError`
-    instead of the function's own error; a plain ``ValueError`` gets the leaf's name.
+    instead of the function's own error; a plain ``ValueError`` or an
+    :class:`ArgumentError` gets the leaf's name.
     """
     if noise_conditioned and t is None:
         raise CompositionError(
@@ -74,9 +75,9 @@ def call_leaf_function(leaf: EnergyModel, fn: Callable, x: Tensor, t: TimeLike,
     try:
         return fn(x, t) if noise_conditioned else fn(x)
     except ValueError as error:
-        if type(error) is not ValueError:  # e.g. CompositionError: keep its type and text
+        if type(error) not in (ValueError, ArgumentError):  # e.g. CompositionError: keep it
             raise
-        raise ValueError(f"{leaf!r}: {error}") from error
+        raise ArgumentError(f"{leaf!r}: {error}") from error
     except RuntimeError as error:
         tensors = (*fn.parameters(), *fn.buffers()) if isinstance(fn, nn.Module) else ()
         options = input_options(fn) if any(t.is_floating_point() for t in tensors) else None
@@ -346,7 +347,7 @@ class DistributionLeaf(Leaf):
         try:
             return self.distribution.log_prob(x)
         except ValueError as error:
-            raise ValueError(f"{self!r}: {error}") from error
+            raise ArgumentError(f"{self!r}: {error}") from error
 
     def _in_support(self, x: Tensor) -> Tensor | None:
         """Whether each x lies in the support, ``(batch,)``; None where torch cannot tell."""

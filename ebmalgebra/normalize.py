@@ -37,7 +37,7 @@ from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel, input_options
 from ebmalgebra.compile import compile
 from ebmalgebra.distributed import ChainShard, all_chains, chain_shard
-from ebmalgebra.errors import CapabilityError, CompositionError
+from ebmalgebra.errors import ArgumentError, CapabilityError, CompositionError
 from ebmalgebra.ops import Normalized
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.rewrites import Quadratic, closed_form
@@ -127,7 +127,7 @@ def _check_transition(sampler: Sampler | None) -> None:
     if sampler is None or getattr(sampler, "leaves_target_invariant", False):
         return
     why = getattr(sampler, "not_invariant_because", Sampler.not_invariant_because)
-    raise ValueError(
+    raise ArgumentError(
         f"estimate_log_z: sampler {sampler!r} cannot be an AIS transition: {why}; use "
         "MALA, RandomWalkMH or HMC (or sampler=None for MALA with a tuned step size)")
 
@@ -383,18 +383,16 @@ def estimate_log_z(
             f"precision P with eigenvalue {smallest:.3g} ≤ 0, so it is unbounded below (or "
             "flat) and Z = ∞. Weaken the negated part (a & b ** -α needs P_a − α·P_b "
             "positive definite) or add a factor that confines it")
+    validation.count("estimate_log_z: n_particles", n_particles, 2)
+    if n_temps is not None:
+        validation.count("estimate_log_z: n_temps", n_temps)
+    validation.in_interval("estimate_log_z: target_cess", target_cess)
+    _check_transition(sampler)
+    validation.one_of("estimate_log_z: method", method, ("ais", "smc"))
     if exact:
         value = exact_log_z(model)
         if value is not None:
             return LogZEstimate(value, 0.0, math.inf, "exact")
-    validation.count("estimate_log_z: n_particles", n_particles, 2)
-    if n_temps is not None:
-        validation.count("estimate_log_z: n_temps", n_temps)
-    if not 0.0 < target_cess < 1.0:
-        raise ValueError(f"estimate_log_z: target_cess must be in (0, 1), got {target_cess!r}")
-    _check_transition(sampler)
-    if method not in ("ais", "smc"):
-        raise ValueError(f"estimate_log_z: method must be 'ais' or 'smc', got {method!r}")
     if base is None:
         base = fit_base(model, generator=generator, group=group)
     else:

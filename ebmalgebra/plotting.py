@@ -22,6 +22,8 @@ from typing import Any
 
 from torch import Tensor
 
+from ebmalgebra.errors import ArgumentError
+
 __all__ = ["check_picture_path", "image_rows", "new_axes", "picture_formats", "samples_figure",
            "save_figure"]
 
@@ -42,8 +44,8 @@ def check_picture_path(path: str | Path, what: str = "path") -> Path:
     path = Path(path)
     formats = picture_formats()
     if path.suffix.lower() not in formats:
-        raise ValueError(f"{what} {str(path)!r}: cannot write a picture with suffix "
-                         f"{path.suffix or '(none)'!r}; use one of {', '.join(formats)}")
+        raise ArgumentError(f"{what} {str(path)!r}: cannot write a picture with suffix "
+                            f"{path.suffix or '(none)'!r}; use one of {', '.join(formats)}")
     return path
 
 
@@ -135,5 +137,5 @@ def samples_figure(samples: Tensor, title: str, *, max_columns: int = 16,
         axis.set_ylim(-extent, extent)
         axis.set_title(title, family="monospace")
         return figure
-    raise ValueError(f"cannot draw samples of shape {shape} as a picture: only images "
-                     "(h, w) and 2-D points")
+    raise ArgumentError(f"cannot draw samples of shape {shape} as a picture: only images "
+                        "(h, w) and 2-D points")

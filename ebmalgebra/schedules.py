@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra import validation
+from ebmalgebra.errors import ArgumentError
 
 __all__ = ["VE", "VP", "NoiseSchedule"]
 
@@ -65,8 +66,8 @@ class VP(NoiseSchedule):
         self.beta_min = validation.positive("VP: beta_min", beta_min)
         self.beta_max = validation.positive("VP: beta_max", beta_max)
         if self.beta_max < self.beta_min:
-            raise ValueError(f"VP: beta_max ({beta_max!r}) must be at least beta_min "
-                             f"({beta_min!r})")
+            raise ArgumentError(f"VP: beta_max ({beta_max!r}) must be at least beta_min "
+                                f"({beta_min!r})")
 
     def log_alpha(self, t: float | Tensor) -> Tensor:
         t = _as_levels(t)

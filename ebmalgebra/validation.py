@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 import torch
 from torch import Tensor
@@ -33,6 +33,7 @@ __all__ = [
     "at_least",
     "count",
     "decreasing",
+    "fail",
     "finite_entries",
     "flag",
     "floating_tensor",
@@ -119,12 +120,11 @@ def decreasing(name: str, values: object, *, allow_zero: bool = False) -> tuple[
     """
     if isinstance(values, Tensor):
         levels = tuple(values.detach().double().reshape(-1).tolist())
+    elif isinstance(values, Iterable):
+        levels = tuple(real(f"{name}[{index}]", v) for index, v in enumerate(values))
     else:
-        try:
-            levels = tuple(real(f"{name}[{index}]", v) for index, v in enumerate(values))
-        except TypeError:
-            raise ArgumentTypeError(f"{name} must be a sequence of numbers, got "
-                                    f"{type(values).__name__}") from None
+        raise ArgumentTypeError(f"{name} must be a sequence of numbers, got "
+                                f"{type(values).__name__}")
     sign = "non-negative" if allow_zero else "positive"
     if not levels or any(not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero)
                          for v in levels):

@@ -226,7 +226,7 @@ def test_replay_buffer_rejects_non_float_non_finite_or_unbounded_inputs():
         ReplayBuffer(4, 2, low=float("-inf"), high=0.0)
     with pytest.raises(ValueError, match="ReplayBuffer: high must be finite, got nan"):
         ReplayBuffer(4, 2, high=float("nan"))
-    with pytest.raises(ValueError, match="reinit_fraction must be a real number"):
+    with pytest.raises(TypeError, match="reinit_fraction must be a real number"):
         ReplayBuffer(4, 2, reinit_fraction="0.1")
     with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype.*int64"):
         ReplayBuffer(4, 2, dtype=torch.long)
@@ -234,12 +234,13 @@ def test_replay_buffer_rejects_non_float_non_finite_or_unbounded_inputs():
         ReplayBuffer(4, 2, noise=torch.zeros(4, 2))
 
 
-@pytest.mark.parametrize(("alpha", "match"), [(None, "alpha must be a real number"),
-                                              (float("nan"), "alpha must be finite"),
-                                              (-0.5, "alpha must be non-negative")])
-def test_cd_rejects_an_alpha_that_is_not_a_non_negative_number(alpha, match):
+@pytest.mark.parametrize(("alpha", "error", "match"), [
+    (None, TypeError, "alpha must be a real number"),  # the wrong type, as in float(None)
+    (float("nan"), ValueError, "alpha must be finite"),
+    (-0.5, ValueError, "alpha must be non-negative")])
+def test_cd_rejects_an_alpha_that_is_not_a_non_negative_number(alpha, error, match):
     model = as_model(MLPEnergy(2, hidden=(8,)), name="e")
-    with pytest.raises(ValueError, match=f"contrastive_divergence: {match}"):
+    with pytest.raises(error, match=f"contrastive_divergence: {match}"):
         contrastive_divergence(model, torch.randn(4, 2), sampler=ULA(step_size=0.1),
                                alpha=alpha)
 

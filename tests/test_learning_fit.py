@@ -114,12 +114,17 @@ def assert_unchanged(net, before):
         torch.testing.assert_close(p.detach(), q, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("max_grad_norm", [-1.0, 0.0, float("nan"), -float("inf"), "1"])
-def test_fit_rejects_a_max_grad_norm_that_is_not_positive_and_finite(max_grad_norm):
+@pytest.mark.parametrize("max_grad_norm, error, constraint", [
+    (-1.0, ValueError, "positive"), (0.0, ValueError, "positive"),
+    (float("nan"), ValueError, "finite"), (-float("inf"), ValueError, "finite"),
+    ("1", TypeError, "a real number"),  # a string is the wrong type, as in math.sqrt("1")
+])
+def test_fit_rejects_a_max_grad_norm_that_is_not_positive_and_finite(max_grad_norm, error,
+                                                                     constraint):
     # A negative norm would flip every gradient (clip_grad_norm_ scales by max/‖g‖).
     net, model = gaussian_model()
     before = parameters_of(net)
-    with pytest.raises(ValueError, match="max_grad_norm must be a positive finite number"):
+    with pytest.raises(error, match=f"fit: max_grad_norm must be {constraint}"):
         fit(model, data(), partial(score_matching, method="exact"), progress=False,
             max_grad_norm=max_grad_norm)
     assert_unchanged(net, before)

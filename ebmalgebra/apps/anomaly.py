@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import compile
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CompositionError
 
 __all__ = ["LikelihoodRatioDetector", "energy_score", "plot_roc", "roc_auc", "roc_curve"]
 
@@ -68,7 +69,7 @@ def energy_score(model: EnergyModel, x: Tensor, *, t: TimeLike = None) -> Tensor
 def _check_batch(model: EnergyModel, x: object, t: TimeLike) -> None:
     """x is a ``(batch, *event_shape)`` tensor and t a scalar or one level per row."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"energy_score: x must be a torch.Tensor, got {type(x).__name__}")
+        raise ArgumentTypeError(f"energy_score: x must be a torch.Tensor, got {type(x).__name__}")
     event_shape = model.event_shape
     n_event = 0 if event_shape is None else len(event_shape)
     if x.dim() <= n_event:
@@ -107,9 +108,8 @@ class LikelihoodRatioDetector:
 
     def __init__(self, model: EnergyModel, reference: EnergyModel, *, t: TimeLike = None):
         for what, value in (("model", model), ("reference", reference)):
-            if not isinstance(value, EnergyModel):
-                raise TypeError(f"LikelihoodRatioDetector: {what} must be an EnergyModel, got "
-                                f"{type(value).__name__}")
+            validation.instance(f"LikelihoodRatioDetector: {what}", value, EnergyModel,
+                                "an EnergyModel")
         self.model = model
         self.reference = reference
         self.t = t
@@ -129,12 +129,12 @@ def _as_scores(values: object, what: str) -> np.ndarray:
              else np.asarray(values, dtype=np.float64))
     if array.ndim != 1:
         # Flattening (n, k) scores would rank n·k numbers as if they were n·k samples.
-        raise ValueError(f"{what} must be 1-D, one score per sample (n,); got shape "
-                         f"{tuple(array.shape)}")
+        raise ArgumentError(f"{what} must be 1-D, one score per sample (n,); got shape "
+                            f"{tuple(array.shape)}")
     if array.size == 0:
-        raise ValueError(f"{what} must not be empty")
+        raise ArgumentError(f"{what} must not be empty")
     if np.isnan(array).any():
-        raise ValueError(f"{what} contains NaN; an anomaly score must be comparable")
+        raise ArgumentError(f"{what} contains NaN; an anomaly score must be comparable")
     return array
 
 

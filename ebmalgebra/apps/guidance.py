@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ebmalgebra import validation
 from ebmalgebra.base import Capabilities, TimeLike, input_options
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, CompositionError
 from ebmalgebra.io import register_leaf, register_module
 from ebmalgebra.leaves import Leaf, as_event_shape, call_leaf_function
 
@@ -191,9 +191,10 @@ class MLPClassifier(nn.Module):
         hidden = tuple(hidden)
         if not hidden or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
                              for w in hidden):
-            raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {hidden}")
+            raise ArgumentError(f"hidden must be a non-empty sequence of positive ints, "
+                                f"got {hidden}")
         if not (isinstance(sigma_data, int | float) and sigma_data > 0):
-            raise ValueError(f"sigma_data must be positive, got {sigma_data!r}")
+            raise ArgumentError(f"sigma_data must be positive, got {sigma_data!r}")
         self.n_classes = n_classes
         self.noise_conditioned = bool(noise_conditioned)
         self.sigma_data = float(sigma_data)

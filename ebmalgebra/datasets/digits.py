@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.datasets.toys import _check_dtype
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["IMAGE_SHAPE", "SPLITS", "digits"]
 
@@ -59,18 +60,18 @@ def _check_classes(classes: Iterable[int] | int | None) -> list[int] | None:
     if isinstance(classes, numbers.Integral) and not isinstance(classes, bool):
         classes = [classes]
     if isinstance(classes, str) or not isinstance(classes, Iterable):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"classes must be None, an int or an iterable of ints, got {type(classes).__name__}"
         )
     chosen = []
     for label in classes:
         if isinstance(label, bool) or not isinstance(label, numbers.Integral):
-            raise TypeError(f"classes must contain ints, got {label!r}")
+            raise ArgumentTypeError(f"classes must contain ints, got {label!r}")
         if not 0 <= label <= 9:
-            raise ValueError(f"classes must be digits 0-9, got {label}")
+            raise ArgumentError(f"classes must be digits 0-9, got {label}")
         chosen.append(int(label))
     if not chosen:
-        raise ValueError("classes must not be empty")
+        raise ArgumentError("classes must not be empty")
     return chosen
 
 
@@ -99,9 +100,9 @@ def digits(
     dtype = _check_dtype(dtype)
     chosen = _check_classes(classes)
     if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+        raise ArgumentError(f"split must be None, 'train' or 'test', got {split!r}")
     if not isinstance(return_labels, bool):
-        raise TypeError(f"return_labels must be a bool, got {return_labels!r}")
+        raise ArgumentTypeError(f"return_labels must be a bool, got {return_labels!r}")
     images, labels = _load()
     keep = torch.ones(len(labels), dtype=torch.bool)
     if split is not None:

@@ -45,6 +45,7 @@ from ebmalgebra.datasets.toys import (
     _draw_device,
     _finish,
 )
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["ATTRIBUTES", "IMAGE_SHAPE", "Faces", "faces"]
 
@@ -89,7 +90,7 @@ def _attribute_flags(
     if value is None:
         return torch.rand(n, generator=generator, device=where) < 0.5
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True, False or None, got {value!r}")
+        raise ArgumentTypeError(f"{name} must be True, False or None, got {value!r}")
     return torch.full((n,), value, dtype=torch.bool, device=where)
 
 
@@ -158,7 +159,7 @@ def _as_images(x: object) -> Tensor:
     float32 (quantiles need it, and half precision would blur the cut-offs).
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        raise ArgumentTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     pixels = _SIZE * _SIZE
     if x.ndim == 2 and x.shape[1] == pixels:
         images = x.reshape(-1, _SIZE, _SIZE)
@@ -167,7 +168,7 @@ def _as_images(x: object) -> Tensor:
     elif x.ndim == 4 and x.shape[1] == 1 and tuple(x.shape[2:]) == IMAGE_SHAPE:
         images = x[:, 0]
     else:
-        raise ValueError(
+        raise ArgumentError(
             f"x must have shape (n, 16, 16), (n, 1, 16, 16) or (n, 256), got {tuple(x.shape)}"
         )
     if images.dtype not in (torch.float32, torch.float64):
@@ -309,7 +310,7 @@ class Faces:
         dtype = _check_dtype(dtype)
         noise = _check_nonnegative("noise", noise)
         if not isinstance(return_attributes, bool):
-            raise TypeError(f"return_attributes must be a bool, got {return_attributes!r}")
+            raise ArgumentTypeError(f"return_attributes must be a bool, got {return_attributes!r}")
         where = _draw_device(generator)
         flags = {
             "glasses": _attribute_flags("glasses", glasses, n, generator, where),

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra import validation
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["bar", "checkerboard", "eight_gaussians", "moons", "rings"]
 
@@ -24,18 +25,18 @@ __all__ = ["bar", "checkerboard", "eight_gaussians", "moons", "rings"]
 def _check_n(n: object) -> int:
     """Validate a sample count: a positive Python or NumPy integer, never a bool."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"n must be an int, got {type(n).__name__}")
+        raise ArgumentTypeError(f"n must be an int, got {type(n).__name__}")
     if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+        raise ArgumentError(f"n must be positive, got {n}")
     return int(n)
 
 
 def _check_nonnegative(name: str, value: object) -> float:
     """Validate a finite real parameter that must be >= 0 (noise levels, widths)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{name} must be a real number, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        raise ArgumentError(f"{name} must be finite and >= 0, got {value}")
     return float(value)
 
 
@@ -43,13 +44,13 @@ def _check_positive(name: str, value: object) -> float:
     """Validate a finite real parameter that must be > 0 (radii, lengths)."""
     value = _check_nonnegative(name, value)
     if value == 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+        raise ArgumentError(f"{name} must be > 0, got {value}")
     return value
 
 
 def _check_dtype(dtype: torch.dtype) -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        raise ArgumentTypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     return dtype
 
 
@@ -95,9 +96,9 @@ def rings(
     try:
         radii = tuple(_check_positive("radii", r) for r in radii)
     except TypeError as err:
-        raise TypeError(f"radii must be a sequence of positive numbers: {err}") from None
+        raise ArgumentTypeError(f"radii must be a sequence of positive numbers: {err}") from None
     if not radii:
-        raise ValueError("radii must contain at least one radius")
+        raise ArgumentError("radii must contain at least one radius")
     where = _draw_device(generator)
     radius = torch.tensor(radii, dtype=dtype, device=where)
     ring = torch.multinomial(radius, n, replacement=True, generator=generator)
@@ -167,7 +168,7 @@ class EightGaussians:
         """
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != 2:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must be a tensor of shape (n, 2), got {shape}")
+            raise ArgumentError(f"x must be a tensor of shape (n, 2), got {shape}")
         centres = self.centers(radius=radius, dtype=x.dtype, device=x.device)
         return torch.cdist(x, centres).argmin(dim=1)
 
@@ -240,9 +241,9 @@ def checkerboard(
     n = _check_n(n)
     dtype = _check_dtype(dtype)
     if isinstance(squares, bool) or not isinstance(squares, numbers.Integral):
-        raise TypeError(f"squares must be an int, got {type(squares).__name__}")
+        raise ArgumentTypeError(f"squares must be an int, got {type(squares).__name__}")
     if squares < 1:
-        raise ValueError(f"squares must be >= 1, got {squares}")
+        raise ArgumentError(f"squares must be >= 1, got {squares}")
     half_width = _check_positive("half_width", half_width)
     where = _draw_device(generator)
     grid = torch.cartesian_prod(torch.arange(squares), torch.arange(squares)).to(where)

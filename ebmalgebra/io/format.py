@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ebmalgebra.base import EnergyModel
+from ebmalgebra.errors import ArgumentTypeError
 from ebmalgebra.io.registry import (
     LEAVES,
     MODULES,
@@ -54,7 +55,7 @@ def save(expr: EnergyModel, path: str | os.PathLike) -> None:
     from safetensors.torch import save as save_bytes
 
     if not isinstance(expr, EnergyModel):
-        raise TypeError(f"save expects an EnergyModel, got {type(expr).__name__}")
+        raise ArgumentTypeError(f"save expects an EnergyModel, got {type(expr).__name__}")
     ensure_builtins()
     writer = _Writer()
     root = writer.node(expr)

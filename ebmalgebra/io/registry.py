@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.errors import SerializationError
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError, SerializationError
 
 __all__ = [
     "LEAVES",
@@ -63,14 +63,15 @@ class _Registry:
     def add(self, name: str, cls: type, config: Callable | None, build: Callable | None,
             method: str = "config") -> None:
         if not isinstance(name, str) or not name:
-            raise ValueError(f"register_{self.kind}: name must be a non-empty string, "
-                             f"got {name!r}")
+            raise ArgumentError(f"register_{self.kind}: name must be a non-empty string, "
+                                f"got {name!r}")
         if not isinstance(cls, type):
-            raise TypeError(f"register_{self.kind}({name!r}) decorates a class, got {cls!r}")
+            raise ArgumentTypeError(f"register_{self.kind}({name!r}) decorates a class, "
+                                    f"got {cls!r}")
         if config is None:
             config = getattr(cls, method, None)
             if not callable(config):
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"register_{self.kind}({name!r}): {cls.__name__} needs a {method}() method "
                     f"returning its constructor keyword arguments, or pass {method}=..."
                 )
@@ -81,8 +82,8 @@ class _Registry:
                 # the new definition replaces the old one.
                 del self.by_class[previous.cls]
             else:
-                raise ValueError(f"register_{self.kind}: {name!r} is already registered for "
-                                 f"{previous.cls.__qualname__}")
+                raise ArgumentError(f"register_{self.kind}: {name!r} is already registered for "
+                                    f"{previous.cls.__qualname__}")
         entry = _Entry(name, cls, config, build or cls)
         self.by_name[name] = entry
         self.by_class[cls] = entry

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CompositionError
 
 
 def check_model(model: object, operation: str, *capabilities: str) -> EnergyModel:
@@ -20,8 +21,8 @@ def check_model(model: object, operation: str, *capabilities: str) -> EnergyMode
         if isinstance(model, torch.nn.Module):
             hint = ("; wrap the network first, e.g. ebmalgebra.learning.as_model(net, "
                     "name=...) or ebmalgebra.from_energy(net, event_shape, name=...)")
-        raise TypeError(f"{operation}: model must be an EnergyModel, got "
-                        f"{type(model).__name__}{hint}")
+        raise ArgumentTypeError(f"{operation}: model must be an EnergyModel, got "
+                                f"{type(model).__name__}{hint}")
     for capability in capabilities:
         model.require(capability, operation)
     return model
@@ -34,11 +35,10 @@ def check_batch(model: EnergyModel, batch: object, operation: str) -> Tensor:
     or non-tensor input raises ``TypeError``; NaN or ±inf raises ``ValueError``
     with the count of bad entries.
     """
-    if not isinstance(batch, Tensor):
-        raise TypeError(f"{operation}: data must be a torch.Tensor, got {type(batch).__name__}")
+    validation.instance(f"{operation}: data", batch, Tensor, "a torch.Tensor")
     if not batch.is_floating_point():
-        raise TypeError(f"{operation}: data must be floating point, got {batch.dtype}; "
-                        "convert it with .float()")
+        raise ArgumentTypeError(f"{operation}: data must be floating point, got {batch.dtype}; "
+                                "convert it with .float()")
     event_shape = model.event_shape
     if event_shape is not None:
         expected = (len(event_shape) + 1, tuple(event_shape))
@@ -51,11 +51,11 @@ def check_batch(model: EnergyModel, batch: object, operation: str) -> Tensor:
         raise CompositionError(f"{operation}: data must be shaped (n, *event_shape), got "
                                f"{tuple(batch.shape)}")
     if batch.shape[0] == 0:
-        raise ValueError(f"{operation}: data is empty (shape {tuple(batch.shape)})")
+        raise ArgumentError(f"{operation}: data is empty (shape {tuple(batch.shape)})")
     finite = torch.isfinite(batch)
     if not finite.all():
         bad = int((~finite).sum())
         first = int((~finite).flatten(1).any(1).nonzero()[0])
-        raise ValueError(f"{operation}: data contains {bad} non-finite value(s) (NaN or inf), "
-                         f"the first in sample {first}; clean or drop them before training")
+        raise ArgumentError(f"{operation}: data contains {bad} non-finite value(s) (NaN or inf), "
+                            f"the first in sample {first}; clean or drop them before training")
     return batch

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra import validation
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError
 from ebmalgebra.leaves import as_event_shape
 from ebmalgebra.samplers.base import is_nonfinite
 
@@ -64,19 +65,19 @@ class ReplayBuffer:
         validation.count("ReplayBuffer: capacity", capacity)
         reinit_fraction = validation.real("ReplayBuffer: reinit_fraction", reinit_fraction)
         if not 0.0 <= reinit_fraction <= 1.0:
-            raise ValueError(f"ReplayBuffer: reinit_fraction must be in [0, 1], "
-                             f"got {reinit_fraction!r}")
+            raise ArgumentError(f"ReplayBuffer: reinit_fraction must be in [0, 1], "
+                                f"got {reinit_fraction!r}")
         if noise is None:
             low = validation.real("ReplayBuffer: low", low)
             high = validation.real("ReplayBuffer: high", high)
             if not low < high:
-                raise ValueError(f"ReplayBuffer: need low < high, got low={low}, high={high}")
+                raise ArgumentError(f"ReplayBuffer: need low < high, got low={low}, high={high}")
         elif not callable(noise):
-            raise TypeError(f"ReplayBuffer: noise must be callable as noise(n, generator), got "
-                            f"{type(noise).__name__}")
+            raise ArgumentTypeError(f"ReplayBuffer: noise must be callable as noise(n, "
+                                    f"generator), got {type(noise).__name__}")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"ReplayBuffer: dtype must be a floating-point torch.dtype, got "
-                            f"{dtype!r}")
+            raise ArgumentTypeError(f"ReplayBuffer: dtype must be a floating-point "
+                                    f"torch.dtype, got {dtype!r}")
         self.event_shape = as_event_shape(event_shape)
         self.reinit_fraction = reinit_fraction
         self._low, self._high, self._noise = float(low), float(high), noise
@@ -92,15 +93,15 @@ class ReplayBuffer:
         longer move (see :meth:`update`) restarts, from uniform noise on [−1, 1].
         """
         if not isinstance(x0, Tensor) or x0.dim() < 1 or x0.shape[0] == 0:
-            raise ValueError("ReplayBuffer.persistent: x0 must be a non-empty tensor "
-                             "(n_chains, *event_shape)")
+            raise ArgumentError("ReplayBuffer.persistent: x0 must be a non-empty tensor "
+                                "(n_chains, *event_shape)")
         if not x0.is_floating_point():
-            raise TypeError(f"ReplayBuffer.persistent: x0 must be floating point, got "
-                            f"{x0.dtype}; convert it with .float()")
+            raise ArgumentTypeError(f"ReplayBuffer.persistent: x0 must be floating point, got "
+                                    f"{x0.dtype}; convert it with .float()")
         if not torch.isfinite(x0).all():
-            raise ValueError("ReplayBuffer.persistent: x0 must be finite; chain(s) "
-                             f"{_nonfinite_rows(x0).nonzero().flatten().tolist()[:4]} "
-                             "contain NaN or inf")
+            raise ArgumentError("ReplayBuffer.persistent: x0 must be finite; chain(s) "
+                                f"{_nonfinite_rows(x0).nonzero().flatten().tolist()[:4]} "
+                                "contain NaN or inf")
         buffer = cls.__new__(cls)
         buffer.event_shape = x0.shape[1:]
         buffer.reinit_fraction = 0.0
@@ -126,8 +127,8 @@ class ReplayBuffer:
             fresh = self._noise(n, generator)
             if not isinstance(fresh, Tensor) or tuple(fresh.shape) != (n, *self.event_shape):
                 got = tuple(fresh.shape) if isinstance(fresh, Tensor) else type(fresh).__name__
-                raise ValueError(f"ReplayBuffer: noise(n, generator) must return shape "
-                                 f"{(n, *self.event_shape)}, got {got}")
+                raise ArgumentError(f"ReplayBuffer: noise(n, generator) must return shape "
+                                    f"{(n, *self.event_shape)}, got {got}")
             return fresh.to(dtype=self._dtype, device=self._device).detach()
         u = torch.rand((n, *self.event_shape), generator=generator, dtype=self._dtype)
         return (self._low + (self._high - self._low) * u).to(self._device)
@@ -140,8 +141,8 @@ class ReplayBuffer:
         ``reinit_fraction`` and a stored point otherwise.
         """
         if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= self.capacity:
-            raise ValueError(f"ReplayBuffer.draw: n must be an int in [1, {self.capacity}] "
-                             f"(the capacity), got {n!r}")
+            raise ArgumentError(f"ReplayBuffer.draw: n must be an int in [1, {self.capacity}] "
+                                f"(the capacity), got {n!r}")
         index = torch.randperm(self.capacity, generator=generator)[:n].to(self.samples.device)
         starts = self.samples[index].clone()
         if self.reinit_fraction > 0:
@@ -174,8 +175,8 @@ class ReplayBuffer:
         for value, what, expected in ((x, "x", shape), (energy, "energy", shape[:1]),
                                       (score, "score", shape)):
             if value is not None and tuple(value.shape) != expected:
-                raise ValueError(f"ReplayBuffer.update: {what} must be shaped {expected}, "
-                                 f"got {tuple(value.shape)}")
+                raise ArgumentError(f"ReplayBuffer.update: {what} must be shaped {expected}, "
+                                    f"got {tuple(value.shape)}")
         bad = _nonfinite_rows(x)
         if energy is not None or score is not None:
             bad = bad | is_nonfinite(None if energy is None else energy.detach(),

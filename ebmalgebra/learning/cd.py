@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError
 from ebmalgebra.learning._checks import check_batch, check_model
 from ebmalgebra.learning.buffer import ReplayBuffer
 
@@ -79,28 +80,25 @@ def contrastive_divergence(
     check_model(model, "contrastive_divergence", "energy")
     positives = check_batch(model, batch, "contrastive_divergence")
     if not hasattr(sampler, "init") or not hasattr(sampler, "step"):
-        raise TypeError(f"contrastive_divergence: sampler must have init(x0, model) and "
-                        f"step(state, generator), got {type(sampler).__name__}; "
-                        "use e.g. ebmalgebra.samplers.ULA(step_size=...)")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"contrastive_divergence: n_steps must be a non-negative int, "
-                         f"got {n_steps!r}")
-    alpha = validation.real("contrastive_divergence: alpha", alpha)
-    if alpha < 0:
-        raise ValueError(f"contrastive_divergence: alpha must be non-negative, got {alpha!r}")
+        raise ArgumentTypeError(f"contrastive_divergence: sampler must have init(x0, model) and "
+                                f"step(state, generator), got {type(sampler).__name__}; "
+                                "use e.g. ebmalgebra.samplers.ULA(step_size=...)")
+    validation.count("contrastive_divergence: n_steps", n_steps, 0)
+    alpha = validation.non_negative("contrastive_divergence: alpha", alpha)
     validation.generator("contrastive_divergence: generator", generator)
     n = positives.shape[0]
     if buffer is None:
         starts, index = positives.detach(), None
     else:
         if not isinstance(buffer, ReplayBuffer):
-            raise TypeError(f"contrastive_divergence: buffer must be a ReplayBuffer or None, got "
-                            f"{type(buffer).__name__}; for chains that start at a tensor x0 "
-                            "use ReplayBuffer.persistent(x0)")
+            raise ArgumentTypeError(
+                f"contrastive_divergence: buffer must be a ReplayBuffer or None, got "
+                f"{type(buffer).__name__}; for chains that start at a tensor x0 use "
+                "ReplayBuffer.persistent(x0)")
         if tuple(buffer.event_shape) != tuple(positives.shape[1:]):
-            raise ValueError(f"contrastive_divergence: the buffer holds points of shape "
-                             f"{tuple(buffer.event_shape)} but data points are "
-                             f"{tuple(positives.shape[1:])}")
+            raise ArgumentError(f"contrastive_divergence: the buffer holds points of shape "
+                                f"{tuple(buffer.event_shape)} but data points are "
+                                f"{tuple(positives.shape[1:])}")
         starts, index = buffer.draw(n, generator)
 
     state = sampler.init(starts.to(positives), model)

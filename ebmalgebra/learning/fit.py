@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError
 from ebmalgebra.learning._checks import check_batch, check_model
 from ebmalgebra.threads import use_threads
 
@@ -126,11 +127,11 @@ def fit(
     validation.count("fit: epochs", epochs)
     validation.count("fit: batch_size", batch_size)
     if not callable(loss):
-        raise TypeError(f"fit: loss must be callable as loss(model, batch, generator=...), "
-                        f"got {type(loss).__name__}")
+        raise ArgumentTypeError(f"fit: loss must be callable as loss(model, batch, generator=...), "
+                                f"got {type(loss).__name__}")
     if callback is not None and not callable(callback):
-        raise TypeError(f"fit: callback must be callable as callback(step, loss) or None, "
-                        f"got {type(callback).__name__}")
+        raise ArgumentTypeError(f"fit: callback must be callable as callback(step, loss) or None, "
+                                f"got {type(callback).__name__}")
     if max_grad_norm is not None and max_grad_norm != math.inf:  # inf: measure, never clip
         max_grad_norm = validation.positive("fit: max_grad_norm", max_grad_norm)
     validation.generator("fit: generator", generator)
@@ -138,7 +139,7 @@ def fit(
     if optimizer is None:
         parameters = [p for p in model.parameters() if p.requires_grad]
         if not parameters:
-            raise ValueError(f"fit: {model!r} has no trainable parameters")
+            raise ArgumentError(f"fit: {model!r} has no trainable parameters")
         optimizer = torch.optim.Adam(parameters, lr=1e-3)
     if progress is None:
         progress = sys.stderr.isatty()
@@ -161,7 +162,7 @@ def fit(
                 value = loss(model, batch, generator=generator)
                 if not isinstance(value, Tensor) or value.numel() != 1:
                     what = tuple(value.shape) if isinstance(value, Tensor) else type(value)
-                    raise TypeError(f"fit: the loss must return a 0-d tensor, got {what}")
+                    raise ArgumentTypeError(f"fit: the loss must return a 0-d tensor, got {what}")
                 if not torch.isfinite(value.detach()):
                     raise FloatingPointError(
                         f"fit: the loss is {float(value.detach())} at step "
@@ -202,9 +203,9 @@ def _check_scheduler(scheduler: object, optimizer: torch.optim.Optimizer | None)
     if scheduler is None:
         return
     if optimizer is None:
-        raise ValueError("fit: scheduler needs the optimizer it was built on; pass both, e.g. "
-                         "opt = torch.optim.Adam(model.parameters()); "
-                         "fit(..., optimizer=opt, scheduler=StepLR(opt, 100))")
+        raise ArgumentError("fit: scheduler needs the optimizer it was built on; pass both, e.g. "
+                            "opt = torch.optim.Adam(model.parameters()); "
+                            "fit(..., optimizer=opt, scheduler=StepLR(opt, 100))")
     if getattr(scheduler, "optimizer", optimizer) is not optimizer:
-        raise ValueError("fit: scheduler was built on a different optimizer than optimizer=, "
-                         "so it would not change the learning rate fit uses")
+        raise ArgumentError("fit: scheduler was built on a different optimizer than optimizer=, "
+                            "so it would not change the learning rate fit uses")

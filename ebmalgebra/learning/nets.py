@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel, TimeLike
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CompositionError
 from ebmalgebra.leaves import as_event_shape, from_energy
 
 __all__ = [
@@ -66,8 +66,8 @@ def _sigma_per_sample(sigma: TimeLike, x: Tensor, net: nn.Module) -> Tensor:
         )
     if isinstance(sigma, int | float) and not (sigma > 0 and math.isfinite(sigma)):
         # Numbers only: checking tensor values would synchronise on every call.
-        raise ValueError(f"{type(net).__name__}: the noise level sigma must be positive and "
-                         f"finite, got {sigma!r}")
+        raise ArgumentError(f"{type(net).__name__}: the noise level sigma must be positive and "
+                            f"finite, got {sigma!r}")
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if sigma.dim() == 0:
         sigma = sigma.expand(x.shape[0])
@@ -83,10 +83,10 @@ def _event_shape(value: int | Sequence[int], what: str = "event_shape") -> torch
     """:func:`as_event_shape`, also rejecting empty dimensions and bools (``MLPEnergy(0)``)."""
     if isinstance(value, bool) or (isinstance(value, Sequence)
                                    and any(isinstance(d, bool) for d in value)):
-        raise ValueError(f"{what} must be an int or a sequence of ints, got {value!r}")
+        raise ArgumentError(f"{what} must be an int or a sequence of ints, got {value!r}")
     shape = as_event_shape(value)
     if any(d == 0 for d in shape):
-        raise ValueError(f"{what} must have positive dimensions, got {tuple(shape)}")
+        raise ArgumentError(f"{what} must have positive dimensions, got {tuple(shape)}")
     return shape
 
 
@@ -94,7 +94,7 @@ def _activation(name: str) -> nn.Module:
     activations = {"silu": nn.SiLU, "softplus": nn.Softplus, "elu": nn.ELU, "tanh": nn.Tanh,
                    "gelu": nn.GELU}
     if name not in activations:
-        raise ValueError(f"activation must be one of {sorted(activations)}, got {name!r}")
+        raise ArgumentError(f"activation must be one of {sorted(activations)}, got {name!r}")
     return activations[name]()
 
 
@@ -148,18 +148,18 @@ class GaussianEnergy(nn.Module):
         loc = _float_tensor(torch.zeros(dim) if loc is None else loc)
         scale_tril = _float_tensor(torch.eye(dim) if scale_tril is None else scale_tril)
         if tuple(loc.shape) != (dim,) or tuple(scale_tril.shape) != (dim, dim):
-            raise ValueError(f"loc must be ({dim},) and scale_tril ({dim}, {dim}), got "
-                             f"{tuple(loc.shape)} and {tuple(scale_tril.shape)}")
+            raise ArgumentError(f"loc must be ({dim},) and scale_tril ({dim}, {dim}), got "
+                                f"{tuple(loc.shape)} and {tuple(scale_tril.shape)}")
         if not (torch.isfinite(loc).all() and torch.isfinite(scale_tril).all()):
-            raise ValueError("loc and scale_tril must be finite")
+            raise ArgumentError("loc and scale_tril must be finite")
         upper = scale_tril.triu(1).nonzero()
         if len(upper):
             i, j = upper[0].tolist()
-            raise ValueError(f"scale_tril must be lower triangular (a Cholesky factor L), got "
-                             f"scale_tril[{i}, {j}] = {scale_tril[i, j].item()} above the "
-                             "diagonal")
+            raise ArgumentError(f"scale_tril must be lower triangular (a Cholesky factor L), got "
+                                f"scale_tril[{i}, {j}] = {scale_tril[i, j].item()} above the "
+                                "diagonal")
         if (scale_tril.diagonal() <= 0).any():
-            raise ValueError("scale_tril must have a positive diagonal")
+            raise ArgumentError("scale_tril must have a positive diagonal")
         self.loc = nn.Parameter(loc.clone())
         self.log_diagonal = nn.Parameter(scale_tril.diagonal().log())
         self.off_diagonal = nn.Parameter(scale_tril.tril(-1).clone())
@@ -218,7 +218,8 @@ class MLPEnergy(nn.Module):
         hidden = tuple(hidden)
         if not hidden or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
                              for w in hidden):
-            raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {hidden}")
+            raise ArgumentError(f"hidden must be a non-empty sequence of positive ints, "
+                                f"got {hidden}")
         widths = (math.prod(self.event_shape), *hidden)
         self.layers = nn.ModuleList(
             nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
@@ -268,8 +269,8 @@ class ConvEnergy(nn.Module):
         super().__init__()
         self.event_shape = _event_shape(image_shape, "image_shape")
         if len(self.event_shape) not in (2, 3):
-            raise ValueError(f"image_shape must be (H, W) or (C, H, W), got "
-                             f"{tuple(self.event_shape)}")
+            raise ArgumentError(f"image_shape must be (H, W) or (C, H, W), got "
+                                f"{tuple(self.event_shape)}")
         self.noise_conditioned = bool(noise_conditioned)
         in_channels = 1 if len(self.event_shape) == 2 else self.event_shape[0]
         height, width = self.event_shape[-2:]
@@ -355,7 +356,7 @@ class ResidualMLPDenoiser(nn.Module):
         for value, what in ((width, "width"), (depth, "depth"), (embedding_dim, "embedding_dim")):
             validation.count(what, value)
         if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+            raise ArgumentError(f"sigma_data must be positive, got {sigma_data}")
         self.sigma_data = float(sigma_data)
         size = math.prod(self.event_shape)
         self.embedding = NoiseEmbedding(embedding_dim)
@@ -412,7 +413,7 @@ class DenoiserEnergy(nn.Module):
     def __init__(self, denoiser: nn.Module) -> None:
         super().__init__()
         if not hasattr(denoiser, "event_shape"):
-            raise TypeError("denoiser must be an nn.Module with an event_shape attribute")
+            raise ArgumentTypeError("denoiser must be an nn.Module with an event_shape attribute")
         self.denoiser = denoiser
         self.event_shape = torch.Size(denoiser.event_shape)
 
@@ -435,7 +436,7 @@ def as_model(net: nn.Module, *, name: str, log_z: float | None = None) -> Energy
         density
     """
     if not isinstance(net, nn.Module) or not hasattr(net, "event_shape"):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"as_model expects an nn.Module with an event_shape attribute, got "
             f"{type(net).__name__}; use ebmalgebra.from_energy(fn, event_shape, name=...) instead"
         )

@@ -53,7 +53,7 @@ from torch import Tensor
 from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import compile as compile_model
-from ebmalgebra.errors import CapabilityError
+from ebmalgebra.errors import ArgumentError, CapabilityError
 from ebmalgebra.jit import call_compiled
 from ebmalgebra.learning._checks import check_batch, check_model
 
@@ -101,8 +101,8 @@ def score_matching(
         >>> loss.backward()
     """
     if jit and method != "denoising":
-        raise ValueError(f"score_matching: jit=True needs method='denoising'; {method!r} "
-                         "differentiates the score twice, which compiled graphs do not support")
+        raise ArgumentError(f"score_matching: jit=True needs method='denoising'; {method!r} "
+                            "differentiates the score twice, which compiled graphs do not support")
     if method == "exact":
         return exact_score_matching(model, batch, t=t)
     if method == "sliced":
@@ -112,7 +112,7 @@ def score_matching(
     if method == "denoising":
         return denoising_score_matching(model, batch, sigma=sigma, t=t, generator=generator,
                                         jit=jit)
-    raise ValueError(f"score_matching: method must be one of {_METHODS}, got {method!r}")
+    raise ArgumentError(f"score_matching: method must be one of {_METHODS}, got {method!r}")
 
 
 def exact_score_matching(model: EnergyModel, batch: Tensor, *, t: TimeLike = None,
@@ -154,9 +154,7 @@ def sliced_score_matching(
     """
     check_model(model, "sliced_score_matching", "score")
     x = check_batch(model, batch, "sliced_score_matching")
-    if projection not in _PROJECTIONS:
-        raise ValueError(f"sliced_score_matching: projection must be one of {_PROJECTIONS}, "
-                         f"got {projection!r}")
+    validation.one_of("sliced_score_matching: projection", projection, _PROJECTIONS)
     validation.count("sliced_score_matching: n_projections", n_projections)
     # Each projection gets its own copy of x: one backward pass serves all of them.
     repeated = x.detach().repeat(n_projections, *([1] * (x.dim() - 1))).requires_grad_(True)
@@ -242,16 +240,17 @@ def multi_noise_dsm(
     n = x.shape[0]
     if sigmas is not None:
         levels = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device).reshape(-1)
-        if levels.numel() == 0 or not (levels > 0).all() or not torch.isfinite(levels).all():
-            raise ValueError("multi_noise_dsm: sigmas must be non-empty, positive and finite")
+        if levels.numel() == 0:
+            raise ArgumentError("multi_noise_dsm: sigmas must be non-empty, got []")
+        validation.positive_entries("multi_noise_dsm: sigmas", levels)
         index = torch.randint(0, levels.numel(), (n,), generator=generator, device=x.device)
         sigma = levels[index]
     else:
         low = math.log(validation.positive("multi_noise_dsm: sigma_min", sigma_min))
         high = math.log(validation.positive("multi_noise_dsm: sigma_max", sigma_max))
         if low > high:
-            raise ValueError(f"multi_noise_dsm: sigma_min ({sigma_min}) must not exceed "
-                             f"sigma_max ({sigma_max})")
+            raise ArgumentError(f"multi_noise_dsm: sigma_min ({sigma_min}) must not exceed "
+                                f"sigma_max ({sigma_max})")
         u = torch.rand(n, generator=generator, device=x.device, dtype=x.dtype)
         sigma = torch.exp(low + (high - low) * u)
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -18,6 +18,7 @@ from hypothesis.extra.numpy import arrays
 from torch import nn
 
 from ebmalgebra.base import EnergyModel
+from ebmalgebra.errors import ArgumentError
 from ebmalgebra.leaves import from_energy, from_score
 from ebmalgebra.targets import (
     Banana,
@@ -165,11 +166,11 @@ def leaves(event_shape: Sequence[int] = (2,), *, kinds: Sequence[str] = ("analyt
     Each leaf is new (own parameters) and named ``leafN``.
     """
     if len(event_shape) != 1:
-        raise ValueError(f"leaves: event_shape must have one dimension, got {event_shape!r}")
+        raise ArgumentError(f"leaves: event_shape must have one dimension, got {event_shape!r}")
     unknown = [kind for kind in kinds if kind not in LEAF_KINDS]
     if unknown or not kinds:
-        raise ValueError(f"leaves: kinds must be a non-empty subset of {LEAF_KINDS}, "
-                         f"got {tuple(kinds)!r}")
+        raise ArgumentError(f"leaves: kinds must be a non-empty subset of {LEAF_KINDS}, "
+                            f"got {tuple(kinds)!r}")
     dim = int(event_shape[0])
     return st.one_of([_KIND_STRATEGIES[kind](dim) for kind in dict.fromkeys(kinds)])
 
@@ -255,8 +256,8 @@ def points_at_all_scales(
     out in the tails, which uniform :func:`points` almost never produces.
     """
     if not 0 < smallest < largest:
-        raise ValueError(f"points_at_all_scales: need 0 < smallest < largest, got "
-                         f"{smallest!r}, {largest!r}")
+        raise ArgumentError(f"points_at_all_scales: need 0 < smallest < largest, got "
+                            f"{smallest!r}, {largest!r}")
     low, high = np.log10(smallest), np.log10(largest) - 1.0
     magnitude = st.builds(lambda u, m: m * 10.0**u, _floats(low, high), _floats(1.0, 9.999))
     entry = st.one_of(st.just(0.0), magnitude, magnitude.map(lambda v: -v))

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel, input_options
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CompositionError
 from ebmalgebra.samplers.escape import ImproperTargetWarning, check_final
 
 __all__ = ["KERNELS", "SamplingPlan", "draw", "is_noise_conditioned", "plan_for", "total_exponent"]
@@ -110,8 +110,8 @@ def plan_for(model: EnergyModel, **overrides: float) -> SamplingPlan:
         plan = replace(plan, **merged)
     unknown = set(overrides) - _PLAN_FIELDS
     if unknown:
-        raise TypeError(f"plan_for: unknown settings {sorted(unknown)}; valid: "
-                        f"{sorted(_PLAN_FIELDS)}")
+        raise ArgumentTypeError(f"plan_for: unknown settings {sorted(unknown)}; valid: "
+                                f"{sorted(_PLAN_FIELDS)}")
     plan = replace(plan, **overrides)
     exponent = max(total_exponent(model), 1.0)
     return replace(plan, step_size=plan.step_size / exponent)
@@ -166,7 +166,7 @@ def draw(
         ...               generator=torch.Generator().manual_seed(0))
     """
     if kernel not in KERNELS:
-        raise ValueError(f"unknown sampler {kernel!r}; choose one of {', '.join(KERNELS)}")
+        raise ArgumentError(f"unknown sampler {kernel!r}; choose one of {', '.join(KERNELS)}")
     validation.count("n", n)
     if steps is not None:
         validation.count("steps", steps)
@@ -209,8 +209,8 @@ def _draw(model: EnergyModel, n: int, kernel: str, steps: int | None,
         return _draw_smc(model, n, plan, steps, generator, progress, dtype)
     if not is_noise_conditioned(model):
         if kernel == "annealed":
-            raise ValueError(f"the annealed sampler needs noise-conditioned models, and "
-                             f"{model!r} has none; use mala, hmc or ula")
+            raise ArgumentError(f"the annealed sampler needs noise-conditioned models, and "
+                                f"{model!r} has none; use mala, hmc or ula")
         n_steps = steps or 1000
         kind = {"mala": MALA, "ula": ULA, "hmc": HMC}[kernel]
         sampler = kind(**_adaptation(kind, n_steps // 2))
