@@ -56,6 +56,12 @@ def _caught(build) -> Exception:
     return caught.value
 
 
+def _assert_one_form(error: Exception, argument: str, value: str) -> None:
+    """``<argument> must be <constraint>, got <value>`` (perhaps followed by more)."""
+    assert re.match(rf"{re.escape(argument)} must be .+, got {re.escape(value)}(?![\w.])",
+                    str(error)), str(error)
+
+
 # (build, argument as named in the message, value as shown in the message)
 BAD_VALUES = [
     (lambda: HMC(step_size=-1), "HMC: step_size", "-1"),
@@ -112,8 +118,7 @@ BAD_VALUES = [
 def test_a_bad_value_names_the_argument_the_constraint_and_the_value(build, argument, value):
     error = _caught(build)
     assert isinstance(error, ArgumentError) and isinstance(error, ValueError)
-    assert re.match(rf"{re.escape(argument)} must be .+, got {re.escape(value)}(?![\w.])",
-                    str(error)), str(error)
+    _assert_one_form(error, argument, value)
 
 
 BAD_TYPES = [
@@ -132,8 +137,7 @@ BAD_TYPES = [
 def test_a_wrong_type_names_the_argument_and_the_type(build, argument, value):
     error = _caught(build)
     assert isinstance(error, ArgumentTypeError) and isinstance(error, TypeError)
-    assert re.match(rf"{re.escape(argument)} must be .+, got {re.escape(value)}(?![\w.])",
-                    str(error)), str(error)
+    _assert_one_form(error, argument, value)
 
 
 def test_a_sampler_and_a_leaf_report_a_bad_value_alike():
