@@ -31,8 +31,8 @@ class EBMAlgebraError(Exception):
 class ArgumentError(EBMAlgebraError, ValueError):
     """An argument has a value outside its constraint.
 
-    Example: ``HMC(step_size=-1)`` or ``Gaussian(0.0, -1.0)``:
-    ``step_size must be positive, got -1``.
+    Example: ``HMC(step_size=-1)`` raises ``HMC: step_size must be positive, got -1``
+    and ``Gaussian(0.0, -1.0)`` raises ``gaussian: scale must be positive, got -1.0``.
     """
 
 
