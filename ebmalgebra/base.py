@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 from torch.distributions.constraints import Constraint
 
-from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CapabilityError, CompositionError
+from ebmalgebra import validation
+from ebmalgebra.errors import ArgumentTypeError, CapabilityError, CompositionError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -347,8 +348,7 @@ class EnergyModel(nn.Module):
         For MCMC on any model use :func:`ebmalgebra.sample` instead.
         """
         self.require("sample", "sample")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ArgumentError(f"sample: n must be a non-negative int, got {n!r}")
+        validation.count("sample: n", n, 0)
         return self._sample(n, generator)
 
     # ---------------------------------------------------- hooks (flat batch)

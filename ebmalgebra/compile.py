@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 from torch.distributions.constraints import Constraint
 
-from ebmalgebra import evaluator
+from ebmalgebra import evaluator, validation
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
-from ebmalgebra.errors import ArgumentError, ArgumentTypeError
+from ebmalgebra.errors import ArgumentTypeError
 from ebmalgebra.program import (  # noqa: F401 - the program's node types, re-exported
     ANALYTIC,
     Affine,
@@ -187,8 +187,7 @@ def compile(expr: EnergyModel, *, closed_form: bool = False,  # noqa: A001
     """
     if backend is None:
         backend = expr.backend if isinstance(expr, CompiledEnergy) else "eager"
-    if backend not in BACKENDS:
-        raise ArgumentError(f"compile: backend must be one of {BACKENDS}, got {backend!r}")
+    validation.one_of("compile: backend", backend, BACKENDS)
     if isinstance(expr, CompiledEnergy):
         if expr.closed_form == closed_form and expr.backend == backend:
             return expr

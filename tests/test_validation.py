@@ -96,6 +96,8 @@ BAD_VALUES = [
     (lambda: eb.estimate_log_z(_model(), method="bridge"), "estimate_log_z: method",
      "'bridge'"),
     (lambda: resample(torch.full((4,), 0.25), method="cheap"), "resample: method", "'cheap'"),
+    (lambda: _model().sample(-1), "sample: n", "-1"),
+    (lambda: eb.compile(_model(), backend="xla"), "compile: backend", "'xla'"),
     (lambda: DiagonalMetric(torch.tensor([1.0, -1.0])), "DiagonalMetric: inverse_mass",
      "-1.0"),
     (lambda: Ring(radius=0.0), "ring: radius", "0.0"),
