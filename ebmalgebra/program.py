@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -278,6 +279,14 @@ class Program:
     @property
     def score_only(self) -> bool:
         return SCORE_ONLY in self.kinds
+
+    @cached_property
+    def sole_kind(self) -> str | None:
+        """The kind of the one leaf when E is that leaf's energy alone (E = E_0), else
+        ``None``: the evaluator's shortcut, looked up once per call."""
+        if len(self.leaves) == 1 and self.linear == (0.0, (1.0,)):
+            return self.kinds[0]
+        return None
 
     def energy_and_coefficients(self, energies: list, like: Tensor
                                 ) -> tuple[Tensor | None, Coefficients]:
