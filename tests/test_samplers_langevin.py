@@ -47,3 +47,15 @@ def test_ula_freezes_chains_that_hit_nonfinite_values():
     samples = eb.sample(nan_wall(), sampler, x0=x0, n_steps=100,
                         generator=torch.Generator().manual_seed(0))
     assert int(samples.frozen.sum()) == len(frozen_at) and "frozen=" in repr(samples)
+
+
+def test_ula_noise_scale_given_as_a_float_or_per_chain_replaces_sqrt_two_epsilon():
+    # A float noise_scale used to reach torch.addcmul as a number and raise TypeError.
+    x0 = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    per_chain = torch.linspace(0.1, 0.5, 5, dtype=F64)
+    for noise_scale, sigma in ((0.3, 0.3), (per_chain, per_chain[:, None])):
+        sampler = ULA(step_size=0.05, noise_scale=noise_scale)
+        state, _ = sampler.step(sampler.init(x0, gaussian()), torch.Generator().manual_seed(2))
+        noise = torch.randn(x0.shape, dtype=F64, generator=torch.Generator().manual_seed(2))
+        expected = x0 + 0.05 * -x0 + sigma * noise  # s(x) = −x for N(0, I)
+        torch.testing.assert_close(state.position, expected, rtol=0.0, atol=1e-14)

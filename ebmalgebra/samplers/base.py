@@ -38,6 +38,7 @@ from ebmalgebra.samplers.adaptation import DualAveraging, window_adaptation
 
 __all__ = [
     "NonFiniteError",
+    "PerStepSize",
     "Potential",
     "Sampler",
     "StepSizeSampler",
@@ -48,6 +49,7 @@ __all__ = [
     "expand_to_event",
     "finite_rows",
     "is_nonfinite",
+    "langevin_noise_scale",
     "run_update",
     "squared_norm",
     "sum_event",
@@ -307,6 +309,40 @@ def run_update(update: Callable, jit: bool, state: NamedTuple, *args: Any,
     if jit:
         return call_compiled(update, state.potential.model, state, *args)
     return update(state, *args)
+
+
+class PerStepSize:
+    """A value derived from a state's per-chain step size, e.g. σ = √(2ε), recomputed
+    only when the step size changes.
+
+    Between warmup updates the state carries the same step-size tensor from step to
+    step, so hoisting such values out of the step saves their ops (on small batches
+    each op costs a dispatch whatever its size) without changing a bit of the result.
+    The step size is recognised by identity and by its in-place version counter.
+
+    Args:
+        function: maps the step size ``(n_chains,)`` to the derived value; a
+            module-level function, so that samplers holding this stay picklable.
+    """
+
+    __slots__ = ("function", "step_size", "version", "value")
+
+    def __init__(self, function: Callable[[Tensor], Tensor]) -> None:
+        self.function = function
+        self.step_size: Tensor | None = None
+        self.version = -1
+        self.value: Tensor | None = None
+
+    def __call__(self, step_size: Tensor) -> Tensor:
+        if step_size is not self.step_size or step_size._version != self.version:
+            self.value = self.function(step_size)
+            self.step_size, self.version = step_size, step_size._version
+        return self.value
+
+
+def langevin_noise_scale(step_size: Tensor) -> Tensor:
+    """σ = √(2ε) per chain, the noise scale of a Langevin proposal with step size ε."""
+    return (2.0 * step_size).sqrt()
 
 
 def check_step_size(value: float | Tensor, what: str = "step_size") -> float | Tensor:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.samplers.base import (
+    PerStepSize,
     Potential,
     Sampler,
     as_chain_values,
@@ -17,6 +18,7 @@ from ebmalgebra.samplers.base import (
     draw_normal,
     expand_to_event,
     finite_rows,
+    langevin_noise_scale,
     none_set_eagerly,
     run_update,
     select,
@@ -78,7 +80,9 @@ def ula_step(state: LangevinState, generator: torch.Generator | None,
 
 def ula_update(state: LangevinState, noise: Tensor, noise_scale: float | Tensor | None = None,
                ) -> tuple[LangevinState, ULAInfo]:
-    """The deterministic part of a ULA step given ``noise`` ξ ~ N(0, I) like the position.
+    """The deterministic part of a ULA step given ``noise`` ξ ~ N(0, I) like the position:
+    x′ = x + ε s(x) + σ ξ with σ = ``noise_scale`` (a float, or per chain ``(n_chains,)``),
+    √(2ε) when ``None``.
 
     Traceable whole by ``torch.compile`` (the eager-only shortcut in
     :func:`~ebmalgebra.samplers.base.none_set_eagerly` switches itself off).
@@ -87,7 +91,9 @@ def ula_update(state: LangevinState, noise: Tensor, noise_scale: float | Tensor 
     epsilon = expand_to_event(step_size, x)
     sigma = (2.0 * epsilon).sqrt() if noise_scale is None else expand_to_event(noise_scale, x)
     # Fused multiply-adds: this loop runs once per step, so op count is speed here.
-    proposal = torch.addcmul(torch.addcmul(x, epsilon, score), sigma, noise)
+    drift = torch.addcmul(x, epsilon, score)
+    proposal = (torch.addcmul(drift, sigma, noise) if isinstance(sigma, Tensor)
+                else drift.add(noise, alpha=sigma))
     new_energy, new_score = potential.energy_and_score(proposal)
     finite = finite_rows(new_energy if potential.has_energy else None, new_score)
     now_frozen = finite <= frozen  # frozen or not finite (bools: a <= b is ¬a ∨ b)
@@ -149,6 +155,7 @@ class ULA(Sampler):
         self.noise_scale = None if noise_scale is None else check_step_size(
             noise_scale, "noise_scale")
         self.jit = check_flag(jit, "jit")
+        self._noise_scale = PerStepSize(langevin_noise_scale)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
         potential = Potential(model, operation=self.name, needs_energy=self.needs_energy)
@@ -160,7 +167,9 @@ class ULA(Sampler):
     def step(self, state: LangevinState, generator: torch.Generator | None = None,
              ) -> tuple[LangevinState, ULAInfo]:
         noise_scale = self.noise_scale
-        if isinstance(noise_scale, Tensor):
+        if noise_scale is None:
+            noise_scale = self._noise_scale(state.step_size)  # √(2ε), hoisted
+        elif isinstance(noise_scale, Tensor):
             noise_scale = noise_scale.to(state.position)
         return run_update(ula_update, self.jit, state, draw_normal(state.position, generator),
                           noise_scale)
