@@ -59,3 +59,16 @@ def test_ula_noise_scale_given_as_a_float_or_per_chain_replaces_sqrt_two_epsilon
         noise = torch.randn(x0.shape, dtype=F64, generator=torch.Generator().manual_seed(2))
         expected = x0 + 0.05 * -x0 + sigma * noise  # s(x) = −x for N(0, I)
         torch.testing.assert_close(state.position, expected, rtol=0.0, atol=1e-14)
+
+
+def test_ula_holds_a_chain_frozen_in_place_after_all_clear_steps():
+    # ULA remembers that the state's frozen mask is all clear (to skip the row-wise
+    # guard); a mask changed in place must be read again.
+    sampler = ULA(step_size=0.1)
+    generator = torch.Generator().manual_seed(0)
+    state, _ = sampler.step(sampler.init(torch.zeros(4, 2, dtype=F64), gaussian(2)), generator)
+    state.frozen[1] = True
+    held = state.position[1].clone()
+    state, info = sampler.step(state, generator)
+    assert torch.equal(state.position[1], held)
+    assert info.frozen.tolist() == [False, True, False, False]

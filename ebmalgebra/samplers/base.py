@@ -38,7 +38,6 @@ from ebmalgebra.samplers.adaptation import DualAveraging, window_adaptation
 
 __all__ = [
     "NonFiniteError",
-    "PerStepSize",
     "Potential",
     "Sampler",
     "StepSizeSampler",
@@ -49,7 +48,6 @@ __all__ = [
     "expand_to_event",
     "finite_rows",
     "is_nonfinite",
-    "langevin_noise_scale",
     "run_update",
     "squared_norm",
     "sum_event",
@@ -311,32 +309,33 @@ def run_update(update: Callable, jit: bool, state: NamedTuple, *args: Any,
     return update(state, *args)
 
 
-class PerStepSize:
-    """A value derived from a state's per-chain step size, e.g. σ = √(2ε), recomputed
-    only when the step size changes.
+class Derived:
+    """A value derived from one tensor of a sampler's state, e.g. σ = √(2ε) from the
+    step size, recomputed only when that tensor changes.
 
-    Between warmup updates the state carries the same step-size tensor from step to
-    step, so hoisting such values out of the step saves their ops (on small batches
-    each op costs a dispatch whatever its size) without changing a bit of the result.
-    The step size is recognised by identity and by its in-place version counter.
+    Between warmup updates a state carries the same step-size tensor from step to
+    step (and the same all-clear ``frozen`` mask while no chain freezes), so caching
+    such values takes their ops out of the step (on small batches each op costs a
+    dispatch whatever its size) without changing a bit of the result. The tensor is
+    recognised by identity and by its in-place version counter.
 
     Args:
-        function: maps the step size ``(n_chains,)`` to the derived value; a
-            module-level function, so that samplers holding this stay picklable.
+        function: maps the tensor to the derived value; a module-level function, so
+            that samplers holding this stay picklable.
     """
 
-    __slots__ = ("function", "step_size", "version", "value")
+    __slots__ = ("function", "source", "version", "value")
 
-    def __init__(self, function: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, function: Callable[[Tensor], Any]) -> None:
         self.function = function
-        self.step_size: Tensor | None = None
+        self.source: Tensor | None = None
         self.version = -1
-        self.value: Tensor | None = None
+        self.value: Any = None
 
-    def __call__(self, step_size: Tensor) -> Tensor:
-        if step_size is not self.step_size or step_size._version != self.version:
-            self.value = self.function(step_size)
-            self.step_size, self.version = step_size, step_size._version
+    def __call__(self, tensor: Tensor) -> Any:
+        if tensor is not self.source or tensor._version != self.version:
+            self.value = self.function(tensor)
+            self.source, self.version = tensor, tensor._version
         return self.value
 
 
@@ -370,18 +369,40 @@ def squared_norm(x: Tensor) -> Tensor:
     return torch.linalg.vecdot(flat, flat)
 
 
-def finite_rows(energy: Tensor | None, score: Tensor | None) -> Tensor:
-    """``(n,)`` mask of rows whose energy and every score coordinate are finite.
+def row_totals(energy: Tensor | None, score: Tensor | None) -> Tensor:
+    """E + Σⱼ sⱼ per row, ``(n,)``: finite exactly when the energy and every score
+    coordinate are (NaN and ±inf propagate through the sum; a sum that overflows the
+    dtype's range from finite terms also counts, which no chain would survive anyway).
+    Pass ``energy=None`` for score-only models."""
+    if score is None:
+        return energy
+    return sum_event(score) if energy is None else sum_event(score) + energy
 
-    One reduction: NaN and ±inf propagate through the sum (a sum that overflows the
-    dtype's range from finite terms also counts, which no chain would survive
-    anyway). Pass ``energy=None`` for score-only models.
-    """
-    total = energy if score is None else (
-        sum_event(score) if energy is None else sum_event(score) + energy)
+
+def finite_rows(energy: Tensor | None, score: Tensor | None) -> Tensor:
+    """``(n,)`` mask of rows whose energy and every score coordinate are finite, in
+    one reduction (:func:`row_totals`). Pass ``energy=None`` for score-only models."""
+    total = row_totals(energy, score)
     # t − t is 0 exactly for finite t and NaN for ±inf and NaN: two small ops, where
     # torch.isfinite takes four on the CPU.
     return (total - total) == 0
+
+
+def all_finite_eagerly(totals: Tensor) -> bool:
+    """Whether every entry of ``totals`` is finite, answered only in eager mode on the
+    CPU, by one reduction and one read (False otherwise, like :func:`none_set_eagerly`).
+
+    A False answer is no verdict: the sum may overflow from finite entries, and the
+    caller's exact row-wise check then decides.
+    """
+    if totals.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return math.isfinite(totals.sum())
+
+
+def any_set(mask: Tensor) -> bool:
+    """Whether some entry of ``mask`` is True (one host read)."""
+    return bool(mask.any())
 
 
 def is_nonfinite(energy: Tensor | None, score: Tensor | None) -> Tensor:

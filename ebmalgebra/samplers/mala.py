@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.samplers.base import (
-    PerStepSize,
+    Derived,
     Potential,
     StepSizeSampler,
     draw_normal,
@@ -130,7 +130,7 @@ class MALA(StepSizeSampler):
         super().__init__(step_size=step_size, target_accept=target_accept,
                          adapt_step_size=adapt_step_size, jit=jit)
 
-        self._noise_scale = PerStepSize(langevin_noise_scale)
+        self._noise_scale = Derived(langevin_noise_scale)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
         return init_langevin(x0, Potential(model, operation=self.name,
