@@ -181,21 +181,32 @@ class Samples:
 
 
 class _Recorder:
-    """Collects per-step info cheaply: per-chain values are stacked in blocks and reduced.
+    """Collects per-step info cheaply: per-step values are stacked in blocks of
+    :data:`_FLUSH_EVERY` steps, reduced to the per-step statistics, and the rows of
+    the kept draws (after warmup, every ``thin``-th step) kept as per-chain statistics.
 
     Which fields are per chain is decided once, from the first info (see
-    :func:`_per_chain_fields`), never from the shape of a block.
+    :func:`_per_chain_fields`), never from the shape of a block. Holding every step's
+    small tensors until the end of the run instead would interleave them with the
+    steps' large temporaries and fragment the heap: at 100-D with 1000 chains that
+    cost ~12% per draw in page faults (benchmarks/eager_overhead.py). For the same
+    reason the energies of the kept draws (``lp`` = −E) are copied into one buffer.
     """
 
-    def __init__(self, n_chains: int, warmup: int, shard: ChainShard | None = None) -> None:
+    def __init__(self, n_chains: int, warmup: int, thin: int, energies: Tensor | None,
+                 shard: ChainShard | None = None) -> None:
         self.n_chains = n_chains
         self.warmup = warmup
+        self.thin = thin
+        self.energies = energies
         self.shard = shard
         self.per_chain: frozenset[str] | None = None
         self.pending: dict[str, list] = {}
         self.done: dict[str, list[Tensor]] = {}
+        self.kept: dict[str, list[Tensor]] = {}
         self.counts: dict[str, Tensor] = {}
         self.step = 0
+        self.block_start = 0
 
     def add(self, state: NamedTuple, info: NamedTuple) -> None:
         step_size = getattr(state, "step_size", None)
@@ -217,6 +228,10 @@ class _Recorder:
 
     def flush(self) -> None:
         sampling = self.step > self.warmup
+        # Rows of this block whose step is kept: step i (0-based) is kept when
+        # i − warmup + 1 is a positive multiple of thin.
+        kept_rows = slice((self.warmup - 1 - self.block_start) % self.thin, None, self.thin)
+        self.block_start = self.step
         for name, values in self.pending.items():
             if not values:
                 continue
@@ -224,6 +239,8 @@ class _Recorder:
                      else torch.as_tensor(values))
             values.clear()
             if name in self.per_chain:
+                if sampling:
+                    self.kept.setdefault(name, []).append(block[kept_rows])
                 if block.dtype == torch.bool:
                     if sampling:
                         total = self.counts.get(name, 0)
@@ -240,14 +257,21 @@ class _Recorder:
                 reduced = block
             self.done.setdefault(name, []).append(reduced)
 
-    def result(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def result(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """Per-step statistics, per-chain flag counts and the per-chain statistics of the
+        kept draws (``{}`` when no draw is kept)."""
         self.flush()
         stats = {name: torch.cat(blocks) for name, blocks in self.done.items()}
         if self.shard is not None:
             for name in sorted(self.per_chain or ()):
                 if name in stats:
                     stats[name] = self.shard.sum(stats[name])
-        return stats, self.counts
+        kept = {name: torch.cat(blocks) for name, blocks in self.kept.items()}
+        if self.energies is not None:
+            kept["lp"] = -self.energies
+        if not any(len(values) for values in kept.values()):
+            kept = {}
+        return stats, self.counts, kept
 
 
 def _per_chain_fields(info: NamedTuple, n_chains: int) -> frozenset[str]:
@@ -449,10 +473,11 @@ def sample(
     n_draws = n_steps // thin
     position = state.position
     draws = torch.empty((n_draws, *position.shape), dtype=position.dtype, device=position.device)
-    recorder = _Recorder(position.shape[0], warmup, shard)
-    # The info behind each kept draw, stacked once at the end (cheaper than per step).
-    kept: list[tuple[NamedTuple, Tensor | None, Tensor | None]] = []
     has_energy = getattr(getattr(state, "potential", None), "has_energy", False)
+    # E of each kept draw, for chain_stats["lp"].
+    energies = (torch.empty((n_draws, position.shape[0]), dtype=state.energy.dtype,
+                            device=position.device) if has_energy else None)
+    recorder = _Recorder(position.shape[0], warmup, thin, energies, shard)
     escape = EscapeWatch(model, position, n_steps=n_total)
     with nullcontext() if shard is None else shard.activate():  # pools the initial ε
         adaptation = sampler.adaptation(state, warmup) if warmup else None
@@ -485,8 +510,8 @@ def sample(
                 after = index - warmup + 1
                 if after % thin == 0:
                     draws[after // thin - 1] = state.position
-                    kept.append((info, getattr(state, "step_size", None),
-                                 getattr(state, "energy", None) if has_energy else None))
+                    if energies is not None:
+                        energies[after // thin - 1] = state.energy
             if callback is not None:
                 callback(index, state, info)
             if bar is not None:
@@ -496,12 +521,12 @@ def sample(
         restore_threads()
         if bar is not None:
             bar.close()
-    stats, counts = recorder.result()
+    stats, counts, chain_stats = recorder.result()
     unconstrained_draws = None
     if unconstrained is not None:
         unconstrained_draws, draws = draws, unconstrained.to_constrained(draws)
-    return Samples(draws, state, sampler, warmup, thin, stats, counts,
-                   _chain_stats(kept, recorder.per_chain), default_sampler, shard=shard,
+    return Samples(draws, state, sampler, warmup, thin, stats, counts, chain_stats,
+                   default_sampler, shard=shard,
                    unconstrained=unconstrained, unconstrained_draws=unconstrained_draws)
 
 
@@ -519,21 +544,6 @@ def _default_sampler(model: EnergyModel) -> tuple[Sampler, str]:
     model.require("energy", "sample with the default sampler (NUTS; pass "
                   "sampler=ULA(step_size=...) for score-only models)")
     return NUTS(), "NUTS (the default for models with energies)"
-
-
-def _chain_stats(kept: list[tuple[NamedTuple, Tensor | None, Tensor | None]],
-                 per_chain: frozenset[str] | None) -> dict[str, Tensor]:
-    """``(n_draws, n_chains)`` per-chain info values, step size and −E of the kept draws."""
-    if not kept:
-        return {}
-    infos, step_sizes, energies = zip(*kept, strict=True)
-    stats = {name: torch.stack([getattr(info, name) for info in infos])
-             for name in infos[0]._fields if name in per_chain}
-    if "step_size" in per_chain:
-        stats["step_size"] = torch.stack(step_sizes)
-    if energies[0] is not None:
-        stats["lp"] = -torch.stack(energies)
-    return stats
 
 
 def _check_start(state: NamedTuple, shard: ChainShard | None) -> None:
