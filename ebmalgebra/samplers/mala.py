@@ -12,12 +12,13 @@ from ebmalgebra.samplers.base import (
     Derived,
     Potential,
     StepSizeSampler,
+    all_finite_eagerly,
     draw_normal,
     draw_uniform,
     expand_to_event,
-    finite_rows,
     langevin_noise_scale,
     metropolis_accept,
+    row_totals,
     run_update,
     select,
     squared_norm,
@@ -72,7 +73,13 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
     backward = torch.addcmul(x - proposal, epsilon, new_score, value=-1.0)
     log_ratio = torch.addcdiv(torch.add(energy - new_energy, squared_norm(noise), alpha=0.5),
                               squared_norm(backward), step_size, value=-0.25)
-    finite = finite_rows(new_energy, new_score)
+    totals = row_totals(new_energy, new_score)
+    if all_finite_eagerly(totals):  # the usual case, one read: no row needs a mask
+        finite = None
+        nonfinite = torch.zeros_like(uniform, dtype=torch.bool)
+    else:
+        finite = (totals - totals) == 0  # finite_rows
+        nonfinite = ~finite
     accepted, probability = metropolis_accept(log_ratio, finite, uniform)
     if keep_frozen:
         accepted = accepted & ~frozen
@@ -84,7 +91,7 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
         frozen,
         potential,
     )
-    return new_state, MALAInfo(probability, accepted, ~finite)
+    return new_state, MALAInfo(probability, accepted, nonfinite)
 
 
 class MALA(StepSizeSampler):
