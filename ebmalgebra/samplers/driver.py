@@ -28,6 +28,10 @@ ON_NONFINITE = ("reject", "raise")
 _FLUSH_EVERY = 64
 """Per-step records are reduced in blocks, so the loop adds one op per field per step."""
 
+_RETAIN_MAX_NUMEL = 16384
+"""Largest batch (chains × event size) whose per-step info tensors the recorder holds
+until a block is reduced; larger runs copy them into a reused block buffer instead."""
+
 
 @dataclass(frozen=True, eq=False)
 class Samples:
@@ -181,25 +185,33 @@ class Samples:
 
 
 class _Recorder:
-    """Collects per-step info cheaply: per-step values are stacked in blocks of
+    """Collects per-step info cheaply: per-step values are gathered in blocks of
     :data:`_FLUSH_EVERY` steps, reduced to the per-step statistics, and the rows of
     the kept draws (after warmup, every ``thin``-th step) kept as per-chain statistics.
 
     Which fields are per chain is decided once, from the first info (see
-    :func:`_per_chain_fields`), never from the shape of a block. Holding every step's
-    small tensors until the end of the run instead would interleave them with the
-    steps' large temporaries and fragment the heap: at 100-D with 1000 chains that
-    cost ~12% per draw in page faults (benchmarks/eager_overhead.py). For the same
-    reason the energies of the kept draws (``lp`` = −E) are copied into one buffer.
+    :func:`_per_chain_fields`), never from the shape of a block.
+
+    Memory, not ops, sets how a block is gathered. Step tensors held across steps sit
+    among the next steps' temporaries and fragment the heap, so that large
+    temporaries keep needing fresh pages: holding every kept step's info to the end
+    of a run cost ~12% per draw at 100-D with 1000 chains, and even holding them for
+    a block ~20% for MALA (benchmarks/eager_overhead.py). So with ``copy_rows`` (runs
+    above :data:`_RETAIN_MAX_NUMEL` elements) each tensor is copied into a row of a
+    buffer reused block after block, one op per field per step; smaller runs, whose
+    temporaries are small, hold the tensors and stack them, which costs no op per step.
+    The energies of the kept draws (``lp`` = −E) are copied into ``energies``.
     """
 
     def __init__(self, n_chains: int, warmup: int, thin: int, energies: Tensor | None,
-                 shard: ChainShard | None = None) -> None:
+                 shard: ChainShard | None = None, copy_rows: bool = False) -> None:
         self.n_chains = n_chains
         self.warmup = warmup
         self.thin = thin
         self.energies = energies
         self.shard = shard
+        self.copy_rows = copy_rows
+        self.rows: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = {}
         self.per_chain: frozenset[str] | None = None
         self.pending: dict[str, list] = {}
         self.done: dict[str, list[Tensor]] = {}
@@ -219,12 +231,29 @@ class _Recorder:
                 {"step_size"} if per_chain_step else set())
         for name, value in zip(info._fields, info, strict=True):
             if isinstance(value, Tensor | int | float):
-                self.pending.setdefault(name, []).append(value)
+                self._append(name, value)
         if step_size is not None:
-            self.pending.setdefault("step_size", []).append(step_size)
+            self._append("step_size", step_size)
         self.step += 1
         if self.step % _FLUSH_EVERY == 0 or self.step == self.warmup:
             self.flush()
+
+    def _append(self, name: str, value: Tensor | int | float) -> None:
+        values = self.pending.setdefault(name, [])
+        if self.copy_rows and isinstance(value, Tensor):
+            if name not in self.rows:
+                buffer = value.new_empty((_FLUSH_EVERY, *value.shape))
+                self.rows[name] = buffer, buffer.unbind(0)
+            self.rows[name][1][len(values)].copy_(value)
+            value = None  # held by the buffer row
+        values.append(value)
+
+    def _block(self, name: str, values: list) -> Tensor:
+        """This block's values of one field, ``(steps, …)``; a view of a reused buffer
+        when its rows were copied."""
+        if name in self.rows:
+            return self.rows[name][0][:len(values)]
+        return torch.stack(values) if isinstance(values[0], Tensor) else torch.as_tensor(values)
 
     def flush(self) -> None:
         sampling = self.step > self.warmup
@@ -235,12 +264,11 @@ class _Recorder:
         for name, values in self.pending.items():
             if not values:
                 continue
-            block = (torch.stack(values) if isinstance(values[0], Tensor)
-                     else torch.as_tensor(values))
+            block = self._block(name, values)
             values.clear()
             if name in self.per_chain:
-                if sampling:
-                    self.kept.setdefault(name, []).append(block[kept_rows])
+                if sampling:  # a copy: the block may be a reused buffer
+                    self.kept.setdefault(name, []).append(block[kept_rows].clone())
                 if block.dtype == torch.bool:
                     if sampling:
                         total = self.counts.get(name, 0)
@@ -254,7 +282,7 @@ class _Recorder:
                 else:  # integer counts per chain (NUTS's tree depth): their mean
                     reduced = block.double().mean(1)
             else:
-                reduced = block
+                reduced = block.clone()
             self.done.setdefault(name, []).append(reduced)
 
     def result(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
@@ -477,7 +505,8 @@ def sample(
     # E of each kept draw, for chain_stats["lp"].
     energies = (torch.empty((n_draws, position.shape[0]), dtype=state.energy.dtype,
                             device=position.device) if has_energy else None)
-    recorder = _Recorder(position.shape[0], warmup, thin, energies, shard)
+    recorder = _Recorder(position.shape[0], warmup, thin, energies, shard,
+                         copy_rows=position.numel() > _RETAIN_MAX_NUMEL)
     escape = EscapeWatch(model, position, n_steps=n_total)
     with nullcontext() if shard is None else shard.activate():  # pools the initial ε
         adaptation = sampler.adaptation(state, warmup) if warmup else None
