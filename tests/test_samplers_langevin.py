@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import torch
-from sampler_helpers import F64, Z_MAX, denoiser_score, gaussian, nan_wall, z_scores
+from sampler_helpers import F64, Z_MAX, denoiser_score, gaussian, nan_wall, sink, z_scores
 
 import ebmalgebra as eb
 from ebmalgebra.samplers import ULA, AnnealedLangevin
@@ -72,3 +72,11 @@ def test_ula_holds_a_chain_frozen_in_place_after_all_clear_steps():
     state, info = sampler.step(state, generator)
     assert torch.equal(state.position[1], held)
     assert info.frozen.tolist() == [False, True, False, False]
+
+
+def test_ula_freezes_chains_at_an_infinite_energy_with_a_finite_score():
+    # The fast guard must read the energies too, not only the scores (finite here).
+    samples = eb.sample(sink(), ULA(step_size=0.2), x0=torch.zeros(200, 1, dtype=F64),
+                        n_steps=100, generator=torch.Generator().manual_seed(0))
+    assert bool(samples.frozen.any()) and bool((samples.draws <= 1.0).all())
+    assert torch.isfinite(samples.state.energy).all()

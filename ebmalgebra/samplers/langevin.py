@@ -22,7 +22,6 @@ from ebmalgebra.samplers.base import (
     finite_rows,
     langevin_noise_scale,
     none_set_eagerly,
-    row_totals,
     run_update,
     select,
 )
@@ -88,7 +87,7 @@ def ula_update(state: LangevinState, noise: Tensor, noise_scale: float | Tensor 
     √(2ε) when ``None``.
 
     ``none_frozen``: the caller knows that no chain of ``state`` is frozen, so when
-    every proposal is finite (one reduction and one read) the step returns at once,
+    every proposal is finite (two whole-tensor sums) the step returns at once,
     with ``state.frozen`` as the all-clear masks; otherwise the row-wise guard runs.
     Traceable whole by ``torch.compile`` (the eager-only shortcuts of
     :func:`~ebmalgebra.samplers.base.all_finite_eagerly` and
@@ -102,11 +101,11 @@ def ula_update(state: LangevinState, noise: Tensor, noise_scale: float | Tensor 
     proposal = (torch.addcmul(drift, sigma, noise) if isinstance(sigma, Tensor)
                 else drift.add(noise, alpha=sigma))
     new_energy, new_score = potential.energy_and_score(proposal)
-    totals = row_totals(new_energy if potential.has_energy else None, new_score)
-    if none_frozen and all_finite_eagerly(totals):
+    checked = new_energy if potential.has_energy else None
+    if none_frozen and all_finite_eagerly(checked, new_score):
         new_state = LangevinState(proposal, new_energy, new_score, step_size, frozen, potential)
         return new_state, ULAInfo(frozen, frozen)
-    finite = (totals - totals) == 0  # finite_rows
+    finite = finite_rows(checked, new_score)
     now_frozen = finite <= frozen  # frozen or not finite (bools: a <= b is ¬a ∨ b)
     if none_set_eagerly(now_frozen):
         newly_frozen = now_frozen  # all False

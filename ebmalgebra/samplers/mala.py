@@ -16,9 +16,9 @@ from ebmalgebra.samplers.base import (
     draw_normal,
     draw_uniform,
     expand_to_event,
+    finite_rows,
     langevin_noise_scale,
     metropolis_accept,
-    row_totals,
     run_update,
     select,
     squared_norm,
@@ -73,12 +73,11 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
     backward = torch.addcmul(x - proposal, epsilon, new_score, value=-1.0)
     log_ratio = torch.addcdiv(torch.add(energy - new_energy, squared_norm(noise), alpha=0.5),
                               squared_norm(backward), step_size, value=-0.25)
-    totals = row_totals(new_energy, new_score)
-    if all_finite_eagerly(totals):  # the usual case, one read: no row needs a mask
+    if all_finite_eagerly(new_energy, new_score):  # the usual case: no row needs a mask
         finite = None
         nonfinite = torch.zeros_like(uniform, dtype=torch.bool)
     else:
-        finite = (totals - totals) == 0  # finite_rows
+        finite = finite_rows(new_energy, new_score)
         nonfinite = ~finite
     accepted, probability = metropolis_accept(log_ratio, finite, uniform)
     if keep_frozen:
