@@ -35,19 +35,17 @@ import math
 import os
 import platform
 import time
-from collections import Counter
 from functools import partial
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import ebmalgebra as eb
 
 try:
-    from _timing import median_times
+    from _timing import count_ops, median_times
     from samplers import hand_hmc, hand_mala, hand_ula
 except ImportError:  # run as a module from the repository root
-    from benchmarks._timing import median_times
+    from benchmarks._timing import count_ops, median_times
     from benchmarks.samplers import hand_hmc, hand_mala, hand_ula
 from ebmalgebra.samplers import HMC, MALA, ULA
 
@@ -83,26 +81,9 @@ def autograd_energy_and_score(energy):
     return energy_and_score
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts aten operators dispatched while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def ops_per_step(run) -> float:
     """Aten operators per step of ``run(n_steps)``: (ops(11) − ops(1)) / 10."""
-    totals = []
-    for n_steps in (1, 11):
-        with OpCounter() as counter:
-            run(n_steps)
-        totals.append(sum(counter.counts.values()))
-    return (totals[1] - totals[0]) / 10
+    return (count_ops(partial(run, 11)) - count_ops(partial(run, 1))) / 10
 
 
 def hand_hmc_fixed_length(energy_and_score, x0, n_steps, step, generator, keep=None):
