@@ -56,7 +56,9 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
     """The deterministic part of a MALA step, given its random numbers.
 
     ``noise`` ξ ~ N(0, I) is shaped like the position, ``uniform`` u ~ U(0, 1) is
-    ``(n_chains,)``. No host synchronisation, so ``torch.compile`` can trace it whole.
+    ``(n_chains,)``. Traceable whole by ``torch.compile``: no host synchronisation there
+    or on accelerators (eagerly on the CPU, one read of two sums,
+    :func:`~ebmalgebra.samplers.base.all_finite_eagerly`, skips the acceptance mask).
     Chains that start at a non-finite point never move (their ratio is NaN);
     ``keep_frozen`` also holds chains marked in ``state.frozen`` (annealing).
     ``noise_scale``: √(2ε) per chain ``(n_chains,)`` when the caller has it at hand
