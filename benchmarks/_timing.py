@@ -1,10 +1,14 @@
-"""Shared timing helper for the benchmark scripts: interleaved repeats, median seconds."""
+"""Shared helpers of the benchmark scripts: interleaved repeats (median seconds) and
+aten operator counts."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
+
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def median_times(functions: dict[str, Callable[[], object]], *, repeats: int, inner: int,
@@ -28,3 +32,23 @@ def median_times(functions: dict[str, Callable[[], object]], *, repeats: int, in
                 function()
             samples[name].append((clock() - start) / inner)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched while active (on small tensors each costs a
+    dispatch of a few µs whatever its size)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(function: Callable[[], object]) -> int:
+    """Aten operators dispatched by one call of ``function``."""
+    with OpCounter() as counter:
+        function()
+    return sum(counter.counts.values())

@@ -8,6 +8,8 @@ Two workloads, each measured in one run with interleaved repeats:
     against a hand-written function that sums the three networks' energies as the
     expression prescribes and takes one autograd pass.
 
+Each row also gives the aten operators one call dispatches, compiled and hand-written.
+
 Usage: ``python benchmarks/compile_overhead.py [--quick] [--threads N]``
 """
 
@@ -22,9 +24,9 @@ import ebmalgebra as eb
 from ebmalgebra.targets import Banana, Gaussian, Ring
 
 try:
-    from _timing import median_times
+    from _timing import count_ops, median_times
 except ImportError:  # run as a module from the repository root
-    from benchmarks._timing import median_times
+    from benchmarks._timing import count_ops, median_times
 
 
 def analytic_cases():
@@ -102,7 +104,9 @@ def mlp_case(dim: int):
     return "(a & b ** 0.5) | 2 * c  [3 MLPs 64-256-256-1]", expr, fused
 
 
-def run(quick: bool) -> list[tuple[str, float, float]]:
+def run(quick: bool) -> list[tuple[str, float, float, int, int]]:
+    """(name, compiled s, hand-written s, compiled aten ops, hand-written aten ops) per
+    workload, the ops counted over one call."""
     rows = []
     for batch in (1000, 10000):
         x2 = torch.randn(batch, 2)
@@ -113,7 +117,9 @@ def run(quick: bool) -> list[tuple[str, float, float]]:
             times = median_times({"compiled": lambda c=compiled, x=x2: c.energy_and_score(x),
                                   "fused": lambda f=fused, x=x2: f(x)},
                                  repeats=5 if quick else 30, inner=20 if quick else 200)
-            rows.append((f"(a) {name}, batch {batch}", times["compiled"], times["fused"]))
+            rows.append((f"(a) {name}, batch {batch}", times["compiled"], times["fused"],
+                         count_ops(lambda c=compiled, x=x2: c.energy_and_score(x)),
+                         count_ops(lambda f=fused, x=x2: f(x))))
     name, expr, fused = mlp_case(64)
     x64 = torch.randn(4096, 64)
     compiled = eb.compile(expr)
@@ -121,7 +127,8 @@ def run(quick: bool) -> list[tuple[str, float, float]]:
     times = median_times({"compiled": lambda: compiled.energy_and_score(x64),
                           "fused": lambda: fused(x64)},
                          repeats=3 if quick else 15, inner=2 if quick else 10)
-    rows.append((f"(b) {name}, batch 4096", times["compiled"], times["fused"]))
+    rows.append((f"(b) {name}, batch 4096", times["compiled"], times["fused"],
+                 count_ops(lambda: compiled.energy_and_score(x64)), count_ops(lambda: fused(x64))))
     return rows
 
 
@@ -132,9 +139,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
-    print(f"{'expression':62s} {'compiled':>11s} {'hand-written':>13s} {'ratio':>7s}")
-    for name, compiled, fused in run(args.quick):
-        print(f"{name:62s} {compiled * 1e6:9.1f}µs {fused * 1e6:11.1f}µs {compiled / fused:7.3f}")
+    print(f"{'expression':62s} {'compiled':>11s} {'hand-written':>13s} {'ratio':>7s} "
+          f"{'aten ops':>9s} {'hand ops':>9s}")
+    for name, compiled, fused, ops, fused_ops in run(args.quick):
+        print(f"{name:62s} {compiled * 1e6:9.1f}µs {fused * 1e6:11.1f}µs {compiled / fused:7.3f} "
+              f"{ops:9d} {fused_ops:9d}")
 
 
 if __name__ == "__main__":

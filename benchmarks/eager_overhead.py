@@ -20,9 +20,11 @@ It also counts the aten operators dispatched per step by each (a
 ``TorchDispatchMode`` counter; the difference between 11 and 1 steps, over 10),
 since on small tensors each operator costs a dispatch (2–3 µs) whatever its size.
 
-Usage: ``python benchmarks/eager_overhead.py [--quick]``. Timings are medians of
-interleaved repeats (``benchmarks/_timing.py``); ratios are only meaningful
-within one run.
+Usage: ``python benchmarks/eager_overhead.py [--quick] [--clock wall|thread]``.
+Timings are medians of interleaved repeats (``benchmarks/_timing.py``); ratios
+are only meaningful within one run. ``--clock thread`` counts this thread's CPU
+time, which on a busy shared machine estimates the idle wall time better than
+the wall clock does. The run ends with a Markdown table for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -30,24 +32,25 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
 import platform
-from collections import Counter
+import time
 from functools import partial
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import ebmalgebra as eb
 
 try:
-    from _timing import median_times
+    from _timing import count_ops, median_times
     from samplers import hand_hmc, hand_mala, hand_ula
 except ImportError:  # run as a module from the repository root
-    from benchmarks._timing import median_times
+    from benchmarks._timing import count_ops, median_times
     from benchmarks.samplers import hand_hmc, hand_mala, hand_ula
 from ebmalgebra.samplers import HMC, MALA, ULA
 
 torch.set_num_threads(1)
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 DTYPE = torch.float32
 N_CHAINS = 1000
 
@@ -78,26 +81,9 @@ def autograd_energy_and_score(energy):
     return energy_and_score
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts aten operators dispatched while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def ops_per_step(run) -> float:
     """Aten operators per step of ``run(n_steps)``: (ops(11) − ops(1)) / 10."""
-    totals = []
-    for n_steps in (1, 11):
-        with OpCounter() as counter:
-            run(n_steps)
-        totals.append(sum(counter.counts.values()))
-    return (totals[1] - totals[0]) / 10
+    return (count_ops(partial(run, 11)) - count_ops(partial(run, 1))) / 10
 
 
 def hand_hmc_fixed_length(energy_and_score, x0, n_steps, step, generator, keep=None):
@@ -120,10 +106,13 @@ def run_sample(model, sampler, x0: torch.Tensor, n_steps: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run of every path")
-    quick = parser.parse_args().quick
-    n_steps, repeats = (20, 2) if quick else (200, 7)
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+                        help="wall time, or this thread's CPU time (for a busy machine)")
+    arguments = parser.parse_args()
+    n_steps, repeats = (20, 2) if arguments.quick else (200, 7)
     print(f"# eager overhead, {datetime.date.today()}, torch {torch.__version__}, "
-          f"{platform.machine()}, 1 thread, {N_CHAINS} chains, {n_steps} steps per run")
+          f"{platform.machine()}, 1 thread, {N_CHAINS} chains, {n_steps} steps per run, "
+          f"{arguments.clock} clock, load average {os.getloadavg()[0]:.1f} at the start")
     targets = [("banana 2-D", banana_energy, 2, 0.05, 0.1),
                ("gaussian 100-D", gaussian_energy, 100, 5e-5, 0.005)]
     rows = []
@@ -144,17 +133,33 @@ def main() -> None:
             library_run = partial(run_sample, model, sampler, x0)
             best = median_times({"hand": partial(hand_run, n_steps),
                                  "sample": partial(library_run, n_steps)},
-                                repeats=repeats, inner=1, warmup=1)
+                                repeats=repeats, inner=1, warmup=1,
+                                clock=CLOCKS[arguments.clock])
             ratio = best["sample"] / best["hand"]
             ops = {"hand": ops_per_step(hand_run), "sample": ops_per_step(library_run)}
-            rows.append((name, target, ratio))
+            rows.append((name, target, best["hand"] / n_steps, best["sample"] / n_steps,
+                         ratio, ops))
             print(f"  {name:5s} {target:15s} hand {best['hand'] / n_steps * 1e6:8.1f} µs/draw, "
                   f"sample() {best['sample'] / n_steps * 1e6:8.1f} µs/draw ({ratio:.2f}x); "
                   f"aten ops/step hand {ops['hand']:.0f}, sample() {ops['sample']:.0f}",
                   flush=True)
-    worst = max(ratio for *_, ratio in rows)
-    print(f"# worst per-draw ratio {worst:.2f}x (target ≤ 1.10x); geometric mean "
-          f"{math.exp(sum(math.log(r) for *_, r in rows) / len(rows)):.2f}x")
+    ratios = [row[4] for row in rows]
+    print(f"# worst per-draw ratio {max(ratios):.2f}x (target ≤ 1.10x); geometric mean "
+          f"{math.exp(sum(math.log(r) for r in ratios) / len(ratios)):.2f}x; load average "
+          f"{os.getloadavg()[0]:.1f} at the end")
+    print_table(rows)
+
+
+def print_table(rows: list) -> None:
+    """The results as the Markdown table of docs/performance.md."""
+    print("\n| sampler | target | hand µs/draw | `sample()` µs/draw | ratio "
+          "| aten ops/step hand | `sample()` |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, target, hand, library, ratio, ops in rows:
+        label = "HMC (L = 10)" if name == "HMC" else name
+        kind, dim = target.split()
+        print(f"| {label} | {kind.capitalize()} {dim} | {hand * 1e6:.1f} | {library * 1e6:.1f} "
+              f"| {ratio:.2f}× | {ops['hand']:.0f} | {ops['sample']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -53,17 +53,30 @@ def energy_and_score(program: Program, x: Tensor, t: TimeLike, create_graph: boo
         detach_parameters: the leaves have trainable parameters; evaluate without
             recording their graph when it is not wanted (saves work, costs a few µs).
     """
-    if len(program.leaves) == 1 and program.linear == (0.0, (1.0,)) and \
-            program.kinds[0] == ANALYTIC:
+    sole = program.sole_kind
+    if sole == ANALYTIC:
         # The whole expression is one analytic leaf: no bookkeeping at all.
         energy, score = program.leaves[0]._energy_and_score(x, t, create_graph)
         return (energy, score) if create_graph else (energy.detach(), score.detach())
+    if sole == AUTOGRAD and not create_graph and not functional:
+        return _sole_autograd(program.leaves[0], x, t)
     if detach_parameters and not create_graph and not functional:
         with torch.no_grad():
             return _evaluate(program, x, t, create_graph, functional)
     if program.linear is not None and not functional:
         return _evaluate_affine(program, x, t, create_graph)
     return _evaluate(program, x, t, create_graph, functional)
+
+
+def _sole_autograd(leaf, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
+    """E = E_leaf of one autograd leaf (a Python function or module): its energy and one
+    reverse pass, detached, as a hand-written loop computes them (the sampling hot path,
+    where on small batches every extra op and call is felt)."""
+    with torch.enable_grad():
+        inputs = x.detach().requires_grad_(True)
+        energy = leaf._energy(inputs, t)
+        grad = _grad(energy.sum(), inputs, False)
+    return energy.detach(), -grad
 
 
 def _evaluate_affine(program: Program, x: Tensor, t: TimeLike, create_graph: bool

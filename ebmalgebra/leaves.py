@@ -273,7 +273,8 @@ class EnergyFunction(_CallableLeaf):
         return self._support
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
-        return self._sign * _check_energy_output(self, x, self._call(x, t))
+        energy = _check_energy_output(self, x, self._call(x, t))
+        return energy if self._sign == 1.0 else self._sign * energy
 
     def _log_z(self) -> Tensor:
         return self.log_normalizer

@@ -20,7 +20,7 @@ is all :mod:`ebmalgebra.evaluator` needs for the score s = Σ_l c_l s_l.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -255,12 +255,20 @@ class Program:
         kinds: :func:`leaf_kind` of each leaf.
         linear: ``(c, (β_l))`` when E = c + Σ β_l E_l (no mixtures or other
             non-linear nodes), else ``None``: then the coefficients are constants.
+        sole_kind: the kind of the one leaf when E is that leaf's energy alone
+            (E = E_0), else ``None``: the evaluator's shortcut, decided once here (a
+            plain attribute, which ``torch.compile`` reads without tracing code).
     """
 
     root: ProgramNode
     leaves: tuple[EnergyModel, ...]
     kinds: tuple[str, ...]
     linear: tuple[float, tuple[float, ...]] | None
+    sole_kind: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        sole = len(self.leaves) == 1 and self.linear == (0.0, (1.0,))
+        object.__setattr__(self, "sole_kind", self.kinds[0] if sole else None)
 
     @classmethod
     def build(cls, expr: EnergyModel) -> Program:
@@ -278,6 +286,7 @@ class Program:
     @property
     def score_only(self) -> bool:
         return SCORE_ONLY in self.kinds
+
 
     def energy_and_coefficients(self, energies: list, like: Tensor
                                 ) -> tuple[Tensor | None, Coefficients]:

@@ -244,3 +244,21 @@ def test_kernels_that_do_not_declare_invariance_are_refused_by_tempering_and_ais
         ParallelTempering(betas=[1.0, 0.5], sampler=ULA())
     with pytest.raises(ValueError, match="no Metropolis–Hastings correction"):
         eb.estimate_log_z(gaussian() & gaussian(), sampler=ULA(), exact=False)
+
+
+def test_derived_values_are_recomputed_when_their_tensor_changes():
+    from ebmalgebra.samplers.base import Derived
+
+    calls = []
+
+    def double(tensor):
+        calls.append(tensor)
+        return 2 * tensor
+
+    derived = Derived(double)
+    step_size = torch.tensor([0.1, 0.2])
+    assert torch.equal(derived(step_size), 2 * step_size)
+    assert torch.equal(derived(step_size), 2 * step_size) and len(calls) == 1  # cached
+    step_size.mul_(2.0)  # in place: the version counter moves
+    assert torch.equal(derived(step_size), torch.tensor([0.4, 0.8])) and len(calls) == 2
+    assert torch.equal(derived(step_size.clone()), torch.tensor([0.4, 0.8])) and len(calls) == 3

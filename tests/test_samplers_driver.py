@@ -11,7 +11,7 @@ from sampler_helpers import F64, all_samplers, gaussian, nan_wall
 
 import ebmalgebra as eb
 from ebmalgebra import diagnostics
-from ebmalgebra.samplers import HMC, MALA, NonFiniteError, RandomWalkMH, Samples
+from ebmalgebra.samplers import HMC, MALA, NonFiniteError, RandomWalkMH, Samples, driver
 from ebmalgebra.targets import Gaussian
 
 
@@ -163,3 +163,33 @@ def test_samples_delegate_to_diagnostics():
 def test_sample_is_exported():
     assert eb.sample is eb.samplers.sample
     assert "sample" in eb.__all__ and "samplers" in eb.__all__
+
+
+@pytest.mark.parametrize("copy_rows", [False, True])
+@pytest.mark.parametrize("warmup, thin, n_steps", [(0, 1, 70), (30, 3, 150), (5, 4, 3)])
+def test_chain_stats_are_the_infos_and_energies_of_the_kept_draws(warmup, thin, n_steps,
+                                                                  copy_rows, monkeypatch):
+    # The driver collects them in blocks across warmup and flush boundaries, holding
+    # the step tensors (small runs) or copying them into reused buffers (large runs);
+    # compare with the infos the callback sees.
+    monkeypatch.setattr(driver, "_RETAIN_MAX_NUMEL", 0 if copy_rows else 10**9)
+    seen = {}
+
+    def remember(index, state, info):
+        seen[index] = (info.acceptance_rate.clone(), info.is_accepted.clone(),
+                       state.step_size.clone(), state.energy.clone())
+
+    samples = eb.sample(nan_wall(), MALA(step_size=0.5), x0=torch.zeros(8, 1, dtype=F64),
+                        n_steps=n_steps, warmup=warmup, thin=thin, callback=remember,
+                        generator=torch.Generator().manual_seed(0))
+    rates = torch.stack([seen[i][0] for i in range(warmup + n_steps)])
+    assert torch.equal(samples.stats["acceptance_rate"], rates.mean(1))
+    kept = [warmup + thin * (k + 1) - 1 for k in range(n_steps // thin)]
+    if not kept:
+        assert samples.chain_stats == {}
+        return
+    stats = samples.chain_stats
+    for column, name in enumerate(("acceptance_rate", "is_accepted", "step_size")):
+        assert torch.equal(stats[name], torch.stack([seen[i][column] for i in kept])), name
+    assert torch.equal(stats["lp"], -torch.stack([seen[i][3] for i in kept]))
+    assert bool(stats["nonfinite"].any()), "the wall should reject some proposals"

@@ -291,6 +291,41 @@ def run_update(update: Callable, jit: bool, state: NamedTuple, *args: Any,
     return update(state, *args)
 
 
+class Derived:
+    """A value derived from one tensor of a sampler's state, e.g. σ = √(2ε) from the
+    step size, recomputed only when that tensor changes.
+
+    Between warmup updates a state carries the same step-size tensor from step to
+    step (and the same all-clear ``frozen`` mask while no chain freezes), so caching
+    such values takes their ops out of the step (on small batches each op costs a
+    dispatch whatever its size) without changing a bit of the result. The tensor is
+    recognised by identity and by its in-place version counter.
+
+    Args:
+        function: maps the tensor to the derived value; a module-level function, so
+            that samplers holding this stay picklable.
+    """
+
+    __slots__ = ("function", "source", "version", "value")
+
+    def __init__(self, function: Callable[[Tensor], Any]) -> None:
+        self.function = function
+        self.source: Tensor | None = None
+        self.version = -1
+        self.value: Any = None
+
+    def __call__(self, tensor: Tensor) -> Any:
+        if tensor is not self.source or tensor._version != self.version:
+            self.value = self.function(tensor)
+            self.source, self.version = tensor, tensor._version
+        return self.value
+
+
+def langevin_noise_scale(step_size: Tensor) -> Tensor:
+    """σ = √(2ε) per chain, the noise scale of a Langevin proposal with step size ε."""
+    return (2.0 * step_size).sqrt()
+
+
 def check_step_size(value: float | Tensor, what: str) -> float | Tensor:
     """Check a float step size at construction (tensors are checked at ``init``)."""
     if isinstance(value, Tensor):
@@ -330,6 +365,28 @@ def finite_rows(energy: Tensor | None, score: Tensor | None) -> Tensor:
     return (total - total) == 0
 
 
+def all_finite_eagerly(energy: Tensor | None, score: Tensor) -> bool:
+    """Whether every energy (``None`` for score-only models) and score coordinate is
+    finite, answered only in eager mode on the CPU (False otherwise, like
+    :func:`none_set_eagerly`).
+
+    Two whole-tensor sums read as Python floats: NaN and ±inf propagate through them.
+    On the CPU that costs a third of the row-wise :func:`finite_rows` (a reduction
+    over one dimension is much slower than over all). A False answer is no verdict:
+    a sum may overflow from finite entries, and the caller's exact row-wise check
+    then decides.
+    """
+    if score.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    total = float(score.sum())
+    return math.isfinite(total if energy is None else total + float(energy.sum()))
+
+
+def any_set(mask: Tensor) -> bool:
+    """Whether some entry of ``mask`` is True (one host read)."""
+    return bool(mask.any())
+
+
 def is_nonfinite(energy: Tensor | None, score: Tensor | None) -> Tensor:
     """``(n,)`` mask of rows whose energy or some score coordinate is NaN or ±inf."""
     return ~finite_rows(energy, score)
@@ -358,7 +415,7 @@ def draw_uniform(like: Tensor, generator: torch.Generator | None) -> Tensor:
     return uniform if shard is None else shard.take(uniform)
 
 
-def metropolis_accept(log_ratio: Tensor, finite: Tensor, uniform: Tensor,
+def metropolis_accept(log_ratio: Tensor, finite: Tensor | None, uniform: Tensor,
                       ) -> tuple[Tensor, Tensor]:
     """Accept with probability min(1, exp(log_ratio)) using ``uniform`` ~ U(0, 1);
     proposals that are not finite never.
@@ -366,9 +423,12 @@ def metropolis_accept(log_ratio: Tensor, finite: Tensor, uniform: Tensor,
     Returns ``(accepted (n,) bool, acceptance probability (n,))``; the probability
     of a non-finite proposal is 0 (``finite`` also catches −∞ energies, whose ratio
     would be +∞), and so is that of a NaN ratio (an overflow of finite terms).
+    ``finite=None`` states that every proposal is finite.
     """
     log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)
-    probability = torch.where(finite, log_ratio.clamp(max=0.0).exp(), 0.0)
+    probability = log_ratio.clamp(max=0.0).exp()
+    if finite is not None:
+        probability = torch.where(finite, probability, 0.0)
     return uniform < probability, probability
 
 

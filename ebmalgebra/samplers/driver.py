@@ -28,6 +28,10 @@ ON_NONFINITE = ("reject", "raise")
 _FLUSH_EVERY = 64
 """Per-step records are reduced in blocks, so the loop adds one op per field per step."""
 
+_RETAIN_MAX_NUMEL = 16384
+"""Largest batch (chains × event size) whose per-step info tensors the recorder holds
+until a block is reduced; larger runs copy them into a reused block buffer instead."""
+
 
 @dataclass(frozen=True, eq=False)
 class Samples:
@@ -181,21 +185,40 @@ class Samples:
 
 
 class _Recorder:
-    """Collects per-step info cheaply: per-chain values are stacked in blocks and reduced.
+    """Collects per-step info cheaply: per-step values are gathered in blocks of
+    :data:`_FLUSH_EVERY` steps, reduced to the per-step statistics, and the rows of
+    the kept draws (after warmup, every ``thin``-th step) kept as per-chain statistics.
 
     Which fields are per chain is decided once, from the first info (see
     :func:`_per_chain_fields`), never from the shape of a block.
+
+    Memory, not ops, sets how a block is gathered. Step tensors held across steps sit
+    among the next steps' temporaries and fragment the heap, so that large
+    temporaries keep needing fresh pages: holding every kept step's info to the end
+    of a run cost ~12% per draw at 100-D with 1000 chains, and even holding them for
+    a block ~20% for MALA (benchmarks/eager_overhead.py). So with ``copy_rows`` (runs
+    above :data:`_RETAIN_MAX_NUMEL` elements) each tensor is copied into a row of a
+    buffer reused block after block, one op per field per step; smaller runs, whose
+    temporaries are small, hold the tensors and stack them, which costs no op per step.
+    The energies of the kept draws (``lp`` = −E) are copied into ``energies``.
     """
 
-    def __init__(self, n_chains: int, warmup: int, shard: ChainShard | None = None) -> None:
+    def __init__(self, n_chains: int, warmup: int, thin: int, energies: Tensor | None,
+                 shard: ChainShard | None = None, copy_rows: bool = False) -> None:
         self.n_chains = n_chains
         self.warmup = warmup
+        self.thin = thin
+        self.energies = energies
         self.shard = shard
+        self.copy_rows = copy_rows
+        self.rows: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = {}
         self.per_chain: frozenset[str] | None = None
         self.pending: dict[str, list] = {}
         self.done: dict[str, list[Tensor]] = {}
+        self.kept: dict[str, list[Tensor]] = {}
         self.counts: dict[str, Tensor] = {}
         self.step = 0
+        self.block_start = 0
 
     def add(self, state: NamedTuple, info: NamedTuple) -> None:
         step_size = getattr(state, "step_size", None)
@@ -208,22 +231,44 @@ class _Recorder:
                 {"step_size"} if per_chain_step else set())
         for name, value in zip(info._fields, info, strict=True):
             if isinstance(value, Tensor | int | float):
-                self.pending.setdefault(name, []).append(value)
+                self._append(name, value)
         if step_size is not None:
-            self.pending.setdefault("step_size", []).append(step_size)
+            self._append("step_size", step_size)
         self.step += 1
         if self.step % _FLUSH_EVERY == 0 or self.step == self.warmup:
             self.flush()
 
+    def _append(self, name: str, value: Tensor | int | float) -> None:
+        values = self.pending.setdefault(name, [])
+        if self.copy_rows and isinstance(value, Tensor):
+            if name not in self.rows:
+                buffer = value.new_empty((_FLUSH_EVERY, *value.shape))
+                self.rows[name] = buffer, buffer.unbind(0)
+            self.rows[name][1][len(values)].copy_(value)
+            value = None  # held by the buffer row
+        values.append(value)
+
+    def _block(self, name: str, values: list) -> Tensor:
+        """This block's values of one field, ``(steps, …)``; a view of a reused buffer
+        when its rows were copied."""
+        if name in self.rows:
+            return self.rows[name][0][:len(values)]
+        return torch.stack(values) if isinstance(values[0], Tensor) else torch.as_tensor(values)
+
     def flush(self) -> None:
         sampling = self.step > self.warmup
+        # Rows of this block whose step is kept: step i (0-based) is kept when
+        # i − warmup + 1 is a positive multiple of thin.
+        kept_rows = slice((self.warmup - 1 - self.block_start) % self.thin, None, self.thin)
+        self.block_start = self.step
         for name, values in self.pending.items():
             if not values:
                 continue
-            block = (torch.stack(values) if isinstance(values[0], Tensor)
-                     else torch.as_tensor(values))
+            block = self._block(name, values)
             values.clear()
             if name in self.per_chain:
+                if sampling:  # a copy: the block may be a reused buffer
+                    self.kept.setdefault(name, []).append(block[kept_rows].clone())
                 if block.dtype == torch.bool:
                     if sampling:
                         total = self.counts.get(name, 0)
@@ -237,17 +282,24 @@ class _Recorder:
                 else:  # integer counts per chain (NUTS's tree depth): their mean
                     reduced = block.double().mean(1)
             else:
-                reduced = block
+                reduced = block.clone()
             self.done.setdefault(name, []).append(reduced)
 
-    def result(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def result(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """Per-step statistics, per-chain flag counts and the per-chain statistics of the
+        kept draws (``{}`` when no draw is kept)."""
         self.flush()
         stats = {name: torch.cat(blocks) for name, blocks in self.done.items()}
         if self.shard is not None:
             for name in sorted(self.per_chain or ()):
                 if name in stats:
                     stats[name] = self.shard.sum(stats[name])
-        return stats, self.counts
+        kept = {name: torch.cat(blocks) for name, blocks in self.kept.items()}
+        if self.energies is not None:
+            kept["lp"] = -self.energies
+        if not any(len(values) for values in kept.values()):
+            kept = {}
+        return stats, self.counts, kept
 
 
 def _per_chain_fields(info: NamedTuple, n_chains: int) -> frozenset[str]:
@@ -446,10 +498,12 @@ def sample(
     n_draws = n_steps // thin
     position = state.position
     draws = torch.empty((n_draws, *position.shape), dtype=position.dtype, device=position.device)
-    recorder = _Recorder(position.shape[0], warmup, shard)
-    # The info behind each kept draw, stacked once at the end (cheaper than per step).
-    kept: list[tuple[NamedTuple, Tensor | None, Tensor | None]] = []
     has_energy = getattr(getattr(state, "potential", None), "has_energy", False)
+    # E of each kept draw, for chain_stats["lp"].
+    energies = (torch.empty((n_draws, position.shape[0]), dtype=state.energy.dtype,
+                            device=position.device) if has_energy else None)
+    recorder = _Recorder(position.shape[0], warmup, thin, energies, shard,
+                         copy_rows=position.numel() > _RETAIN_MAX_NUMEL)
     escape = EscapeWatch(model, position, n_steps=n_total)
     with nullcontext() if shard is None else shard.activate():  # pools the initial ε
         adaptation = sampler.adaptation(state, warmup) if warmup else None
@@ -482,8 +536,8 @@ def sample(
                 after = index - warmup + 1
                 if after % thin == 0:
                     draws[after // thin - 1] = state.position
-                    kept.append((info, getattr(state, "step_size", None),
-                                 getattr(state, "energy", None) if has_energy else None))
+                    if energies is not None:
+                        energies[after // thin - 1] = state.energy
             if callback is not None:
                 callback(index, state, info)
             if bar is not None:
@@ -493,12 +547,12 @@ def sample(
         restore_threads()
         if bar is not None:
             bar.close()
-    stats, counts = recorder.result()
+    stats, counts, chain_stats = recorder.result()
     unconstrained_draws = None
     if unconstrained is not None:
         unconstrained_draws, draws = draws, unconstrained.to_constrained(draws)
-    return Samples(draws, state, sampler, warmup, thin, stats, counts,
-                   _chain_stats(kept, recorder.per_chain), default_sampler, shard=shard,
+    return Samples(draws, state, sampler, warmup, thin, stats, counts, chain_stats,
+                   default_sampler, shard=shard,
                    unconstrained=unconstrained, unconstrained_draws=unconstrained_draws)
 
 
@@ -516,21 +570,6 @@ def _default_sampler(model: EnergyModel) -> tuple[Sampler, str]:
     model.require("energy", "sample with the default sampler (NUTS; pass "
                   "sampler=ULA(step_size=...) for score-only models)")
     return NUTS(), "NUTS (the default for models with energies)"
-
-
-def _chain_stats(kept: list[tuple[NamedTuple, Tensor | None, Tensor | None]],
-                 per_chain: frozenset[str] | None) -> dict[str, Tensor]:
-    """``(n_draws, n_chains)`` per-chain info values, step size and −E of the kept draws."""
-    if not kept:
-        return {}
-    infos, step_sizes, energies = zip(*kept, strict=True)
-    stats = {name: torch.stack([getattr(info, name) for info in infos])
-             for name in infos[0]._fields if name in per_chain}
-    if "step_size" in per_chain:
-        stats["step_size"] = torch.stack(step_sizes)
-    if energies[0] is not None:
-        stats["lp"] = -torch.stack(energies)
-    return stats
 
 
 def _check_start(state: NamedTuple, shard: ChainShard | None) -> None:

@@ -10,13 +10,17 @@ from torch import Tensor
 from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.samplers.base import (
+    Derived,
     Potential,
     Sampler,
+    all_finite_eagerly,
+    any_set,
     as_chain_values,
     check_step_size,
     draw_normal,
     expand_to_event,
     finite_rows,
+    langevin_noise_scale,
     none_set_eagerly,
     run_update,
     select,
@@ -77,19 +81,31 @@ def ula_step(state: LangevinState, generator: torch.Generator | None,
 
 
 def ula_update(state: LangevinState, noise: Tensor, noise_scale: float | Tensor | None = None,
-               ) -> tuple[LangevinState, ULAInfo]:
-    """The deterministic part of a ULA step given ``noise`` ξ ~ N(0, I) like the position.
+               none_frozen: bool = False) -> tuple[LangevinState, ULAInfo]:
+    """The deterministic part of a ULA step given ``noise`` ξ ~ N(0, I) like the position:
+    x′ = x + ε s(x) + σ ξ with σ = ``noise_scale`` (a float, or per chain ``(n_chains,)``),
+    √(2ε) when ``None``.
 
-    Traceable whole by ``torch.compile`` (the eager-only shortcut in
-    :func:`~ebmalgebra.samplers.base.none_set_eagerly` switches itself off).
+    ``none_frozen``: the caller knows that no chain of ``state`` is frozen, so when
+    every proposal is finite (two whole-tensor sums) the step returns at once,
+    with ``state.frozen`` as the all-clear masks; otherwise the row-wise guard runs.
+    Traceable whole by ``torch.compile`` (the eager-only shortcuts of
+    :func:`~ebmalgebra.samplers.base.all_finite_eagerly` and
+    :func:`~ebmalgebra.samplers.base.none_set_eagerly` switch themselves off).
     """
     x, energy, score, step_size, frozen, potential = state
     epsilon = expand_to_event(step_size, x)
     sigma = (2.0 * epsilon).sqrt() if noise_scale is None else expand_to_event(noise_scale, x)
     # Fused multiply-adds: this loop runs once per step, so op count is speed here.
-    proposal = torch.addcmul(torch.addcmul(x, epsilon, score), sigma, noise)
+    drift = torch.addcmul(x, epsilon, score)
+    proposal = (torch.addcmul(drift, sigma, noise) if isinstance(sigma, Tensor)
+                else drift.add(noise, alpha=sigma))
     new_energy, new_score = potential.energy_and_score(proposal)
-    finite = finite_rows(new_energy if potential.has_energy else None, new_score)
+    checked = new_energy if potential.has_energy else None
+    if none_frozen and all_finite_eagerly(checked, new_score):
+        new_state = LangevinState(proposal, new_energy, new_score, step_size, frozen, potential)
+        return new_state, ULAInfo(frozen, frozen)
+    finite = finite_rows(checked, new_score)
     now_frozen = finite <= frozen  # frozen or not finite (bools: a <= b is ¬a ∨ b)
     if none_set_eagerly(now_frozen):
         newly_frozen = now_frozen  # all False
@@ -149,6 +165,8 @@ class ULA(Sampler):
         self.noise_scale = None if noise_scale is None else check_step_size(
             noise_scale, f"{self.name}: noise_scale")
         self.jit = validation.flag(f"{self.name}: jit", jit)
+        self._noise_scale = Derived(langevin_noise_scale)
+        self._any_frozen = Derived(any_set)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
         potential = Potential(model, operation=self.name, needs_energy=self.needs_energy)
@@ -160,7 +178,13 @@ class ULA(Sampler):
     def step(self, state: LangevinState, generator: torch.Generator | None = None,
              ) -> tuple[LangevinState, ULAInfo]:
         noise_scale = self.noise_scale
-        if isinstance(noise_scale, Tensor):
+        if noise_scale is None:
+            noise_scale = self._noise_scale(state.step_size)  # √(2ε), hoisted
+        elif isinstance(noise_scale, Tensor):
             noise_scale = noise_scale.to(state.position)
+        # Under jit the compiled kernel guards row-wise; eagerly on the CPU, a known
+        # all-clear frozen mask (read once, then recognised) allows the fast path.
+        none_frozen = (not self.jit and state.frozen.device.type == "cpu"
+                       and not self._any_frozen(state.frozen))
         return run_update(ula_update, self.jit, state, draw_normal(state.position, generator),
-                          noise_scale)
+                          noise_scale, none_frozen)

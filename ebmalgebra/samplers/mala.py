@@ -9,12 +9,15 @@ from torch import Tensor
 
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.samplers.base import (
+    Derived,
     Potential,
     StepSizeSampler,
+    all_finite_eagerly,
     draw_normal,
     draw_uniform,
     expand_to_event,
     finite_rows,
+    langevin_noise_scale,
     metropolis_accept,
     run_update,
     select,
@@ -47,25 +50,37 @@ def mala_step(state: LangevinState, generator: torch.Generator | None, *,
                        keep_frozen=keep_frozen)
 
 
-def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor, *,
-                keep_frozen: bool = False) -> tuple[LangevinState, MALAInfo]:
+def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
+                noise_scale: Tensor | None = None, *, keep_frozen: bool = False,
+                ) -> tuple[LangevinState, MALAInfo]:
     """The deterministic part of a MALA step, given its random numbers.
 
     ``noise`` ξ ~ N(0, I) is shaped like the position, ``uniform`` u ~ U(0, 1) is
-    ``(n_chains,)``. No host synchronisation, so ``torch.compile`` can trace it whole.
+    ``(n_chains,)``. Traceable whole by ``torch.compile``: no host synchronisation there
+    or on accelerators (eagerly on the CPU, one read of two sums,
+    :func:`~ebmalgebra.samplers.base.all_finite_eagerly`, skips the acceptance mask).
     Chains that start at a non-finite point never move (their ratio is NaN);
     ``keep_frozen`` also holds chains marked in ``state.frozen`` (annealing).
+    ``noise_scale``: √(2ε) per chain ``(n_chains,)`` when the caller has it at hand
+    (:class:`MALA` computes it once per step size); computed here when ``None``.
     """
     x, energy, score, step_size, frozen, potential = state
     epsilon = expand_to_event(step_size, x)
-    proposal = torch.addcmul(torch.addcmul(x, epsilon, score), (2.0 * epsilon).sqrt(), noise)
+    sigma = (2.0 * epsilon).sqrt() if noise_scale is None else expand_to_event(noise_scale, x)
+    proposal = torch.addcmul(torch.addcmul(x, epsilon, score), sigma, noise)
     new_energy, new_score = potential.energy_and_score(proposal)
     # log q(x′ | x) = −‖ξ‖²/2 and log q(x | x′) = −‖x − x′ − ε s(x′)‖²/(4ε), up to the
-    # same constant.
+    # same constant; the factors ½ and ¼ are powers of two, so folding them into fused
+    # ops rounds exactly as the separate products and quotient would.
     backward = torch.addcmul(x - proposal, epsilon, new_score, value=-1.0)
-    log_ratio = (energy - new_energy) + 0.5 * squared_norm(noise) - squared_norm(backward) / (
-        4.0 * step_size)
-    finite = finite_rows(new_energy, new_score)
+    log_ratio = torch.addcdiv(torch.add(energy - new_energy, squared_norm(noise), alpha=0.5),
+                              squared_norm(backward), step_size, value=-0.25)
+    if all_finite_eagerly(new_energy, new_score):  # the usual case: no row needs a mask
+        finite = None
+        nonfinite = torch.zeros_like(uniform, dtype=torch.bool)
+    else:
+        finite = finite_rows(new_energy, new_score)
+        nonfinite = ~finite
     accepted, probability = metropolis_accept(log_ratio, finite, uniform)
     if keep_frozen:
         accepted = accepted & ~frozen
@@ -77,7 +92,7 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor, *,
         frozen,
         potential,
     )
-    return new_state, MALAInfo(probability, accepted, ~finite)
+    return new_state, MALAInfo(probability, accepted, nonfinite)
 
 
 class MALA(StepSizeSampler):
@@ -123,6 +138,8 @@ class MALA(StepSizeSampler):
         super().__init__(step_size=step_size, target_accept=target_accept,
                          adapt_step_size=adapt_step_size, jit=jit)
 
+        self._noise_scale = Derived(langevin_noise_scale)
+
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
         return init_langevin(x0, Potential(model, operation=self.name,
                                            needs_energy=self.needs_energy),
@@ -132,4 +149,4 @@ class MALA(StepSizeSampler):
              ) -> tuple[LangevinState, MALAInfo]:
         x = state.position
         return run_update(mala_update, self.jit, state, draw_normal(x, generator),
-                          draw_uniform(x, generator))
+                          draw_uniform(x, generator), self._noise_scale(state.step_size))
