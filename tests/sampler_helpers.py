@@ -15,7 +15,7 @@ import scipy.stats
 import torch
 
 import ebmalgebra as eb
-from ebmalgebra.diagnostics import ess, mcse_mean
+from ebmalgebra.diagnostics import ess, mcse_chain_means, mcse_mean
 from ebmalgebra.samplers import (
     HMC,
     MALA,
@@ -147,25 +147,22 @@ def banana_run(sampler, seed: int) -> eb.samplers.Samples:
 
 def chain_batch_z(draws: torch.Tensor, mean, sd) -> dict[str, torch.Tensor]:
     """z-scores of the mean and sd of each coordinate of ``(n, m, d)`` draws against the
-    exact ``mean`` and ``sd``, with standard errors from batch means over the m chains.
+    exact ``mean`` and ``sd``, with standard errors from the m chains' own averages
+    (:func:`ebmalgebra.diagnostics.mcse_chain_means`).
 
-    After warmup the step size and metric are frozen, so the chains are independent
-    Markov chains and their per-chain averages a_c = mean_t x and b_c = mean_t (x − μ)²
-    are independent draws of unbiased-at-stationarity estimates, whatever their
-    autocorrelation: se(ā) = sd(a)/√m, se(b̄) = sd(b)/√m, and the sd estimate
-    √b̄ has se(b̄)/(2√b̄) (delta method). No ESS estimate enters, so these errors do not
-    share the blind spots of ESS that the tests are about.
+    After warmup the step size and metric are frozen, so the chains are independent,
+    and so are their averages of x and of (x − μ)², whatever the autocorrelation; the sd
+    estimate √b̄, with b̄ the mean of (x − μ)², has the error se(b̄)/(2√b̄) (delta
+    method). No ESS estimate enters, so these errors do not share the blind spots of
+    the ESS that the banana tests are about.
     """
     x = draws.double()
     mean = torch.as_tensor(mean, dtype=x.dtype)
     sd = torch.as_tensor(sd, dtype=x.dtype)
-    n_chains = x.shape[1]
-    per_chain_mean = x.mean(0)
-    per_chain_square = ((x - mean) ** 2).mean(0)
-    se_mean = per_chain_mean.std(0) / math.sqrt(n_chains)
-    sd_estimate = per_chain_square.mean(0).sqrt()
-    se_sd = per_chain_square.std(0) / math.sqrt(n_chains) / (2 * sd_estimate)
-    return {"mean": (per_chain_mean.mean(0) - mean) / se_mean,
+    squares = (x - mean) ** 2
+    sd_estimate = squares.mean((0, 1)).sqrt()
+    se_sd = mcse_chain_means(squares) / (2 * sd_estimate)
+    return {"mean": (x.mean((0, 1)) - mean) / mcse_chain_means(x),
             "sd": (sd_estimate - sd) / se_sd}
 
 
