@@ -200,11 +200,16 @@ def test_a_banana_run_off_by_many_errors_with_fine_rhat_and_ess_says_so_in_its_s
     ESS is about half the draws (they mix fast where they go). Only the divergent
     transitions tell, and the summary must print them.
     """
-    samples = banana_run(HMC(n_leapfrog=24, target_accept=0.95), seed=0)
-    z = chain_batch_z(samples.draws, BANANA_TRUTH["mean"], BANANA_TRUTH["sd"])
-    summary = samples.summary()
-    n_draws = samples.draws.shape[0] * samples.draws.shape[1]
-    # The setting of the anomaly: off, with diagnostics that look fine.
-    assert z["sd"][1] < -BANANA_K, f"sd(x1) z = {float(z['sd'][1]):.1f}: the run is not off"
-    assert (summary.r_hat < 1.01).all() and (summary.ess_bulk > 0.2 * n_draws).all(), summary
-    assert f"divergent: {int(samples.n_divergent.sum())} of {n_draws} transitions" in str(summary)
+    runs = [banana_run(HMC(n_leapfrog=24, target_accept=0.95), seed) for seed in (0, 1)]
+    # The setting of the anomaly: off, judged on both runs' independent chains together
+    # (z of sd(x₁) −6.7 and −3.7 alone: the bias is steady, one realisation may be mild)…
+    z = chain_batch_z(torch.cat([run.draws for run in runs], dim=1), BANANA_TRUTH["mean"],
+                      BANANA_TRUTH["sd"])
+    assert z["sd"][1] < -BANANA_K, f"sd(x1) z = {float(z['sd'][1]):.1f}: the runs are not off"
+    for samples in runs:
+        summary = samples.summary()
+        n_draws = samples.draws.shape[0] * samples.draws.shape[1]
+        # … with diagnostics that look fine, and the divergences printed.
+        assert (summary.r_hat < 1.01).all() and (summary.ess_bulk > 0.2 * n_draws).all(), summary
+        assert (f"divergent: {int(samples.n_divergent.sum())} of {n_draws} transitions"
+                in str(summary))
