@@ -43,7 +43,7 @@ from numpy.typing import ArrayLike
 from ebmalgebra import validation
 from ebmalgebra.errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["ESS_KINDS", "Summary", "ess", "mcse_mean", "rhat", "summary"]
+__all__ = ["ESS_KINDS", "Summary", "ess", "mcse_chain_means", "mcse_mean", "rhat", "summary"]
 
 ESS_KINDS = ("bulk", "tail", "mean", "sd")
 """Values accepted by ``ess(draws, kind=...)``."""
@@ -358,6 +358,38 @@ def mcse_mean(draws: Draws) -> Values:
     """
     prepared = _prepare(draws)
     return prepared.wrap(_mcse_mean(prepared.values))
+
+
+def mcse_chain_means(draws: Draws) -> Values:
+    """Monte Carlo standard error of the mean of each coordinate from the spread of the
+    chains' own means: sd(x̄₁, …, x̄ₘ) / √m (ddof = 1), for m ≥ 2 chains.
+
+    Valid when the chains are independent and stationary (after a warmup whose tuning
+    is then frozen, as :func:`ebmalgebra.sample` runs them), whatever their
+    autocorrelation: the chain means are then i.i.d., so no ESS estimate enters. With
+    many chains it checks :func:`mcse_mean`; its own relative error is about
+    1/√(2(m − 1)) when the chain means are near normal. Neither sees a region that
+    every chain misses alike (docs/samplers.md).
+
+    Args:
+        draws: ``(n_draws, n_chains, *event_shape)`` with n_draws ≥ 4, n_chains ≥ 2.
+
+    Returns:
+        ``event_shape`` float64 array (tensor if ``draws`` is a tensor).
+
+    Raises:
+        ArgumentError: with a single chain.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> round(float(mcse_chain_means(rng.normal(size=(100, 400)))), 3)  # ≈ 1 / √40000
+        0.005
+    """
+    prepared = _prepare(draws)
+    n_chains = prepared.values.shape[1]
+    validation.count("mcse_chain_means: number of chains", n_chains, 2)
+    chain_means = prepared.values.mean(axis=0)
+    return prepared.wrap(chain_means.std(axis=0, ddof=1) / np.sqrt(n_chains))
 
 
 def _coordinate_names(prefix: str, event_shape: tuple[int, ...]) -> tuple[str, ...]:

@@ -11,7 +11,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ebmalgebra.diagnostics import ESS_KINDS, Summary, ess, mcse_mean, rhat, summary
+from ebmalgebra.diagnostics import (
+    ESS_KINDS,
+    Summary,
+    ess,
+    mcse_chain_means,
+    mcse_mean,
+    rhat,
+    summary,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # ArviZ announces its refactor on import
@@ -192,6 +200,21 @@ def test_float32_tensor_is_computed_in_float64() -> None:
     out = ess(draws32)
     assert out.dtype == torch.float64
     np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_mcse_from_chain_means_matches_the_exact_error_of_ar1_chains() -> None:
+    """m = 200 stationary AR(1) chains (φ = 0.9) of n = 500 draws: a chain mean has
+    variance n⁻² Σᵢⱼ φ^|i−j| exactly, so the MCSE of the grand mean is known. The
+    estimate's relative error is ≈ 1/√(2(m − 1)) = 5%; we allow 4 times that."""
+    n, m, phi = 500, 200, 0.9
+    draws = ar1(np.random.default_rng(7), phi, (n, m, 3))
+    lags = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+    exact = np.sqrt((phi**lags).sum() / n**2 / m)
+    estimate = mcse_chain_means(torch.from_numpy(draws))
+    assert isinstance(estimate, torch.Tensor) and estimate.shape == (3,)
+    np.testing.assert_allclose(estimate.numpy(), exact, rtol=4 / np.sqrt(2 * (m - 1)))
+    with pytest.raises(ValueError, match="at least 2 chains"):
+        mcse_chain_means(draws[:, :1])
 
 
 def test_constant_draws_follow_arviz() -> None:

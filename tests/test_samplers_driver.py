@@ -160,6 +160,22 @@ def test_samples_delegate_to_diagnostics():
     assert samples.stats["n_leapfrog"].shape == (150,)
 
 
+def test_summary_reports_divergent_transitions_after_warmup():
+    """ε = 2.5 on a unit Gaussian is past the leapfrog's stability limit ε < 2, so every
+    trajectory of 10 steps grows its energy error ~4²⁰-fold: all transitions diverge,
+    warmup included, and the summary counts those after warmup only."""
+    sampler = HMC(step_size=2.5, n_leapfrog=10, adapt_step_size=False, adapt_mass=False)
+    samples = eb.sample(gaussian(2), sampler, n_chains=4, n_steps=30, warmup=20,
+                        generator=torch.Generator().manual_seed(0))
+    assert int(samples.n_divergent.sum()) == 120
+    lines = str(samples.summary()).splitlines()
+    assert lines[0].startswith("divergent: 120 of 120 transitions after warmup (100.00%)")
+    assert "target_accept (now 0.8)" in lines[0]
+    calm = eb.sample(gaussian(2), HMC(), n_chains=4, n_steps=30, warmup=50,
+                     generator=torch.Generator().manual_seed(0))
+    assert int(calm.n_divergent.sum()) == 0 and "divergent" not in str(calm.summary())
+
+
 def test_sample_is_exported():
     assert eb.sample is eb.samplers.sample
     assert "sample" in eb.__all__ and "samplers" in eb.__all__

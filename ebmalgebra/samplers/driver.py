@@ -139,13 +139,48 @@ class Samples:
     def summary(self, names: str | list[str] | None = None) -> diagnostics.Summary:
         """Mean, sd, quantiles, MCSE, ESS and R̂ per coordinate
         (:func:`ebmalgebra.diagnostics.summary`), over the chains of all ranks;
-        ``print`` it for a table."""
+        ``print`` it for a table.
+
+        Above the table: the default sampler's name, the support of a constrained
+        model, and the number of divergent transitions after warmup, if any: the one
+        warning left when every chain misses the same region, which R̂ and the ESS do
+        not show (docs/samplers.md).
+        """
         lines = [f"sampler: {self.default_sampler}"] if self.default_sampler else []
         if self.unconstrained is not None:
             lines.append(f"support: {self.unconstrained.transform.codomain}, sampled in "
                          "unconstrained coordinates (Samples.unconstrained_draws)")
+        divergences = self._divergence_line()
+        if divergences:
+            lines.append(divergences)
         header = "\n".join(lines)
         return diagnostics.summary(self.gather(dst=None), names=names, header=header)
+
+    def _divergence_line(self) -> str:
+        """A line on the divergent transitions after warmup over all chains, or ``""``.
+
+        A divergence is a trajectory whose energy error blew up: the step size is
+        unstable where it went (the leapfrog needs ε·√λ_max < 2 for the largest
+        eigenvalue λ_max of the whitened Hessian of E). Rejecting such trajectories
+        keeps chains out of those regions, so the draws miss them, and every chain
+        misses them alike: R̂ stays near 1 and the ESS, which measures mixing where
+        the chains did go, can be large (docs/samplers.md, "When the diagnostics look
+        fine and the draws are off"). The count is the warning that remains.
+        """
+        per_step = self.stats.get("divergent")
+        if per_step is None:
+            return ""
+        count = int(per_step[self.warmup:].sum())
+        if not count:
+            return ""
+        n_chains = self.n_chains if self.shard is None else self.shard.n_chains
+        total = (per_step.shape[0] - self.warmup) * n_chains
+        target = getattr(self.sampler, "target_accept", None)
+        advice = (f"raise target_accept (now {target}) for a smaller step size"
+                  if target is not None else "use a smaller step size")
+        return (f"divergent: {count} of {total} transitions after warmup ({count / total:.2%}): "
+                "the draws may miss the regions where the step size is unstable, in every "
+                f"chain alike, which R-hat and ESS do not show; {advice}, or reparameterise")
 
     def to_arviz(self, var_name: str = "x"):
         """The draws and sample stats as ``arviz.InferenceData``
