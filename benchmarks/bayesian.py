@@ -207,13 +207,15 @@ class Row:
     gradients: float
     sampling_seconds: float
     total_seconds: float
+    longest_tree: float | None = None
 
     def show(self) -> None:
         print(f"  {self.method:<19} minESS {self.min_ess:8.0f}  ESS/grad "
               f"{self.min_ess / self.gradients:.2e}  ESS/s sampling "
               f"{self.min_ess / self.sampling_seconds:9.1f}  whole run "
-              f"{self.min_ess / self.total_seconds:9.1f}  ({self.total_seconds:6.1f} s)",
-              flush=True)
+              f"{self.min_ess / self.total_seconds:9.1f}  ({self.total_seconds:6.1f} s)"
+              + ("" if self.longest_tree is None else
+                 f"  longest tree / mean {self.longest_tree:.2f}"), flush=True)
 
 
 def ours(target: Target, sampler, label: str, x0: torch.Tensor, warmup: int, n_steps: int
@@ -232,8 +234,13 @@ def ours(target: Target, sampler, label: str, x0: torch.Tensor, warmup: int, n_s
     draws = samples.draws if samples.unconstrained_draws is None else samples.unconstrained_draws
     n_chains = x0.shape[0]
     gradients = float(samples.stats["n_leapfrog"][warmup:].double().sum()) * n_chains
+    # Batched NUTS steps every chain until its longest tree is done: the batched
+    # evaluations over the mean chain's, in the sampling phase.
+    per_chain = samples.chain_stats.get("n_leapfrog")
+    longest_tree = None if per_chain is None or "tree_depth" not in samples.stats else float(
+        per_chain.max(1).values.double().sum() * n_chains / per_chain.double().sum())
     return Row(target.name, n_chains, label, float(ess(draws).min()), gradients,
-               end - marks.get("warmup", start), end - start), draws
+               end - marks.get("warmup", start), end - start, longest_tree), draws
 
 
 def energy_and_score(log_density: Callable) -> Callable:
