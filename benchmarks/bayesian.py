@@ -23,7 +23,9 @@ from the same formulas, on the same procedurally generated data):
 
 Methods, all with ``warmup`` adaptation steps then ``n_steps`` draws per chain:
 ``ebmalgebra NUTS`` (default ``NUTS()``: Stan's windowed diagonal metric pooled
-over chains, dual averaging to 0.8), ``ebmalgebra HMC`` (``HMC(n_leapfrog=10)``,
+over chains, dual averaging to 0.8), ``ebmalgebra NUTS jit`` (``NUTS(jit=True)``,
+the same with each leaf's update compiled; its whole run includes the compile),
+``ebmalgebra HMC`` (``HMC(n_leapfrog=10)``,
 the same adaptation), NumPyro ``NUTS`` (``chain_method="vectorized"``, its own
 window adaptation per chain) and BlackJAX ``nuts`` after
 ``window_adaptation`` (vmapped over chains, each chain its own adaptation), and a
@@ -205,13 +207,15 @@ class Row:
     gradients: float
     sampling_seconds: float
     total_seconds: float
+    longest_tree: float | None = None
 
     def show(self) -> None:
-        print(f"  {self.method:<17} minESS {self.min_ess:8.0f}  ESS/grad "
+        print(f"  {self.method:<19} minESS {self.min_ess:8.0f}  ESS/grad "
               f"{self.min_ess / self.gradients:.2e}  ESS/s sampling "
               f"{self.min_ess / self.sampling_seconds:9.1f}  whole run "
-              f"{self.min_ess / self.total_seconds:9.1f}  ({self.total_seconds:6.1f} s)",
-              flush=True)
+              f"{self.min_ess / self.total_seconds:9.1f}  ({self.total_seconds:6.1f} s)"
+              + ("" if self.longest_tree is None else
+                 f"  longest tree / mean {self.longest_tree:.2f}"), flush=True)
 
 
 def ours(target: Target, sampler, label: str, x0: torch.Tensor, warmup: int, n_steps: int
@@ -230,8 +234,13 @@ def ours(target: Target, sampler, label: str, x0: torch.Tensor, warmup: int, n_s
     draws = samples.draws if samples.unconstrained_draws is None else samples.unconstrained_draws
     n_chains = x0.shape[0]
     gradients = float(samples.stats["n_leapfrog"][warmup:].double().sum()) * n_chains
+    # Batched NUTS steps every chain until its longest tree is done: the batched
+    # evaluations over the mean chain's, in the sampling phase.
+    per_chain = samples.chain_stats.get("n_leapfrog")
+    longest_tree = None if per_chain is None or "tree_depth" not in samples.stats else float(
+        per_chain.max(1).values.double().sum() * n_chains / per_chain.double().sum())
     return Row(target.name, n_chains, label, float(ess(draws).min()), gradients,
-               end - marks.get("warmup", start), end - start), draws
+               end - marks.get("warmup", start), end - start, longest_tree), draws
 
 
 def energy_and_score(log_density: Callable) -> Callable:
@@ -340,8 +349,10 @@ def run(quick: bool, chain_counts: list[int], names: list[str]) -> list[Row]:
             unconstrained = unconstrain(target.model)
             x0 = u0 if unconstrained is None else unconstrained.to_constrained(u0)
             nuts, pilot = ours(target, NUTS(), "ebmalgebra NUTS", x0, warmup, n_steps)
+            nuts_jit, _ = ours(target, NUTS(jit=True), "ebmalgebra NUTS jit", x0, warmup,
+                               n_steps)
             hmc, _ = ours(target, HMC(n_leapfrog=10), "ebmalgebra HMC", x0, warmup, n_steps)
-            found = [nuts, hmc, hand_written(target, pilot, u0, warmup, n_steps)]
+            found = [nuts, nuts_jit, hmc, hand_written(target, pilot, u0, warmup, n_steps)]
             if HAS_JAX:
                 found += [numpyro_row(target, u0, warmup, n_steps),
                           blackjax_row(target, u0, warmup, n_steps)]
@@ -354,23 +365,26 @@ def run(quick: bool, chain_counts: list[int], names: list[str]) -> list[Row]:
 
 
 def ratios(rows: list[Row]) -> None:
-    """Our NUTS against BlackJAX and the hand-written HMC, per target and chain count."""
-    print("\nebmalgebra NUTS / other: ESS/grad, sampling ESS/s, whole-run ESS/s")
+    """Our NUTS (eager and jit) against BlackJAX, NumPyro and the hand-written HMC, per
+    target and chain count."""
     keys = sorted({(row.target, row.n_chains) for row in rows}, key=str)
-    for target, n_chains in keys:
-        group = {row.method.split(" (")[0]: row for row in rows
-                 if (row.target, row.n_chains) == (target, n_chains)}
-        nuts = group["ebmalgebra NUTS"]
-        for other in ("BlackJAX NUTS", "NumPyro NUTS", "hand HMC"):
-            if other not in group:
-                continue
-            them = group[other]
-            per_grad = (nuts.min_ess / nuts.gradients) / (them.min_ess / them.gradients)
-            sampling = ((nuts.min_ess / nuts.sampling_seconds)
-                        / (them.min_ess / them.sampling_seconds))
-            whole = (nuts.min_ess / nuts.total_seconds) / (them.min_ess / them.total_seconds)
-            print(f"  {target:<27} {n_chains:>3} chains vs {other:<13} {per_grad:5.2f}  "
-                  f"{sampling:5.2f}  {whole:5.2f}")
+    for ours_name in ("ebmalgebra NUTS", "ebmalgebra NUTS jit"):
+        print(f"\n{ours_name} / other: ESS/grad, sampling ESS/s, whole-run ESS/s")
+        for target, n_chains in keys:
+            group = {row.method.split(" (")[0]: row for row in rows
+                     if (row.target, row.n_chains) == (target, n_chains)}
+            nuts = group[ours_name]
+            for other in ("BlackJAX NUTS", "NumPyro NUTS", "hand HMC"):
+                if other not in group:
+                    continue
+                them = group[other]
+                per_grad = (nuts.min_ess / nuts.gradients) / (them.min_ess / them.gradients)
+                sampling = ((nuts.min_ess / nuts.sampling_seconds)
+                            / (them.min_ess / them.sampling_seconds))
+                whole = ((nuts.min_ess / nuts.total_seconds)
+                         / (them.min_ess / them.total_seconds))
+                print(f"  {target:<27} {n_chains:>3} chains vs {other:<13} {per_grad:5.2f}  "
+                      f"{sampling:5.2f}  {whole:5.2f}")
 
 
 def main() -> None:

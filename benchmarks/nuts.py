@@ -3,9 +3,9 @@ the banana robustness study of issue 16.
 
 Run from the repository root::
 
-    python benchmarks/nuts.py              # both parts (~15 minutes on one core)
+    python benchmarks/nuts.py              # every part (~20 minutes on one core)
     python benchmarks/nuts.py --quick      # tiny run that exercises every path
-    python benchmarks/nuts.py --part ess   # or --part banana, --part fixed
+    python benchmarks/nuts.py --part ess   # or --part banana, --part fixed, --part jit
 
 One torch thread, CPU, float32, one process; every ratio compares runs in the
 same process on the same target.
@@ -34,6 +34,15 @@ same process on the same target.
    ε = 0.2 and M⁻¹ = diag(100, 19) from exact draws (same trajectory lengths and the
    same bias mean the same algorithm), then ours for ε from 0.2 down to 0.05: the
    step size below which the banana's tails are sampled.
+4. **Per-leaf cost, eager and ``jit=True``** (``--part jit``): on the logistic
+   regression and the volatility series of ``benchmarks/bayesian.py``, at 4 and 100
+   chains, from a state adapted by 200 warmup steps, the time of 10 NUTS steps
+   (the same seeded trees for both) divided by their batched leaves (the longest
+   tree of each step), as the median of interleaved repeats
+   (``benchmarks/_timing.py``) and the ratio eager ÷ jit; the aten ops per leaf of
+   the eager step (a ``TorchDispatchMode`` count, energy and score included); the
+   compile time of the leaf kernel; and the longest-tree factor, batched leaves
+   over the mean chain's leapfrog steps.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import warnings
 # One XLA thread, as one torch thread (set before jax is imported).
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
                       "intra_op_parallelism_threads=1")
+from functools import partial
 
 import torch
 
@@ -56,6 +66,13 @@ import ebmalgebra as eb
 from ebmalgebra.diagnostics import ess, mcse_chain_means, rhat
 from ebmalgebra.samplers import HMC, NUTS, ImproperTargetWarning
 from ebmalgebra.targets import Banana, Gaussian
+
+try:
+    from _timing import count_ops, median_times
+    from bayesian import logistic, volatility
+except ImportError:  # run as a module from the repository root
+    from benchmarks._timing import count_ops, median_times
+    from benchmarks.bayesian import logistic, volatility
 
 BANANA = {"scale": 10.0, "curvature": 0.03, "noise": 1.0}
 
@@ -255,10 +272,51 @@ def part_fixed(quick: bool) -> None:
                             f"divergent {divergent:5d}  grads/draw {steps:5.1f}")
 
 
+def nuts_steps(sampler: NUTS, state, n_steps: int) -> tuple[int, int]:
+    """``n_steps`` steps from ``state`` with a fixed seed: (batched leaves, Σ leapfrog
+    steps over chains)."""
+    generator = torch.Generator().manual_seed(1)
+    batched = per_chain = 0
+    for _ in range(n_steps):
+        state, info = sampler.step(state, generator)
+        batched += int(info.n_leapfrog.max())
+        per_chain += int(info.n_leapfrog.sum())
+    return batched, per_chain
+
+
+def part_jit(quick: bool) -> None:
+    chain_counts, warmup, n_steps, repeats = ((4,), 30, 2, 2) if quick else ((4, 100), 200,
+                                                                            10, 5)
+    print("\nper batched leaf: eager and jit=True (median of interleaved repeats)")
+    for make in (logistic, volatility):
+        target = make()
+        for n_chains in chain_counts:
+            generator = torch.Generator().manual_seed(0)
+            x0 = 4 * torch.rand(n_chains, target.dim, generator=generator) - 2
+            state = eb.sample(target.model, NUTS(), x0=x0, n_steps=1, warmup=warmup,
+                              generator=generator, progress=False).state
+            runs = {flag: partial(nuts_steps, NUTS(jit=flag), state, n_steps)
+                    for flag in (False, True)}
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.compile's deprecation chatter
+                runs[True]()
+            compile_seconds = time.perf_counter() - start
+            batched, per_chain = runs[False]()
+            ops = count_ops(runs[False])
+            seconds = median_times(runs, repeats=repeats, inner=1, warmup=1)
+            eager, jitted = (seconds[flag] / batched * 1e6 for flag in (False, True))
+            print(f"  {target.name:<27} {n_chains:>3} chains: eager {eager:6.0f} µs/leaf "
+                  f"({ops / batched:4.0f} ops), jit {jitted:6.0f} µs/leaf, "
+                  f"eager/jit {eager / jitted:4.2f}; compile + first steps "
+                  f"{compile_seconds:5.1f} s; longest tree / mean "
+                  f"{batched * n_chains / per_chain:4.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--part", choices=("ess", "banana", "fixed", "all"), default="all")
+    parser.add_argument("--part", choices=("ess", "banana", "fixed", "jit", "all"), default="all")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
@@ -269,6 +327,8 @@ def main() -> None:
         part_banana(args.quick)
     if args.part in ("fixed", "all"):
         part_fixed(args.quick)
+    if args.part in ("jit", "all"):
+        part_jit(args.quick)
 
 
 if __name__ == "__main__":

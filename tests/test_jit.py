@@ -22,7 +22,7 @@ from hypothesis import given, settings
 import ebmalgebra as eb
 from ebmalgebra import jit
 from ebmalgebra.jit import DISABLE_ENV, InductorEnergy, JitFallbackWarning
-from ebmalgebra.samplers import HMC, MALA, ULA, RandomWalkMH
+from ebmalgebra.samplers import HMC, MALA, NUTS, ULA, RandomWalkMH
 from ebmalgebra.targets import Banana, Gaussian, Ring
 from ebmalgebra.testing import assert_equivalent, expressions, points
 
@@ -176,6 +176,40 @@ def test_hmc_jit_with_jitter_and_warmup_matches_eager():
     torch.testing.assert_close(runs[1].draws, runs[0].draws, rtol=1e-6, atol=1e-8)
     lengths = {int(n) for n in runs[1].stats["n_leapfrog"]}
     assert len(jit.compile_seconds()) == len(lengths) > 1
+
+
+def test_nuts_jit_matches_eager_through_warmup_and_never_recompiles():
+    """One leaf kernel serves every leaf, tree depth, chain mask and adapted metric.
+
+    Eager NUTS evaluates only the growing chains once they are at most half of them,
+    the kernel steps every row: the agreement also checks that the masked rows'
+    results go unused. The trees (n_leapfrog per chain and step) must be the same; a
+    rounding difference could in principle flip one uniform comparison, which at
+    1e-16 relative differences has probability ~1e-13 per comparison.
+    """
+    model = Gaussian(torch.zeros(2, 3, dtype=F64),
+                     torch.linspace(0.2, 2.0, 6, dtype=F64).reshape(2, 3))
+    x0 = torch.randn(24, 2, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+    def nuts_run(flag: bool) -> eb.samplers.Samples:
+        return eb.sample(model, NUTS(step_size=0.3, jit=flag), x0=x0, n_steps=10,
+                         warmup=25, generator=torch.Generator().manual_seed(2),
+                         progress=False)
+
+    eager = nuts_run(False)
+    nuts_run(True)  # compiles the kernel
+    with torch.compiler.set_stance("fail_on_recompile"):
+        compiled = nuts_run(True)
+    assert torch.equal(compiled.chain_stats["n_leapfrog"], eager.chain_stats["n_leapfrog"])
+    torch.testing.assert_close(compiled.draws, eager.draws, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(compiled.acceptance_rate, eager.acceptance_rate, rtol=1e-7,
+                               atol=1e-9)
+    assert [label for label, _ in jit.compile_seconds()] == ["_leaf_update on gaussian"]
+
+
+def test_nuts_rejects_a_jit_flag_that_is_not_a_bool():
+    with pytest.raises(TypeError, match="jit must be True or False"):
+        NUTS(jit="yes")
 
 
 @pytest.mark.slow

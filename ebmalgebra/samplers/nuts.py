@@ -38,7 +38,10 @@ and random choices are per chain, and masks record which chains are still
 growing. A leapfrog step evaluates the score only at the rows still integrating
 (the others are finished), so each chain costs one ``energy_and_score`` row per
 leapfrog step of its own tree, and the step as a whole costs max over chains of
-n_leapfrog batched calls.
+n_leapfrog batched calls. With ``jit=True`` each leaf's deterministic update
+(leapfrog step, energy and score, weights, candidate, statistics) runs as one
+compiled kernel over all rows, the finished chains' results unused; the doubling,
+U-turn checks and the random draws stay eager, in the same order.
 
 Shapes: positions ``(n_chains, *event_shape)``; per-chain info ``(n_chains,)``.
 """
@@ -54,6 +57,7 @@ from torch import Tensor
 from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.distributed import any_chain
+from ebmalgebra.jit import call_compiled
 from ebmalgebra.samplers.base import (
     Potential,
     StepSizeSampler,
@@ -130,20 +134,26 @@ class _End(NamedTuple):
     velocity: Tensor
 
 
+class _Leaves(NamedTuple):
+    """What a subtree has gathered from its leaves so far, per chain."""
+
+    log_weight: Tensor     # log Σ w over the leaves
+    candidate: _Candidate
+    running_sum: Tensor    # ρ, the momentum sum
+    n_leapfrog: Tensor
+    sum_accept: Tensor
+    divergent: Tensor
+    nonfinite: Tensor
+
+
 class _Subtree(NamedTuple):
     """A subtree of 2ʲ leapfrog steps grown from one end of the trajectory."""
 
     end: PhasePoint        # the last point integrated (the new end of the trajectory)
     first: _End            # the point next to the old trajectory
     last: _End             # the last point, as an end
-    momentum_sum: Tensor   # ρ of the subtree
-    log_weight: Tensor     # log Σ w over the subtree
-    candidate: _Candidate
+    leaves: _Leaves        # its momentum sum, Σ w, candidate and statistics
     valid: Tensor          # grown in full without U-turn or divergence
-    n_leapfrog: Tensor
-    sum_accept: Tensor
-    divergent: Tensor
-    nonfinite: Tensor
 
 
 def merged_no_u_turn(outer_a: _End, inner_a: _End, sum_a: Tensor, inner_b: _End,
@@ -192,6 +202,13 @@ class NUTS(StepSizeSampler):
         adapt_step_size: tune ε in warmup.
         adapt_mass: tune M⁻¹ in warmup.
         max_energy_error: energy error H − H₀ beyond which a subtree is divergent.
+        jit: compile each leaf's deterministic update (leapfrog step, energy and score,
+            weights, candidate selection, statistics) with ``torch.compile`` into one
+            kernel; the random numbers are drawn outside it in the eager order, so a
+            seed gives the same chain as ``jit=False`` up to float rounding. The
+            finished chains' rows are stepped too (static shapes), unused. U-turn
+            checks and the tree's doubling stay eager. The first step pays a one-off
+            compile of several seconds; see :mod:`ebmalgebra.jit`.
 
     Example:
         >>> samples = ebmalgebra.sample(model, NUTS(), n_chains=4, n_steps=1000, warmup=1000)
@@ -214,9 +231,10 @@ class NUTS(StepSizeSampler):
         adapt_step_size: bool = True,
         adapt_mass: bool = True,
         max_energy_error: float = 1000.0,
+        jit: bool = False,
     ) -> None:
         super().__init__(step_size=step_size, target_accept=target_accept,
-                         adapt_step_size=adapt_step_size)
+                         adapt_step_size=adapt_step_size, jit=jit)
         validation.count("NUTS: max_depth", max_depth)
         self.max_depth = max_depth
         self.metric = metric
@@ -259,29 +277,30 @@ class NUTS(StepSizeSampler):
             begin = _where_point(forward, right, left)
             subtree = self._grow(begin, signed_step, tree_depth, growing, start_h, state,
                                  generator)
-            n_leapfrog = n_leapfrog + subtree.n_leapfrog
-            sum_accept = sum_accept + subtree.sum_accept
-            divergent = divergent | subtree.divergent
-            nonfinite = nonfinite | subtree.nonfinite
+            grown = subtree.leaves
+            n_leapfrog = n_leapfrog + grown.n_leapfrog
+            sum_accept = sum_accept + grown.sum_accept
+            divergent = divergent | grown.divergent
+            nonfinite = nonfinite | grown.nonfinite
             merge = growing & subtree.valid
             # Biased progressive sampling: favour the new subtree's candidate.
-            take = merge & (draw_uniform(x, generator) < (subtree.log_weight - log_weight).exp())
-            candidate = _where_point(take, subtree.candidate, candidate)
-            log_weight = torch.where(merge, torch.logaddexp(log_weight, subtree.log_weight),
+            take = merge & (draw_uniform(x, generator) < (grown.log_weight - log_weight).exp())
+            candidate = _where_point(take, grown.candidate, candidate)
+            log_weight = torch.where(merge, torch.logaddexp(log_weight, grown.log_weight),
                                      log_weight)
             forward_rows = expand_to_event(forward, momentum)
             near = torch.where(forward_rows, right.momentum, left.momentum)
             far = torch.where(forward_rows, left.momentum, right.momentum)
             keeps_going = merged_no_u_turn(
                 _End(far, metric.velocity(far)), _End(near, metric.velocity(near)),
-                momentum_sum, subtree.first, subtree.last, subtree.momentum_sum)
+                momentum_sum, subtree.first, subtree.last, grown.running_sum)
             depth = depth + merge.long()
             growing = merge & keeps_going
             if not any_chain(growing):  # over all ranks' chains when sharded
                 break
             right = _where_point(merge & forward, subtree.end, right)
             left = _where_point(merge & ~forward, subtree.end, left)
-            momentum_sum = select(merge, momentum_sum + subtree.momentum_sum, momentum_sum)
+            momentum_sum = select(merge, momentum_sum + grown.running_sum, momentum_sum)
         energy_error = candidate.hamiltonian - start_h
         new_state = state._replace(position=candidate.position, energy=candidate.energy,
                                    score=candidate.score)
@@ -303,46 +322,31 @@ class NUTS(StepSizeSampler):
         metric, potential = state.metric, state.potential
         point = begin
         valid = growing
-        log_weight = torch.full_like(start_h, -math.inf)
-        candidate = _Candidate(begin.position, begin.energy, begin.score, start_h)
-        running_sum = torch.zeros_like(begin.momentum)
+        no_chains = torch.zeros_like(growing)
+        leaves = _Leaves(torch.full_like(start_h, -math.inf),
+                         _Candidate(begin.position, begin.energy, begin.score, start_h),
+                         torch.zeros_like(begin.momentum),
+                         torch.zeros_like(start_h, dtype=torch.long),
+                         torch.zeros_like(start_h), no_chains, no_chains)
         previous = _End(begin.momentum, metric.velocity(begin.momentum))
         # Per level k: (first end of the current block of 2ᵏ leaves, ρ before it, the end
         # just before it).
         block_starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth + 1)
-        n_leapfrog = torch.zeros_like(start_h, dtype=torch.long)
-        sum_accept = torch.zeros_like(start_h)
-        divergent = nonfinite = torch.zeros_like(growing)
         for leaf in range(2 ** tree_depth):
             # Over all ranks' chains when sharded, so every rank draws as many numbers.
             if not any_chain(valid):
                 break
-            n_valid = int(valid.sum())
-            if n_valid:
-                point = _leapfrog_rows(point, signed_step, metric, potential, valid, n_valid)
-            last = _End(point.momentum, metric.velocity(point.momentum))
-            hamiltonian = point.energy + 0.5 * torch.linalg.vecdot(
-                _flat(last.momentum), _flat(last.velocity))
-            energy_error = hamiltonian - start_h
-            # One check for energy, kinetic energy and score: NaN/inf propagate to the sum.
-            check = energy_error + sum_event(point.score)
-            finite = (check - check) == 0
-            n_leapfrog = n_leapfrog + valid.long()
-            accept = torch.where(finite, (-energy_error).clamp(max=0.0).exp(), 0.0)
-            sum_accept = sum_accept + torch.where(valid, accept, 0.0)
-            # NaN errors (∞ − ∞) count as divergent too.
-            diverged = valid & ~(energy_error <= self.max_energy_error)
-            divergent = divergent | diverged
-            nonfinite = nonfinite | (valid & ~finite)
-            leaf_weight = torch.where(finite, -energy_error, -math.inf)
-            new_log_weight = torch.logaddexp(log_weight, leaf_weight)
-            take = valid & finite & (
-                draw_uniform(start_h, generator) < (leaf_weight - new_log_weight).exp())
-            candidate = _where_point(take, _Candidate(point.position, point.energy,
-                                                      point.score, hamiltonian), candidate)
-            log_weight = torch.where(valid, new_log_weight, log_weight)
-            sum_before = running_sum
-            running_sum = select(valid, running_sum + point.momentum, running_sum)
+            # Drawn before the leaf's update (which draws nothing): the eager order.
+            uniform = draw_uniform(start_h, generator)
+            sum_before = leaves.running_sum
+            if self.jit:
+                point, leaves, last, diverged = call_compiled(
+                    _leaf_update, potential.model, point, signed_step, metric, potential,
+                    leaves, valid, start_h, uniform, self.max_energy_error)
+            else:
+                point = _leapfrog_rows(point, signed_step, metric, potential, valid)
+                leaves, last, diverged = _account_leaf(point, metric, leaves, valid, start_h,
+                                                       uniform, self.max_energy_error)
             for k in range(tree_depth + 1):
                 if leaf % 2 ** k == 0:
                     block_starts[k] = (last, sum_before, previous)
@@ -355,24 +359,76 @@ class NUTS(StepSizeSampler):
                 # The block's halves: [first … before_middle] and [middle … this leaf].
                 keeps_going = keeps_going & merged_no_u_turn(
                     first, before_middle, sum_before_middle - sum_before_block,
-                    middle, last, running_sum - sum_before_middle)
+                    middle, last, leaves.running_sum - sum_before_middle)
             valid = valid & keeps_going
             previous = last
-        return _Subtree(point, block_starts[tree_depth][0], last, running_sum, log_weight,
-                        candidate, valid, n_leapfrog, sum_accept, divergent, nonfinite)
+        return _Subtree(point, block_starts[tree_depth][0], last, leaves, valid)
+
+
+def _leaf_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potential: Potential,
+                 leaves: _Leaves, valid: Tensor, start_h: Tensor, uniform: Tensor,
+                 max_energy_error: float) -> tuple[PhasePoint, _Leaves, _End, Tensor]:
+    """One leaf of every chain, :func:`_account_leaf` after a leapfrog step of all rows.
+
+    The unit that ``jit=True`` compiles (static shapes: the finished chains are
+    stepped too and their results left unused)."""
+    point = leapfrog(point, signed_step, metric, potential.energy_and_score)
+    return point, *_account_leaf(point, metric, leaves, valid, start_h, uniform,
+                                 max_energy_error)
+
+
+def _account_leaf(point: PhasePoint, metric: Metric, leaves: _Leaves, valid: Tensor,
+                  start_h: Tensor, uniform: Tensor, max_energy_error: float,
+                  ) -> tuple[_Leaves, _End, Tensor]:
+    """Add the new leaf ``point`` of the ``valid`` chains to ``leaves``.
+
+    Its weight is w = exp(H₀ − H) (0 for a non-finite point and for the other
+    chains), it replaces the candidate with probability w / Σ w (``uniform`` ~ U(0, 1)
+    per chain) and adds min(1, w) to the acceptance sum. Returns the new leaves, the
+    leaf as an end (p, M⁻¹p) and whether it diverged, each ``(n_chains, …)``.
+    """
+    velocity = metric.velocity(point.momentum)
+    hamiltonian = torch.add(point.energy, torch.linalg.vecdot(
+        _flat(point.momentum), _flat(velocity)), alpha=0.5)
+    energy_error = hamiltonian - start_h
+    # One check for energy, kinetic energy and score: NaN/inf propagate to the sum.
+    check = energy_error + sum_event(point.score)
+    finite = (check - check) == 0  # fewer ops than isfinite
+    counted = valid & finite
+    # −∞ for the other chains: their Σ w stays as it was (logaddexp(a, −∞) = a exactly),
+    # and neither u < 0 nor a NaN comparison takes their point.
+    leaf_weight = torch.where(counted, -energy_error, -math.inf)
+    log_weight = torch.logaddexp(leaves.log_weight, leaf_weight)
+    take = uniform < (leaf_weight - log_weight).exp()
+    candidate = _where_point(take, _Candidate(point.position, point.energy, point.score,
+                                              hamiltonian), leaves.candidate)
+    # NaN errors (∞ − ∞) count as divergent too.
+    diverged = valid & ~(energy_error <= max_energy_error)
+    new_leaves = _Leaves(
+        log_weight, candidate,
+        select(valid, leaves.running_sum + point.momentum, leaves.running_sum),
+        leaves.n_leapfrog + valid,
+        leaves.sum_accept + leaf_weight.clamp(max=0.0).exp(),
+        leaves.divergent | diverged,
+        leaves.nonfinite | (valid ^ counted))  # valid and not finite
+    return new_leaves, _End(point.momentum, velocity), diverged
+
 
 def _flat(x: Tensor) -> Tensor:
     return x if x.dim() == 2 else x.reshape(x.shape[0], -1)
 
 
 def _leapfrog_rows(point: PhasePoint, signed_step: Tensor, metric: Metric,
-                   potential: Potential, rows: Tensor, n_rows: int) -> PhasePoint:
-    """One leapfrog step of the ``n_rows`` chains in ``rows`` (``(n,)`` bool).
+                   potential: Potential, rows: Tensor) -> PhasePoint:
+    """One leapfrog step of the chains in ``rows`` (``(n,)`` bool).
 
     When they are at most half of the chains only they are evaluated (the others
     stay put), so finished chains cost no score evaluations; otherwise every row is
     stepped, which is cheaper than gathering, and the other rows' results are unused.
     """
+    n_rows = int(rows.sum())
+    if n_rows == 0:  # a rank whose chains have all finished while others' grow
+        return point
     if 2 * n_rows > rows.shape[0]:
         return leapfrog(point, signed_step, metric, potential.energy_and_score)
     index = rows.nonzero().squeeze(1)
