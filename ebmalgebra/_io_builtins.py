@@ -119,6 +119,7 @@ def _register_operators(register_operator: Callable) -> None:
     from ebmalgebra.io.registry import OPERATORS
     from ebmalgebra.jit import InductorEnergy
     from ebmalgebra.leaves import One, one
+    from ebmalgebra.noise_normalized import NoiseNormalized
     from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
     from ebmalgebra.pushforward import Pushforward
 
@@ -128,6 +129,7 @@ def _register_operators(register_operator: Callable) -> None:
     register_operator("weight", numbers=("weight",))(Weight)
     register_operator("power", numbers=("exponent",))(Power)
     register_operator("normalized")(Normalized)
+    register_operator("noise_normalized")(NoiseNormalized)
     register_operator("pushforward")(Pushforward)
     register_operator("condition")(Conditioned)
     # A compiled node stores the expression as given, not its closed-form rewrite.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ from ebmalgebra.base import EnergyModel, check_count, input_options
 from ebmalgebra.compile import compile
 from ebmalgebra.distributed import ChainShard, all_chains, chain_shard
 from ebmalgebra.errors import CapabilityError, CompositionError
+from ebmalgebra.noise_normalized import NoiseNormalized
 from ebmalgebra.ops import Normalized
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.rewrites import Quadratic, closed_form
@@ -499,29 +501,95 @@ def _pilot_schedule(model: EnergyModel, base: EnergyModel, n_particles: int,
     return schedule
 
 
-def normalize(model: EnergyModel, *, log_z: float | None = None,
-              **ais_options: object) -> EnergyModel:
+_SMC_SETTINGS = ("kernel", "n_steps", "resampling", "ess_threshold", "target_cess")
+
+
+def normalize(model: EnergyModel, *, log_z: float | Sequence[float] | None = None,
+              noise_levels: Sequence[float] | Tensor | None = None,
+              **options: object) -> EnergyModel:
     """``model`` divided by its normaliser: E + log Z, so ``log_prob`` works and ``|`` gets
     true weights.
 
     log Z is taken from ``log_z`` if given, else from closed forms, else estimated
-    by :func:`estimate_log_z` with ``ais_options`` (e.g. ``n_particles=``,
+    by :func:`estimate_log_z` with ``options`` (e.g. ``n_particles=``,
     ``generator=``). The node remembers the estimate's standard error
     (``node.log_z_stderr``), shown by ``explain()``.
 
+    **Noise-conditioned models** (``noise_levels`` t_0 > … > t_K given): the result
+    is a :class:`~ebmalgebra.noise_normalized.NoiseNormalized` with energy
+    E(x, t) + log Z(t), log Z(t_k) = log ∫ exp(−E(x, t_k)) dx estimated at every level
+    by one :class:`~ebmalgebra.samplers.SMC` run down the levels: a tempering segment
+    from a Gaussian base (default N(0, t_0² I), or ``base=``) to the model at t_0, then
+    Z_k / Z_{k−1} from the incremental weights of each level (``SMCResult.path_log_z``,
+    with genealogy standard errors ``node.log_z_stderr``). ``options`` go to
+    :class:`~ebmalgebra.samplers.SMC` (``kernel``, ``n_steps``, ``resampling``,
+    ``ess_threshold``, ``target_cess``) and to its ``run`` (``n_particles``, ``base``,
+    ``generator``, ``progress``). On long paths the genealogy of one run coalesces (few
+    initial particles keep descendants) and gives no standard error: ``replicates=R``
+    runs R independent SMCs, pools Ẑ(t_k) by their mean and takes the stderr from their
+    spread. Between levels log Z(t) is interpolated linearly in
+    log t; outside [t_K, t_0] the energy raises :class:`~ebmalgebra.CompositionError`.
+    Known values may be given instead as ``log_z=[log Z(t_0), …]``.
+
     Raises:
-        CapabilityError: if the estimate is unreliable (degenerate AIS weights,
-            ``stderr`` inf: often an improper model) rather than build a model on it,
-            or if a Gaussian part is improper; see :func:`estimate_log_z`.
+        CapabilityError: if the estimate is unreliable (degenerate AIS weights, or an
+            SMC path whose lineages died out: ``stderr`` inf, often an improper model)
+            rather than build a model on it, or if a Gaussian part is improper; see
+            :func:`estimate_log_z`.
 
     Example:
         >>> mixture = 0.25 * normalize(a) | 0.75 * normalize(b)   # weights 0.25 / 0.75
+        >>> faces = normalize(glasses, noise_levels=levels) | normalize(hat, noise_levels=levels)
     """
+    if noise_levels is not None:
+        return _normalize_noise_path(model, log_z, noise_levels, options)
     if log_z is not None:
         return Normalized(model, log_z)
-    estimate = estimate_log_z(model, **ais_options)
+    estimate = estimate_log_z(model, **options)
     if not math.isfinite(estimate.stderr):
         raise CapabilityError(
             f"normalize: {_unreliable(model, estimate.ess, len(estimate.log_weights))}; or "
             "pass log_z= if it is known")
     return Normalized(model, estimate.log_z, stderr=estimate.stderr)
+
+
+def _normalize_noise_path(model: EnergyModel, log_z: Sequence[float] | None,
+                          noise_levels: Sequence[float] | Tensor,
+                          options: dict[str, object]) -> EnergyModel:
+    """:func:`normalize` over noise levels: known ``log_z`` per level, or SMC runs."""
+    levels = (noise_levels.detach().double().reshape(-1).tolist()
+              if isinstance(noise_levels, Tensor) else [float(t) for t in noise_levels])
+    if log_z is not None:
+        if options:
+            raise TypeError(f"normalize: log_z= was given, so {sorted(options)} would be "
+                            "unused")
+        return NoiseNormalized(model, levels, log_z)
+    replicates = options.pop("replicates", 1)
+    check_count(replicates, "normalize: replicates")
+    settings = {key: options.pop(key) for key in _SMC_SETTINGS if key in options}
+    options.setdefault("dtype", particle_options(model)["dtype"])
+    smc = SMC(**settings)
+    runs = [smc.run(model, noise_levels=levels, **options) for _ in range(replicates)]
+    if replicates == 1:
+        estimate, stderr = runs[0].path_log_z, runs[0].path_stderr
+    else:
+        estimate, stderr = _pooled(torch.stack([run.path_log_z for run in runs]))
+    if not math.isfinite(float(stderr.max())):
+        raise CapabilityError(
+            f"normalize: the SMC estimates of log Z(t) of {model!r} are unreliable: few "
+            f"initial particles have descendants at some levels ({runs[0].n_eves} of "
+            f"{len(runs[0].eve)} at the end), so the genealogy gives no standard error. "
+            "On long paths (many levels, high dimension) use replicates= ≥ 4 independent "
+            "runs; else more particles (n_particles=), more moves per level (n_steps=) or "
+            "a base= closer to the model at the first level")
+    return NoiseNormalized(model, levels, estimate, stderr=stderr)
+
+
+def _pooled(log_z: Tensor) -> tuple[Tensor, Tensor]:
+    """log Ẑ of R independent runs ``(R, K)`` pooled: log of the mean Ẑ (unbiased for Z
+    like each run's) and its delta-method stderr sd_r(Ẑ_r)/(√R · mean_r Ẑ_r) ``(K,)``."""
+    n_runs = log_z.shape[0]
+    relative = torch.exp(log_z - log_z.max(0).values)
+    mean = relative.mean(0)
+    return (log_z.max(0).values + mean.log(),
+            relative.std(0) / (math.sqrt(n_runs) * mean))

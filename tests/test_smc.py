@@ -167,11 +167,18 @@ def test_a_sequence_of_models_gives_the_last_ones_log_z(kernel):
     start, middle, target, truth = _gaussian_path()
     result = SMC(kernel=kernel, n_steps=5).run(target, models=[start, middle],
                                                n_particles=2000, generator=_seed(3))
-    assert result.levels == ("model", "model")  # starts from start's exact samples
+    # It starts from start's exact samples (no tempering from a base), and bridges each
+    # pair of models that one reweighting would not keep above the target CESS.
+    assert result.levels[-1] == "model" and result.levels.count("model") == 2
+    assert not any(level.startswith("beta") for level in result.levels)
     assert abs(result.log_z - truth) <= 4 * result.stderr, (result, truth)  # z ≤ 4
+    # log Ẑ at each fixed target: start is normalised, middle = 3 · N(1, 0.5² I).
+    assert result.path_log_z[0] == 0.0 and result.path_log_z[2] == result.log_z
+    assert abs(float(result.path_log_z[1]) - math.log(3.0)) <= 4 * float(result.path_stderr[1])
     mean, stderr = result.expectation(lambda x: x[:, 0])
     assert abs(mean - 2.0) <= 4 * stderr
-    assert result.ess.shape == result.acceptance.shape == result.resampled.shape == (2,)
+    n_levels = len(result.levels)
+    assert result.ess.shape == result.acceptance.shape == result.resampled.shape == (n_levels,)
     assert result.samples.shape == (2000, 2) and result.eve.shape == (2000,)
 
 
@@ -350,12 +357,12 @@ def test_zoo_draw_with_smc_tempers_models_without_noise_levels():
 
 
 def test_collapsed_genealogy_warns_and_reports_an_infinite_stderr():
-    """Forty Gaussians of scale 0.3, each 0.5 further along x₀, and no moves: the particles
-    never spread out again, so every level's reweighting keeps only a few lineages."""
+    """Forty Gaussians of scale 0.3, each 0.5 further along x₀, no moves and a resampling at
+    every step: the particles never spread out again, so the lineages coalesce."""
     start = Gaussian(torch.zeros(2, dtype=F64), 1.0, name="start")
     path = [Gaussian(torch.tensor([0.5 * k, 0.0], dtype=F64), 0.3, name=f"m{k}")
             for k in range(1, 41)]
     with pytest.warns(RuntimeWarning, match="initial particles have descendants"):
-        result = SMC(n_steps=0).run(path[-1], models=[start, *path[:-1]], n_particles=200,
-                                    generator=_seed(0))
+        result = SMC(n_steps=0, ess_threshold=1.0).run(
+            path[-1], models=[start, *path[:-1]], n_particles=200, generator=_seed(0))
     assert result.n_eves < 5 and result.stderr == math.inf
