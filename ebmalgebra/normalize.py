@@ -44,6 +44,7 @@ from ebmalgebra.progress import progress_bar
 from ebmalgebra.rewrites import Quadratic, closed_form
 from ebmalgebra.samplers import MALA, Sampler, sample
 from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
+from ebmalgebra.samplers.base import check_invariant
 from ebmalgebra.samplers.smc import SMC
 from ebmalgebra.targets import MultivariateGaussian
 from ebmalgebra.threads import particle_batch, threaded
@@ -118,19 +119,12 @@ def improper_gaussian_part(model: EnergyModel) -> tuple[EnergyModel, float] | No
 
 
 def _check_transition(sampler: Sampler | None) -> None:
-    """Reject AIS transition kernels that do not leave every π_β invariant.
-
-    AIS is unbiased only if each move leaves its π_β exactly invariant: samplers
-    declare it (``leaves_target_invariant``, true of the Metropolis–Hastings-corrected
-    kernels); anything else raises ``ValueError`` with the sampler's own reason
-    (``not_invariant_because``) and what to use instead.
-    """
-    if sampler is None or getattr(sampler, "leaves_target_invariant", False):
-        return
-    why = getattr(sampler, "not_invariant_because", Sampler.not_invariant_because)
-    raise ValueError(
-        f"estimate_log_z: sampler {sampler!r} cannot be an AIS transition: {why}; use "
-        "MALA, RandomWalkMH or HMC (or sampler=None for MALA with a tuned step size)")
+    """Reject AIS transition kernels that do not leave every π_β invariant: AIS is
+    unbiased only if each move leaves its π_β exactly invariant."""
+    if sampler is not None:
+        check_invariant(sampler, "estimate_log_z", "sampler",
+                        "MALA, RandomWalkMH, HMC or NUTS (or sampler=None for MALA with a "
+                        "tuned step size)")
 
 
 def exact_log_z(model: EnergyModel) -> float | None:

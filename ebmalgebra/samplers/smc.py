@@ -10,7 +10,8 @@ N weighted particles (x_i, W_i) are carried through targets π_0 → π_1 → �
    ``ess_threshold``·N (systematic resampling by default, see
    :mod:`ebmalgebra.samplers.resampling`); weights are then reset to 1/N;
 3. **move** every particle by ``n_steps`` Metropolis-Hastings-corrected transitions
-   (MALA or HMC) that leave π_{k+1} invariant, with one step size shared by all
+   (MALA, HMC, NUTS or any sampler that declares ``leaves_target_invariant``) that
+   leave π_{k+1} invariant, with one step size shared by all
    particles and adapted after every step from the mean acceptance rate,
    ε ← ε·exp(ᾱ − α*), so the kernel is invariant at every step and tracks the
    scale of each level.
@@ -80,8 +81,7 @@ from ebmalgebra.base import EnergyModel, check_count, check_generator
 from ebmalgebra.distributed import ChainShard, all_chains, chain_shard
 from ebmalgebra.errors import CapabilityError, CompositionError
 from ebmalgebra.progress import progress_bar
-from ebmalgebra.samplers.base import Potential
-from ebmalgebra.samplers.hmc import HMC
+from ebmalgebra.samplers.base import Potential, Sampler, check_invariant
 from ebmalgebra.samplers.mala import MALA
 from ebmalgebra.samplers.resampling import RESAMPLING, resample
 from ebmalgebra.threads import particle_batch, threaded
@@ -208,12 +208,15 @@ class SMC:
     See the module docstring for the algorithm and the standard error.
 
     Args:
-        kernel: the move, ``MALA(...)`` or ``HMC(...)``; its ``step_size`` is the first
-            level's step and its ``target_accept`` the aim of the per-step adaptation.
-            Default MALA starting from 0.1 × the mean variance of the initial particles.
-            HMC's diagonal (or dense) inverse mass is set at every level to the
-            particles' weighted variance (covariance) when ``adapt_mass``. The kernel's
-            own warmup adaptation is not used: SMC adapts between steps instead.
+        kernel: the move: any sampler that declares ``leaves_target_invariant``
+            (``MALA``, ``HMC``, ``NUTS``, ``RandomWalkMH`` or one of your own), re-targeted
+            at every level by its :meth:`~ebmalgebra.samplers.Sampler.retarget`. Its
+            ``step_size`` is the first level's step and its ``target_accept`` the aim of
+            the per-step adaptation. Default MALA starting from 0.1 × the mean variance of
+            the initial particles. With ``adapt_mass`` (HMC, NUTS) the diagonal (or dense)
+            inverse mass is set at every level to the particles' weighted variance
+            (covariance). The kernel's own warmup adaptation is not used: SMC adapts
+            between steps instead.
         n_steps: MCMC transitions per level.
         resampling: ``"systematic"``, ``"stratified"``, ``"residual"`` or ``"multinomial"``.
         ess_threshold: resample when ESS < ``ess_threshold``·N (0 never, 1 always).
@@ -226,12 +229,12 @@ class SMC:
         >>> result.samples, result.log_z, result.stderr
     """
 
-    def __init__(self, *, kernel: MALA | HMC | None = None, n_steps: int = 5,
+    def __init__(self, *, kernel: Sampler | None = None, n_steps: int = 5,
                  resampling: str = "systematic", ess_threshold: float = 0.5,
                  target_cess: float = 0.9, adapt_step_size: bool = True) -> None:
-        if kernel is not None and not isinstance(kernel, MALA | HMC):
-            raise ValueError(f"SMC: kernel must be MALA(...) or HMC(...), which leave each "
-                             f"level invariant; got {kernel!r}")
+        if kernel is not None:
+            check_invariant(kernel, "SMC", "kernel", "MALA, HMC, NUTS, RandomWalkMH or a "
+                            "sampler of your own that declares leaves_target_invariant")
         check_count(n_steps, "SMC: n_steps", 0)
         if resampling not in RESAMPLING:
             raise ValueError(f"SMC: resampling must be one of {tuple(RESAMPLING)}, got "
@@ -411,11 +414,13 @@ class _Run:
             raise CompositionError(f"SMC: base {base!r} samples {x.dtype}, not floating point")
         if smc.kernel is None:
             scale = x.reshape(n_particles, -1).var(0).mean().clamp_min(1e-12)
-            self.kernel: MALA | HMC = MALA(step_size=float(0.1 * scale), adapt_step_size=False)
+            self.kernel: Sampler = MALA(step_size=float(0.1 * scale), adapt_step_size=False)
         else:
             self.kernel = smc.kernel
         self.state = self.kernel.init(x if shard is None else shard.take(x), base)
-        self.step_size = self.state.step_size[:1].clone()
+        # One step size for all particles, adapted between steps, where the kernel has one.
+        self.step_size = (self.state.step_size[:1].clone()
+                          if "step_size" in self.state._fields else None)
         self.log_w = torch.full((n_particles,), -math.log(n_particles), dtype=x.dtype,
                                 device=x.device)
         self.log_z = float(base.log_z())
@@ -507,7 +512,8 @@ class _Run:
         self.state = self._retarget(x, energy, score, potential)
         acceptance = self._move()
         for key, value in (("ess", ess), ("acceptance", acceptance),
-                           ("step_size", float(self.step_size[0])), ("resampled", resampled),
+                           ("step_size", math.nan if self.step_size is None
+                            else float(self.step_size[0])), ("resampled", resampled),
                            ("levels", description)):
             self.records[key].append(value)
 
@@ -521,25 +527,29 @@ class _Run:
         return [self.shard.all_gather(values)[mine] for values in local]
 
     def _retarget(self, x: Tensor, energy: Tensor, score: Tensor, potential: Potential):
-        changes = dict(position=x, energy=energy, score=score, potential=potential,
-                       step_size=self.step_size.expand(self.n_local).clone())
-        if isinstance(self.kernel, MALA):
-            changes["frozen"] = torch.zeros(self.n_local, dtype=torch.bool, device=x.device)
-        elif self.kernel.adapt_mass:
+        """The kernel's state at the new level (:meth:`Sampler.retarget`), with the shared
+        step size and, under ``adapt_mass``, the particles' weighted spread as M⁻¹."""
+        state = self.kernel.retarget(self.state, potential, x, energy, score)
+        changes = {}
+        if self.step_size is not None:
+            changes["step_size"] = self.step_size.expand(self.n_local).clone()
+        if getattr(self.kernel, "adapt_mass", False) and "metric" in state._fields:
             inverse_mass = _weighted_spread(all_chains(x, self.shard), self.log_w.exp(),
-                                            self.kernel.metric == "dense")
-            changes["metric"] = self.state.metric.replace(inverse_mass)
-        return self.state._replace(**changes)
+                                            state.metric.dense)
+            changes["metric"] = state.metric.replace(inverse_mass)
+        return state._replace(**changes)
 
     def _move(self) -> float:
         """``n_steps`` transitions at the current level; returns the mean acceptance."""
         rates = []
-        target = self.kernel.target_accept
-        adapt = self.smc.adapt_step_size
+        target = getattr(self.kernel, "target_accept", None)
+        adapt = self.smc.adapt_step_size and self.step_size is not None and target is not None
         for _ in range(self.smc.n_steps):
             with nullcontext() if self.shard is None else self.shard.activate():
                 self.state, info = self.kernel.step(self.state, self.generator)
-            self.n_evaluations += getattr(info, "n_leapfrog", 1)
+            # Leapfrog steps per chain (HMC: a number, NUTS: one per chain), else one.
+            self.n_evaluations += float(torch.as_tensor(getattr(info, "n_leapfrog", 1),
+                                                        dtype=torch.float64).mean())
             # The mean of all N rates, in one process's order of summation.
             rate = all_chains(info.acceptance_rate, self.shard).mean()
             rates.append(rate)
@@ -588,7 +598,7 @@ class _Run:
             levels=tuple(self.records["levels"]),
             temperatures=torch.tensor(self.temperatures, dtype=torch.float64),
             eve=self.eve,
-            n_evaluations=self.n_evaluations,
+            n_evaluations=round(self.n_evaluations),
             path_log_z=torch.tensor(self.anchors["log_z"], dtype=torch.float64),
             path_stderr=torch.tensor(self.anchors["stderr"], dtype=torch.float64),
         )
