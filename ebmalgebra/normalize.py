@@ -45,7 +45,7 @@ from ebmalgebra.rewrites import Quadratic, closed_form
 from ebmalgebra.samplers import MALA, Sampler, sample
 from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
 from ebmalgebra.samplers.base import check_invariant
-from ebmalgebra.samplers.smc import SMC
+from ebmalgebra.samplers.smc import SMC, next_exponent
 from ebmalgebra.targets import MultivariateGaussian
 from ebmalgebra.threads import particle_batch, threaded
 
@@ -226,27 +226,6 @@ def _unreliable(model: EnergyModel, ess: float, n_particles: int) -> str:
             "`a & ~b` often is); if it is not, use more particles (n_particles=), more "
             "temperatures (target_cess= closer to 1, or n_temps=), more steps per "
             "temperature (n_steps=) or a base= closer to the model")
-
-
-def _conditional_ess(log_w: Tensor, increment: Tensor) -> float:
-    """CESS (Zhou, Johansen & Aston 2016): N (Σ W u)² / Σ W u², as a fraction of N."""
-    weights = torch.softmax(log_w, 0)
-    u = torch.exp(increment - increment.max())
-    return float((weights * u).sum() ** 2 / (weights * u * u).sum())
-
-
-def _next_beta(beta: float, log_w: Tensor, gap: Tensor, target: float) -> float:
-    """Largest β' ≤ 1 whose increment (β' − β)·gap keeps the CESS fraction ≥ target."""
-    if _conditional_ess(log_w, (1.0 - beta) * gap) >= target:
-        return 1.0
-    low, high = beta, 1.0
-    for _ in range(50):
-        middle = 0.5 * (low + high)
-        if _conditional_ess(log_w, (middle - beta) * gap) >= target:
-            low = middle
-        else:
-            high = middle
-    return max(low, beta + 1e-6)
 
 
 class _Annealer:
@@ -485,7 +464,8 @@ def _pilot_schedule(model: EnergyModel, base: EnergyModel, n_particles: int,
     schedule = [0.0]
     while schedule[-1] < 1.0:
         gap = all_chains(torch.nan_to_num(annealer.gap(x).double(), nan=-math.inf), shard)
-        beta = _next_beta(schedule[-1], log_w, gap, target_cess)
+        beta = next_exponent(log_w - torch.logsumexp(log_w, 0), gap, schedule[-1],
+                             target_cess)
         log_w = log_w + (beta - schedule[-1]) * gap
         schedule.append(beta)
         if len(schedule) > 10_000:

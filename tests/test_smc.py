@@ -14,6 +14,7 @@ from ebmalgebra import CapabilityError, CompositionError
 from ebmalgebra.samplers import HMC, NUTS, SMC, ULA, AnnealedLangevin
 from ebmalgebra.schedules import VE, VP
 from ebmalgebra.targets import Gaussian, GaussianMixture
+from ebmalgebra.testing.known import correlated_gaussian
 
 F64 = torch.float64
 LOCS = torch.tensor([[-6.0, 0.0], [0.0, 0.0], [6.0, 0.0]], dtype=F64)
@@ -135,20 +136,9 @@ def test_any_sampler_that_declares_invariance_is_a_kernel(kernel):
     assert 0.1 < float(result.acceptance.mean()) < 1.0
 
 
-def _correlated_gaussian_20d():
-    """An unnormalised 20-D Gaussian, Σ_ij = 0.9^|i−j|: log Z = (d/2) log 2π + ½ log det Σ."""
-    index = torch.arange(20)
-    covariance = 0.9 ** (index[:, None] - index[None, :]).abs().to(F64)
-    precision = torch.linalg.inv(covariance)
-    loc = torch.linspace(-1.0, 1.0, 20, dtype=F64)
-    model = eb.from_energy(lambda x: 0.5 * ((x - loc) @ precision * (x - loc)).sum(-1), 20,
-                           name="g20")
-    return model, 10 * math.log(2 * math.pi) + 0.5 * float(torch.logdet(covariance))
-
-
 @pytest.mark.slow
 def test_log_z_of_a_correlated_gaussian_within_five_hundredths_of_a_nat():
-    model, truth = _correlated_gaussian_20d()
+    model, truth = correlated_gaussian(20, 0.9)
     result = SMC(n_steps=5, target_cess=0.99).run(model, n_particles=8000, generator=_seed(0))
     assert result.stderr < 0.0125  # 0.05 nats is then a 4σ margin
     assert abs(result.log_z - truth) < 0.05, (result, truth)
