@@ -543,7 +543,11 @@ def _normalize_noise_path(model: EnergyModel, log_z: Sequence[float] | None,
     settings = {key: options.pop(key) for key in _SMC_SETTINGS if key in options}
     options.setdefault("dtype", particle_options(model)["dtype"])
     smc = SMC(**settings)
-    runs = [smc.run(model, noise_levels=levels, **options) for _ in range(replicates)]
+    with warnings.catch_warnings():
+        if replicates > 1:
+            # The stderr comes from the runs' spread, not from their genealogies.
+            warnings.filterwarnings("ignore", "SMC: only", RuntimeWarning)
+        runs = [smc.run(model, noise_levels=levels, **options) for _ in range(replicates)]
     if replicates == 1:
         estimate, stderr = runs[0].path_log_z, runs[0].path_stderr
     else:
