@@ -556,18 +556,27 @@ def _normalize_noise_path(model: EnergyModel, log_z: Sequence[float] | None,
         raise CapabilityError(
             f"normalize: the SMC estimates of log Z(t) of {model!r} are unreliable: few "
             f"initial particles have descendants at some levels ({runs[0].n_eves} of "
-            f"{len(runs[0].eve)} at the end), so the genealogy gives no standard error. "
-            "On long paths (many levels, high dimension) use replicates= ≥ 4 independent "
-            "runs; else more particles (n_particles=), more moves per level (n_steps=) or "
-            "a base= closer to the model at the first level")
+            f"{len(runs[0].eve)} at the end), so the genealogy gives no standard error, or "
+            "the replicates= runs disagree by more than a nat at some level. On long paths "
+            "(many levels, high dimension) use replicates= ≥ 4 independent runs; else more "
+            "particles (n_particles=), more moves per level (n_steps=) or a base= closer to "
+            "the model at the first level. If runs disagree by many nats the model may be "
+            "improper at some level (energy lower far from the data)")
     return NoiseNormalized(model, levels, estimate, stderr=stderr)
 
 
 def _pooled(log_z: Tensor) -> tuple[Tensor, Tensor]:
     """log Ẑ of R independent runs ``(R, K)`` pooled: log of the mean Ẑ (unbiased for Z
-    like each run's) and its delta-method stderr sd_r(Ẑ_r)/(√R · mean_r Ẑ_r) ``(K,)``."""
+    like each run's) and its delta-method stderr sd_r(Ẑ_r)/(√R · mean_r Ẑ_r) ``(K,)``.
+
+    The delta method needs the Ẑ_r to be comparable: where one run dominates (Kish ESS
+    of the Ẑ_r below R/2, i.e. log Ẑ_r spread by more than ≈ 0.8 nats) the sample sd
+    misses the larger values not yet drawn and stays near 1 however wrong the mean is,
+    so the stderr there is ``inf``.
+    """
     n_runs = log_z.shape[0]
     relative = torch.exp(log_z - log_z.max(0).values)
     mean = relative.mean(0)
-    return (log_z.max(0).values + mean.log(),
-            relative.std(0) / (math.sqrt(n_runs) * mean))
+    stderr = relative.std(0) / (math.sqrt(n_runs) * mean)
+    ess = relative.sum(0).square() / relative.square().sum(0)
+    return log_z.max(0).values + mean.log(), torch.where(ess < n_runs / 2, math.inf, stderr)

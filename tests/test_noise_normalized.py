@@ -127,3 +127,17 @@ def test_replicates_pool_independent_runs():
     assert abs(error) <= 4 * float(pooled.log_z_stderr[0])
     ratio = float(pooled.log_z_stderr[0] * math.sqrt(8) / single.log_z_stderr[0])
     assert 0.5 < ratio < 2.0, ratio
+
+
+def test_replicates_that_disagree_give_no_stderr():
+    """Pooled runs whose log Ẑ are tens of nats apart (an improper level, as for the zoo's
+    faces at σ = 0.01) are refused rather than given the spread's stderr, which is ≈ 1
+    whenever one run dominates."""
+    from ebmalgebra.normalize import _pooled
+
+    log_z, stderr = _pooled(torch.tensor([[0.0, 5.0], [0.1, 40.0], [-0.1, 9.0],
+                                          [0.05, 2.0]], dtype=F64))
+    assert math.isfinite(float(stderr[0])) and float(stderr[1]) == math.inf
+    # Four near-equal runs: log of the mean of e^0, e^0.1, e^−0.1, e^0.05.
+    assert float(log_z[0]) == pytest.approx(math.log(sum(math.exp(v) for v in
+                                                         (0.0, 0.1, -0.1, 0.05)) / 4))
