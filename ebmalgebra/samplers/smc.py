@@ -451,11 +451,13 @@ class _Run:
         conditional ESS ≥ ``target_cess`` (:func:`next_exponent`); returns the β's.
 
         The increment per unit of β is E_start − E_end at the particles, so the bisection
-        costs no evaluations. At β = 0 E_start is the state's own energy, so a level that
-        needs no bridge costs one evaluation of ``end``, as a plain reweighting would.
+        costs no evaluations; each bridge step evaluates start and end once. At β = 0
+        E_start is the state's own energy, so a level that needs no bridge costs one
+        evaluation of ``end``, as a plain reweighting would.
         """
         betas: list[float] = []
-        beta, start_energy = 0.0, self.state.energy
+        # At β = 0 the particles sit at start's level: its energy is the state's own.
+        beta, start_energy, start_score = 0.0, self.state.energy, None
         while beta < 1.0:
             if len(betas) >= _MAX_TEMPERING_STEPS:
                 raise CapabilityError(f"SMC: bridging to {end.model!r} needs more than "
@@ -463,7 +465,7 @@ class _Run:
                                       "closer levels")
             x = self.state.position
             if start_energy is None:
-                start_energy = start.energy(x)
+                start_energy, start_score = start.energy_and_score(x)
                 self.n_evaluations += 1
             end_energy, end_score = end.energy_and_score(x)
             gap = all_chains(start_energy - end_energy, self.shard)
@@ -471,10 +473,11 @@ class _Run:
             if new_beta == 1.0:
                 target, energy, score = end, end_energy, end_score
             else:
+                if start_score is None:
+                    start_energy, start_score = start.energy_and_score(x)
+                    self.n_evaluations += 1
                 target = BridgePotential(start, end, new_beta)
-                energy, start_score = start.energy_and_score(x)
-                self.n_evaluations += 1
-                energy = (1.0 - new_beta) * energy + new_beta * end_energy
+                energy = (1.0 - new_beta) * start_energy + new_beta * end_energy
                 score = (1.0 - new_beta) * start_score + new_beta * end_score
             self._step(target, (new_beta - beta) * gap, energy, score, describe(new_beta))
             beta, start_energy = new_beta, None
