@@ -36,18 +36,13 @@ import torch
 import ebmalgebra as eb
 from ebmalgebra.samplers import SMC
 from ebmalgebra.targets import Gaussian, GaussianMixture
+from ebmalgebra.testing.known import correlated_gaussian
 
 F64 = torch.float64
 
 
 def gaussian_20d():
-    index = torch.arange(20)
-    covariance = 0.9 ** (index[:, None] - index[None, :]).abs().to(F64)
-    precision = torch.linalg.inv(covariance)
-    loc = torch.linspace(-1.0, 1.0, 20, dtype=F64)
-    model = eb.from_energy(lambda x: 0.5 * ((x - loc) @ precision * (x - loc)).sum(-1), 20,
-                           name="g20")
-    truth = 10 * math.log(2 * math.pi) + 0.5 * float(torch.logdet(covariance))
+    model, truth = correlated_gaussian(20, 0.9)
     return model, Gaussian(torch.zeros(20, dtype=F64), 1.5, name="base"), truth
 
 

@@ -16,7 +16,11 @@ import torch
 from torch import nn
 
 from ebmalgebra import targets
+from ebmalgebra.diffusion import DiffusionEnergy, DiffusionScore
+from ebmalgebra.io import supports
 from ebmalgebra.leaves import EnergyFunction, ScoreFunction
+from ebmalgebra.noised import NoisedGaussianMixture
+from ebmalgebra.schedules import schedule_from_spec
 
 
 def _wrapped(leaf: EnergyFunction | ScoreFunction) -> Callable:
@@ -28,7 +32,36 @@ def _energy_function(leaf: EnergyFunction) -> dict:
     has_log_z = "log_normalizer" in leaf._buffers
     return {"fn": _wrapped(leaf), "event_shape": list(leaf.event_shape), "name": leaf.name,
             "log_z": float(leaf.log_normalizer) if has_log_z else None,
-            "noise_conditioned": leaf.noise_conditioned, "sign": float(leaf._sign)}
+            "noise_conditioned": leaf.noise_conditioned, "sign": float(leaf._sign),
+            "support": supports.encode(leaf.support, leaf)}
+
+
+def _build_energy_function(support: list | None = None, **config: object) -> EnergyFunction:
+    # Files written before supports were saved have none: ℝ, the default.
+    return EnergyFunction(**config, support=supports.decode(support or ["real"]))
+
+
+def _noised_gaussian_mixture(leaf: NoisedGaussianMixture) -> dict:
+    vectors, values = leaf.eigenvectors, leaf.eigenvalues
+    return {"locs": leaf.locs, "covariances": vectors @ torch.diag_embed(values) @ vectors.mT,
+            "weights": leaf.log_weights.exp(), "schedule": leaf.schedule.spec(),
+            "name": leaf.name}
+
+
+def _diffusion_leaf(leaf: DiffusionScore | DiffusionEnergy) -> dict:
+    """Network (a registered module; its weights are in the file), schedule spec, the
+    prediction or parameterization, and ``network_time`` (None or a registered module)."""
+    config = {"network": _wrapped(leaf), "schedule": leaf.schedule.spec(),
+              "event_shape": list(leaf.event_shape), "name": leaf.name,
+              "network_time": leaf._network_time}
+    if isinstance(leaf, DiffusionScore):
+        return {**config, "prediction": leaf.prediction}
+    return {**config, "parameterization": leaf.parameterization}
+
+
+def _with_schedule(cls: type) -> Callable[..., object]:
+    """``build`` for leaves whose config holds a schedule spec."""
+    return lambda schedule, **config: cls(schedule=schedule_from_spec(schedule), **config)
 
 
 def _score_function(leaf: ScoreFunction) -> dict:
@@ -119,6 +152,7 @@ def _register_operators(register_operator: Callable) -> None:
     from ebmalgebra.io.registry import OPERATORS
     from ebmalgebra.jit import InductorEnergy
     from ebmalgebra.leaves import One, one
+    from ebmalgebra.noise_normalized import NoiseNormalized
     from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
     from ebmalgebra.pushforward import Pushforward
 
@@ -128,6 +162,7 @@ def _register_operators(register_operator: Callable) -> None:
     register_operator("weight", numbers=("weight",))(Weight)
     register_operator("power", numbers=("exponent",))(Power)
     register_operator("normalized")(Normalized)
+    register_operator("noise_normalized")(NoiseNormalized)
     register_operator("pushforward")(Pushforward)
     register_operator("condition")(Conditioned)
     # A compiled node stores the expression as given, not its closed-form rewrite.
@@ -145,7 +180,14 @@ def register(register_leaf: Callable, register_module: Callable,
     import ebmalgebra.apps.guidance  # noqa: F401
     import ebmalgebra.apps.likelihood  # noqa: F401
 
-    register_leaf("energy_function", config=_energy_function)(EnergyFunction)
+    register_leaf("energy_function", config=_energy_function,
+                  build=_build_energy_function)(EnergyFunction)
+    register_leaf("noised_gaussian_mixture", config=_noised_gaussian_mixture,
+                  build=_with_schedule(NoisedGaussianMixture))(NoisedGaussianMixture)
+    register_leaf("diffusion_score", config=_diffusion_leaf,
+                  build=_with_schedule(DiffusionScore))(DiffusionScore)
+    register_leaf("diffusion_energy", config=_diffusion_leaf,
+                  build=_with_schedule(DiffusionEnergy))(DiffusionEnergy)
     register_leaf("score_function", config=_score_function)(ScoreFunction)
     for name, (cls, config) in _TARGETS.items():
         register_leaf(name, config=getattr(cls, "config", None) or config)(cls)

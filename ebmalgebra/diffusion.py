@@ -131,6 +131,8 @@ class DiscreteVP(NoiseSchedule):
         timesteps: ``"interpolate"`` or ``"nearest"``.
     """
 
+    kind = "discrete_vp"
+
     def __init__(self, alphas_cumprod: Tensor | Sequence[float], *,
                  timesteps: Literal["interpolate", "nearest"] = "interpolate") -> None:
         cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().reshape(-1)
@@ -144,6 +146,14 @@ class DiscreteVP(NoiseSchedule):
                                 f"{timesteps!r}")
         self.sigmas = sigmas
         self.timesteps = timesteps
+
+    def spec(self) -> list:
+        """``["discrete_vp", ᾱ (T,), timesteps]`` (ᾱ = 1 − σ², float64)."""
+        return [self.kind, (1.0 - self.sigmas) * (1.0 + self.sigmas), self.timesteps]
+
+    @classmethod
+    def from_arguments(cls, alphas_cumprod: Tensor, timesteps: str) -> DiscreteVP:
+        return cls(alphas_cumprod, timesteps=timesteps)
 
     def _checked(self, t: float | Tensor) -> Tensor:
         levels = _as_levels(t)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -37,13 +38,15 @@ from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel, input_options
 from ebmalgebra.compile import compile
 from ebmalgebra.distributed import ChainShard, all_chains, chain_shard
-from ebmalgebra.errors import ArgumentError, CapabilityError, CompositionError
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CapabilityError, CompositionError
+from ebmalgebra.noise_normalized import NoiseNormalized
 from ebmalgebra.ops import Normalized
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.rewrites import Quadratic, closed_form
 from ebmalgebra.samplers import MALA, Sampler, sample
 from ebmalgebra.samplers.adaptation import MIN_ADAPTATION_STEPS
-from ebmalgebra.samplers.smc import SMC
+from ebmalgebra.samplers.base import check_invariant
+from ebmalgebra.samplers.smc import SMC, next_exponent
 from ebmalgebra.targets import MultivariateGaussian
 from ebmalgebra.threads import particle_batch, threaded
 
@@ -117,19 +120,12 @@ def improper_gaussian_part(model: EnergyModel) -> tuple[EnergyModel, float] | No
 
 
 def _check_transition(sampler: Sampler | None) -> None:
-    """Reject AIS transition kernels that do not leave every π_β invariant.
-
-    AIS is unbiased only if each move leaves its π_β exactly invariant: samplers
-    declare it (``leaves_target_invariant``, true of the Metropolis–Hastings-corrected
-    kernels); anything else raises ``ValueError`` with the sampler's own reason
-    (``not_invariant_because``) and what to use instead.
-    """
-    if sampler is None or getattr(sampler, "leaves_target_invariant", False):
-        return
-    why = getattr(sampler, "not_invariant_because", Sampler.not_invariant_because)
-    raise ArgumentError(
-        f"estimate_log_z: sampler {sampler!r} cannot be an AIS transition: {why}; use "
-        "MALA, RandomWalkMH or HMC (or sampler=None for MALA with a tuned step size)")
+    """Reject AIS transition kernels that do not leave every π_β invariant: AIS is
+    unbiased only if each move leaves its π_β exactly invariant."""
+    if sampler is not None:
+        check_invariant(sampler, "estimate_log_z", "sampler",
+                        "MALA, RandomWalkMH, HMC or NUTS (or sampler=None for MALA with a "
+                        "tuned step size)")
 
 
 def exact_log_z(model: EnergyModel) -> float | None:
@@ -231,27 +227,6 @@ def _unreliable(model: EnergyModel, ess: float, n_particles: int) -> str:
             "`a & ~b` often is); if it is not, use more particles (n_particles=), more "
             "temperatures (target_cess= closer to 1, or n_temps=), more steps per "
             "temperature (n_steps=) or a base= closer to the model")
-
-
-def _conditional_ess(log_w: Tensor, increment: Tensor) -> float:
-    """CESS (Zhou, Johansen & Aston 2016): N (Σ W u)² / Σ W u², as a fraction of N."""
-    weights = torch.softmax(log_w, 0)
-    u = torch.exp(increment - increment.max())
-    return float((weights * u).sum() ** 2 / (weights * u * u).sum())
-
-
-def _next_beta(beta: float, log_w: Tensor, gap: Tensor, target: float) -> float:
-    """Largest β' ≤ 1 whose increment (β' − β)·gap keeps the CESS fraction ≥ target."""
-    if _conditional_ess(log_w, (1.0 - beta) * gap) >= target:
-        return 1.0
-    low, high = beta, 1.0
-    for _ in range(50):
-        middle = 0.5 * (low + high)
-        if _conditional_ess(log_w, (middle - beta) * gap) >= target:
-            low = middle
-        else:
-            high = middle
-    return max(low, beta + 1e-6)
 
 
 class _Annealer:
@@ -488,7 +463,8 @@ def _pilot_schedule(model: EnergyModel, base: EnergyModel, n_particles: int,
     schedule = [0.0]
     while schedule[-1] < 1.0:
         gap = all_chains(torch.nan_to_num(annealer.gap(x).double(), nan=-math.inf), shard)
-        beta = _next_beta(schedule[-1], log_w, gap, target_cess)
+        beta = next_exponent(log_w - torch.logsumexp(log_w, 0), gap, schedule[-1],
+                             target_cess)
         log_w = log_w + (beta - schedule[-1]) * gap
         schedule.append(beta)
         if len(schedule) > 10_000:
@@ -498,29 +474,108 @@ def _pilot_schedule(model: EnergyModel, base: EnergyModel, n_particles: int,
     return schedule
 
 
-def normalize(model: EnergyModel, *, log_z: float | None = None,
-              **ais_options: object) -> EnergyModel:
+_SMC_SETTINGS = ("kernel", "n_steps", "resampling", "ess_threshold", "target_cess")
+
+
+def normalize(model: EnergyModel, *, log_z: float | Sequence[float] | None = None,
+              noise_levels: Sequence[float] | Tensor | None = None,
+              **options: object) -> EnergyModel:
     """``model`` divided by its normaliser: E + log Z, so ``log_prob`` works and ``|`` gets
     true weights.
 
     log Z is taken from ``log_z`` if given, else from closed forms, else estimated
-    by :func:`estimate_log_z` with ``ais_options`` (e.g. ``n_particles=``,
+    by :func:`estimate_log_z` with ``options`` (e.g. ``n_particles=``,
     ``generator=``). The node remembers the estimate's standard error
     (``node.log_z_stderr``), shown by ``explain()``.
 
+    **Noise-conditioned models** (``noise_levels`` t_0 > … > t_K given): the result
+    is a :class:`~ebmalgebra.noise_normalized.NoiseNormalized` with energy
+    E(x, t) + log Z(t), log Z(t_k) = log ∫ exp(−E(x, t_k)) dx estimated at every level
+    by one :class:`~ebmalgebra.samplers.SMC` run down the levels: a tempering segment
+    from a Gaussian base (default N(0, t_0² I), or ``base=``) to the model at t_0, then
+    Z_k / Z_{k−1} from the incremental weights of each level (``SMCResult.path_log_z``,
+    with genealogy standard errors ``node.log_z_stderr``). ``options`` go to
+    :class:`~ebmalgebra.samplers.SMC` (``kernel``, ``n_steps``, ``resampling``,
+    ``ess_threshold``, ``target_cess``) and to its ``run`` (``n_particles``, ``base``,
+    ``generator``, ``progress``). On long paths the genealogy of one run coalesces (few
+    initial particles keep descendants) and gives no standard error: ``replicates=R``
+    runs R independent SMCs, pools Ẑ(t_k) by their mean and takes the stderr from their
+    spread. Between levels log Z(t) is interpolated linearly in
+    log t; outside [t_K, t_0] the energy raises :class:`~ebmalgebra.CompositionError`.
+    Known values may be given instead as ``log_z=[log Z(t_0), …]``.
+
     Raises:
-        CapabilityError: if the estimate is unreliable (degenerate AIS weights,
-            ``stderr`` inf: often an improper model) rather than build a model on it,
-            or if a Gaussian part is improper; see :func:`estimate_log_z`.
+        CapabilityError: if the estimate is unreliable (degenerate AIS weights, or an
+            SMC path whose lineages died out: ``stderr`` inf, often an improper model)
+            rather than build a model on it, or if a Gaussian part is improper; see
+            :func:`estimate_log_z`.
 
     Example:
         >>> mixture = 0.25 * normalize(a) | 0.75 * normalize(b)   # weights 0.25 / 0.75
+        >>> faces = normalize(glasses, noise_levels=levels) | normalize(hat, noise_levels=levels)
     """
+    if noise_levels is not None:
+        return _normalize_noise_path(model, log_z, noise_levels, options)
     if log_z is not None:
         return Normalized(model, log_z)
-    estimate = estimate_log_z(model, **ais_options)
+    estimate = estimate_log_z(model, **options)
     if not math.isfinite(estimate.stderr):
         raise CapabilityError(
             f"normalize: {_unreliable(model, estimate.ess, len(estimate.log_weights))}; or "
             "pass log_z= if it is known")
     return Normalized(model, estimate.log_z, stderr=estimate.stderr)
+
+
+def _normalize_noise_path(model: EnergyModel, log_z: Sequence[float] | None,
+                          noise_levels: Sequence[float] | Tensor,
+                          options: dict[str, object]) -> EnergyModel:
+    """:func:`normalize` over noise levels: known ``log_z`` per level, or SMC runs."""
+    levels = (noise_levels.detach().double().reshape(-1).tolist()
+              if isinstance(noise_levels, Tensor) else [float(t) for t in noise_levels])
+    if log_z is not None:
+        if options:
+            raise ArgumentTypeError(f"normalize: log_z= was given, so {sorted(options)} "
+                                    "would be unused")
+        return NoiseNormalized(model, levels, log_z)
+    replicates = options.pop("replicates", 1)
+    validation.count("normalize: replicates", replicates)
+    settings = {key: options.pop(key) for key in _SMC_SETTINGS if key in options}
+    options.setdefault("dtype", particle_options(model)["dtype"])
+    smc = SMC(**settings)
+    with warnings.catch_warnings():
+        if replicates > 1:
+            # The stderr comes from the runs' spread, not from their genealogies.
+            warnings.filterwarnings("ignore", "SMC: only", RuntimeWarning)
+        runs = [smc.run(model, noise_levels=levels, **options) for _ in range(replicates)]
+    if replicates == 1:
+        estimate, stderr = runs[0].path_log_z, runs[0].path_stderr
+    else:
+        estimate, stderr = _pooled(torch.stack([run.path_log_z for run in runs]))
+    if not math.isfinite(float(stderr.max())):
+        raise CapabilityError(
+            f"normalize: the SMC estimates of log Z(t) of {model!r} are unreliable: few "
+            f"initial particles have descendants at some levels ({runs[0].n_eves} of "
+            f"{len(runs[0].eve)} at the end), so the genealogy gives no standard error, or "
+            "the replicates= runs disagree by more than a nat at some level. On long paths "
+            "(many levels, high dimension) use replicates= ≥ 4 independent runs; else more "
+            "particles (n_particles=), more moves per level (n_steps=) or a base= closer to "
+            "the model at the first level. If runs disagree by many nats the model may be "
+            "improper at some level (energy lower far from the data)")
+    return NoiseNormalized(model, levels, estimate, stderr=stderr)
+
+
+def _pooled(log_z: Tensor) -> tuple[Tensor, Tensor]:
+    """log Ẑ of R independent runs ``(R, K)`` pooled: log of the mean Ẑ (unbiased for Z
+    like each run's) and its delta-method stderr sd_r(Ẑ_r)/(√R · mean_r Ẑ_r) ``(K,)``.
+
+    The delta method needs the Ẑ_r to be comparable: where one run dominates (Kish ESS
+    of the Ẑ_r below R/2, i.e. log Ẑ_r spread by more than ≈ 0.8 nats) the sample sd
+    misses the larger values not yet drawn and stays near 1 however wrong the mean is,
+    so the stderr there is ``inf``.
+    """
+    n_runs = log_z.shape[0]
+    relative = torch.exp(log_z - log_z.max(0).values)
+    mean = relative.mean(0)
+    stderr = relative.std(0) / (math.sqrt(n_runs) * mean)
+    ess = relative.sum(0).square() / relative.square().sum(0)
+    return log_z.max(0).values + mean.log(), torch.where(ess < n_runs / 2, math.inf, stderr)

@@ -22,6 +22,8 @@ Closed form: Gaussians pushed forward by affine maps are Gaussians
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,6 +36,29 @@ from ebmalgebra.errors import CompositionError
 from ebmalgebra.operator import ATOM, Operator
 
 __all__ = ["Pushforward", "transform"]
+
+
+def _moved(transform: tt.Transform, fn: Callable[[Tensor], Tensor]) -> tt.Transform:
+    """``transform`` with ``fn`` (what ``.to()`` / ``.double()`` apply) applied to the
+    tensors it holds (an affine's loc and scale, a power's exponent), through
+    compositions and inverses; the transform itself when it holds none."""
+    if isinstance(transform, tt.ComposeTransform):
+        parts = [_moved(part, fn) for part in transform.parts]
+        if all(new is old for new, old in zip(parts, transform.parts, strict=True)):
+            return transform
+        return tt.ComposeTransform(parts, cache_size=transform._cache_size)
+    if isinstance(transform, tt._InverseTransform):
+        inner = _moved(transform.inv, fn)
+        return transform if inner is transform.inv else inner.inv
+    tensors = {name: value for name, value in vars(transform).items()
+               if isinstance(value, Tensor)}
+    if not tensors:
+        return transform
+    moved = copy.copy(transform)
+    for name, value in tensors.items():
+        setattr(moved, name, fn(value))
+    moved._inv = None  # the copy's inverse is built afresh from the moved tensors
+    return moved
 
 
 def _parts(transform: tt.Transform) -> list[tt.Transform]:
@@ -90,6 +115,13 @@ class Pushforward(Operator):
     @property
     def base(self) -> EnergyModel:
         return self._children[0]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Pushforward:
+        """``.to()``, ``.double()``, … reach the transform's tensors too (a transform is
+        not a module, so nn.Module would leave them behind)."""
+        super()._apply(fn, recurse)
+        object.__setattr__(self, "transform", _moved(self.transform, fn))
+        return self
 
     @property
     def args(self) -> tuple:

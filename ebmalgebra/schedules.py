@@ -12,6 +12,10 @@ p_t = (p scaled by α_t) ∗ N(0, σ_t² I). Two families (Song et al. 2021):
 
 ``alpha(t)`` and ``sigma(t)`` accept a float or a tensor (one level per batch row)
 and return tensors of t's shape, in t's dtype (float64 for plain floats).
+
+A schedule's file form (:mod:`ebmalgebra.io`) is ``schedule.spec()``, a list
+``[kind, *arguments]`` such as ``["vp", 0.1, 20.0]``; :func:`schedule_from_spec`
+rebuilds it. Each class declares its ``kind`` and arguments.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import Tensor
 from ebmalgebra import validation
 from ebmalgebra.errors import ArgumentError
 
-__all__ = ["VE", "VP", "NoiseSchedule"]
+__all__ = ["VE", "VP", "NoiseSchedule", "schedule_from_spec"]
 
 def _as_levels(t: float | Tensor) -> Tensor:
     if isinstance(t, Tensor):
@@ -30,7 +34,27 @@ def _as_levels(t: float | Tensor) -> Tensor:
     return torch.tensor(validation.real("noise level t", t), dtype=torch.float64)
 
 class NoiseSchedule:
-    """x_t = α_t x_0 + σ_t ε: subclasses define :meth:`alpha` and :meth:`sigma`."""
+    """x_t = α_t x_0 + σ_t ε: subclasses define :meth:`alpha` and :meth:`sigma`, and a
+    ``kind`` with :meth:`spec` and :meth:`from_arguments` to be saved."""
+
+    kind: str | None = None
+    """The name of the class in files; subclasses with one are registered by it."""
+
+    kinds: dict[str, type[NoiseSchedule]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind is not None:
+            NoiseSchedule.kinds[cls.kind] = cls
+
+    def spec(self) -> list:
+        """``[kind, *arguments]``: JSON numbers, strings and tensors that rebuild it."""
+        return [self.kind]
+
+    @classmethod
+    def from_arguments(cls, *arguments: object) -> NoiseSchedule:
+        """The schedule from the arguments of its :meth:`spec`."""
+        return cls(*arguments)
 
     def alpha(self, t: float | Tensor) -> Tensor:
         """The signal scale α_t, shaped like ``t``."""
@@ -42,6 +66,8 @@ class NoiseSchedule:
 
 class VE(NoiseSchedule):
     """Variance exploding: α_t = 1, σ_t = t (t ≥ 0 is the noise standard deviation)."""
+
+    kind = "ve"
 
     def alpha(self, t: float | Tensor) -> Tensor:
         return torch.ones_like(_as_levels(t))
@@ -62,12 +88,21 @@ class VP(NoiseSchedule):
         beta_max: the rate at t = 1.
     """
 
+    kind = "vp"
+
     def __init__(self, *, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         self.beta_min = validation.positive("VP: beta_min", beta_min)
         self.beta_max = validation.positive("VP: beta_max", beta_max)
         if self.beta_max < self.beta_min:
             raise ArgumentError(f"VP: beta_max ({beta_max!r}) must be at least beta_min "
                                 f"({beta_min!r})")
+
+    def spec(self) -> list:
+        return [self.kind, self.beta_min, self.beta_max]
+
+    @classmethod
+    def from_arguments(cls, beta_min: float, beta_max: float) -> VP:
+        return cls(beta_min=beta_min, beta_max=beta_max)
 
     def log_alpha(self, t: float | Tensor) -> Tensor:
         t = _as_levels(t)
@@ -83,3 +118,14 @@ class VP(NoiseSchedule):
     def __repr__(self) -> str:
         return f"VP(beta_min={self.beta_min:g}, beta_max={self.beta_max:g})"
 
+
+def schedule_from_spec(spec: object) -> NoiseSchedule:
+    """The schedule a :meth:`NoiseSchedule.spec` list describes.
+
+    Raises:
+        ArgumentError: if ``spec`` is not ``[kind, *arguments]`` with a known kind.
+    """
+    if not isinstance(spec, list) or not spec or spec[0] not in NoiseSchedule.kinds:
+        raise ArgumentError(f"a noise schedule must be [kind, *arguments] with kind one of "
+                            f"{sorted(NoiseSchedule.kinds)}, got {spec!r:.80}")
+    return NoiseSchedule.kinds[spec[0]].from_arguments(*spec[1:])

@@ -124,6 +124,58 @@ def test_module_backed_leaves_round_trip_with_weights_and_noise_levels():
     assert float(loaded.log_z()) == 0.5
 
 
+def test_noise_conditioned_leaves_round_trip_with_their_schedules():
+    """Diffusion leaves (networks by state dict, schedules by spec), noised mixtures and
+    models normalised over noise levels give equal energies and scores after loading."""
+    from ebmalgebra.diffusion import DiscreteVP, from_energy_network, from_prediction
+    from ebmalgebra.noise_normalized import NoiseNormalized
+    from ebmalgebra.schedules import VE, VP
+
+    torch.manual_seed(0)
+    discrete = DiscreteVP(torch.linspace(0.999, 0.2, 50, dtype=torch.float64),
+                          timesteps="nearest")
+    x0 = from_prediction(ResidualMLPDenoiser((2,), width=16, depth=2), VP(beta_min=0.5),
+                         prediction="x0", event_shape=2, name="x0net")
+    energy = from_energy_network(MLPEnergy(2, hidden=(8,), noise_conditioned=True), discrete,
+                                 parameterization="epsilon", event_shape=2, name="head")
+    noised = GaussianMixture(torch.tensor([[-1.0, 0.0], [2.0, 1.0]], dtype=torch.float64),
+                             torch.tensor([0.5, 0.8], dtype=torch.float64)).noised(VE())
+    normalised = NoiseNormalized(noised, [0.1, 1.0, 3.0], [0.5, 1.5, 2.0], [0.01, 0.02, 0.03])
+    x = torch.randn(6, 2)
+    score_only = x0 & x0 ** 0.5
+    loaded = round_trip(score_only)
+    assert repr(loaded) == repr(score_only)
+    assert torch.equal(loaded.score(x, 0.4), score_only.score(x, 0.4))
+    for model, inputs, t in ((energy, x, 0.3), (normalised, x.double(), 0.5),
+                             (normalised | noised, x.double(), 2.0)):
+        loaded = round_trip(model)
+        assert repr(loaded) == repr(model)
+        assert_identical(loaded, model, inputs, t=t)
+    loaded = round_trip(energy)
+    assert repr(loaded.schedule) == repr(discrete)
+    # Saved as ᾱ = 1 − σ² and rebuilt as σ = √(1 − ᾱ): equal up to float64 rounding, which
+    # near σ_0 = √0.001 is relatively ~1e-16 / σ_0² ≈ 1e-13.
+    torch.testing.assert_close(loaded.schedule.sigmas, discrete.sigmas, rtol=1e-12, atol=0)
+    assert round_trip(x0).schedule.beta_min == 0.5
+    assert torch.equal(round_trip(normalised).log_z_stderr, normalised.log_z_stderr)
+
+
+def test_supports_of_function_leaves_are_saved(tmp_path):
+    from torch.distributions import constraints
+
+    model = eb.from_log_prob(nn.Sequential(nn.Linear(2, 1)), 2, name="scales",
+                             support=constraints.independent(constraints.positive, 1))
+    loaded = round_trip(model)
+    assert repr(loaded.support) == repr(model.support)
+    interval = eb.from_energy(nn.Sequential(nn.Linear(1, 1)), 1, name="p",
+                              support=constraints.interval(-1.0, 2.5))
+    assert (round_trip(interval).support.lower_bound, round_trip(interval).support.upper_bound
+            ) == (-1.0, 2.5)
+    with pytest.raises(SerializationError, match="support .* has no file form"):
+        eb.save(eb.from_energy(nn.Sequential(nn.Linear(2, 1)), 2, name="s",
+                               support=constraints.simplex), tmp_path / "s.safetensors")
+
+
 def test_loaded_parameters_are_trainable_and_shared_like_the_original():
     net = as_model(MLPEnergy(2, hidden=(4,)), name="net")
     loaded = round_trip(net & net ** 3)

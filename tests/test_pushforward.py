@@ -193,3 +193,24 @@ def test_closed_forms_inside_a_pushforward_keep_its_transform():
     assert exact.expr.base is not expr.base
     y = torch.linspace(0.05, 0.95, 7, dtype=F64)[:, None]
     assert_equivalent(exact, expr, y, rtol=1e-9, atol=1e-9)
+
+
+def test_to_moves_the_tensors_inside_the_transform():
+    """``.to(float64)`` of a float32 pushforward reaches the affine's loc and scale through
+    a composition and inverses, and then evaluates like the moved base pushed through the
+    transform built in float64 (the transform's constants are dyadic, exact in both)."""
+    def transform(dtype):
+        affine = tt.AffineTransform(torch.tensor([0.125, -0.375], dtype=dtype),
+                                    torch.tensor([2.0, 0.75], dtype=dtype))
+        return tt.ComposeTransform([affine, tt.ExpTransform().inv.inv]).inv.inv
+
+    def base():
+        return eb.targets.Gaussian(torch.zeros(2, dtype=torch.float32), 1.25, name="g")
+
+    moved = base().pushforward(transform(torch.float32)).to(torch.float64)
+    reference = base().to(torch.float64).pushforward(transform(torch.float64))
+    stages = moved.transform.inv.inv.parts
+    assert stages[0].loc.dtype == stages[0].scale.dtype == torch.float64
+    x = torch.rand(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
+    torch.testing.assert_close(moved.energy(x), reference.energy(x), rtol=1e-13, atol=0)
+    torch.testing.assert_close(moved.score(x), reference.score(x), rtol=1e-13, atol=0)

@@ -86,3 +86,33 @@ def test_annealed_adaptation_cannot_grow_steps_without_bound_on_a_flat_energy():
     assert torch.isfinite(state.position).all()
     with pytest.raises(ValueError, match="max_step_growth must be at least 1"):
         AnnealedLangevin(models=[gaussian()], max_step_growth=0.5)
+
+
+def test_step_sizes_follow_the_models_noise_schedule():
+    """ε_k = ε (σ(t_k)/σ(t_{K−1}))²: for VP() the level t is time, and σ(t) is far from t
+    (σ(1) ≈ 1, σ(0.05) ≈ 0.17), so (t_k/t_{K−1})² would give 400 where σ² gives ≈ 34."""
+    from ebmalgebra.schedules import VE, VP
+    from ebmalgebra.targets import GaussianMixture
+
+    mixture = GaussianMixture(torch.zeros(1, 2, dtype=F64), 1.0)
+    levels = [1.0, 0.3, 0.05]
+    x0 = torch.zeros(3, 2, dtype=F64)
+    for model, schedule, expected in (
+        (mixture.noised(VP()), None, VP().sigma(torch.tensor(levels, dtype=F64))),
+        (mixture.noised(VE()), None, torch.tensor(levels, dtype=F64)),
+        (mixture.noised(VE()), VP(), VP().sigma(torch.tensor(levels, dtype=F64))),
+    ):
+        sampler = AnnealedLangevin(noise_levels=levels, steps_per_level=1, step_size=1e-3,
+                                   schedule=schedule)
+        state = sampler.init(x0, model)
+        ratios = (expected / expected[-1]) ** 2
+        for level in range(3):
+            state, info = sampler.step(state, torch.Generator().manual_seed(level))
+            assert info.level == level
+            torch.testing.assert_close(state.step_size, torch.full((3,), 1e-3 * float(
+                ratios[level]), dtype=F64))
+    assert 30 < float(ratios[0]) < 40  # the VP case, not 400
+    with pytest.raises(CompositionError, match="different noise schedules"):
+        AnnealedLangevin(noise_levels=levels).init(x0, mixture.noised(VP()) & mixture.noised(VE()))
+    with pytest.raises(TypeError, match="schedule must be a NoiseSchedule"):
+        AnnealedLangevin(noise_levels=levels, schedule="vp")

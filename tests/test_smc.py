@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from sampler_helpers import PreconditionedWalk
 
 import ebmalgebra as eb
 from ebmalgebra import CapabilityError, CompositionError
-from ebmalgebra.samplers import HMC, SMC, ULA, AnnealedLangevin
+from ebmalgebra.samplers import HMC, NUTS, SMC, ULA, AnnealedLangevin
 from ebmalgebra.schedules import VE, VP
 from ebmalgebra.targets import Gaussian, GaussianMixture
+from ebmalgebra.testing.known import correlated_gaussian
 
 F64 = torch.float64
 LOCS = torch.tensor([[-6.0, 0.0], [0.0, 0.0], [6.0, 0.0]], dtype=F64)
@@ -120,20 +122,23 @@ def test_log_z_of_the_noised_product_within_five_hundredths_of_a_nat():
     assert abs(result.log_z - truth) < 0.05, (result, truth)
 
 
-def _correlated_gaussian_20d():
-    """An unnormalised 20-D Gaussian, Σ_ij = 0.9^|i−j|: log Z = (d/2) log 2π + ½ log det Σ."""
-    index = torch.arange(20)
-    covariance = 0.9 ** (index[:, None] - index[None, :]).abs().to(F64)
-    precision = torch.linalg.inv(covariance)
-    loc = torch.linspace(-1.0, 1.0, 20, dtype=F64)
-    model = eb.from_energy(lambda x: 0.5 * ((x - loc) @ precision * (x - loc)).sum(-1), 20,
-                           name="g20")
-    return model, 10 * math.log(2 * math.pi) + 0.5 * float(torch.logdet(covariance))
+@pytest.mark.parametrize("kernel", [NUTS(step_size=0.3), PreconditionedWalk(step_size=0.5)],
+                         ids=lambda kernel: type(kernel).__name__)
+def test_any_sampler_that_declares_invariance_is_a_kernel(kernel):
+    """NUTS, and a sampler of one's own (no score in its state, a metric of its own) with no
+    library edits: SMC re-targets them by ``Sampler.retarget``."""
+    result = SMC(kernel=kernel, n_steps=3).run(_noised_product(), noise_levels=NOISE_LEVELS,
+                                               n_particles=1000, generator=_seed(1))
+    truth = _exact_product(SIGMA_MIN)[3]
+    # log Ẑ is asymptotically normal with the genealogy stderr: z ≤ 4.
+    assert math.isfinite(result.stderr) and abs(result.log_z - truth) <= 4 * result.stderr, (
+        result, truth)
+    assert 0.1 < float(result.acceptance.mean()) < 1.0
 
 
 @pytest.mark.slow
 def test_log_z_of_a_correlated_gaussian_within_five_hundredths_of_a_nat():
-    model, truth = _correlated_gaussian_20d()
+    model, truth = correlated_gaussian(20, 0.9)
     result = SMC(n_steps=5, target_cess=0.99).run(model, n_particles=8000, generator=_seed(0))
     assert result.stderr < 0.0125  # 0.05 nats is then a 4σ margin
     assert abs(result.log_z - truth) < 0.05, (result, truth)
@@ -167,11 +172,18 @@ def test_a_sequence_of_models_gives_the_last_ones_log_z(kernel):
     start, middle, target, truth = _gaussian_path()
     result = SMC(kernel=kernel, n_steps=5).run(target, models=[start, middle],
                                                n_particles=2000, generator=_seed(3))
-    assert result.levels == ("model", "model")  # starts from start's exact samples
+    # It starts from start's exact samples (no tempering from a base), and bridges each
+    # pair of models that one reweighting would not keep above the target CESS.
+    assert result.levels[-1] == "model" and result.levels.count("model") == 2
+    assert not any(level.startswith("beta") for level in result.levels)
     assert abs(result.log_z - truth) <= 4 * result.stderr, (result, truth)  # z ≤ 4
+    # log Ẑ at each fixed target: start is normalised, middle = 3 · N(1, 0.5² I).
+    assert result.path_log_z[0] == 0.0 and result.path_log_z[2] == result.log_z
+    assert abs(float(result.path_log_z[1]) - math.log(3.0)) <= 4 * float(result.path_stderr[1])
     mean, stderr = result.expectation(lambda x: x[:, 0])
     assert abs(mean - 2.0) <= 4 * stderr
-    assert result.ess.shape == result.acceptance.shape == result.resampled.shape == (2,)
+    n_levels = len(result.levels)
+    assert result.ess.shape == result.acceptance.shape == result.resampled.shape == (n_levels,)
     assert result.samples.shape == (2000, 2) and result.eve.shape == (2000,)
 
 
@@ -199,7 +211,7 @@ def test_resampling_follows_the_ess_threshold():
 
 def test_bad_arguments_name_the_problem():
     start, _, target, _ = _gaussian_path()
-    with pytest.raises(ValueError, match="MALA"):
+    with pytest.raises(ValueError, match=r"SMC: kernel=ULA\(.*exactly invariant.*; use MALA"):
         SMC(kernel=ULA(step_size=0.1))
     with pytest.raises(ValueError, match="resampling"):
         SMC(resampling="optimal")
@@ -350,12 +362,12 @@ def test_zoo_draw_with_smc_tempers_models_without_noise_levels():
 
 
 def test_collapsed_genealogy_warns_and_reports_an_infinite_stderr():
-    """Forty Gaussians of scale 0.3, each 0.5 further along x₀, and no moves: the particles
-    never spread out again, so every level's reweighting keeps only a few lineages."""
+    """Forty Gaussians of scale 0.3, each 0.5 further along x₀, no moves and a resampling at
+    every step: the particles never spread out again, so the lineages coalesce."""
     start = Gaussian(torch.zeros(2, dtype=F64), 1.0, name="start")
     path = [Gaussian(torch.tensor([0.5 * k, 0.0], dtype=F64), 0.3, name=f"m{k}")
             for k in range(1, 41)]
     with pytest.warns(RuntimeWarning, match="initial particles have descendants"):
-        result = SMC(n_steps=0).run(path[-1], models=[start, *path[:-1]], n_particles=200,
-                                    generator=_seed(0))
+        result = SMC(n_steps=0, ess_threshold=1.0).run(
+            path[-1], models=[start, *path[:-1]], n_particles=200, generator=_seed(0))
     assert result.n_eves < 5 and result.stderr == math.inf

@@ -14,6 +14,7 @@ from ebmalgebra.errors import ArgumentError, CompositionError
 from ebmalgebra.samplers.base import Potential, Sampler, check_step_size, is_nonfinite
 from ebmalgebra.samplers.langevin import LangevinState, init_langevin, ula_step
 from ebmalgebra.samplers.mala import mala_step
+from ebmalgebra.schedules import NoiseSchedule
 
 __all__ = ["AnnealedInfo", "AnnealedLangevin", "AnnealedState"]
 
@@ -26,7 +27,7 @@ class AnnealedState(NamedTuple):
             for the current level's model.
         step_size: the current level's step size per chain, ``(n_chains,)``.
         base_step_size: the step size at the last level per chain; level k uses
-            ``base_step_size · scale_k``.
+            ``base_step_size · scales[k]``.
         level: index of the current level (the last level repeats forever).
         iteration: steps taken so far.
         levels: one :class:`~ebmalgebra.samplers.Potential` per level.
@@ -43,6 +44,7 @@ class AnnealedState(NamedTuple):
     iteration: int
     levels: tuple[Potential, ...]
     potential: Potential
+    scales: tuple[float, ...]
 
 
 class AnnealedInfo(NamedTuple):
@@ -72,8 +74,10 @@ class AnnealedLangevin(Sampler):
 
     * **noise levels** t₀ > t₁ > … > t_{K−1} of a noise-conditioned model E(x, t)
       (annealed Langevin dynamics, Song & Ermon 2019): level k targets
-      exp(−E(x, t_k)) with step size ε_k = ε · (t_k / t_{K−1})², so ε is the step
-      at the smallest noise; or
+      exp(−E(x, t_k)) with step size ε_k = ε · (σ(t_k) / σ(t_{K−1}))², so ε is the
+      step at the smallest noise; σ(t) is that of the model's noise schedule (its
+      leaves' ``schedule``, e.g. ``VP()`` where t is time), or t itself for leaves
+      without one (VE, the zoo: t is σ); or
     * **models** m₀, …, m_{K−2} followed by the target passed to ``init`` (e.g. a
       tempering path ``[target ** 0.1, target ** 0.3]``), all with step size ε.
 
@@ -107,6 +111,9 @@ class AnnealedLangevin(Sampler):
         adapt_step_size: tune per-chain step sizes at corrected levels while annealing.
         max_step_growth: the most adaptation may multiply a chain's initial step
             size by (≥ 1; ``math.inf`` removes the ceiling).
+        schedule: the :class:`~ebmalgebra.schedules.NoiseSchedule` giving σ(t) for the
+            step sizes; default the one the model's noise-conditioned leaves carry
+            (``schedule`` attribute), else σ = t.
 
     Example:
         >>> sampler = AnnealedLangevin(noise_levels=torch.logspace(1, -2, 60).tolist(),
@@ -131,7 +138,11 @@ class AnnealedLangevin(Sampler):
         target_accept: float = 0.574,
         adapt_step_size: bool = False,
         max_step_growth: float = 1000.0,
+        schedule: NoiseSchedule | None = None,
     ) -> None:
+        if schedule is not None:
+            validation.instance(f"{self.name}: schedule", schedule, NoiseSchedule,
+                                "a NoiseSchedule (VE(), VP(), DiscreteVP(...))")
         if (noise_levels is None) == (models is None):
             raise ArgumentError(f"{self.name}: give exactly one of noise_levels, models")
         if noise_levels is not None:
@@ -156,6 +167,7 @@ class AnnealedLangevin(Sampler):
         self.target_accept = target_accept
         self.adapt_step_size = adapt_step_size
         self.max_step_growth = float(max_step_growth)
+        self.schedule = schedule
 
     @property
     def n_levels(self) -> int:
@@ -176,10 +188,14 @@ class AnnealedLangevin(Sampler):
             return self.mala
         return self.noise_levels[level] < float(self.mala)
 
-    def _scale(self, level: int) -> float:
+    def _scales(self, model: EnergyModel) -> tuple[float, ...]:
+        """(σ(t_k) / σ(t_{K−1}))² per level (all 1 on a path of models)."""
         if self.noise_levels is None:
-            return 1.0
-        return (self.noise_levels[level] / self.noise_levels[-1]) ** 2
+            return (1.0,) * self.n_levels
+        schedule = self.schedule or _schedule_of(model, self.name)
+        levels = torch.tensor(self.noise_levels, dtype=torch.float64)
+        sigmas = levels if schedule is None else schedule.sigma(levels).double()
+        return tuple(((sigmas / sigmas[-1]) ** 2).tolist())
 
     def init(self, x0: Tensor, model: EnergyModel) -> AnnealedState:
         needs_energy = self.needs_energy
@@ -198,9 +214,10 @@ class AnnealedLangevin(Sampler):
                            for m in (*self.models, model))
         first = init_langevin(x0, levels[0], self.step_size, self.name)
         base_step = first.step_size
+        scales = self._scales(model)
         return AnnealedState(first.position, first.energy, first.score,
-                             base_step * self._scale(0), first.frozen, base_step, 0, 0,
-                             levels, levels[0])
+                             base_step * scales[0], first.frozen, base_step, 0, 0,
+                             levels, levels[0], scales)
 
     def step(self, state: AnnealedState, generator: torch.Generator | None = None,
              ) -> tuple[AnnealedState, AnnealedInfo]:
@@ -228,8 +245,9 @@ class AnnealedLangevin(Sampler):
             adapted = torch.minimum(base_step * factor, ceiling)
             base_step = torch.where(langevin.frozen, base_step, adapted)
         new_state = AnnealedState(langevin.position, langevin.energy, langevin.score,
-                                  base_step * self._scale(level), langevin.frozen, base_step,
-                                  level, state.iteration + 1, state.levels, state.potential)
+                                  base_step * state.scales[level], langevin.frozen, base_step,
+                                  level, state.iteration + 1, state.levels, state.potential,
+                                  state.scales)
         return new_state, AnnealedInfo(acceptance, nonfinite, langevin.frozen, level)
 
     def _enter(self, state: AnnealedState, level: int) -> tuple[AnnealedState, Tensor]:
@@ -239,5 +257,17 @@ class AnnealedLangevin(Sampler):
         energy, score = potential.energy_and_score(state.position)
         bad = is_nonfinite(energy if potential.has_energy else None, score) & ~state.frozen
         return state._replace(energy=energy, score=score,
-                              step_size=state.base_step_size * self._scale(level),
+                              step_size=state.base_step_size * state.scales[level],
                               frozen=state.frozen | bad, level=level, potential=potential), bad
+
+
+def _schedule_of(model: EnergyModel, operation: str) -> NoiseSchedule | None:
+    """The noise schedule the noise-conditioned leaves of ``model`` declare (their
+    ``schedule``), ``None`` when none does; leaves that disagree raise."""
+    schedules = {repr(leaf.schedule): leaf.schedule for leaf in model.leaves()
+                 if isinstance(getattr(leaf, "schedule", None), NoiseSchedule)}
+    if len(schedules) > 1:
+        raise CompositionError(f"{operation}: the leaves of {model!r} use different noise "
+                               f"schedules ({', '.join(schedules)}); give schedule= for the "
+                               "step sizes")
+    return next(iter(schedules.values()), None)

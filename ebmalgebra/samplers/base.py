@@ -43,6 +43,7 @@ __all__ = [
     "Sampler",
     "StepSizeSampler",
     "as_chain_values",
+    "check_invariant",
     "draw_normal",
     "draw_uniform",
     "expand_to_event",
@@ -175,6 +176,11 @@ class Sampler:
     - ``n_annealing_steps``: the number of steps of its annealing phase, after
       which the chains target the model itself (the warmup to give
       :func:`ebmalgebra.sample`), or ``None`` for samplers that do not anneal.
+
+    A sampler that leaves its target invariant is also a move of
+    :class:`~ebmalgebra.samplers.SMC`, which re-targets its state at every level by
+    :meth:`retarget` and adapts the state's ``step_size`` (towards the sampler's
+    ``target_accept``) and, with ``adapt_mass``, its ``metric`` where the state has them.
     """
 
     name: str = "sampler"
@@ -196,6 +202,32 @@ class Sampler:
              ) -> tuple[NamedTuple, NamedTuple]:
         """One transition of every chain: ``(new_state, info)``."""
         raise NotImplementedError
+
+    def retarget(self, state: NamedTuple, potential: Potential, position: Tensor,
+                 energy: Tensor, score: Tensor) -> NamedTuple:
+        """``state`` moved to ``position`` ``(n_chains, *event_shape)`` under another
+        ``potential``, whose ``energy`` ``(n_chains,)`` and ``score`` there are known: how
+        sequential Monte Carlo re-initialises its move at every level without evaluating
+        again. Hyper-parameters in the state (step size, metric) carry over.
+
+        Default: the state's ``position``, ``energy``, ``potential`` and (if it has one)
+        ``score`` fields replaced. Samplers whose state holds other facts about its
+        target override this.
+
+        Raises:
+            CompositionError: if the state lacks one of those fields.
+        """
+        missing = [name for name in ("position", "energy", "potential")
+                   if name not in state._fields]
+        if missing:
+            raise CompositionError(
+                f"{self.name}: its state {type(state).__name__} has no {', '.join(missing)} "
+                "field, so it cannot be re-targeted between levels; override "
+                "Sampler.retarget")
+        changes = {"position": position, "energy": energy, "potential": potential}
+        if "score" in state._fields:
+            changes["score"] = score
+        return state._replace(**changes)
 
     def adaptation(self, state: NamedTuple, n_warmup: int):
         """An object with ``update(state, info) -> state`` and ``finish(state) -> state``
@@ -237,6 +269,17 @@ class StepSizeSampler(Sampler):
         sampler has ``adapt_mass``), or ``None`` with every switch off or with fewer
         than ``MIN_ADAPTATION_STEPS`` warmup steps (which warns)."""
         return window_adaptation(self, state, n_warmup)
+
+
+def check_invariant(sampler: object, operation: str, argument: str, instead: str) -> None:
+    """Refuse a ``sampler`` that does not declare ``leaves_target_invariant``: ``ArgumentError``
+    naming the ``argument`` of ``operation``, the sampler's own reason
+    (``not_invariant_because``) and what to use ``instead``."""
+    if isinstance(sampler, Sampler) and sampler.leaves_target_invariant:
+        return
+    why = getattr(sampler, "not_invariant_because", Sampler.not_invariant_because)
+    raise ArgumentError(f"{operation}: {argument}={sampler!r} must leave each target exactly "
+                     f"invariant, and it does not: {why}; use {instead}")
 
 
 def _short(value: object) -> str:

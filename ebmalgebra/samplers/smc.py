@@ -10,7 +10,8 @@ N weighted particles (x_i, W_i) are carried through targets π_0 → π_1 → �
    ``ess_threshold``·N (systematic resampling by default, see
    :mod:`ebmalgebra.samplers.resampling`); weights are then reset to 1/N;
 3. **move** every particle by ``n_steps`` Metropolis-Hastings-corrected transitions
-   (MALA or HMC) that leave π_{k+1} invariant, with one step size shared by all
+   (MALA, HMC, NUTS or any sampler that declares ``leaves_target_invariant``) that
+   leave π_{k+1} invariant, with one step size shared by all
    particles and adapted after every step from the mean acceptance rate,
    ε ← ε·exp(ᾱ − α*), so the kernel is invariant at every step and tracks the
    scale of each level.
@@ -33,7 +34,15 @@ Paths (one :class:`SMC` runs them all):
 
 Noise and model paths begin with such a tempering segment from ``base`` to their
 first target (one step when the base is already close), unless the first model is
-itself normalised with exact samples.
+itself normalised with exact samples. Between two consecutive fixed targets a and b
+the particles go in one step when the conditional ESS of the increments
+E_a − E_b stays above ``target_cess``, and otherwise through adaptive geometric
+bridges π_β ∝ exp(−(1 − β) E_a − β E_b) (:class:`BridgePotential`), chosen like the
+tempering steps. In high dimension this is what keeps the weights alive: between
+noise levels σ and σ/r the increment of a d-dimensional Gaussian-like target has
+variance ≈ (d/2)(r² − 1)², 9.5 nats² for d = 256 and r = 1.13 (the zoo faces'
+sixty levels), where one reweighting would leave one particle in ~10⁴ with weight.
+``path_log_z`` holds log Ẑ at each fixed target.
 
 Standard error of log Ẑ: the genealogy ("Eve") estimator of Chan & Lai (2013). With
 E_i the index of particle i's ancestor at level 0 and S_j = Σ_{i : E_i = j} W_i the
@@ -73,13 +82,12 @@ from ebmalgebra.base import EnergyModel
 from ebmalgebra.distributed import ChainShard, all_chains, chain_shard
 from ebmalgebra.errors import ArgumentError, CapabilityError, CompositionError
 from ebmalgebra.progress import progress_bar
-from ebmalgebra.samplers.base import Potential
-from ebmalgebra.samplers.hmc import HMC
+from ebmalgebra.samplers.base import Potential, Sampler, check_invariant
 from ebmalgebra.samplers.mala import MALA
 from ebmalgebra.samplers.resampling import RESAMPLING, resample
 from ebmalgebra.threads import particle_batch, threaded
 
-__all__ = ["SMC", "SMCResult", "conditional_ess", "next_exponent"]
+__all__ = ["SMC", "BridgePotential", "SMCResult", "conditional_ess", "next_exponent"]
 
 _MAX_TEMPERING_STEPS = 10_000
 
@@ -106,6 +114,12 @@ class SMCResult:
             (just ``[0]`` when the run starts at the first model).
         eve: each final particle's ancestor among the initial particles ``(N,)``.
         n_evaluations: energy-and-score evaluations per particle over the run.
+        path_log_z: log Ẑ_a of each fixed target of the path ``(A,)``: the model at each
+            noise level, or each of ``models`` and then ``model`` (just ``model`` on a
+            tempering path); ``path_log_z[-1]`` is ``log_z``. Each ratio Ẑ_a/Ẑ_{a−1} is
+            the product of the mean incremental weights between the two targets.
+        path_stderr: the genealogy standard error of each ``path_log_z`` ``(A,)``, from
+            the weights and ancestors at that target (``inf`` where few lineages survive).
     """
 
     particles: Tensor
@@ -121,6 +135,8 @@ class SMCResult:
     temperatures: Tensor
     eve: Tensor
     n_evaluations: int
+    path_log_z: Tensor
+    path_stderr: Tensor
 
     @property
     def weights(self) -> Tensor:
@@ -193,12 +209,15 @@ class SMC:
     See the module docstring for the algorithm and the standard error.
 
     Args:
-        kernel: the move, ``MALA(...)`` or ``HMC(...)``; its ``step_size`` is the first
-            level's step and its ``target_accept`` the aim of the per-step adaptation.
-            Default MALA starting from 0.1 × the mean variance of the initial particles.
-            HMC's diagonal (or dense) inverse mass is set at every level to the
-            particles' weighted variance (covariance) when ``adapt_mass``. The kernel's
-            own warmup adaptation is not used: SMC adapts between steps instead.
+        kernel: the move: any sampler that declares ``leaves_target_invariant``
+            (``MALA``, ``HMC``, ``NUTS``, ``RandomWalkMH`` or one of your own), re-targeted
+            at every level by its :meth:`~ebmalgebra.samplers.Sampler.retarget`. Its
+            ``step_size`` is the first level's step and its ``target_accept`` the aim of
+            the per-step adaptation. Default MALA starting from 0.1 × the mean variance of
+            the initial particles. With ``adapt_mass`` (HMC, NUTS) the diagonal (or dense)
+            inverse mass is set at every level to the particles' weighted variance
+            (covariance). The kernel's own warmup adaptation is not used: SMC adapts
+            between steps instead.
         n_steps: MCMC transitions per level.
         resampling: ``"systematic"``, ``"stratified"``, ``"residual"`` or ``"multinomial"``.
         ess_threshold: resample when ESS < ``ess_threshold``·N (0 never, 1 always).
@@ -211,12 +230,12 @@ class SMC:
         >>> result.samples, result.log_z, result.stderr
     """
 
-    def __init__(self, *, kernel: MALA | HMC | None = None, n_steps: int = 5,
+    def __init__(self, *, kernel: Sampler | None = None, n_steps: int = 5,
                  resampling: str = "systematic", ess_threshold: float = 0.5,
                  target_cess: float = 0.9, adapt_step_size: bool = True) -> None:
-        if kernel is not None and not isinstance(kernel, MALA | HMC):
-            raise ArgumentError(f"SMC: kernel must be MALA(...) or HMC(...), which leave each "
-                                f"level invariant, got {kernel!r}")
+        if kernel is not None:
+            check_invariant(kernel, "SMC", "kernel", "MALA, HMC, NUTS, RandomWalkMH or a "
+                            "sampler of your own that declares leaves_target_invariant")
         validation.count("SMC: n_steps", n_steps, 0)
         validation.one_of("SMC: resampling", resampling, RESAMPLING)
         validation.in_interval("SMC: ess_threshold", ess_threshold, closed_low=True,
@@ -290,13 +309,17 @@ class SMC:
             progress = False
         bar = progress_bar(len(anchors), progress, "SMC", unit="level")
         try:
-            if not start_at_first:
+            if start_at_first:
+                run.mark_anchor()
+            else:
                 run.temper(base, first_model, first_t)
+                run.mark_anchor()
                 anchors = anchors[1:]
                 if bar is not None:
                     bar.update(1)
             for anchor_model, t in anchors:
                 run.advance_to(Potential(anchor_model, operation="SMC", t=t), _describe(t, None))
+                run.mark_anchor()
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -338,6 +361,31 @@ def _default_base(model: EnergyModel, t: float | None, dtype: torch.dtype,
     return fit_base(model, generator=generator, dtype=dtype, group=group)
 
 
+class BridgePotential(Potential):
+    """The geometric bridge between two levels: (1 − β) E_start + β E_end, and the same mix
+    of scores; what SMC moves under between two targets that are too far apart for one
+    reweighting (two noise levels of one model, or two models)."""
+
+    __slots__ = ("start", "end", "fraction")
+
+    def __init__(self, start: Potential, end: Potential, fraction: float) -> None:
+        self.start, self.end, self.fraction = start, end, fraction
+        self.model, self.t, self.beta, self.has_energy = end.model, end.t, None, True
+
+    def energy(self, x: Tensor) -> Tensor:
+        return (1.0 - self.fraction) * self.start.energy(x) + self.fraction * self.end.energy(x)
+
+    def energy_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        start_energy, start_score = self.start.energy_and_score(x)
+        end_energy, end_score = self.end.energy_and_score(x)
+        fraction = self.fraction
+        return ((1.0 - fraction) * start_energy + fraction * end_energy,
+                (1.0 - fraction) * start_score + fraction * end_score)
+
+    def __repr__(self) -> str:
+        return f"BridgePotential({self.start!r} -> {self.end!r}, beta={self.fraction:.4g})"
+
+
 class _Run:
     """The particle system of one SMC run and its records.
 
@@ -357,11 +405,13 @@ class _Run:
             raise CompositionError(f"SMC: base {base!r} samples {x.dtype}, not floating point")
         if smc.kernel is None:
             scale = x.reshape(n_particles, -1).var(0).mean().clamp_min(1e-12)
-            self.kernel: MALA | HMC = MALA(step_size=float(0.1 * scale), adapt_step_size=False)
+            self.kernel: Sampler = MALA(step_size=float(0.1 * scale), adapt_step_size=False)
         else:
             self.kernel = smc.kernel
         self.state = self.kernel.init(x if shard is None else shard.take(x), base)
-        self.step_size = self.state.step_size[:1].clone()
+        # One step size for all particles, adapted between steps, where the kernel has one.
+        self.step_size = (self.state.step_size[:1].clone()
+                          if "step_size" in self.state._fields else None)
         self.log_w = torch.full((n_particles,), -math.log(n_particles), dtype=x.dtype,
                                 device=x.device)
         self.log_z = float(base.log_z())
@@ -370,34 +420,65 @@ class _Run:
                                                          "resampled", "levels")}
         self.temperatures = [0.0]
         self.n_evaluations = 1
+        self.anchors: dict[str, list[float]] = {"log_z": [], "stderr": []}
 
     # --------------------------------------------------------------- levels
     def temper(self, base: EnergyModel, model: EnergyModel, t: float | None) -> None:
         """Adaptive tempering from ``base`` (where the particles are) to ``model`` at ``t``."""
-        base_potential = Potential(base, operation="SMC base")
-        model_potential = Potential(model, operation="SMC", t=t)
-        beta = 0.0
-        while beta < 1.0:
-            if len(self.records["levels"]) >= _MAX_TEMPERING_STEPS:
-                raise CapabilityError(f"SMC: tempering to {model!r} needs more than "
-                                      f"{_MAX_TEMPERING_STEPS} steps; give a closer base=")
-            x = self.state.position
-            gap = all_chains(base_potential.energy(x) - model_potential.energy(x), self.shard)
-            self.n_evaluations += 1
-            new_beta = next_exponent(self.log_w, gap, beta, self.smc.target_cess)
-            target = Potential(base ** (1.0 - new_beta) & model ** new_beta, operation="SMC",
-                               t=t)
-            energy, score = target.energy_and_score(x)
-            self._step(target, (new_beta - beta) * gap, energy, score,
-                       _describe(t, new_beta))
-            beta = new_beta
-            self.temperatures.append(beta)
+        betas = self.bridge(Potential(base, operation="SMC base"),
+                            Potential(model, operation="SMC", t=t), lambda beta: _describe(t, beta))
+        self.temperatures.extend(betas)
 
     def advance_to(self, potential: Potential, description: str) -> None:
-        """Reweight from the current level to ``potential``'s, resample, move."""
-        energy, score = potential.energy_and_score(self.state.position)
-        self._step(potential, all_chains(self.state.energy - energy, self.shard), energy, score,
-                   description)
+        """From the current level to ``potential``'s: one reweight, resample and move when
+        that keeps the CESS ≥ ``target_cess``, else through adaptive bridges."""
+        self.bridge(self.state.potential, potential,
+                    lambda beta: description if beta == 1.0 else f"{description} beta={beta:.4g}")
+
+    def bridge(self, start: Potential, end: Potential, describe: Callable[[float], str],
+               ) -> list[float]:
+        """Carry the particles from ``start``'s target (where they are) to ``end``'s along
+        π_β ∝ exp(−(1 − β) E_start − β E_end), each next β the largest that keeps the
+        conditional ESS ≥ ``target_cess`` (:func:`next_exponent`); returns the β's.
+
+        The increment per unit of β is E_start − E_end at the particles, so the bisection
+        costs no evaluations; each bridge step evaluates start and end once. At β = 0
+        E_start is the state's own energy, so a level that needs no bridge costs one
+        evaluation of ``end``, as a plain reweighting would.
+        """
+        betas: list[float] = []
+        # At β = 0 the particles sit at start's level: its energy is the state's own.
+        beta, start_energy, start_score = 0.0, self.state.energy, None
+        while beta < 1.0:
+            if len(betas) >= _MAX_TEMPERING_STEPS:
+                raise CapabilityError(f"SMC: bridging to {end.model!r} needs more than "
+                                      f"{_MAX_TEMPERING_STEPS} steps; give a closer base= or "
+                                      "closer levels")
+            x = self.state.position
+            if start_energy is None:
+                start_energy, start_score = start.energy_and_score(x)
+                self.n_evaluations += 1
+            end_energy, end_score = end.energy_and_score(x)
+            gap = all_chains(start_energy - end_energy, self.shard)
+            new_beta = next_exponent(self.log_w, gap, beta, self.smc.target_cess)
+            if new_beta == 1.0:
+                target, energy, score = end, end_energy, end_score
+            else:
+                if start_score is None:
+                    start_energy, start_score = start.energy_and_score(x)
+                    self.n_evaluations += 1
+                target = BridgePotential(start, end, new_beta)
+                energy = (1.0 - new_beta) * start_energy + new_beta * end_energy
+                score = (1.0 - new_beta) * start_score + new_beta * end_score
+            self._step(target, (new_beta - beta) * gap, energy, score, describe(new_beta))
+            beta, start_energy = new_beta, None
+            betas.append(beta)
+        return betas
+
+    def mark_anchor(self) -> None:
+        """Record log Ẑ and its genealogy stderr at a fixed target of the path."""
+        self.anchors["log_z"].append(self.log_z)
+        self.anchors["stderr"].append(self._stderr())
 
     # ---------------------------------------------------------------- steps
     def _step(self, potential: Potential, increment: Tensor, energy: Tensor, score: Tensor,
@@ -425,7 +506,8 @@ class _Run:
         self.state = self._retarget(x, energy, score, potential)
         acceptance = self._move()
         for key, value in (("ess", ess), ("acceptance", acceptance),
-                           ("step_size", float(self.step_size[0])), ("resampled", resampled),
+                           ("step_size", math.nan if self.step_size is None
+                            else float(self.step_size[0])), ("resampled", resampled),
                            ("levels", description)):
             self.records[key].append(value)
 
@@ -439,25 +521,29 @@ class _Run:
         return [self.shard.all_gather(values)[mine] for values in local]
 
     def _retarget(self, x: Tensor, energy: Tensor, score: Tensor, potential: Potential):
-        changes = dict(position=x, energy=energy, score=score, potential=potential,
-                       step_size=self.step_size.expand(self.n_local).clone())
-        if isinstance(self.kernel, MALA):
-            changes["frozen"] = torch.zeros(self.n_local, dtype=torch.bool, device=x.device)
-        elif self.kernel.adapt_mass:
+        """The kernel's state at the new level (:meth:`Sampler.retarget`), with the shared
+        step size and, under ``adapt_mass``, the particles' weighted spread as M⁻¹."""
+        state = self.kernel.retarget(self.state, potential, x, energy, score)
+        changes = {}
+        if self.step_size is not None:
+            changes["step_size"] = self.step_size.expand(self.n_local).clone()
+        if getattr(self.kernel, "adapt_mass", False) and "metric" in state._fields:
             inverse_mass = _weighted_spread(all_chains(x, self.shard), self.log_w.exp(),
-                                            self.kernel.metric == "dense")
-            changes["metric"] = self.state.metric.replace(inverse_mass)
-        return self.state._replace(**changes)
+                                            state.metric.dense)
+            changes["metric"] = state.metric.replace(inverse_mass)
+        return state._replace(**changes)
 
     def _move(self) -> float:
         """``n_steps`` transitions at the current level; returns the mean acceptance."""
         rates = []
-        target = self.kernel.target_accept
-        adapt = self.smc.adapt_step_size
+        target = getattr(self.kernel, "target_accept", None)
+        adapt = self.smc.adapt_step_size and self.step_size is not None and target is not None
         for _ in range(self.smc.n_steps):
             with nullcontext() if self.shard is None else self.shard.activate():
                 self.state, info = self.kernel.step(self.state, self.generator)
-            self.n_evaluations += getattr(info, "n_leapfrog", 1)
+            # Leapfrog steps per chain (HMC: a number, NUTS: one per chain), else one.
+            self.n_evaluations += float(torch.as_tensor(getattr(info, "n_leapfrog", 1),
+                                                        dtype=torch.float64).mean())
             # The mean of all N rates, in one process's order of summation.
             rate = all_chains(info.acceptance_rate, self.shard).mean()
             rates.append(rate)
@@ -468,15 +554,21 @@ class _Run:
         return float(torch.stack(rates).mean()) if rates else math.nan
 
     # --------------------------------------------------------------- result
+    def _stderr(self) -> float:
+        """The Chan & Lai genealogy stderr of the current log Ẑ: √(Σ_j (S_j − 1/N)²);
+        ``inf`` when fewer than max(5, N/100) initial particles have descendants (the
+        estimator averages over surviving lineages, and with a handful it is
+        meaningless: with one it is ≈ 1 nat whatever the error)."""
+        if int(torch.unique(self.eve).numel()) < min(self.n, max(5, self.n // 100)):
+            return math.inf
+        per_eve = torch.zeros_like(self.log_w).index_add_(0, self.eve, self.log_w.exp())
+        return math.sqrt(float((per_eve - 1.0 / self.n).square().sum()))
+
     def result(self) -> SMCResult:
         weights = self.log_w.exp()
-        per_eve = torch.zeros_like(weights).index_add_(0, self.eve, weights)
-        stderr = math.sqrt(float((per_eve - 1.0 / self.n).square().sum()))
+        stderr = self._stderr()
         n_eves = int(torch.unique(self.eve).numel())
-        if n_eves < min(self.n, max(5, self.n // 100)):
-            # The genealogy estimator averages over surviving lineages; with a handful it
-            # is meaningless (with one it is ≈ 1 nat whatever the error).
-            stderr = math.inf
+        if not math.isfinite(stderr):
             warnings.warn(f"SMC: only {n_eves} of {self.n} initial particles have descendants "
                           "at the end, so the weights degenerated along the path and log_z "
                           "and expectations are unreliable (stderr inf); use more particles, "
@@ -500,7 +592,9 @@ class _Run:
             levels=tuple(self.records["levels"]),
             temperatures=torch.tensor(self.temperatures, dtype=torch.float64),
             eve=self.eve,
-            n_evaluations=self.n_evaluations,
+            n_evaluations=round(self.n_evaluations),
+            path_log_z=torch.tensor(self.anchors["log_z"], dtype=torch.float64),
+            path_stderr=torch.tensor(self.anchors["stderr"], dtype=torch.float64),
         )
 
 

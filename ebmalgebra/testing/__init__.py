@@ -13,6 +13,7 @@ Requires ``hypothesis`` (installed with the ``dev`` extra).
 """
 
 from ebmalgebra.testing.assertions import assert_equivalent, assert_score_is_gradient
+from ebmalgebra.testing.known import correlated_gaussian
 from ebmalgebra.testing.strategies import (
     LEAF_KINDS,
     expressions,
@@ -21,5 +22,5 @@ from ebmalgebra.testing.strategies import (
     points_at_all_scales,
 )
 
-__all__ = ["LEAF_KINDS", "assert_equivalent", "assert_score_is_gradient", "expressions", "leaves",
-           "points", "points_at_all_scales"]
+__all__ = ["LEAF_KINDS", "assert_equivalent", "assert_score_is_gradient", "correlated_gaussian",
+           "expressions", "leaves", "points", "points_at_all_scales"]
