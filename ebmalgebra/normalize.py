@@ -38,7 +38,7 @@ from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel, input_options
 from ebmalgebra.compile import compile
 from ebmalgebra.distributed import ChainShard, all_chains, chain_shard
-from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CapabilityError, CompositionError
+from ebmalgebra.errors import ArgumentTypeError, CapabilityError, CompositionError
 from ebmalgebra.noise_normalized import NoiseNormalized
 from ebmalgebra.ops import Normalized
 from ebmalgebra.progress import progress_bar
