@@ -371,7 +371,9 @@ class _Run:
             self.kernel = smc.kernel
         self.state = self.kernel.init(x if shard is None else shard.take(x), base)
         self.step_size = self.state.step_size[:1].clone()
-        self.log_w = torch.full((n_particles,), -math.log(n_particles), dtype=x.dtype,
+        # float64 whatever the particles' dtype: float32 log weights of energies in the
+        # hundreds normalise only to ~1e-5, which the resampling check rejects.
+        self.log_w = torch.full((n_particles,), -math.log(n_particles), dtype=torch.float64,
                                 device=x.device)
         self.log_z = float(base.log_z())
         self.eve = torch.arange(n_particles, device=x.device)
