@@ -214,7 +214,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise _Failure("--n must be positive", EXIT_USAGE)
     out = _check_out(args.out, tensors=False)
     run_demo(n=args.n, alpha=args.alpha, log_odds=args.log_odds, seed=args.seed,
-             steps=args.steps, out=out)
+             steps=args.steps, sampler=args.sampler, out=out)
     return EXIT_OK
 
 
@@ -255,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                            f"** alpha (default {DEMO_ALPHA})")
     demo.add_argument("--steps", type=_positive_int, default=None,
                       help="moves per chain over all noise levels (default 300)")
+    demo.add_argument("--sampler", choices=("annealed", "smc"), default=None,
+                      help="sample every row by this (default: annealed Langevin; smc also "
+                           "prints log Z and ESS per row)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--out", default="ebmalgebra_demo.png",
                       help="PNG file to write (default ebmalgebra_demo.png)")

@@ -50,20 +50,16 @@ rates unchanged. Both samplers spend 6 network evaluations per level (SMC: one
 reweighting and 5 MALA moves; annealed Langevin: 5 steps and the new level's
 energy), 360 per chain. The time this takes is in the README."""
 
-DEMO_SAMPLERS = {
-    "glasses": "smc",
-    "hat": "annealed",
-    "glasses & hat": "annealed",
-    "glasses & ~hat": "annealed",
-    "glasses & ~hat (stable form)": "annealed",
-    "glasses | hat": "annealed",
-}
-"""The sampler of each demo row (keys of :func:`demo_models`): SMC where its goal rate
-and realism were at least annealed Langevin's on both seeds at equal evaluations
-(benchmarks/composition.py, 256 samples, seeds 0 and 1; docs/composition.md). On the
-other rows one of the two SMC runs lost every sample's realism (its adapted MALA step
-grows on the nearly flat energy far from the faces, or one lineage survives), and on
-``glasses & hat`` the two tie."""
+DEMO_SAMPLERS = dict.fromkeys(("glasses", "hat", "glasses & hat", "glasses & ~hat",
+                               "glasses & ~hat (stable form)", "glasses | hat"), "annealed")
+"""The sampler of each demo row (keys of :func:`demo_models`): annealed Langevin for
+all. SMC at equal evaluations (benchmarks/composition.py, 256 samples, seeds 0 and
+1; docs/composition.md) lost every sample's realism in one of the two runs of
+``hat``, the negations and ``glasses | hat`` (its adapted MALA step grows on the
+nearly flat energy far from the faces), tied on ``glasses & hat``, and on
+``glasses`` won both runs' rates only by collapsing onto one lineage: 100% of its
+samples wore a hat, against 43% by annealed Langevin. ``run_demo(sampler="smc")``
+(CLI ``demo --sampler smc``) samples every row by SMC and shows its log Z and ESS."""
 
 # The rates demo rows are judged by, and their acceptance thresholds (issue 15 for
 # the negation: ≥ 90% glasses without hat with ≥ 70% realistic).
@@ -111,20 +107,22 @@ def _percent(value: float) -> str:
 
 
 def run_demo(*, n: int = 256, alpha: float = DEMO_ALPHA, log_odds: float = DEMO_LOG_ODDS,
-             seed: int = 0, steps: int | None = None,
+             seed: int = 0, steps: int | None = None, sampler: str | None = None,
              out: str | Path | None = "ebmalgebra_demo.png", columns: int = 8,
              progress: bool | None = None,
              echo: Callable[[str], object] = print) -> list[DemoRow]:
-    """Sample each demo expression (``n`` faces, seeds ``seed``, ``seed + 1``, …) by its
-    sampler in :data:`DEMO_SAMPLERS`, measure, print through ``echo`` and draw to
-    ``out`` (``None``: no picture).
+    """Sample each demo expression (``n`` faces, seeds ``seed``, ``seed + 1``, …) by
+    ``sampler`` (``"annealed"`` or ``"smc"``; default: each row's in
+    :data:`DEMO_SAMPLERS`), measure, print through ``echo`` and draw to ``out``
+    (``None``: no picture).
 
     ``steps`` replaces the total evaluations per chain (spread over the noise
     levels). Returns one :class:`DemoRow` per expression.
 
     Raises:
         ZooError: if the face models are not installed.
-        ValueError: if ``out`` is not a picture format matplotlib writes.
+        ValueError: if ``out`` is not a picture format matplotlib writes, or
+            ``sampler`` is neither ``"annealed"`` nor ``"smc"``.
     """
     from ebmalgebra import zoo
     from ebmalgebra.plotting import check_picture_path
@@ -134,34 +132,39 @@ def run_demo(*, n: int = 256, alpha: float = DEMO_ALPHA, log_odds: float = DEMO_
     if missing:
         raise zoo.ZooError(f"the demo needs the face models, and {', '.join(missing)} "
                            "is not installed; train them with scripts/train_zoo.py")
+    if sampler not in (None, "annealed", "smc"):
+        raise ValueError(f"run_demo: sampler must be 'annealed' or 'smc', got {sampler!r}")
     if out is not None:
         check_picture_path(out, "out")
     expressions = demo_models(zoo.models(), alpha=alpha, log_odds=log_odds)
     negation, stable = repr(expressions["glasses & ~hat"]), repr(
         expressions["glasses & ~hat (stable form)"])
     echo("ebmalgebra demo: composing pretrained energy models of 16×16 faces, no retraining.")
-    echo(f"  {'glasses & hat':<38} AND: add the energies (product of experts)")
-    echo(f"  {negation:<38} NOT hat: glasses × P(no hat | x), the")
-    echo(f"  {'':<38} classifier of hat against all faces (Bayes' rule)")
-    echo(f"  {stable:<38} the older stable form of NOT, for comparison")
-    echo(f"  {'glasses | hat':<38} OR: mix the densities")
-    echo(f"Sampling {n} faces per expression (SMC or annealed Langevin, seed {seed}); the "
-         "attributes")
-    echo("of every sample are read by exact detectors, and 'realistic' counts samples as "
-         "close to a")
-    echo("real face as real faces are.")
+    echo(f"  {'glasses & hat':<41} AND: add the energies (product of experts)")
+    echo(f"  {negation:<41} NOT hat: glasses × P(no hat | x), the")
+    echo(f"  {'':<41} classifier of hat against all faces (Bayes' rule)")
+    echo(f"  {stable:<41} the older stable form of NOT, for comparison")
+    echo(f"  {'glasses | hat':<41} OR: mix the densities")
+    kinds = sorted({sampler or DEMO_SAMPLERS[label] for label in expressions})
+    method = " and ".join({"annealed": "annealed Langevin", "smc": "SMC"}[kind]
+                          for kind in kinds)
+    echo(f"Sampling {n} faces per expression ({method}, seed {seed}); the attributes of "
+         "every")
+    echo("sample are read by exact detectors, and 'realistic' counts samples as close to a "
+         "real face")
+    echo("as real faces are.")
     echo("")
     rows: list[DemoRow] = []
     start = time.perf_counter()
     samples_of: dict[str, torch.Tensor] = {}
     for i, (label, model) in enumerate(expressions.items()):
         tick = time.perf_counter()
-        sampler = DEMO_SAMPLERS[label]
-        samples, smc = _sample_row(model, n, sampler, steps=steps, seed=seed + i,
+        kind = sampler or DEMO_SAMPLERS[label]
+        samples, smc = _sample_row(model, n, kind, steps=steps, seed=seed + i,
                                    progress=progress)
-        rows.append(DemoRow(repr(model), n, attribute_rates(samples), sampler, smc))
+        rows.append(DemoRow(repr(model), n, attribute_rates(samples), kind, smc))
         samples_of[label] = samples[:columns]
-        echo(f"  sampled {repr(model):<38} {sampler:<9} {time.perf_counter() - tick:5.1f} s")
+        echo(f"  sampled {repr(model):<41} {kind:<9} {time.perf_counter() - tick:5.1f} s")
     elapsed = time.perf_counter() - start
     echo("")
     echo(rates_table([row[:3] for row in rows], runs=[row.smc for row in rows]))
@@ -170,7 +173,7 @@ def run_demo(*, n: int = 256, alpha: float = DEMO_ALPHA, log_odds: float = DEMO_
     for label, key, goal in _GOALS:
         value = by_label[label].rates[key]
         verdict = "meets" if value >= goal else "MISSES"
-        echo(f"  {by_label[label].label:<38} {RATE_COLUMNS[key]}: {_percent(value)} "
+        echo(f"  {by_label[label].label:<41} {RATE_COLUMNS[key]}: {_percent(value)} "
              f"({verdict} the goal ≥ {_percent(goal)})")
     glasses_with_hat = by_label["glasses"].rates["both"]
     echo(f"  for comparison, {_percent(glasses_with_hat)} of `glasses` samples happen to wear "
