@@ -212,12 +212,13 @@ def _draw_figure(out: str | Path, by_label: dict[str, DemoRow],
     from ebmalgebra.plotting import image_rows, save_figure
     from ebmalgebra.zoo.faces import RATE_COLUMNS
 
-    figure = Figure(figsize=(2.4 + 0.75 * columns, 1.0 + 0.8 * len(by_label)))
+    # Room on the left for the longest label, without(glasses, hat, face, log_odds=8).
+    figure = Figure(figsize=(3.6 + 0.75 * columns, 1.0 + 0.8 * len(by_label)))
     image_rows(figure, [(row.label, samples_of[label]) for label, row in by_label.items()],
                columns, bottom=0.16)
-    caption = "   ".join(
-        f"{by_label[label].label}: {RATE_COLUMNS[key]} {_percent(by_label[label].rates[key])}"
-        for label, key, _ in _GOALS)
+    goals = [f"{label}: {RATE_COLUMNS[key]} {_percent(by_label[label].rates[key])}"
+             for label, key, _ in _GOALS]
+    caption = "   ".join(goals[:2]) + "\n" + "   ".join(goals[2:])
     n = by_label["glasses"].n
     glasses_with_hat = by_label["glasses"].rates["both"]
     figure.suptitle("Composing pretrained face models (ebmalgebra zoo)", fontsize=11)
