@@ -37,6 +37,7 @@ from ebmalgebra.leaves import (
     from_score,
     one,
 )
+from ebmalgebra.negation import Without, without
 from ebmalgebra.normalize import LogZEstimate, estimate_log_z, normalize
 from ebmalgebra.operator import Operator
 from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
@@ -64,6 +65,7 @@ __all__ = [
     "Product",
     "SerializationError",
     "Weight",
+    "Without",
     "compile",
     "estimate_log_z",
     "from_distribution",
@@ -78,6 +80,7 @@ __all__ = [
     "save",
     "targets",
     "transform",
+    "without",
 ]
 
 _SUBPACKAGES = frozenset({"apps", "datasets", "diagnostics", "learning", "testing", "zoo"})

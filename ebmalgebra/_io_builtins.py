@@ -152,6 +152,7 @@ def _register_operators(register_operator: Callable) -> None:
     from ebmalgebra.io.registry import OPERATORS
     from ebmalgebra.jit import InductorEnergy
     from ebmalgebra.leaves import One, one
+    from ebmalgebra.negation import Without
     from ebmalgebra.noise_normalized import NoiseNormalized
     from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
     from ebmalgebra.pushforward import Pushforward
@@ -165,6 +166,7 @@ def _register_operators(register_operator: Callable) -> None:
     register_operator("noise_normalized")(NoiseNormalized)
     register_operator("pushforward")(Pushforward)
     register_operator("condition")(Conditioned)
+    register_operator("without")(Without)
     # A compiled node stores the expression as given, not its closed-form rewrite.
     register_operator("compile", operands=lambda node: (node.source,))(CompiledEnergy)
     # Same file form as ``compile``: the backend is a field of the spec.

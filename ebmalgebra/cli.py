@@ -29,7 +29,7 @@ from ebmalgebra.errors import EBMAlgebraError
 from ebmalgebra.expression_parser import ExpressionError
 from ebmalgebra.leaves import one
 from ebmalgebra.program import format_program
-from ebmalgebra.zoo.demo import DEMO_ALPHA, run_demo
+from ebmalgebra.zoo.demo import DEMO_ALPHA, DEMO_LOG_ODDS, run_demo
 from ebmalgebra.zoo.faces import TABLE_COLUMNS
 
 __all__ = ["build_parser", "format_program", "main"]
@@ -213,7 +213,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise _Failure("--n must be positive", EXIT_USAGE)
     out = _check_out(args.out, tensors=False)
-    run_demo(n=args.n, alpha=args.alpha, seed=args.seed, steps=args.steps, out=out)
+    run_demo(n=args.n, alpha=args.alpha, log_odds=args.log_odds, seed=args.seed,
+             steps=args.steps, sampler=args.sampler, out=out)
     return EXIT_OK
 
 
@@ -246,11 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
                                "table of attribute rates")
     demo.add_argument("--n", type=_positive_int, default=256,
                       help="samples per expression (default 256)")
+    demo.add_argument("--log-odds", type=float, default=DEMO_LOG_ODDS,
+                      help=f"strength of NOT in without(glasses, hat, face, log_odds=...) "
+                           f"(default {DEMO_LOG_ODDS:g})")
     demo.add_argument("--alpha", type=float, default=DEMO_ALPHA,
-                      help=f"strength of NOT in glasses & (face & ~hat) ** alpha "
-                           f"(default {DEMO_ALPHA})")
+                      help=f"strength of NOT in the comparison row glasses & (face & ~hat) "
+                           f"** alpha (default {DEMO_ALPHA})")
     demo.add_argument("--steps", type=_positive_int, default=None,
-                      help="Langevin steps per chain (default 300)")
+                      help="moves per chain over all noise levels (default 300)")
+    demo.add_argument("--sampler", choices=("annealed", "smc"), default=None,
+                      help="sample every row by this (default: annealed Langevin; smc also "
+                           "prints log Z and ESS per row)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--out", default="ebmalgebra_demo.png",
                       help="PNG file to write (default ebmalgebra_demo.png)")

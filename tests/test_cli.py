@@ -73,9 +73,14 @@ def test_the_sampler_choice_changes_the_draws(capsys, tmp_path):
 @pytest.mark.slow
 def test_demo_prints_the_table_and_writes_the_picture(capsys, tmp_path):
     out = tmp_path / "figures" / "demo.pdf"  # any matplotlib format, folders created
-    status, stdout, err = run(capsys, "demo", "--n", "2", "--steps", "60", "--out", str(out))
+    status, stdout, err = run(capsys, "demo", "--n", "2", "--steps", "60", "--sampler", "smc",
+                              "--out", str(out))
     assert status == 0, err
-    assert "glasses & (face & ~hat) ** 0.35" in stdout and "both" in stdout
+    assert "without(glasses, hat, face, log_odds=8)" in stdout  # the negation row
+    assert stdout.count(" ± ") == 6  # every row by SMC: log Z ± stderr
+    assert "glasses & (face & ~hat) ** 0.35" in stdout  # the older form, for comparison
+    header = next(line for line in stdout.splitlines() if line.startswith("expression"))
+    assert "both" in header and header.split()[-3:] == ["log", "Z", "ESS"]
     assert out.read_bytes()[:5] == b"%PDF-"
 
 

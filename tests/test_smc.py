@@ -209,6 +209,19 @@ def test_resampling_follows_the_ess_threshold():
     assert torch.allclose(always.weights, torch.full((256,), 1 / 256, dtype=F64))
 
 
+def test_float32_particles_with_large_energies_resample():
+    """A 256-D float32 target: log weights in the hundreds normalised in float32 sum to
+    1 ± 3e-5, beyond the resampling check's 1e-6·N for N = 4 (the faces demo with
+    ``--n 4`` failed so); SMC keeps its log weights in float64."""
+    dim = 256
+    model = GaussianMixture(torch.zeros(1, dim), 0.3, name="m").noised(VE())
+    result = SMC(n_steps=1).run(model, noise_levels=torch.logspace(1, -2, 10), n_particles=4,
+                                base=Gaussian(torch.zeros(dim), 10.0, name="b"),
+                                generator=torch.Generator().manual_seed(0), progress=False)
+    assert result.samples.dtype == torch.float32 and result.resampled.any()
+    assert result.log_weights.dtype == torch.float64
+
+
 def test_bad_arguments_name_the_problem():
     start, _, target, _ = _gaussian_path()
     with pytest.raises(ValueError, match=r"SMC: kernel=ULA\(.*exactly invariant.*; use MALA"):

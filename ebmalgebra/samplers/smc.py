@@ -412,7 +412,9 @@ class _Run:
         # One step size for all particles, adapted between steps, where the kernel has one.
         self.step_size = (self.state.step_size[:1].clone()
                           if "step_size" in self.state._fields else None)
-        self.log_w = torch.full((n_particles,), -math.log(n_particles), dtype=x.dtype,
+        # float64 whatever the particles' dtype: float32 log weights of energies in the
+        # hundreds normalise only to ~1e-5, which the resampling check rejects.
+        self.log_w = torch.full((n_particles,), -math.log(n_particles), dtype=torch.float64,
                                 device=x.device)
         self.log_z = float(base.log_z())
         self.eve = torch.arange(n_particles, device=x.device)

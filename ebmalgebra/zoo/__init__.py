@@ -46,7 +46,7 @@ from pathlib import Path
 
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.errors import ZooError
-from ebmalgebra.zoo.sampling import SamplingPlan, draw, plan_for
+from ebmalgebra.zoo.sampling import SamplingPlan, draw, plan_for, run_smc
 from ebmalgebra.zoo.store import WeightStore
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "models",
     "parse",
     "plan_for",
+    "run_smc",
     "verify",
 ]
 

@@ -85,8 +85,14 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def rates_table(rows: list[tuple[str, int, dict[str, float]]],
-                columns: tuple[tuple[str, str], ...] = TABLE_COLUMNS) -> str:
+                columns: tuple[tuple[str, str], ...] = TABLE_COLUMNS, *,
+                runs: list | None = None) -> str:
     """A plain-text table of attribute rates: one row per ``(expression, n, rates)``.
+
+    ``runs``, one per row, adds the columns ``log Z`` (± its standard error) and
+    ``ESS`` (the median over levels of the effective sample size after
+    reweighting) from the :class:`~ebmalgebra.samplers.smc.SMCResult` of rows
+    sampled by SMC, and "–" for rows sampled otherwise (``None``).
 
     Example:
         >>> print(rates_table([("glasses & hat", 256, attribute_rates(images))]))
@@ -96,6 +102,11 @@ def rates_table(rows: list[tuple[str, int, dict[str, float]]],
     header = ["expression", "n"] + [title for _, title in columns]
     body = [[label, str(n)] + [f"{100 * rates[key]:.1f}%" for key, _ in columns]
             for label, n, rates in rows]
+    if runs is not None:
+        header += ["log Z", "ESS"]
+        for cells, run in zip(body, runs, strict=True):
+            cells += (["–", "–"] if run is None else
+                      [f"{run.log_z:.1f} ± {run.stderr:.2g}", f"{float(run.ess.median()):.0f}"])
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -105,4 +116,3 @@ def rates_table(rows: list[tuple[str, int, dict[str, float]]],
 
     rule = "-" * len(line(header))
     return "\n".join([line(header), rule, *(line(row) for row in body)])
-

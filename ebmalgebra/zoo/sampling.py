@@ -19,6 +19,7 @@ import math
 import warnings
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -28,7 +29,11 @@ from ebmalgebra.base import EnergyModel, input_options
 from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CompositionError
 from ebmalgebra.samplers.escape import ImproperTargetWarning, check_final
 
-__all__ = ["KERNELS", "SamplingPlan", "draw", "is_noise_conditioned", "plan_for", "total_exponent"]
+if TYPE_CHECKING:
+    from ebmalgebra.samplers.smc import SMCResult
+
+__all__ = ["KERNELS", "SamplingPlan", "draw", "is_noise_conditioned", "plan_for", "run_smc",
+           "total_exponent"]
 
 KERNELS = ("annealed", "mala", "ula", "hmc", "smc")
 """Kernel names :func:`draw` (and the CLI's ``--sampler``) accept."""
@@ -206,7 +211,7 @@ def _draw(model: EnergyModel, n: int, kernel: str, steps: int | None,
     dtype = input_options(model)["dtype"]
 
     if kernel == "smc":
-        return _draw_smc(model, n, plan, steps, generator, progress, dtype)
+        return _draw_smc(model, n, plan, steps, generator, progress)
     if not is_noise_conditioned(model):
         if kernel == "annealed":
             raise ArgumentError(f"the annealed sampler needs noise-conditioned models, and "
@@ -254,24 +259,50 @@ def _final(result) -> Tensor:
 
 
 def _draw_smc(model: EnergyModel, n: int, plan: SamplingPlan | None, steps: int | None,
-              generator: torch.Generator | None, progress: bool | None,
-              dtype: torch.dtype) -> Tensor:
-    """``draw(..., kernel="smc")``: the final particles of an SMC run, equally weighted."""
+              generator: torch.Generator | None, progress: bool | None) -> Tensor:
+    """``draw(..., kernel="smc")``: the final particles of :func:`run_smc`, equally
+    weighted (its log Z is not returned, so its degenerate-weights warning is not
+    raised either)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="SMC: only", category=RuntimeWarning)
+        return run_smc(model, n, plan=plan, steps=steps, generator=generator,
+                       progress=progress).samples
+
+
+def run_smc(model: EnergyModel, n: int, *, plan: SamplingPlan | None = None,
+            steps: int | None = None, generator: torch.Generator | None = None,
+            progress: bool | None = None) -> SMCResult:
+    """The :class:`~ebmalgebra.samplers.SMC` run behind ``draw(..., kernel="smc")``, whole:
+    particles, log Z and its stderr, ESS per level.
+
+    Noise-conditioned models walk the plan's noise levels from
+    N(init_mean, σ_max² I) with ``steps_per_level`` MALA moves per level after the
+    reweighting evaluation: steps_per_level + 1 evaluations per level, as the
+    annealed sampler spends (its steps, and the new level's energy at the current
+    positions). Other models are tempered from N(0, 3² I). ``steps`` replaces the
+    total moves over all levels.
+
+    Example:
+        >>> result = run_smc(zoo.parse("glasses & hat"), 64)
+        >>> result.samples.shape, result.log_z
+        (torch.Size([64, 16, 16]), ...)
+    """
     from ebmalgebra.samplers import SMC
     from ebmalgebra.targets import Gaussian
 
     validation.count("n", n, 2)
     event_shape = model.event_shape
+    dtype = input_options(model)["dtype"]
     if not is_noise_conditioned(model):
         base = Gaussian(torch.zeros(event_shape, dtype=dtype), 3.0, name="base")
         return SMC().run(model, n_particles=n, base=base, generator=generator,
-                         progress=progress).samples
+                         progress=progress)
     plan = plan_for(model) if plan is None else plan
     n_steps = plan.steps_per_level if steps is None else max(1, steps // plan.n_levels)
     base = Gaussian(torch.full(event_shape, plan.init_mean, dtype=dtype), plan.sigma_max,
                     name="base")
     return SMC(n_steps=n_steps).run(model, noise_levels=plan.noise_levels(), n_particles=n,
-                                    base=base, generator=generator, progress=progress).samples
+                                    base=base, generator=generator, progress=progress)
 
 
 def _adaptation(kind: type, warmup: int) -> dict[str, bool]:
