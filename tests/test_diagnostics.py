@@ -213,7 +213,7 @@ def test_mcse_from_chain_means_matches_the_exact_error_of_ar1_chains() -> None:
     estimate = mcse_chain_means(torch.from_numpy(draws))
     assert isinstance(estimate, torch.Tensor) and estimate.shape == (3,)
     np.testing.assert_allclose(estimate.numpy(), exact, rtol=4 / np.sqrt(2 * (m - 1)))
-    with pytest.raises(ValueError, match="at least 2 chains"):
+    with pytest.raises(ValueError, match="number of chains must be an int ≥ 2, got 1"):
         mcse_chain_means(draws[:, :1])
 
 
