@@ -57,7 +57,8 @@ class LogZPath(Leaf):
 
     def __init__(self, levels: list[float], log_z: list[float], event_shape: torch.Size | None,
                  name: str) -> None:
-        super().__init__(event_shape, name, Capabilities(True, True, False, False))
+        super().__init__(event_shape, name, Capabilities(
+            has_energy=True, has_score=True, normalizer_known=False, can_sample=False))
         self.register_buffer("log_levels", torch.tensor(levels, dtype=torch.float64).log())
         self.register_buffer("values", torch.tensor(log_z, dtype=torch.float64))
         self._freeze()

@@ -113,8 +113,9 @@ def test_two_d_compositions_land_where_the_algebra_says():
 
 def test_smc_draws_are_the_run_smc_particles_without_its_log_z_warning(recwarn):
     """``draw(kernel="smc")`` returns ``run_smc(...).samples`` for the same seed, and the
-    run spends steps_per_level + 1 evaluations per level, as annealed Langevin does, plus
-    the tempering segment to the first level."""
+    run spends steps_per_level + 1 evaluations per noise level, as annealed Langevin does,
+    and at most twice that on each of its other levels (tempering from the base to the
+    first noise level and bridges between noise levels, whose targets evaluate both ends)."""
     left = zoo.load("left")
     plan = zoo.plan_for(left, n_levels=10, steps_per_level=3)
     result = zoo.run_smc(left, 32, plan=plan, generator=torch.Generator().manual_seed(0))
@@ -123,9 +124,9 @@ def test_smc_draws_are_the_run_smc_particles_without_its_log_z_warning(recwarn):
     assert torch.equal(samples, result.samples)
     assert not [w for w in recwarn if "SMC: only" in str(w.message)]
     per_level = plan.steps_per_level + 1
-    tempering = len(result.temperatures) - 1  # steps from the base N(0, σ_max² I) to level 0
+    other_levels = len(result.levels) - plan.n_levels
     assert (plan.n_levels * per_level <= result.n_evaluations
-            <= (plan.n_levels + 2 * tempering) * per_level)
+            <= (plan.n_levels + 2 * other_levels) * per_level)
 
 
 def test_rates_table_adds_log_z_and_ess_of_smc_rows():
