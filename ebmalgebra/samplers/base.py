@@ -47,6 +47,7 @@ __all__ = [
     "draw_normal",
     "draw_uniform",
     "expand_to_event",
+    "expand_to_rank",
     "finite_rows",
     "is_nonfinite",
     "run_update",
@@ -336,37 +337,35 @@ def run_update(update: Callable, jit: bool, state: NamedTuple, *args: Any,
 
 class Derived:
     """A value derived from one tensor of a sampler's state, e.g. σ = √(2ε) from the
-    step size, recomputed only when that tensor changes.
+    step size, recomputed only when that tensor (or an extra argument) changes.
 
     Between warmup updates a state carries the same step-size tensor from step to
     step (and the same all-clear ``frozen`` mask while no chain freezes), so caching
     such values takes their ops out of the step (on small batches each op costs a
     dispatch whatever its size) without changing a bit of the result. The tensor is
-    recognised by identity and by its in-place version counter.
+    recognised by identity and by its in-place version counter; extra arguments
+    (plain values such as a number of dimensions) by equality.
 
     Args:
-        function: maps the tensor to the derived value; a module-level function, so
-            that samplers holding this stay picklable.
+        function: maps the tensor and the extra arguments to the derived value; a
+            module-level function, so that samplers holding this stay picklable.
     """
 
-    __slots__ = ("function", "source", "version", "value")
+    __slots__ = ("function", "source", "version", "arguments", "value")
 
-    def __init__(self, function: Callable[[Tensor], Any]) -> None:
+    def __init__(self, function: Callable[..., Any]) -> None:
         self.function = function
         self.source: Tensor | None = None
         self.version = -1
+        self.arguments: tuple = ()
         self.value: Any = None
 
-    def __call__(self, tensor: Tensor) -> Any:
-        if tensor is not self.source or tensor._version != self.version:
-            self.value = self.function(tensor)
-            self.source, self.version = tensor, tensor._version
+    def __call__(self, tensor: Tensor, *arguments: Any) -> Any:
+        if (tensor is not self.source or tensor._version != self.version
+                or arguments != self.arguments):
+            self.value = self.function(tensor, *arguments)
+            self.source, self.version, self.arguments = tensor, tensor._version, arguments
         return self.value
-
-
-def langevin_noise_scale(step_size: Tensor) -> Tensor:
-    """σ = √(2ε) per chain, the noise scale of a Langevin proposal with step size ε."""
-    return (2.0 * step_size).sqrt()
 
 
 def check_step_size(value: float | Tensor, what: str) -> float | Tensor:
@@ -378,9 +377,14 @@ def check_step_size(value: float | Tensor, what: str) -> float | Tensor:
 
 def expand_to_event(values: Tensor | float, like: Tensor) -> Tensor | float:
     """Reshape per-chain ``(n,)`` values to ``(n, 1, …, 1)`` to broadcast against ``like``."""
+    return expand_to_rank(values, like.dim())
+
+
+def expand_to_rank(values: Tensor | float, rank: int) -> Tensor | float:
+    """Reshape per-chain ``(n,)`` values to ``(n, 1, …, 1)`` with ``rank`` dimensions."""
     if not isinstance(values, Tensor) or values.dim() == 0:
         return values
-    return values.reshape(values.shape + (1,) * (like.dim() - values.dim()))
+    return values.reshape(values.shape + (1,) * (rank - values.dim()))
 
 
 def sum_event(x: Tensor) -> Tensor:

@@ -15,15 +15,18 @@ from ebmalgebra.samplers.base import (
     all_finite_eagerly,
     draw_normal,
     draw_uniform,
-    expand_to_event,
     finite_rows,
-    langevin_noise_scale,
     metropolis_accept,
     run_update,
     select,
     squared_norm,
 )
-from ebmalgebra.samplers.langevin import LangevinState, init_langevin
+from ebmalgebra.samplers.langevin import (
+    LangevinScales,
+    LangevinState,
+    init_langevin,
+    langevin_scales,
+)
 
 __all__ = ["MALA", "MALAInfo", "mala_step", "mala_update"]
 
@@ -51,7 +54,7 @@ def mala_step(state: LangevinState, generator: torch.Generator | None, *,
 
 
 def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
-                noise_scale: Tensor | None = None, *, keep_frozen: bool = False,
+                scales: LangevinScales | None = None, *, keep_frozen: bool = False,
                 ) -> tuple[LangevinState, MALAInfo]:
     """The deterministic part of a MALA step, given its random numbers.
 
@@ -61,12 +64,13 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
     :func:`~ebmalgebra.samplers.base.all_finite_eagerly`, skips the acceptance mask).
     Chains that start at a non-finite point never move (their ratio is NaN);
     ``keep_frozen`` also holds chains marked in ``state.frozen`` (annealing).
-    ``noise_scale``: √(2ε) per chain ``(n_chains,)`` when the caller has it at hand
-    (:class:`MALA` computes it once per step size); computed here when ``None``.
+    ``scales``: ε and σ = √(2ε) shaped to broadcast against the position
+    (:func:`~ebmalgebra.samplers.langevin.langevin_scales` of ``state.step_size``) when
+    the caller has them at hand (:class:`MALA` computes them once per step size);
+    computed here when ``None``.
     """
     x, energy, score, step_size, frozen, potential = state
-    epsilon = expand_to_event(step_size, x)
-    sigma = (2.0 * epsilon).sqrt() if noise_scale is None else expand_to_event(noise_scale, x)
+    epsilon, sigma = langevin_scales(step_size, x.dim()) if scales is None else scales
     proposal = torch.addcmul(torch.addcmul(x, epsilon, score), sigma, noise)
     new_energy, new_score = potential.energy_and_score(proposal)
     # log q(x′ | x) = −‖ξ‖²/2 and log q(x | x′) = −‖x − x′ − ε s(x′)‖²/(4ε), up to the
@@ -138,7 +142,7 @@ class MALA(StepSizeSampler):
         super().__init__(step_size=step_size, target_accept=target_accept,
                          adapt_step_size=adapt_step_size, jit=jit)
 
-        self._noise_scale = Derived(langevin_noise_scale)
+        self._scales = Derived(langevin_scales)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
         return init_langevin(x0, Potential(model, operation=self.name,
@@ -149,4 +153,4 @@ class MALA(StepSizeSampler):
              ) -> tuple[LangevinState, MALAInfo]:
         x = state.position
         return run_update(mala_update, self.jit, state, draw_normal(x, generator),
-                          draw_uniform(x, generator), self._noise_scale(state.step_size))
+                          draw_uniform(x, generator), self._scales(state.step_size, x.dim()))
