@@ -224,8 +224,9 @@ class _Recorder:
     :data:`_FLUSH_EVERY` steps, reduced to the per-step statistics, and the rows of
     the kept draws (after warmup, every ``thin``-th step) kept as per-chain statistics.
 
-    Which fields are per chain is decided once, from the first info (see
-    :func:`_per_chain_fields`), never from the shape of a block.
+    Which fields are recorded (numbers and tensors) and which of them are per chain is
+    decided once, from the first info (see :func:`_per_chain_fields`), never from the
+    shape of a block: an info type keeps the types of its fields from step to step.
 
     Memory, not ops, sets how a block is gathered. Step tensors held across steps sit
     among the next steps' temporaries and fragment the heap, so that large
@@ -253,6 +254,7 @@ class _Recorder:
         self.copy_rows = copy_rows
         self.rows: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = {}
         self.per_chain: frozenset[str] | None = None
+        self.columns: list[tuple[int, str, list]] = []
         self.pending: dict[str, list] = {}
         self.done: dict[str, list[Tensor]] = {}
         self.kept: dict[str, Tensor] = {}
@@ -262,32 +264,40 @@ class _Recorder:
         self.block_start = 0
 
     def add(self, state: NamedTuple, info: NamedTuple) -> None:
-        step_size = getattr(state, "step_size", None)
+        values = (*info, getattr(state, "step_size", None))
         if self.per_chain is None:
-            # The library's samplers keep one step size per chain; a sampler of one's own
-            # may keep a number, recorded as it is.
-            per_chain_step = (isinstance(step_size, Tensor) and step_size.dim() > 0
-                              and step_size.shape[0] == self.n_chains)
-            self.per_chain = _per_chain_fields(info, self.n_chains) | (
-                {"step_size"} if per_chain_step else set())
-        for name, value in zip(info._fields, info, strict=True):
-            if isinstance(value, Tensor | int | float):
-                self._append(name, value)
-        if step_size is not None:
-            self._append("step_size", step_size)
+            self._start(info, values)
+        for index, name, pending in self.columns:
+            value = values[index]
+            if self.copy_rows and isinstance(value, Tensor):
+                self._copy_row(name, value, len(pending))
+                value = None  # held by the buffer row
+            pending.append(value)
         self.step += 1
         if self.step % _FLUSH_EVERY == 0 or self.step == self.warmup:
             self.flush()
 
-    def _append(self, name: str, value: Tensor | int | float) -> None:
-        values = self.pending.setdefault(name, [])
-        if self.copy_rows and isinstance(value, Tensor):
-            if name not in self.rows:
-                buffer = value.new_empty((_FLUSH_EVERY, *value.shape))
-                self.rows[name] = buffer, buffer.unbind(0)
-            self.rows[name][1][len(values)].copy_(value)
-            value = None  # held by the buffer row
-        values.append(value)
+    def _start(self, info: NamedTuple, values: tuple) -> None:
+        """Fix, from the first step, which values are recorded (numbers and tensors, the
+        step size last) and which of them are per chain: :meth:`add` then does no per-field
+        bookkeeping."""
+        # The library's samplers keep one step size per chain; a sampler of one's own
+        # may keep a number, recorded as it is.
+        step_size = values[-1]
+        per_chain_step = (isinstance(step_size, Tensor) and step_size.dim() > 0
+                          and step_size.shape[0] == self.n_chains)
+        self.per_chain = _per_chain_fields(info, self.n_chains) | (
+            {"step_size"} if per_chain_step else set())
+        names = (*info._fields, "step_size")
+        self.columns = [(index, name, self.pending.setdefault(name, []))
+                        for index, (name, value) in enumerate(zip(names, values, strict=True))
+                        if isinstance(value, Tensor | int | float)]
+
+    def _copy_row(self, name: str, value: Tensor, row: int) -> None:
+        if name not in self.rows:
+            buffer = value.new_empty((_FLUSH_EVERY, *value.shape))
+            self.rows[name] = buffer, buffer.unbind(0)
+        self.rows[name][1][row].copy_(value)
 
     def _block(self, name: str, values: list) -> Tensor:
         """This block's values of one field, ``(steps, …)``; a view of a reused buffer
