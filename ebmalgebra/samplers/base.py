@@ -429,6 +429,18 @@ def all_finite_eagerly(energy: Tensor | None, score: Tensor) -> bool:
     return math.isfinite(total if energy is None else total + float(energy.sum()))
 
 
+def sum_is_finite_eagerly(values: Tensor) -> bool:
+    """Whether the sum of ``values`` is finite (one sum read as a Python float), answered
+    only in eager mode on the CPU (False otherwise, like :func:`all_finite_eagerly`).
+
+    True means every entry is finite (NaN and ±∞ propagate through the sum); False is no
+    verdict, since the sum may overflow from finite entries.
+    """
+    if values.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return math.isfinite(float(values.sum()))
+
+
 def any_set(mask: Tensor) -> bool:
     """Whether some entry of ``mask`` is True (one host read)."""
     return bool(mask.any())

@@ -12,7 +12,6 @@ from ebmalgebra.samplers.base import (
     Derived,
     Potential,
     StepSizeSampler,
-    all_finite_eagerly,
     draw_normal,
     draw_uniform,
     finite_rows,
@@ -20,6 +19,7 @@ from ebmalgebra.samplers.base import (
     run_update,
     select,
     squared_norm,
+    sum_is_finite_eagerly,
 )
 from ebmalgebra.samplers.langevin import (
     LangevinScales,
@@ -60,8 +60,9 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
 
     ``noise`` ξ ~ N(0, I) is shaped like the position, ``uniform`` u ~ U(0, 1) is
     ``(n_chains,)``. Traceable whole by ``torch.compile``: no host synchronisation there
-    or on accelerators (eagerly on the CPU, one read of two sums,
-    :func:`~ebmalgebra.samplers.base.all_finite_eagerly`, skips the acceptance mask).
+    or on accelerators (eagerly on the CPU, one read of the sum of the log acceptance
+    ratios skips the acceptance mask: a non-finite energy or score makes its row's ratio,
+    so the sum, non-finite).
     Chains that start at a non-finite point never move (their ratio is NaN);
     ``keep_frozen`` also holds chains marked in ``state.frozen`` (annealing).
     ``scales``: ε and σ = √(2ε) shaped to broadcast against the position
@@ -79,7 +80,7 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
     backward = torch.addcmul(x - proposal, epsilon, new_score, value=-1.0)
     log_ratio = torch.addcdiv(torch.add(energy - new_energy, squared_norm(noise), alpha=0.5),
                               squared_norm(backward), step_size, value=-0.25)
-    if all_finite_eagerly(new_energy, new_score):  # the usual case: no row needs a mask
+    if sum_is_finite_eagerly(log_ratio):  # the usual case: no row needs a mask
         finite = None
         nonfinite = torch.zeros_like(uniform, dtype=torch.bool)
     else:
