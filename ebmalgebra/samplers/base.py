@@ -474,17 +474,19 @@ def draw_uniform(like: Tensor, generator: torch.Generator | None) -> Tensor:
     return uniform if shard is None else shard.take(uniform)
 
 
-def metropolis_accept(log_ratio: Tensor, finite: Tensor | None, uniform: Tensor,
-                      ) -> tuple[Tensor, Tensor]:
+def metropolis_accept(log_ratio: Tensor, finite: Tensor | None, uniform: Tensor, *,
+                      ratios_finite: bool = False) -> tuple[Tensor, Tensor]:
     """Accept with probability min(1, exp(log_ratio)) using ``uniform`` ~ U(0, 1);
     proposals that are not finite never.
 
     Returns ``(accepted (n,) bool, acceptance probability (n,))``; the probability
     of a non-finite proposal is 0 (``finite`` also catches −∞ energies, whose ratio
     would be +∞), and so is that of a NaN ratio (an overflow of finite terms).
-    ``finite=None`` states that every proposal is finite.
+    ``finite=None`` states that every proposal is finite; ``ratios_finite`` that every
+    log ratio is too (the caller read their sum), which skips the NaN guard.
     """
-    log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)
+    if not ratios_finite:
+        log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)
     probability = log_ratio.clamp(max=0.0).exp()
     if finite is not None:
         probability = torch.where(finite, probability, 0.0)

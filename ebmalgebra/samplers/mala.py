@@ -80,13 +80,15 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
     backward = torch.addcmul(x - proposal, epsilon, new_score, value=-1.0)
     log_ratio = torch.addcdiv(torch.add(energy - new_energy, squared_norm(noise), alpha=0.5),
                               squared_norm(backward), step_size, value=-0.25)
-    if sum_is_finite_eagerly(log_ratio):  # the usual case: no row needs a mask
+    ratios_finite = sum_is_finite_eagerly(log_ratio)  # the usual case: no row needs a mask
+    if ratios_finite:
         finite = None
         nonfinite = torch.zeros_like(uniform, dtype=torch.bool)
     else:
         finite = finite_rows(new_energy, new_score)
         nonfinite = ~finite
-    accepted, probability = metropolis_accept(log_ratio, finite, uniform)
+    accepted, probability = metropolis_accept(log_ratio, finite, uniform,
+                                              ratios_finite=ratios_finite)
     if keep_frozen:
         accepted = accepted & ~frozen
     new_state = LangevinState(
