@@ -25,8 +25,8 @@ from ebmalgebra.samplers.base import (
     select,
 )
 
-__all__ = ["LangevinScales", "LangevinState", "ULA", "ULAInfo", "langevin_scales", "ula_step",
-           "ula_update"]
+__all__ = ["LangevinScales", "LangevinState", "ULA", "ULAInfo", "langevin_scales",
+           "none_frozen_eagerly", "ula_step", "ula_update"]
 
 
 class LangevinState(NamedTuple):
@@ -101,6 +101,14 @@ def init_langevin(x0: Tensor, potential: Potential, step_size: float | Tensor,
     frozen = ~finite_rows(energy if potential.has_energy else None, score)
     step = as_chain_values(step_size, position, f"{operation}: step_size")
     return LangevinState(position, energy, score, step, frozen, potential)
+
+
+def none_frozen_eagerly(any_frozen: Derived, frozen: Tensor, jit: bool) -> bool:
+    """Whether no chain of the ``frozen`` mask ``(n_chains,)`` is set, known only eagerly
+    on the CPU: ``any_frozen`` (a :class:`~ebmalgebra.samplers.base.Derived` of
+    :func:`~ebmalgebra.samplers.base.any_set`) reads a mask once, then recognises it.
+    False under ``jit``, whose compiled kernel guards row-wise."""
+    return not jit and frozen.device.type == "cpu" and not any_frozen(frozen)
 
 
 def ula_step(state: LangevinState, generator: torch.Generator | None,
@@ -215,9 +223,6 @@ class ULA(Sampler):
             if isinstance(noise_scale, Tensor):
                 noise_scale = noise_scale.to(x)
             scales = langevin_scales(state.step_size, x.dim(), noise_scale)
-        # Under jit the compiled kernel guards row-wise; eagerly on the CPU, a known
-        # all-clear frozen mask (read once, then recognised) allows the fast path.
-        none_frozen = (not self.jit and state.frozen.device.type == "cpu"
-                       and not self._any_frozen(state.frozen))
+        none_frozen = none_frozen_eagerly(self._any_frozen, state.frozen, self.jit)
         return run_update(ula_update, self.jit, state, draw_normal(x, generator), scales,
                           none_frozen)

@@ -12,6 +12,7 @@ from ebmalgebra.samplers.base import (
     Derived,
     Potential,
     StepSizeSampler,
+    any_set,
     draw_normal,
     draw_uniform,
     finite_rows,
@@ -26,6 +27,7 @@ from ebmalgebra.samplers.langevin import (
     LangevinState,
     init_langevin,
     langevin_scales,
+    none_frozen_eagerly,
 )
 
 __all__ = ["MALA", "MALAInfo", "mala_step", "mala_update"]
@@ -54,7 +56,8 @@ def mala_step(state: LangevinState, generator: torch.Generator | None, *,
 
 
 def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
-                scales: LangevinScales | None = None, *, keep_frozen: bool = False,
+                scales: LangevinScales | None = None, none_frozen: bool = False, *,
+                keep_frozen: bool = False,
                 ) -> tuple[LangevinState, MALAInfo]:
     """The deterministic part of a MALA step, given its random numbers.
 
@@ -68,7 +71,9 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
     ``scales``: ε and σ = √(2ε) shaped to broadcast against the position
     (:func:`~ebmalgebra.samplers.langevin.langevin_scales` of ``state.step_size``) when
     the caller has them at hand (:class:`MALA` computes them once per step size);
-    computed here when ``None``.
+    computed here when ``None``. ``none_frozen``: the caller knows that no chain of
+    ``state`` is frozen, so ``state.frozen`` serves as the all-clear ``nonfinite`` mask
+    when every proposal is finite.
     """
     x, energy, score, step_size, frozen, potential = state
     epsilon, sigma = langevin_scales(step_size, x.dim()) if scales is None else scales
@@ -83,7 +88,7 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
     ratios_finite = sum_is_finite_eagerly(log_ratio)  # the usual case: no row needs a mask
     if ratios_finite:
         finite = None
-        nonfinite = torch.zeros_like(uniform, dtype=torch.bool)
+        nonfinite = frozen if none_frozen else torch.zeros_like(uniform, dtype=torch.bool)
     else:
         finite = finite_rows(new_energy, new_score)
         nonfinite = ~finite
@@ -146,6 +151,7 @@ class MALA(StepSizeSampler):
                          adapt_step_size=adapt_step_size, jit=jit)
 
         self._scales = Derived(langevin_scales)
+        self._any_frozen = Derived(any_set)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
         return init_langevin(x0, Potential(model, operation=self.name,
@@ -156,4 +162,5 @@ class MALA(StepSizeSampler):
              ) -> tuple[LangevinState, MALAInfo]:
         x = state.position
         return run_update(mala_update, self.jit, state, draw_normal(x, generator),
-                          draw_uniform(x, generator), self._scales(state.step_size, x.dim()))
+                          draw_uniform(x, generator), self._scales(state.step_size, x.dim()),
+                          none_frozen_eagerly(self._any_frozen, state.frozen, self.jit))
