@@ -507,7 +507,8 @@ def none_set_eagerly(mask: Tensor) -> bool:
 
 
 def select(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    """Row-wise ``new`` where ``mask`` else ``old``; ``mask`` is ``(n,)`` bool.
+    """Row-wise ``new`` where ``mask`` else ``old``; ``mask`` is ``(n,)`` bool, or already
+    shaped ``(n, 1, …, 1)`` like ``new`` (a caller selecting several tensors reshapes once).
 
     Small tensors use ``torch.where``. Large ones use lerp(old, new, mask) with the
     non-finite entries of ``new`` zeroed first, which is exact for weights 0 and 1
@@ -516,9 +517,10 @@ def select(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     on; this runs once or twice per step. Selected rows of ``new`` must be finite
     (they are: only finite proposals are taken).
     """
+    rows = mask if mask.dim() == new.dim() else expand_to_event(mask, new)
     if new.numel() <= _WHERE_MAX_NUMEL:
-        return torch.where(expand_to_event(mask, new), new, old)
-    weight = expand_to_event(mask.to(new.dtype), new)
+        return torch.where(rows, new, old)
+    weight = rows.to(new.dtype)
     return torch.lerp(old, torch.nan_to_num(new, nan=0.0, posinf=0.0, neginf=0.0), weight)
 
 

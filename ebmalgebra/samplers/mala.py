@@ -15,6 +15,7 @@ from ebmalgebra.samplers.base import (
     any_set,
     draw_normal,
     draw_uniform,
+    expand_to_event,
     finite_rows,
     metropolis_accept,
     run_update,
@@ -96,10 +97,11 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
                                               ratios_finite=ratios_finite)
     if keep_frozen:
         accepted = accepted & ~frozen
+    rows = expand_to_event(accepted, x)
     new_state = LangevinState(
-        select(accepted, proposal, x),
+        select(rows, proposal, x),
         torch.where(accepted, new_energy, energy),
-        select(accepted, new_score, score),
+        select(rows, new_score, score),
         step_size,
         frozen,
         potential,
