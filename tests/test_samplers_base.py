@@ -262,3 +262,15 @@ def test_derived_values_are_recomputed_when_their_tensor_changes():
     step_size.mul_(2.0)  # in place: the version counter moves
     assert torch.equal(derived(step_size), torch.tensor([0.4, 0.8])) and len(calls) == 2
     assert torch.equal(derived(step_size.clone()), torch.tensor([0.4, 0.8])) and len(calls) == 3
+
+
+def test_derived_values_are_recomputed_when_an_extra_argument_changes():
+    from ebmalgebra.samplers.base import Derived
+    from ebmalgebra.samplers.langevin import langevin_scales
+
+    derived = Derived(langevin_scales)
+    step_size = torch.tensor([0.5, 2.0])
+    epsilon, sigma = derived(step_size, 2)
+    assert epsilon.shape == (2, 1) and torch.equal(sigma, torch.tensor([[1.0], [2.0]]))
+    assert derived(step_size, 2)[0] is epsilon  # cached
+    assert derived(step_size, 3)[0].shape == (2, 1, 1)  # another position rank

@@ -47,6 +47,7 @@ __all__ = [
     "draw_normal",
     "draw_uniform",
     "expand_to_event",
+    "expand_to_rank",
     "finite_rows",
     "is_nonfinite",
     "run_update",
@@ -336,37 +337,35 @@ def run_update(update: Callable, jit: bool, state: NamedTuple, *args: Any,
 
 class Derived:
     """A value derived from one tensor of a sampler's state, e.g. σ = √(2ε) from the
-    step size, recomputed only when that tensor changes.
+    step size, recomputed only when that tensor (or an extra argument) changes.
 
     Between warmup updates a state carries the same step-size tensor from step to
     step (and the same all-clear ``frozen`` mask while no chain freezes), so caching
     such values takes their ops out of the step (on small batches each op costs a
     dispatch whatever its size) without changing a bit of the result. The tensor is
-    recognised by identity and by its in-place version counter.
+    recognised by identity and by its in-place version counter; extra arguments
+    (plain values such as a number of dimensions) by equality.
 
     Args:
-        function: maps the tensor to the derived value; a module-level function, so
-            that samplers holding this stay picklable.
+        function: maps the tensor and the extra arguments to the derived value; a
+            module-level function, so that samplers holding this stay picklable.
     """
 
-    __slots__ = ("function", "source", "version", "value")
+    __slots__ = ("function", "source", "version", "arguments", "value")
 
-    def __init__(self, function: Callable[[Tensor], Any]) -> None:
+    def __init__(self, function: Callable[..., Any]) -> None:
         self.function = function
         self.source: Tensor | None = None
         self.version = -1
+        self.arguments: tuple = ()
         self.value: Any = None
 
-    def __call__(self, tensor: Tensor) -> Any:
-        if tensor is not self.source or tensor._version != self.version:
-            self.value = self.function(tensor)
-            self.source, self.version = tensor, tensor._version
+    def __call__(self, tensor: Tensor, *arguments: Any) -> Any:
+        if (tensor is not self.source or tensor._version != self.version
+                or arguments != self.arguments):
+            self.value = self.function(tensor, *arguments)
+            self.source, self.version, self.arguments = tensor, tensor._version, arguments
         return self.value
-
-
-def langevin_noise_scale(step_size: Tensor) -> Tensor:
-    """σ = √(2ε) per chain, the noise scale of a Langevin proposal with step size ε."""
-    return (2.0 * step_size).sqrt()
 
 
 def check_step_size(value: float | Tensor, what: str) -> float | Tensor:
@@ -378,9 +377,14 @@ def check_step_size(value: float | Tensor, what: str) -> float | Tensor:
 
 def expand_to_event(values: Tensor | float, like: Tensor) -> Tensor | float:
     """Reshape per-chain ``(n,)`` values to ``(n, 1, …, 1)`` to broadcast against ``like``."""
+    return expand_to_rank(values, like.dim())
+
+
+def expand_to_rank(values: Tensor | float, rank: int) -> Tensor | float:
+    """Reshape per-chain ``(n,)`` values to ``(n, 1, …, 1)`` with ``rank`` dimensions."""
     if not isinstance(values, Tensor) or values.dim() == 0:
         return values
-    return values.reshape(values.shape + (1,) * (like.dim() - values.dim()))
+    return values.reshape(values.shape + (1,) * (rank - values.dim()))
 
 
 def sum_event(x: Tensor) -> Tensor:
@@ -425,6 +429,18 @@ def all_finite_eagerly(energy: Tensor | None, score: Tensor) -> bool:
     return math.isfinite(total if energy is None else total + float(energy.sum()))
 
 
+def sum_is_finite_eagerly(values: Tensor) -> bool:
+    """Whether the sum of ``values`` is finite (one sum read as a Python float), answered
+    only in eager mode on the CPU (False otherwise, like :func:`all_finite_eagerly`).
+
+    True means every entry is finite (NaN and ±∞ propagate through the sum); False is no
+    verdict, since the sum may overflow from finite entries.
+    """
+    if values.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return math.isfinite(float(values.sum()))
+
+
 def any_set(mask: Tensor) -> bool:
     """Whether some entry of ``mask`` is True (one host read)."""
     return bool(mask.any())
@@ -458,17 +474,19 @@ def draw_uniform(like: Tensor, generator: torch.Generator | None) -> Tensor:
     return uniform if shard is None else shard.take(uniform)
 
 
-def metropolis_accept(log_ratio: Tensor, finite: Tensor | None, uniform: Tensor,
-                      ) -> tuple[Tensor, Tensor]:
+def metropolis_accept(log_ratio: Tensor, finite: Tensor | None, uniform: Tensor, *,
+                      ratios_finite: bool = False) -> tuple[Tensor, Tensor]:
     """Accept with probability min(1, exp(log_ratio)) using ``uniform`` ~ U(0, 1);
     proposals that are not finite never.
 
     Returns ``(accepted (n,) bool, acceptance probability (n,))``; the probability
     of a non-finite proposal is 0 (``finite`` also catches −∞ energies, whose ratio
     would be +∞), and so is that of a NaN ratio (an overflow of finite terms).
-    ``finite=None`` states that every proposal is finite.
+    ``finite=None`` states that every proposal is finite; ``ratios_finite`` that every
+    log ratio is too (the caller read their sum), which skips the NaN guard.
     """
-    log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)
+    if not ratios_finite:
+        log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)
     probability = log_ratio.clamp(max=0.0).exp()
     if finite is not None:
         probability = torch.where(finite, probability, 0.0)
@@ -489,7 +507,8 @@ def none_set_eagerly(mask: Tensor) -> bool:
 
 
 def select(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    """Row-wise ``new`` where ``mask`` else ``old``; ``mask`` is ``(n,)`` bool.
+    """Row-wise ``new`` where ``mask`` else ``old``; ``mask`` is ``(n,)`` bool, or already
+    shaped ``(n, 1, …, 1)`` like ``new`` (a caller selecting several tensors reshapes once).
 
     Small tensors use ``torch.where``. Large ones use lerp(old, new, mask) with the
     non-finite entries of ``new`` zeroed first, which is exact for weights 0 and 1
@@ -498,9 +517,10 @@ def select(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     on; this runs once or twice per step. Selected rows of ``new`` must be finite
     (they are: only finite proposals are taken).
     """
+    rows = mask if mask.dim() == new.dim() else expand_to_event(mask, new)
     if new.numel() <= _WHERE_MAX_NUMEL:
-        return torch.where(expand_to_event(mask, new), new, old)
-    weight = expand_to_event(mask.to(new.dtype), new)
+        return torch.where(rows, new, old)
+    weight = rows.to(new.dtype)
     return torch.lerp(old, torch.nan_to_num(new, nan=0.0, posinf=0.0, neginf=0.0), weight)
 
 

@@ -224,8 +224,9 @@ class _Recorder:
     :data:`_FLUSH_EVERY` steps, reduced to the per-step statistics, and the rows of
     the kept draws (after warmup, every ``thin``-th step) kept as per-chain statistics.
 
-    Which fields are per chain is decided once, from the first info (see
-    :func:`_per_chain_fields`), never from the shape of a block.
+    Which fields are recorded (numbers and tensors) and which of them are per chain is
+    decided once, from the first info (see :func:`_per_chain_fields`), never from the
+    shape of a block: an info type keeps the types of its fields from step to step.
 
     Memory, not ops, sets how a block is gathered. Step tensors held across steps sit
     among the next steps' temporaries and fragment the heap, so that large
@@ -235,53 +236,68 @@ class _Recorder:
     above :data:`_RETAIN_MAX_NUMEL` elements) each tensor is copied into a row of a
     buffer reused block after block, one op per field per step; smaller runs, whose
     temporaries are small, hold the tensors and stack them, which costs no op per step.
-    The energies of the kept draws (``lp`` = −E) are copied into ``energies``.
+    The rows of the kept draws go straight into ``(n_draws, n_chains, …)`` tensors made
+    once (allocating and later concatenating blocks touches fresh pages every time, which
+    costs more than the copies). The caller copies the energies of the kept draws into
+    ``energies``, negated in place at the end (``lp`` = −E).
     """
 
-    def __init__(self, n_chains: int, warmup: int, thin: int, energies: Tensor | None,
-                 shard: ChainShard | None = None, copy_rows: bool = False) -> None:
+    def __init__(self, n_chains: int, warmup: int, thin: int, n_draws: int,
+                 energies: Tensor | None, shard: ChainShard | None = None,
+                 copy_rows: bool = False) -> None:
         self.n_chains = n_chains
         self.warmup = warmup
         self.thin = thin
+        self.n_draws = n_draws
         self.energies = energies
         self.shard = shard
         self.copy_rows = copy_rows
         self.rows: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = {}
         self.per_chain: frozenset[str] | None = None
+        self.columns: list[tuple[int, str, list]] = []
         self.pending: dict[str, list] = {}
         self.done: dict[str, list[Tensor]] = {}
-        self.kept: dict[str, list[Tensor]] = {}
+        self.kept: dict[str, Tensor] = {}
+        self.n_kept = 0
         self.counts: dict[str, Tensor] = {}
         self.step = 0
         self.block_start = 0
 
     def add(self, state: NamedTuple, info: NamedTuple) -> None:
-        step_size = getattr(state, "step_size", None)
+        values = (*info, getattr(state, "step_size", None))
         if self.per_chain is None:
-            # The library's samplers keep one step size per chain; a sampler of one's own
-            # may keep a number, recorded as it is.
-            per_chain_step = (isinstance(step_size, Tensor) and step_size.dim() > 0
-                              and step_size.shape[0] == self.n_chains)
-            self.per_chain = _per_chain_fields(info, self.n_chains) | (
-                {"step_size"} if per_chain_step else set())
-        for name, value in zip(info._fields, info, strict=True):
-            if isinstance(value, Tensor | int | float):
-                self._append(name, value)
-        if step_size is not None:
-            self._append("step_size", step_size)
+            self._start(info, values)
+        for index, name, pending in self.columns:
+            value = values[index]
+            if self.copy_rows and isinstance(value, Tensor):
+                self._copy_row(name, value, len(pending))
+                value = None  # held by the buffer row
+            pending.append(value)
         self.step += 1
         if self.step % _FLUSH_EVERY == 0 or self.step == self.warmup:
             self.flush()
 
-    def _append(self, name: str, value: Tensor | int | float) -> None:
-        values = self.pending.setdefault(name, [])
-        if self.copy_rows and isinstance(value, Tensor):
-            if name not in self.rows:
-                buffer = value.new_empty((_FLUSH_EVERY, *value.shape))
-                self.rows[name] = buffer, buffer.unbind(0)
-            self.rows[name][1][len(values)].copy_(value)
-            value = None  # held by the buffer row
-        values.append(value)
+    def _start(self, info: NamedTuple, values: tuple) -> None:
+        """Fix, from the first step, which values are recorded (numbers and tensors, the
+        step size last) and which of them are per chain: :meth:`add` then does no per-field
+        bookkeeping."""
+        # The library's samplers keep one step size per chain; a sampler of one's own
+        # may keep a number, recorded as it is.
+        step_size = values[-1]
+        per_chain_step = (isinstance(step_size, Tensor) and step_size.dim() > 0
+                          and step_size.shape[0] == self.n_chains)
+        self.per_chain = _per_chain_fields(info, self.n_chains) | (
+            {"step_size"} if per_chain_step else set())
+        names = (*info._fields, "step_size")
+        self.columns = [(index, name, self.pending.setdefault(name, []))
+                        for index, (name, value) in enumerate(zip(names, values, strict=True))
+                        if isinstance(value, Tensor | int | float)]
+
+    def _copy_row(self, name: str, value: Tensor, row: int) -> None:
+        if name not in self.rows:
+            buffer = value.new_empty((_FLUSH_EVERY, *value.shape))
+            self.rows[name] = buffer, buffer.unbind(0)
+        self.rows[name][1][row].copy_(value)
 
     def _block(self, name: str, values: list) -> Tensor:
         """This block's values of one field, ``(steps, …)``; a view of a reused buffer
@@ -296,14 +312,15 @@ class _Recorder:
         # i − warmup + 1 is a positive multiple of thin.
         kept_rows = slice((self.warmup - 1 - self.block_start) % self.thin, None, self.thin)
         self.block_start = self.step
+        n_kept = 0
         for name, values in self.pending.items():
             if not values:
                 continue
             block = self._block(name, values)
             values.clear()
             if name in self.per_chain:
-                if sampling:  # a copy: the block may be a reused buffer
-                    self.kept.setdefault(name, []).append(block[kept_rows].clone())
+                if sampling:
+                    n_kept = self._keep(name, block[kept_rows])
                 if block.dtype == torch.bool:
                     if sampling:
                         total = self.counts.get(name, 0)
@@ -319,20 +336,29 @@ class _Recorder:
             else:
                 reduced = block.clone()
             self.done.setdefault(name, []).append(reduced)
+        self.n_kept += n_kept
+
+    def _keep(self, name: str, rows: Tensor) -> int:
+        """Copy this block's ``rows`` of the kept draws into the field's per-draw tensor."""
+        kept = self.kept.get(name)
+        if kept is None:
+            kept = self.kept[name] = rows.new_empty((self.n_draws, *rows.shape[1:]))
+        kept[self.n_kept:self.n_kept + len(rows)].copy_(rows)
+        return len(rows)
 
     def result(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
         """Per-step statistics, per-chain flag counts and the per-chain statistics of the
-        kept draws (``{}`` when no draw is kept)."""
+        kept draws (``{}`` when no draw is kept); called once, at the end of the run."""
         self.flush()
         stats = {name: torch.cat(blocks) for name, blocks in self.done.items()}
         if self.shard is not None:
             for name in sorted(self.per_chain or ()):
                 if name in stats:
                     stats[name] = self.shard.sum(stats[name])
-        kept = {name: torch.cat(blocks) for name, blocks in self.kept.items()}
+        kept = dict(self.kept)
         if self.energies is not None:
-            kept["lp"] = -self.energies
-        if not any(len(values) for values in kept.values()):
+            kept["lp"] = self.energies.neg_()
+        if not self.n_draws:
             kept = {}
         return stats, self.counts, kept
 
@@ -537,7 +563,7 @@ def sample(
     # E of each kept draw, for chain_stats["lp"].
     energies = (torch.empty((n_draws, position.shape[0]), dtype=state.energy.dtype,
                             device=position.device) if has_energy else None)
-    recorder = _Recorder(position.shape[0], warmup, thin, energies, shard,
+    recorder = _Recorder(position.shape[0], warmup, thin, n_draws, energies, shard,
                          copy_rows=position.numel() > _RETAIN_MAX_NUMEL)
     escape = EscapeWatch(model, position, n_steps=n_total)
     with nullcontext() if shard is None else shard.activate():  # pools the initial ε

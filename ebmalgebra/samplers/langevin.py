@@ -18,15 +18,15 @@ from ebmalgebra.samplers.base import (
     as_chain_values,
     check_step_size,
     draw_normal,
-    expand_to_event,
+    expand_to_rank,
     finite_rows,
-    langevin_noise_scale,
     none_set_eagerly,
     run_update,
     select,
 )
 
-__all__ = ["LangevinState", "ULA", "ULAInfo", "ula_step", "ula_update"]
+__all__ = ["LangevinScales", "LangevinState", "ULA", "ULAInfo", "langevin_scales",
+           "none_frozen_eagerly", "ula_step", "ula_update"]
 
 
 class LangevinState(NamedTuple):
@@ -63,6 +63,35 @@ class ULAInfo(NamedTuple):
     frozen: Tensor
 
 
+class LangevinScales(NamedTuple):
+    """The scales of a Langevin proposal x′ = x + ε s(x) + σ ξ, per chain and shaped
+    ``(n_chains, 1, …, 1)`` to broadcast against positions.
+
+    Attributes:
+        step_size: ε.
+        noise_scale: σ (a float when one value serves every chain).
+    """
+
+    step_size: Tensor
+    noise_scale: Tensor | float
+
+
+def langevin_scales(step_size: Tensor, position_rank: int,
+                    noise_scale: float | Tensor | None = None) -> LangevinScales:
+    """ε and σ for positions with ``position_rank`` dimensions, from the step size
+    ``(n_chains,)``: σ = √(2ε) when ``noise_scale`` is ``None``, else ``noise_scale``
+    (a float, or per chain ``(n_chains,)``).
+
+    Samplers cache the result between changes of the step size
+    (:class:`~ebmalgebra.samplers.base.Derived`), which keeps these reshapes and the
+    square root out of every step.
+    """
+    epsilon = expand_to_rank(step_size, position_rank)
+    if noise_scale is None:
+        return LangevinScales(epsilon, (2.0 * epsilon).sqrt())
+    return LangevinScales(epsilon, expand_to_rank(noise_scale, position_rank))
+
+
 def init_langevin(x0: Tensor, potential: Potential, step_size: float | Tensor,
                   operation: str) -> LangevinState:
     """Evaluate the potential at ``x0``; chains starting at non-finite points are frozen."""
@@ -74,17 +103,27 @@ def init_langevin(x0: Tensor, potential: Potential, step_size: float | Tensor,
     return LangevinState(position, energy, score, step, frozen, potential)
 
 
+def none_frozen_eagerly(any_frozen: Derived, frozen: Tensor, jit: bool) -> bool:
+    """Whether no chain of the ``frozen`` mask ``(n_chains,)`` is set, known only eagerly
+    on the CPU: ``any_frozen`` (a :class:`~ebmalgebra.samplers.base.Derived` of
+    :func:`~ebmalgebra.samplers.base.any_set`) reads a mask once, then recognises it.
+    False under ``jit``, whose compiled kernel guards row-wise."""
+    return not jit and frozen.device.type == "cpu" and not any_frozen(frozen)
+
+
 def ula_step(state: LangevinState, generator: torch.Generator | None,
              noise_scale: float | Tensor | None = None) -> tuple[LangevinState, ULAInfo]:
     """x′ = x + ε s(x) + σ ξ with σ = √(2ε) unless ``noise_scale`` is given."""
-    return ula_update(state, draw_normal(state.position, generator), noise_scale)
+    x = state.position
+    return ula_update(state, draw_normal(x, generator),
+                      langevin_scales(state.step_size, x.dim(), noise_scale))
 
 
-def ula_update(state: LangevinState, noise: Tensor, noise_scale: float | Tensor | None = None,
+def ula_update(state: LangevinState, noise: Tensor, scales: LangevinScales | None = None,
                none_frozen: bool = False) -> tuple[LangevinState, ULAInfo]:
     """The deterministic part of a ULA step given ``noise`` ξ ~ N(0, I) like the position:
-    x′ = x + ε s(x) + σ ξ with σ = ``noise_scale`` (a float, or per chain ``(n_chains,)``),
-    √(2ε) when ``None``.
+    x′ = x + ε s(x) + σ ξ with ε and σ from ``scales`` (:func:`langevin_scales` of the
+    state's step size), ε = ``state.step_size`` and σ = √(2ε) when ``None``.
 
     ``none_frozen``: the caller knows that no chain of ``state`` is frozen, so when
     every proposal is finite (two whole-tensor sums) the step returns at once,
@@ -94,8 +133,7 @@ def ula_update(state: LangevinState, noise: Tensor, noise_scale: float | Tensor 
     :func:`~ebmalgebra.samplers.base.none_set_eagerly` switch themselves off).
     """
     x, energy, score, step_size, frozen, potential = state
-    epsilon = expand_to_event(step_size, x)
-    sigma = (2.0 * epsilon).sqrt() if noise_scale is None else expand_to_event(noise_scale, x)
+    epsilon, sigma = langevin_scales(step_size, x.dim()) if scales is None else scales
     # Fused multiply-adds: this loop runs once per step, so op count is speed here.
     drift = torch.addcmul(x, epsilon, score)
     proposal = (torch.addcmul(drift, sigma, noise) if isinstance(sigma, Tensor)
@@ -165,7 +203,7 @@ class ULA(Sampler):
         self.noise_scale = None if noise_scale is None else check_step_size(
             noise_scale, f"{self.name}: noise_scale")
         self.jit = validation.flag(f"{self.name}: jit", jit)
-        self._noise_scale = Derived(langevin_noise_scale)
+        self._scales = Derived(langevin_scales)
         self._any_frozen = Derived(any_set)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
@@ -177,14 +215,14 @@ class ULA(Sampler):
 
     def step(self, state: LangevinState, generator: torch.Generator | None = None,
              ) -> tuple[LangevinState, ULAInfo]:
+        x = state.position
         noise_scale = self.noise_scale
         if noise_scale is None:
-            noise_scale = self._noise_scale(state.step_size)  # √(2ε), hoisted
-        elif isinstance(noise_scale, Tensor):
-            noise_scale = noise_scale.to(state.position)
-        # Under jit the compiled kernel guards row-wise; eagerly on the CPU, a known
-        # all-clear frozen mask (read once, then recognised) allows the fast path.
-        none_frozen = (not self.jit and state.frozen.device.type == "cpu"
-                       and not self._any_frozen(state.frozen))
-        return run_update(ula_update, self.jit, state, draw_normal(state.position, generator),
-                          noise_scale, none_frozen)
+            scales = self._scales(state.step_size, x.dim())  # ε and √(2ε), hoisted
+        else:
+            if isinstance(noise_scale, Tensor):
+                noise_scale = noise_scale.to(x)
+            scales = langevin_scales(state.step_size, x.dim(), noise_scale)
+        none_frozen = none_frozen_eagerly(self._any_frozen, state.frozen, self.jit)
+        return run_update(ula_update, self.jit, state, draw_normal(x, generator), scales,
+                          none_frozen)

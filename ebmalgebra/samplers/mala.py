@@ -12,18 +12,24 @@ from ebmalgebra.samplers.base import (
     Derived,
     Potential,
     StepSizeSampler,
-    all_finite_eagerly,
+    any_set,
     draw_normal,
     draw_uniform,
     expand_to_event,
     finite_rows,
-    langevin_noise_scale,
     metropolis_accept,
     run_update,
     select,
     squared_norm,
+    sum_is_finite_eagerly,
 )
-from ebmalgebra.samplers.langevin import LangevinState, init_langevin
+from ebmalgebra.samplers.langevin import (
+    LangevinScales,
+    LangevinState,
+    init_langevin,
+    langevin_scales,
+    none_frozen_eagerly,
+)
 
 __all__ = ["MALA", "MALAInfo", "mala_step", "mala_update"]
 
@@ -51,22 +57,27 @@ def mala_step(state: LangevinState, generator: torch.Generator | None, *,
 
 
 def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
-                noise_scale: Tensor | None = None, *, keep_frozen: bool = False,
+                scales: LangevinScales | None = None, none_frozen: bool = False, *,
+                keep_frozen: bool = False,
                 ) -> tuple[LangevinState, MALAInfo]:
     """The deterministic part of a MALA step, given its random numbers.
 
     ``noise`` ξ ~ N(0, I) is shaped like the position, ``uniform`` u ~ U(0, 1) is
     ``(n_chains,)``. Traceable whole by ``torch.compile``: no host synchronisation there
-    or on accelerators (eagerly on the CPU, one read of two sums,
-    :func:`~ebmalgebra.samplers.base.all_finite_eagerly`, skips the acceptance mask).
+    or on accelerators (eagerly on the CPU, one read of the sum of the log acceptance
+    ratios skips the acceptance mask: a non-finite energy or score makes its row's ratio,
+    so the sum, non-finite).
     Chains that start at a non-finite point never move (their ratio is NaN);
     ``keep_frozen`` also holds chains marked in ``state.frozen`` (annealing).
-    ``noise_scale``: √(2ε) per chain ``(n_chains,)`` when the caller has it at hand
-    (:class:`MALA` computes it once per step size); computed here when ``None``.
+    ``scales``: ε and σ = √(2ε) shaped to broadcast against the position
+    (:func:`~ebmalgebra.samplers.langevin.langevin_scales` of ``state.step_size``) when
+    the caller has them at hand (:class:`MALA` computes them once per step size);
+    computed here when ``None``. ``none_frozen``: the caller knows that no chain of
+    ``state`` is frozen, so ``state.frozen`` serves as the all-clear ``nonfinite`` mask
+    when every proposal is finite.
     """
     x, energy, score, step_size, frozen, potential = state
-    epsilon = expand_to_event(step_size, x)
-    sigma = (2.0 * epsilon).sqrt() if noise_scale is None else expand_to_event(noise_scale, x)
+    epsilon, sigma = langevin_scales(step_size, x.dim()) if scales is None else scales
     proposal = torch.addcmul(torch.addcmul(x, epsilon, score), sigma, noise)
     new_energy, new_score = potential.energy_and_score(proposal)
     # log q(x′ | x) = −‖ξ‖²/2 and log q(x | x′) = −‖x − x′ − ε s(x′)‖²/(4ε), up to the
@@ -75,19 +86,22 @@ def mala_update(state: LangevinState, noise: Tensor, uniform: Tensor,
     backward = torch.addcmul(x - proposal, epsilon, new_score, value=-1.0)
     log_ratio = torch.addcdiv(torch.add(energy - new_energy, squared_norm(noise), alpha=0.5),
                               squared_norm(backward), step_size, value=-0.25)
-    if all_finite_eagerly(new_energy, new_score):  # the usual case: no row needs a mask
+    ratios_finite = sum_is_finite_eagerly(log_ratio)  # the usual case: no row needs a mask
+    if ratios_finite:
         finite = None
-        nonfinite = torch.zeros_like(uniform, dtype=torch.bool)
+        nonfinite = frozen if none_frozen else torch.zeros_like(uniform, dtype=torch.bool)
     else:
         finite = finite_rows(new_energy, new_score)
         nonfinite = ~finite
-    accepted, probability = metropolis_accept(log_ratio, finite, uniform)
+    accepted, probability = metropolis_accept(log_ratio, finite, uniform,
+                                              ratios_finite=ratios_finite)
     if keep_frozen:
         accepted = accepted & ~frozen
+    rows = expand_to_event(accepted, x)
     new_state = LangevinState(
-        select(accepted, proposal, x),
+        select(rows, proposal, x),
         torch.where(accepted, new_energy, energy),
-        select(accepted, new_score, score),
+        select(rows, new_score, score),
         step_size,
         frozen,
         potential,
@@ -138,7 +152,8 @@ class MALA(StepSizeSampler):
         super().__init__(step_size=step_size, target_accept=target_accept,
                          adapt_step_size=adapt_step_size, jit=jit)
 
-        self._noise_scale = Derived(langevin_noise_scale)
+        self._scales = Derived(langevin_scales)
+        self._any_frozen = Derived(any_set)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
         return init_langevin(x0, Potential(model, operation=self.name,
@@ -149,4 +164,5 @@ class MALA(StepSizeSampler):
              ) -> tuple[LangevinState, MALAInfo]:
         x = state.position
         return run_update(mala_update, self.jit, state, draw_normal(x, generator),
-                          draw_uniform(x, generator), self._noise_scale(state.step_size))
+                          draw_uniform(x, generator), self._scales(state.step_size, x.dim()),
+                          none_frozen_eagerly(self._any_frozen, state.frozen, self.jit))
