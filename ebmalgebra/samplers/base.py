@@ -56,7 +56,6 @@ __all__ = [
 ]
 
 
-
 class Potential:
     """The compiled model a chain targets, evaluated on a batch of positions.
 
@@ -318,8 +317,6 @@ def as_chain_values(value: float | Tensor, like: Tensor, what: str, *,
     return tensor.clone()
 
 
-
-
 def run_update(update: Callable, jit: bool, state: NamedTuple, *args: Any,
                ) -> tuple[NamedTuple, NamedTuple]:
     """``update(state, *args)``: a kernel's deterministic update given its random numbers.
@@ -423,10 +420,7 @@ def all_finite_eagerly(energy: Tensor | None, score: Tensor) -> bool:
     a sum may overflow from finite entries, and the caller's exact row-wise check
     then decides.
     """
-    if score.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
-    total = float(score.sum())
-    return math.isfinite(total if energy is None else total + float(energy.sum()))
+    return sum_is_finite_eagerly(score) and (energy is None or sum_is_finite_eagerly(energy))
 
 
 def sum_is_finite_eagerly(values: Tensor) -> bool:
