@@ -6,7 +6,8 @@
     python -m ebmalgebra info "glasses & (face & ~hat) ** 0.35"
 
 EXPR combines zoo names and numbers with ``&`` (product), ``|`` (mixture),
-``*`` (weight), ``**`` (temperature), ``~`` (inverse) and parentheses, with
+``*`` (weight), ``**`` (temperature), ``~`` (inverse), parentheses and calls of
+named operators such as ``without(glasses, hat, face, log_odds=8)``, with
 Python's precedence. It is parsed by a small grammar, never evaluated as
 Python. A bad expression exits with status 2 and points at the position.
 """
@@ -235,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="ebmalgebra", description=__doc__.split("\n\n")[0],
-        epilog="EXPR: zoo names and numbers with & | ~ ** * and parentheses, e.g. "
-               "\"glasses & (face & ~hat) ** 0.35\". Run `ebmalgebra zoo` for the names.")
+        epilog="EXPR: zoo names and numbers with & | ~ ** *, parentheses and operator "
+               "calls, e.g. \"glasses & (face & ~hat) ** 0.35\" or \"without(glasses, hat, "
+               "face, log_odds=8)\". Run `ebmalgebra zoo` for the names.")
     parser.add_argument("--threads", type=_positive_int, default=1,
                         help="torch CPU threads (default 1: these small batched networks gain "
                              "little from more, and torch's threads slow down many-fold when "

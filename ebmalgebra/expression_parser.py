@@ -7,10 +7,17 @@ Grammar (Python's precedence and associativity, loosest first)::
     scaled     := unary ("*" unary)*                weight: number * model, model * number
     unary      := ("~" | "-" | "+") unary | power   inverse / sign of a number
     power      := atom ("**" unary)?                tempering, right-associative
-    atom       := NAME | NUMBER | "(" expression ")"
+    atom       := call | NAME | NUMBER | "(" expression ")"
+    call       := NAME "(" [argument ("," argument)*] ")"
+    argument   := NAME "=" expression | expression
 
 So ``~a ** 2`` is ``~(a ** 2)``, ``a ** -1`` is ``~a``, ``2 * a & b`` is
-``(2 * a) & b`` and ``a & b | c`` is ``(a & b) | c``. Names are looked up in
+``(2 * a) & b`` and ``a & b | c`` is ``(a & b) | c``. A call builds an
+operator that prints as ``name(child, …, key=value)``: the library's
+``without(glasses, hat, face, log_odds=8)`` and every
+:class:`~ebmalgebra.operator.Operator` registered with
+:func:`ebmalgebra.io.register_operator` (a user's ``smin(a, b, tau=0.5)``), so
+what ``repr`` prints parses back. Names are looked up in
 a mapping (e.g. the zoo); a name used twice is the same leaf, so
 ``glasses & glasses ** 2`` evaluates ``glasses`` once per call.
 
@@ -25,6 +32,7 @@ with a caret under the offending character::
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -33,7 +41,7 @@ from dataclasses import dataclass
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.errors import ArgumentTypeError, EBMAlgebraError, ExpressionError
 
-__all__ = ["ExpressionError", "parse_expression"]
+__all__ = ["ExpressionError", "parse_expression", "registered_operators"]
 
 Value = EnergyModel | float
 
@@ -55,7 +63,7 @@ _TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<op>\*\*|[&|~*()+-])
+  | (?P<op>\*\*|[&|~*()+,=-])
 """, re.VERBOSE)
 
 
@@ -222,6 +230,8 @@ class _Parser:
             return value
         if token.kind == "name":
             self.advance()
+            if self.current.kind == "(":
+                return self.call(token)
             return self.lookup(token.text, token.position)
         if token.kind == "(":
             self.advance()
@@ -233,6 +243,78 @@ class _Parser:
             return value
         raise self.fail(f"expected a name, a number or '(', found {_describe(token)}",
                         token.position)
+
+    def call(self, name: _Token) -> EnergyModel:
+        operator = self.operator(name)
+        opening = self.advance()
+        positional: list[Value] = []
+        keywords: dict[str, Value] = {}
+        while self.current.kind != ")":
+            if self.current.kind == "name" and self.tokens[self.index + 1].kind == "=":
+                key = self.advance()
+                self.advance()
+                if key.text in keywords:
+                    raise self.fail(f"{name.text}: argument {key.text!r} is given twice",
+                                    key.position)
+                value_start = self.current.position
+                value = self.expression()
+                if isinstance(value, EnergyModel):
+                    raise self.fail(f"{name.text}: keyword argument {key.text!r} takes a "
+                                    "number; models are positional", value_start)
+                keywords[key.text] = value
+            elif keywords:
+                raise self.fail(f"{name.text}: a positional argument follows a keyword "
+                                "argument", self.current.position)
+            else:
+                positional.append(self.expression())
+            if self.current.kind != ",":
+                break
+            self.advance()
+        if self.current.kind != ")":
+            raise self.fail(f"expected ',' or ')' in the call of {name.text!r} opened at "
+                            f"position {opening.position}, found {_describe(self.current)}",
+                            self.current.position)
+        self.advance()
+        # The class's own signature (the metaclass's __call__ takes anything), shown
+        # without ``self`` and annotations.
+        parameters = list(inspect.signature(operator.__init__).parameters.values())[1:]
+        signature = inspect.Signature([parameter.replace(annotation=inspect.Parameter.empty)
+                                       for parameter in parameters])
+        try:
+            signature.bind(*positional, **keywords)
+            result = operator(*positional, **keywords)
+        except (EBMAlgebraError, TypeError, ValueError) as error:
+            raise self.fail(f"{name.text}{signature}: {error}", name.position) from None
+        return self.model(result, name.position, name.text)
+
+    def operator(self, name: _Token) -> Callable[..., EnergyModel]:
+        operators = registered_operators()
+        if name.text in operators:
+            return operators[name.text]
+        close = difflib.get_close_matches(name.text, sorted(operators), n=1)
+        hint = (f"; did you mean {close[0]!r}?" if close
+                else f" (known: {', '.join(sorted(operators))})")
+        raise self.fail(f"unknown operator {name.text!r}{hint}", name.position)
+
+
+def registered_operators() -> dict[str, type[EnergyModel]]:
+    """Operators callable by name in expressions: name → class.
+
+    Every :class:`~ebmalgebra.operator.Operator` registered with
+    :func:`ebmalgebra.io.register_operator` whose printed form is a call
+    (``symbol`` an identifier, or the class name when ``symbol`` is empty).
+    """
+    from ebmalgebra.io.registry import OPERATORS, ensure_builtins
+    from ebmalgebra.operator import Operator
+
+    ensure_builtins()
+    table: dict[str, type[EnergyModel]] = {}
+    for entry in OPERATORS.by_name.values():
+        if isinstance(entry.cls, type) and issubclass(entry.cls, Operator):
+            name = entry.cls.symbol or entry.cls.__name__
+            if name.isidentifier():
+                table[name] = entry.cls
+    return table
 
 
 def _describe(token: _Token) -> str:
@@ -281,6 +363,9 @@ def parse_expression(
             model = models[name] if isinstance(models, Mapping) else models(name)
         except KeyError:
             model = None
+        if model is None and name in registered_operators():
+            raise ExpressionError(f"{name!r} is an operator: call it, {name}(...)", text,
+                                  position)
         if model is None:
             known = sorted(models) if isinstance(models, Mapping) else []
             close = difflib.get_close_matches(name, known, n=1)

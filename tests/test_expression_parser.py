@@ -66,7 +66,7 @@ def test_a_repeated_name_is_one_shared_leaf(names):
     ("0 ** -1 * a", "cannot compute 0 ** -1", 2),
     ("(-8) ** 0.5 * a", "not a finite real number", 5),
     ("__import__('os')", "unexpected character \"'\"", 11),
-    ("__import__(os)", "unknown model '__import__'", 0),
+    ("__import__(os)", "unknown operator '__import__'", 0),
 ])
 def test_bad_expressions_raise_with_the_position(names, text, message, position):
     with pytest.raises(ExpressionError) as caught:
@@ -100,3 +100,56 @@ def test_nesting_up_to_the_limit_parses(names):
     depth = MAX_NESTING - 1
     assert repr(parse_expression("(" * depth + "c" + ")" * depth, names)) == "c"
     assert repr(parse_expression("~" * depth + "c", names)) == "~c"  # depth is odd
+
+
+# -------------------------------------------------------------------- calls
+def test_a_call_builds_the_registered_operator_and_reprs_parse_back(names):
+    a, b, c = names["a"], names["b"], names["c"]
+    expr = parse_expression("without(a, b, c, log_odds=-1.5) & c ** 2", names)
+    assert repr(expr) == "without(a, b, c, log_odds=-1.5) & c ** 2"
+    assert repr(parse_expression(repr(expr), names)) == repr(expr)
+    x = torch.randn(9, 2)
+    # E_a + softplus(E_c − E_b + λ) + 2 E_c, from the leaves' own energies.
+    expected = (a.energy(x) + torch.nn.functional.softplus(c.energy(x) - b.energy(x) - 1.5)
+                + 2 * c.energy(x))
+    torch.testing.assert_close(expr.energy(x), expected)
+
+
+def test_call_arguments_may_be_expressions(names):
+    expr = parse_expression("without(a & b, b ** 2, 0.5 * c | a, log_odds=2 ** 3)", names)
+    assert repr(expr) == "without(a & b, b ** 2, 0.5 * c | a, log_odds=8)"
+    assert repr(parse_expression("without(a, b, c,)", names)) == "without(a, b, c, log_odds=0)"
+
+
+def test_the_library_operators_with_call_forms_are_registered():
+    from ebmalgebra.expression_parser import registered_operators
+    from ebmalgebra.negation import Without
+    from ebmalgebra.ops import Mixture, Product
+
+    operators = registered_operators()
+    assert operators["without"] is Without
+    # Infix operators are parsed by their symbols, not called.
+    assert Product not in operators.values() and Mixture not in operators.values()
+
+
+@pytest.mark.parametrize("text, message, position", [
+    ("withot(a, b, c)", "unknown operator 'withot'; did you mean 'without'?", 0),
+    ("without(a, b)", "without(a, b, reference, log_odds=0.0): missing a required "
+                      "argument: 'reference'", 0),
+    ("a & without(a, b, c, odds=1)", "got an unexpected keyword argument 'odds'", 4),
+    ("without(a, b, c, log_odds=1, log_odds=2)", "argument 'log_odds' is given twice", 29),
+    ("without(a, log_odds=1, b, c)", "a positional argument follows a keyword", 23),
+    ("without(a, b, c, log_odds=a)", "keyword argument 'log_odds' takes a number", 26),
+    ("without(a, b, c", "expected ',' or ')' in the call of 'without' opened at position 7",
+     15),
+    ("without(a b)", "expected ',' or ')'", 10),
+    ("without(2, b, c)", "without expects EnergyModels, got float", 0),
+    ("without(a, b, g3)", "event shapes differ", 0),
+    ("without & a", "'without' is an operator: call it, without(...)", 0),
+    ("without(a, , c)", "expected a name, a number or '('", 11),
+])
+def test_bad_calls_raise_with_the_position(names, text, message, position):
+    with pytest.raises(ExpressionError) as caught:
+        parse_expression(text, names)
+    assert message in caught.value.reason
+    assert caught.value.position == position

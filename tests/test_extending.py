@@ -115,6 +115,18 @@ def test_soft_minimum_saves_and_loads_after_registration(tmp_path):
     assert_equivalent(loaded, expr, x)
 
 
+def test_soft_minimum_parses_by_its_printed_name_after_registration():
+    a, b = two_bumps().operands()
+    ring = eb.targets.Ring(name="r")
+    expr = eb.expression_parser.parse_expression("smin(a, b, tau=0.7) ** 2 & r",
+                                                 {"a": a, "b": b, "r": ring})
+    assert repr(expr) == "smin(a, b, tau=0.7) ** 2 & r"
+    x = torch.randn(7, 2, dtype=F64)
+    # −τ log(e^{−E_a/τ} + e^{−E_b/τ}) by hand, squared-tempered, plus the ring.
+    smin = -0.7 * torch.logaddexp(-a.energy(x) / 0.7, -b.energy(x) / 0.7)
+    torch.testing.assert_close(expr.energy(x), 2 * smin + ring.energy(x))
+
+
 def test_unregistered_operators_say_how_to_register(tmp_path):
     class Unregistered(SoftMin):
         symbol = "other"
