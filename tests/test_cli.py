@@ -215,3 +215,12 @@ def test_a_closed_stdout_stops_quietly(argv, unbuffered):
 
 def test_zoo_parse_uses_the_zoo_names():
     assert repr(zoo.parse("ring & bar ** 2")) == "ring & bar ** 2"
+
+
+def test_the_demo_negation_parses_from_its_printed_form():
+    from ebmalgebra.negation import Without
+
+    expr = zoo.parse("without(glasses, hat, face, log_odds=8)")
+    assert isinstance(expr, Without) and expr.log_odds == 8.0
+    assert [leaf.name for leaf in expr.operands()] == ["glasses", "hat", "face"]
+    assert repr(zoo.parse(repr(expr))) == repr(expr)
