@@ -218,8 +218,8 @@ class Row:
                  f"  longest tree / mean {self.longest_tree:.2f}"), flush=True)
 
 
-def ours(target: Target, sampler, label: str, x0: torch.Tensor, warmup: int, n_steps: int
-         ) -> tuple[Row, torch.Tensor]:
+def ours(target: Target, sampler, label: str, x0: torch.Tensor, warmup: int, n_steps: int,
+         seed: int = 5) -> tuple[Row, torch.Tensor]:
     marks: dict[str, float] = {}
 
     def mark(step, state, info):
@@ -228,7 +228,7 @@ def ours(target: Target, sampler, label: str, x0: torch.Tensor, warmup: int, n_s
 
     start = time.perf_counter()
     samples = eb.sample(target.model, sampler, x0=x0, n_steps=n_steps, warmup=warmup,
-                        generator=torch.Generator().manual_seed(5), progress=False,
+                        generator=torch.Generator().manual_seed(seed), progress=False,
                         callback=mark)
     end = time.perf_counter()
     draws = samples.draws if samples.unconstrained_draws is None else samples.unconstrained_draws
@@ -271,13 +271,14 @@ def hand_written(target: Target, pilot: torch.Tensor, x0: torch.Tensor, warmup: 
                elapsed)
 
 
-def blackjax_row(target: Target, x0: torch.Tensor, warmup: int, n_steps: int) -> Row:
+def blackjax_row(target: Target, x0: torch.Tensor, warmup: int, n_steps: int,
+                 seed: int = 7) -> Row:
     import blackjax
     import jax
     import jax.numpy as jnp
 
     n_chains = x0.shape[0]
-    keys = jax.random.split(jax.random.key(7), n_chains)
+    keys = jax.random.split(jax.random.key(seed), n_chains)
     positions = jnp.asarray(x0.numpy())
 
     def adapt_one(key, position):
@@ -297,7 +298,7 @@ def blackjax_row(target: Target, x0: torch.Tensor, warmup: int, n_steps: int) ->
     start = time.perf_counter()
     adapt = jax.jit(jax.vmap(adapt_one)).lower(keys, positions).compile()
     states, parameters = jax.block_until_ready(adapt(keys, positions))
-    sample_keys = jax.random.split(jax.random.key(8), n_chains)
+    sample_keys = jax.random.split(jax.random.key(seed + 1), n_chains)
     sample = jax.jit(jax.vmap(sample_one)).lower(sample_keys, states, parameters).compile()
     compiled = time.perf_counter()
     draws, steps = jax.block_until_ready(sample(sample_keys, states, parameters))
@@ -332,22 +333,29 @@ def numpyro_row(target: Target, x0: torch.Tensor, warmup: int, n_steps: int) -> 
                float(jax.device_get(steps).sum()), end - first, first - start)
 
 
+TARGETS = {"schools": schools, "logistic": logistic, "gaussian": gaussian,
+           "volatility": volatility}
+
+
 # ----------------------------------------------------------------------- run
+def starts(target: Target, n_chains: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stan-like starts, uniform on (−2, 2) in unconstrained coordinates: ``(u0, x0)``,
+    x0 in the model's own (constrained) coordinates."""
+    u0 = 4 * torch.rand(n_chains, target.dim, generator=torch.Generator().manual_seed(seed),
+                        dtype=DTYPE) - 2
+    unconstrained = unconstrain(target.model)
+    return u0, (u0 if unconstrained is None else unconstrained.to_constrained(u0))
+
+
 def run(quick: bool, chain_counts: list[int], names: list[str]) -> list[Row]:
     warmup, n_steps = (40, 40) if quick else (500, 500)
-    builders = {"schools": schools, "logistic": logistic, "gaussian": gaussian,
-                "volatility": volatility}
     rows = []
     for name in names:
-        target = builders[name]()
+        target = TARGETS[name]()
         for n_chains in chain_counts:
             print(f"\n{target.name}: {n_chains} chains, {warmup} warmup + {n_steps} draws",
                   flush=True)
-            # Stan-like starts: uniform on (−2, 2) in unconstrained coordinates.
-            u0 = 4 * torch.rand(n_chains, target.dim, generator=torch.Generator().manual_seed(4),
-                                dtype=DTYPE) - 2
-            unconstrained = unconstrain(target.model)
-            x0 = u0 if unconstrained is None else unconstrained.to_constrained(u0)
+            u0, x0 = starts(target, n_chains, seed=4)
             nuts, pilot = ours(target, NUTS(), "ebmalgebra NUTS", x0, warmup, n_steps)
             nuts_jit, _ = ours(target, NUTS(jit=True), "ebmalgebra NUTS jit", x0, warmup,
                                n_steps)
