@@ -327,7 +327,7 @@ class WindowAdaptation:
                           if adapt_step_size else None)
         if adapt_mass and not hasattr(state, "metric"):
             raise ArgumentTypeError(f"adapt_mass needs a state with a metric, got "
-                            f"{type(state).__name__}")
+                                    f"{type(state).__name__}")
         self.windows = dict(mass_windows(n_warmup)) if adapt_mass else {}
         self.window_end: int | None = None
         self.estimator: WelfordCovariance | None = None

@@ -90,7 +90,7 @@ class Potential:
     ) -> None:
         if not isinstance(model, EnergyModel):
             raise ArgumentTypeError(f"{operation}: model must be an EnergyModel, got "
-                            f"{type(model).__name__}")
+                                    f"{type(model).__name__}")
         compiled = model if isinstance(model, CompiledEnergy) else compile(model)
         if needs_energy:
             compiled.require("energy", operation)
@@ -279,7 +279,7 @@ def check_invariant(sampler: object, operation: str, argument: str, instead: str
         return
     why = getattr(sampler, "not_invariant_because", Sampler.not_invariant_because)
     raise ArgumentError(f"{operation}: {argument}={sampler!r} must leave each target exactly "
-                     f"invariant, and it does not: {why}; use {instead}")
+                        f"invariant, and it does not: {why}; use {instead}")
 
 
 def _short(value: object) -> str:
@@ -301,7 +301,7 @@ def as_chain_values(value: float | Tensor, like: Tensor, what: str, *,
     n_chains = like.shape[0]
     if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
         raise ArgumentTypeError(f"{what} must be a float or a tensor of shape ({n_chains},), got "
-                        f"{type(value).__name__}")
+                                f"{type(value).__name__}")
     tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if tensor.dim() == 0:
         tensor = tensor.expand(n_chains)
@@ -313,7 +313,7 @@ def as_chain_values(value: float | Tensor, like: Tensor, what: str, *,
     if bad.any():
         kind = "positive and finite" if positive else "finite"
         raise ArgumentError(f"{what} must be {kind}, got {tensor[bad][0].item()!r} for chain "
-                         f"{int(bad.nonzero()[0])}")
+                            f"{int(bad.nonzero()[0])}")
     return tensor.clone()
 
 

@@ -543,10 +543,10 @@ def sample(
         validation.instance("sample: x0", x0, Tensor, "a tensor (n_chains, *event_shape)")
         if n_chains is not None and x0.shape[:1] != (n_chains,):
             raise ArgumentError(f"sample: x0 has shape {tuple(x0.shape)}, which disagrees with "
-                             f"n_chains={n_chains}")
+                                f"n_chains={n_chains}")
         if x0.shape[:1] == (0,):
             raise ArgumentError(f"sample: x0 has shape {tuple(x0.shape)}: no chains; it must "
-                             "be (n_chains, *event_shape) with n_chains ≥ 1")
+                                "be (n_chains, *event_shape) with n_chains ≥ 1")
         _check_generator(generator, x0.device, "x0")
     shard = chain_shard(x0.shape[0], group)
     if shard is not None:

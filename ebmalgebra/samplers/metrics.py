@@ -242,5 +242,5 @@ def metric_class(kind: str | type[Metric], operation: str) -> type[Metric]:
         return kind
     if kind not in _KINDS:
         raise ArgumentError(f"{operation}: metric must be one of {tuple(_KINDS)} or a Metric "
-                         f"subclass, got {kind!r}")
+                            f"subclass, got {kind!r}")
     return _KINDS[kind]
