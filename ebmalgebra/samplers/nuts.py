@@ -56,7 +56,7 @@ from torch import Tensor
 
 from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.distributed import any_chain
+from ebmalgebra.distributed import active_shard, any_chain
 from ebmalgebra.jit import call_compiled
 from ebmalgebra.samplers.base import (
     Potential,
@@ -73,6 +73,9 @@ from ebmalgebra.samplers.integrators import PhasePoint, leapfrog
 from ebmalgebra.samplers.metrics import Metric, metric_class
 
 __all__ = ["NUTS", "NUTSInfo", "NUTSState"]
+
+_BLOCK_LEVELS = 2
+"""``jit=True`` integrates blocks of up to 2^_BLOCK_LEVELS leaves per kernel call."""
 
 
 class NUTSState(NamedTuple):
@@ -144,6 +147,17 @@ class _Leaves(NamedTuple):
     sum_accept: Tensor
     divergent: Tensor
     nonfinite: Tensor
+
+
+class _Block(NamedTuple):
+    """What one kernel call of ``jit=True`` returns: a block of 2^b leaves of every chain."""
+
+    point: PhasePoint      # the last point integrated
+    leaves: _Leaves        # the subtree's leaves so far, this block's included
+    first: _End            # the block's first point
+    last: _End             # its last point
+    valid: Tensor          # still growing: no U-turn or divergence up to here
+    alive: Tensor          # see _block_update (a bool once read by NUTS._block)
 
 
 class _Subtree(NamedTuple):
@@ -313,68 +327,138 @@ class NUTS(StepSizeSampler):
               generator: torch.Generator | None) -> _Subtree:
         """Integrate a subtree of 2^tree_depth steps from ``begin`` for the ``growing`` chains.
 
-        U-turns inside the subtree are checked without storing its points: the leaves
-        of aligned blocks of 2ᵏ steps (k = 0 … depth) are remembered where a block
-        starts (its first momentum, the running momentum sum before it and the
-        momentum just before it), so when the block's last leaf arrives, its span and
-        the two spans across the join of its halves are known.
+        U-turns inside the subtree are checked without storing its points (see
+        :func:`_close_spans`). Eagerly the leaves come one by one; with ``jit=True``
+        in blocks of 2^b (:func:`_block_update`, b = min(tree_depth, ``_BLOCK_LEVELS``)),
+        each one kernel call that also checks the spans inside the block, so only
+        the spans of more than 2^b leaves are checked here, block by block.
         """
-        metric, potential = state.metric, state.potential
-        point = begin
-        valid = growing
-        no_chains = torch.zeros_like(growing)
-        leaves = _Leaves(torch.full_like(start_h, -math.inf),
-                         _Candidate(begin.position, begin.energy, begin.score, start_h),
-                         torch.zeros_like(begin.momentum),
-                         torch.zeros_like(start_h, dtype=torch.long),
-                         torch.zeros_like(start_h), no_chains, no_chains)
+        metric = state.metric
+        levels = min(tree_depth, _BLOCK_LEVELS) if self._blocks(start_h) else 0
+        point, valid, leaves = begin, growing, _Leaves(
+            torch.full_like(start_h, -math.inf),
+            _Candidate(begin.position, begin.energy, begin.score, start_h),
+            torch.zeros_like(begin.momentum), torch.zeros_like(start_h, dtype=torch.long),
+            torch.zeros_like(start_h), torch.zeros_like(growing), torch.zeros_like(growing))
         previous = _End(begin.momentum, metric.velocity(begin.momentum))
-        # Per level k: (first end of the current block of 2ᵏ leaves, ρ before it, the end
-        # just before it).
-        block_starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth + 1)
-        for leaf in range(2 ** tree_depth):
-            # Over all ranks' chains when sharded, so every rank draws as many numbers.
-            if not any_chain(valid):
+        starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth - levels + 1)
+        # Over all ranks' chains when sharded, so every rank draws as many numbers.
+        alive = any_chain(valid)
+        for unit in range(2 ** (tree_depth - levels)):
+            if not alive:
                 break
-            # Drawn before the leaf's update (which draws nothing): the eager order.
-            uniform = draw_uniform(start_h, generator)
             sum_before = leaves.running_sum
             if self.jit:
-                point, leaves, last, diverged = call_compiled(
-                    _leaf_update, potential.model, point, signed_step, metric, potential,
-                    leaves, valid, start_h, uniform, self.max_energy_error)
+                block = self._block(point, signed_step, leaves, valid, start_h, previous,
+                                    state, 2 ** levels, generator)
+                point, leaves, first, last, valid = block[:5]
             else:
-                point = _leapfrog_rows(point, signed_step, metric, potential, valid)
+                # Drawn before the leaf's update (which draws nothing).
+                uniform = draw_uniform(start_h, generator)
+                point = _leapfrog_rows(point, signed_step, metric, state.potential, valid)
                 leaves, last, diverged = _account_leaf(point, metric, leaves, valid, start_h,
                                                        uniform, self.max_energy_error)
-            for k in range(tree_depth + 1):
-                if leaf % 2 ** k == 0:
-                    block_starts[k] = (last, sum_before, previous)
-            keeps_going = ~diverged
-            for k in range(1, tree_depth + 1):
-                if (leaf + 1) % 2 ** k:
-                    break
-                first, sum_before_block, _ = block_starts[k]
-                middle, sum_before_middle, before_middle = block_starts[k - 1]
-                # The block's halves: [first … before_middle] and [middle … this leaf].
-                keeps_going = keeps_going & merged_no_u_turn(
-                    first, before_middle, sum_before_middle - sum_before_block,
-                    middle, last, leaves.running_sum - sum_before_middle)
-            valid = valid & keeps_going
+                first, valid = last, valid & ~diverged
+            valid = _close_spans(starts, unit, first, sum_before, previous, last,
+                                 leaves.running_sum, valid)
+            alive = block.alive if levels else any_chain(valid)
             previous = last
-        return _Subtree(point, block_starts[tree_depth][0], last, leaves, valid)
+        return _Subtree(point, starts[-1][0], last, leaves, valid)
+
+    def _blocks(self, like: Tensor) -> bool:
+        """Whether ``jit=True`` integrates blocks of leaves per kernel call: on the CPU
+        (where a block's uniforms are one draw, taken back in part when the block
+        ends early) and with the chains in one process."""
+        return self.jit and like.device.type == "cpu" and active_shard() is None
+
+    def _block(self, point: PhasePoint, signed_step: Tensor, leaves: _Leaves, valid: Tensor,
+               start_h: Tensor, previous: _End, state: NUTSState, n_leaves: int,
+               generator: torch.Generator | None) -> _Block:
+        """``n_leaves`` leaves of every chain in one kernel call, with their uniforms.
+
+        The uniforms of all the block's leaves are drawn before the call, as one
+        ``(n_leaves, n_chains)`` draw: the same numbers as ``n_leaves`` draws of one
+        per chain (the CPU generator fills a tensor in order). When no chain is left
+        growing before the block's last leaf, the eager loop would have stopped
+        drawing there, so the generator is set back and only the leaves that ran are
+        drawn again: both paths leave the generator as the eager leaf-by-leaf loop
+        does.
+        """
+        model, metric, potential = state.potential.model, state.metric, state.potential
+        if n_leaves == 1:
+            return call_compiled(_block_update, model, point, signed_step, metric, potential,
+                                 leaves, valid, start_h, draw_uniform(start_h, generator)[None],
+                                 previous, self.max_energy_error)
+        rng = torch.default_generator if generator is None else generator
+        saved = rng.get_state()
+        shape = (n_leaves, start_h.shape[0])
+        block = call_compiled(_block_update, model, point, signed_step, metric, potential,
+                              leaves, valid, start_h,
+                              torch.rand(shape, generator=rng, dtype=start_h.dtype), previous,
+                              self.max_energy_error)
+        started = int(block.alive)
+        if started < n_leaves:
+            rng.set_state(saved)
+            torch.rand((started, shape[1]), generator=rng, dtype=start_h.dtype)
+        return block._replace(alive=started > n_leaves)
 
 
-def _leaf_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potential: Potential,
-                 leaves: _Leaves, valid: Tensor, start_h: Tensor, uniform: Tensor,
-                 max_energy_error: float) -> tuple[PhasePoint, _Leaves, _End, Tensor]:
-    """One leaf of every chain, :func:`_account_leaf` after a leapfrog step of all rows.
+def _block_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potential: Potential,
+                  leaves: _Leaves, valid: Tensor, start_h: Tensor, uniform: Tensor,
+                  previous: _End, max_energy_error: float) -> _Block:
+    """2^b leaves of every chain: leapfrog steps with :func:`_account_leaf`, and the
+    U-turn checks of the spans inside the block (:func:`_close_spans`).
 
-    The unit that ``jit=True`` compiles (static shapes: the finished chains are
-    stepped too and their results left unused)."""
-    point = leapfrog(point, signed_step, metric, potential.energy_and_score)
-    return point, *_account_leaf(point, metric, leaves, valid, start_h, uniform,
-                                 max_energy_error)
+    ``uniform`` ``(2^b, n_chains)`` holds each leaf's uniforms and ``previous`` the
+    end before the block. The unit that ``jit=True`` compiles, one kernel per b
+    (static shapes: the chains not growing are stepped too, their results unused).
+    ``alive`` counts the leaves that began with some chain growing, plus one if one
+    still grows after the block (validity only ever drops, so this is where the
+    eager loop would have stopped).
+    """
+    n_leaves = uniform.shape[0]
+    starts: list[tuple[_End, Tensor, _End]] = [None] * (n_leaves.bit_length())
+    alive = valid.any().long()
+    first = None
+    for leaf in range(n_leaves):
+        sum_before = leaves.running_sum
+        point = leapfrog(point, signed_step, metric, potential.energy_and_score)
+        leaves, last, diverged = _account_leaf(point, metric, leaves, valid, start_h,
+                                               uniform[leaf], max_energy_error)
+        first = last if first is None else first
+        valid = _close_spans(starts, leaf, last, sum_before, previous, last,
+                             leaves.running_sum, valid & ~diverged)
+        alive = alive + valid.any()
+        previous = last
+    return _Block(point, leaves, first, last, valid, alive)
+
+
+def _close_spans(starts: list, unit: int, first: _End, sum_before: Tensor, previous: _End,
+                 last: _End, running_sum: Tensor, valid: Tensor) -> Tensor:
+    """Record ``unit`` (a leaf, or an aligned block of 2^b leaves) where spans begin, and
+    check the spans that it completes; ``valid`` and-ed with their checks, ``(n,)``.
+
+    ``starts[k]`` holds, for the current span of 2ᵏ units (k = 0 … len − 1), its
+    first end, the momentum sum ρ before it and the end just before it; a unit at
+    index i begins the spans with i divisible by 2ᵏ. The unit's first and last ends
+    are ``first`` and ``last``, ``sum_before`` is ρ before it and ``running_sum``
+    after it. When i + 1 is divisible by 2ᵏ (k ≥ 1), the span of 2ᵏ units ends here:
+    its halves [first … before_middle] and [middle … last] are checked with
+    :func:`merged_no_u_turn`.
+    """
+    for k in range(len(starts)):
+        if unit % 2**k:
+            break
+        starts[k] = (first, sum_before, previous)
+    for k in range(1, len(starts)):
+        if (unit + 1) % 2**k:
+            break
+        span_first, sum_before_span, _ = starts[k]
+        middle, sum_before_middle, before_middle = starts[k - 1]
+        valid = valid & merged_no_u_turn(
+            span_first, before_middle, sum_before_middle - sum_before_span,
+            middle, last, running_sum - sum_before_middle)
+    return valid
 
 
 def _account_leaf(point: PhasePoint, metric: Metric, leaves: _Leaves, valid: Tensor,
