@@ -149,6 +149,22 @@ class _Leaves(NamedTuple):
     nonfinite: Tensor
 
 
+class _Trajectory(NamedTuple):
+    """A step's trajectory so far, per chain, and its statistics."""
+
+    left: PhasePoint       # the backward end
+    right: PhasePoint      # the forward end
+    candidate: _Candidate
+    log_weight: Tensor     # log Σ w over the trajectory
+    momentum_sum: Tensor   # ρ over the trajectory
+    growing: Tensor        # still doubling
+    depth: Tensor
+    n_leapfrog: Tensor
+    sum_accept: Tensor
+    divergent: Tensor
+    nonfinite: Tensor
+
+
 class _Block(NamedTuple):
     """What one kernel call of ``jit=True`` returns: a block of 2^b leaves of every chain."""
 
@@ -187,6 +203,47 @@ def merged_no_u_turn(outer_a: _End, inner_a: _End, sum_a: Tensor, inner_b: _End,
                               inner_b.velocity, inner_a.velocity, outer_b.velocity])
     sums = torch.stack([whole, whole, a_extended, a_extended, b_extended, b_extended])
     return ((velocities * sums).reshape(6, whole.shape[0], -1).sum(-1) > 0).all(0)
+
+
+def _merge(path: _Trajectory, subtree: _Subtree, forward: Tensor, uniform: Tensor,
+           metric: Metric) -> _Trajectory:
+    """``path`` with the new ``subtree`` (grown ``forward`` or backwards) merged in where
+    both are valid, then checked for a U-turn across the join.
+
+    Biased progressive sampling: the subtree's candidate replaces the trajectory's
+    with probability min(1, W_subtree / W_trajectory) (``uniform`` ~ U(0, 1) per
+    chain). The statistics count every leaf integrated, merged or not.
+    """
+    grown, growing, left, right = subtree.leaves, path.growing, path.left, path.right
+    merge = growing & subtree.valid
+    take = merge & (uniform < (grown.log_weight - path.log_weight).exp())
+    forward_rows = expand_to_event(forward, right.momentum)
+    near = torch.where(forward_rows, right.momentum, left.momentum)
+    far = torch.where(forward_rows, left.momentum, right.momentum)
+    keeps_going = merged_no_u_turn(
+        _End(far, metric.velocity(far)), _End(near, metric.velocity(near)),
+        path.momentum_sum, subtree.first, subtree.last, grown.running_sum)
+    return _Trajectory(
+        _where_point(merge & ~forward, subtree.end, left),
+        _where_point(merge & forward, subtree.end, right),
+        _where_point(take, grown.candidate, path.candidate),
+        torch.where(merge, torch.logaddexp(path.log_weight, grown.log_weight), path.log_weight),
+        select(merge, path.momentum_sum + grown.running_sum, path.momentum_sum),
+        merge & keeps_going,
+        path.depth + merge.long(),
+        path.n_leapfrog + grown.n_leapfrog,
+        path.sum_accept + grown.sum_accept,
+        path.divergent | grown.divergent,
+        path.nonfinite | grown.nonfinite)
+
+
+def _no_leaves(begin: PhasePoint, start_h: Tensor) -> _Leaves:
+    """The leaves of a subtree before its first: Σ w = 0, the candidate ``begin``."""
+    no_chains = torch.zeros_like(start_h, dtype=torch.bool)
+    return _Leaves(torch.full_like(start_h, -math.inf),
+                   _Candidate(begin.position, begin.energy, begin.score, start_h),
+                   torch.zeros_like(begin.momentum), torch.zeros_like(start_h, dtype=torch.long),
+                   torch.zeros_like(start_h), no_chains, no_chains)
 
 
 def _where_point(mask: Tensor, new: NamedTuple, old: NamedTuple) -> NamedTuple:
@@ -276,51 +333,62 @@ class NUTS(StepSizeSampler):
         momentum = metric.momentum_from_noise(noise)
         # With p = F ξ the kinetic energy ½ pᵀ M⁻¹ p is ½ ‖ξ‖² exactly.
         start_h = state.energy + 0.5 * squared_norm(noise)
-        left = right = PhasePoint(x, momentum, state.energy, state.score)
-        candidate = _Candidate(x, state.energy, state.score, start_h)
-        log_weight = torch.zeros_like(start_h)
-        momentum_sum = momentum
-        growing = torch.ones_like(start_h, dtype=torch.bool)
+        start = PhasePoint(x, momentum, state.energy, state.score)
         zeros = torch.zeros_like(start_h, dtype=torch.long)
-        depth, n_leapfrog = zeros, zeros
-        sum_accept = torch.zeros_like(start_h)
-        divergent = nonfinite = torch.zeros_like(growing)
+        no_chains = torch.zeros_like(start_h, dtype=torch.bool)
+        path = _Trajectory(start, start, _Candidate(x, state.energy, state.score, start_h),
+                           torch.zeros_like(start_h), momentum, ~no_chains, zeros, zeros,
+                           torch.zeros_like(start_h), no_chains, no_chains)
+        blocks = self._blocks(x)
         for tree_depth in range(self.max_depth):
             forward = draw_uniform(x, generator) < 0.5
-            signed_step = torch.where(forward, state.step_size, -state.step_size)
-            begin = _where_point(forward, right, left)
-            subtree = self._grow(begin, signed_step, tree_depth, growing, start_h, state,
-                                 generator)
-            grown = subtree.leaves
-            n_leapfrog = n_leapfrog + grown.n_leapfrog
-            sum_accept = sum_accept + grown.sum_accept
-            divergent = divergent | grown.divergent
-            nonfinite = nonfinite | grown.nonfinite
-            merge = growing & subtree.valid
-            # Biased progressive sampling: favour the new subtree's candidate.
-            take = merge & (draw_uniform(x, generator) < (grown.log_weight - log_weight).exp())
-            candidate = _where_point(take, grown.candidate, candidate)
-            log_weight = torch.where(merge, torch.logaddexp(log_weight, grown.log_weight),
-                                     log_weight)
-            forward_rows = expand_to_event(forward, momentum)
-            near = torch.where(forward_rows, right.momentum, left.momentum)
-            far = torch.where(forward_rows, left.momentum, right.momentum)
-            keeps_going = merged_no_u_turn(
-                _End(far, metric.velocity(far)), _End(near, metric.velocity(near)),
-                momentum_sum, subtree.first, subtree.last, grown.running_sum)
-            depth = depth + merge.long()
-            growing = merge & keeps_going
-            if not any_chain(growing):  # over all ranks' chains when sharded
+            if blocks and tree_depth <= _BLOCK_LEVELS:
+                path, growing = self._doubling(path, forward, tree_depth, start_h, state,
+                                               generator)
+            else:
+                signed_step = torch.where(forward, state.step_size, -state.step_size)
+                begin = _where_point(forward, path.right, path.left)
+                subtree = self._grow(begin, signed_step, tree_depth, path.growing, start_h,
+                                     state, generator)
+                path = _merge(path, subtree, forward, draw_uniform(x, generator), metric)
+                growing = any_chain(path.growing)  # over all ranks' chains when sharded
+            if not growing:
                 break
-            right = _where_point(merge & forward, subtree.end, right)
-            left = _where_point(merge & ~forward, subtree.end, left)
-            momentum_sum = select(merge, momentum_sum + grown.running_sum, momentum_sum)
+        candidate, n_leapfrog, sum_accept = path.candidate, path.n_leapfrog, path.sum_accept
         energy_error = candidate.hamiltonian - start_h
         new_state = state._replace(position=candidate.position, energy=candidate.energy,
                                    score=candidate.score)
         info = NUTSInfo(sum_accept / n_leapfrog.to(sum_accept.dtype), candidate.hamiltonian,
-                        energy_error, divergent, nonfinite, depth, n_leapfrog)
+                        energy_error, path.divergent, path.nonfinite, path.depth, n_leapfrog)
         return new_state, info
+
+    def _doubling(self, path: _Trajectory, forward: Tensor, tree_depth: int, start_h: Tensor,
+                  state: NUTSState, generator: torch.Generator | None,
+                  ) -> tuple[_Trajectory, bool]:
+        """One doubling of ``jit=True`` whose subtree is one block: a kernel call
+        (:func:`_doubling_update`) and whether any chain still grows.
+
+        Its uniforms, the subtree's leaves' and then the merge's, are one
+        ``(2^tree_depth + 1, n_chains)`` draw: the same numbers as the eager loop's
+        draws of one per chain (the CPU generator fills a tensor in order). When no
+        chain is left growing before the last leaf, the eager loop stops drawing
+        leaves' uniforms there (and draws the merge's next), so the generator is set
+        back and only as many numbers are drawn again: the generator ends as eager
+        NUTS leaves it, and since no chain merges such a subtree, the numbers that
+        moved do not matter.
+        """
+        rng = torch.default_generator if generator is None else generator
+        saved = rng.get_state()
+        n_leaves, n_chains = 2**tree_depth, start_h.shape[0]
+        uniform = torch.rand((n_leaves + 1, n_chains), generator=rng, dtype=start_h.dtype)
+        path, status = call_compiled(_doubling_update, state.potential.model, path, forward,
+                                     state.step_size, uniform, state.metric, state.potential,
+                                     start_h, self.max_energy_error)
+        started, growing = status.tolist()
+        if started < n_leaves:
+            rng.set_state(saved)
+            torch.rand((started + 1, n_chains), generator=rng, dtype=start_h.dtype)
+        return path, bool(growing)
 
     def _grow(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int,
               growing: Tensor, start_h: Tensor, state: NUTSState,
@@ -335,11 +403,7 @@ class NUTS(StepSizeSampler):
         """
         metric = state.metric
         levels = min(tree_depth, _BLOCK_LEVELS) if self._blocks(start_h) else 0
-        point, valid, leaves = begin, growing, _Leaves(
-            torch.full_like(start_h, -math.inf),
-            _Candidate(begin.position, begin.energy, begin.score, start_h),
-            torch.zeros_like(begin.momentum), torch.zeros_like(start_h, dtype=torch.long),
-            torch.zeros_like(start_h), torch.zeros_like(growing), torch.zeros_like(growing))
+        point, valid, leaves = begin, growing, _no_leaves(begin, start_h)
         previous = _End(begin.momentum, metric.velocity(begin.momentum))
         starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth - levels + 1)
         # Over all ranks' chains when sharded, so every rank draws as many numbers.
@@ -431,6 +495,26 @@ def _block_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potent
         alive = alive + valid.any()
         previous = last
     return _Block(point, leaves, first, last, valid, alive)
+
+
+def _doubling_update(path: _Trajectory, forward: Tensor, step_size: Tensor, uniform: Tensor,
+                     metric: Metric, potential: Potential, start_h: Tensor,
+                     max_energy_error: float) -> tuple[_Trajectory, Tensor]:
+    """A doubling whose subtree is one block: its 2^b leaves (:func:`_block_update`,
+    uniforms ``uniform[:-1]``) from the end of ``path`` in the direction ``forward``,
+    merged (:func:`_merge`, uniform ``uniform[-1]``). The unit that ``jit=True``
+    compiles for the first doublings. Returns the new trajectory and ``(2,)``: the
+    block's ``alive`` count and whether any chain still grows.
+    """
+    signed_step = torch.where(forward, step_size, -step_size)
+    begin = _where_point(forward, path.right, path.left)
+    block = _block_update(begin, signed_step, metric, potential, _no_leaves(begin, start_h),
+                          path.growing, start_h, uniform[:-1],
+                          _End(begin.momentum, metric.velocity(begin.momentum)),
+                          max_energy_error)
+    subtree = _Subtree(block.point, block.first, block.last, block.leaves, block.valid)
+    path = _merge(path, subtree, forward, uniform[-1], metric)
+    return path, torch.stack([block.alive, path.growing.any().long()])
 
 
 def _close_spans(starts: list, unit: int, first: _End, sum_before: Tensor, previous: _End,
