@@ -38,10 +38,14 @@ and random choices are per chain, and masks record which chains are still
 growing. A leapfrog step evaluates the score only at the rows still integrating
 (the others are finished), so each chain costs one ``energy_and_score`` row per
 leapfrog step of its own tree, and the step as a whole costs max over chains of
-n_leapfrog batched calls. With ``jit=True`` each leaf's deterministic update
-(leapfrog step, energy and score, weights, candidate, statistics) runs as one
-compiled kernel over all rows, the finished chains' results unused; the doubling,
-U-turn checks and the random draws stay eager, in the same order.
+n_leapfrog batched calls. With ``jit=True`` the leaves run in compiled blocks over
+all rows, the finished chains' results unused: each of the first doublings
+(subtrees of 1, 2 and 4 leaves) is one kernel, leaves, U-turn checks and merge;
+deeper subtrees run as blocks of 4 leaves with the U-turn checks inside a block
+compiled, the longer spans' checks and the merge eager. The random numbers are
+drawn outside the kernels in the eager order: a block's are drawn at once, and
+the generator is set back when every chain stops inside the block, so a seed
+gives the same trees as with ``jit=False`` up to float rounding.
 
 Shapes: positions ``(n_chains, *event_shape)``; per-chain info ``(n_chains,)``.
 """
@@ -273,13 +277,16 @@ class NUTS(StepSizeSampler):
         adapt_step_size: tune ε in warmup.
         adapt_mass: tune M⁻¹ in warmup.
         max_energy_error: energy error H − H₀ beyond which a subtree is divergent.
-        jit: compile each leaf's deterministic update (leapfrog step, energy and score,
-            weights, candidate selection, statistics) with ``torch.compile`` into one
-            kernel; the random numbers are drawn outside it in the eager order, so a
-            seed gives the same chain as ``jit=False`` up to float rounding. The
-            finished chains' rows are stepped too (static shapes), unused. U-turn
-            checks and the tree's doubling stay eager. The first step pays a one-off
-            compile of several seconds; see :mod:`ebmalgebra.jit`.
+        jit: compile blocks of up to four leaves (leapfrog steps, energy and score,
+            weights, candidate selection, statistics, the U-turn checks inside the
+            block, and for the first three doublings the merge into the trajectory)
+            with ``torch.compile``, one kernel per block size (CPU; with chains
+            sharded across processes or on other devices, one leaf per kernel); the
+            random numbers are drawn outside in the eager order, so a seed gives the
+            same chain as ``jit=False`` up to float rounding. The finished chains'
+            rows are stepped too (static shapes), unused. The first steps pay a
+            one-off compile of four kernels, tens of seconds cold (seconds from
+            inductor's on-disk cache); see :mod:`ebmalgebra.jit`.
 
     Example:
         >>> samples = ebmalgebra.sample(model, NUTS(), n_chains=4, n_steps=1000, warmup=1000)
@@ -406,9 +413,10 @@ class NUTS(StepSizeSampler):
         point, valid, leaves = begin, growing, _no_leaves(begin, start_h)
         previous = _End(begin.momentum, metric.velocity(begin.momentum))
         starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth - levels + 1)
-        # Over all ranks' chains when sharded, so every rank draws as many numbers.
-        alive = any_chain(valid)
+        alive = True  # some chain grows: NUTS.step would not have called this otherwise
         for unit in range(2 ** (tree_depth - levels)):
+            if not levels:  # over all ranks' chains when sharded: all draw as many numbers
+                alive = any_chain(valid)
             if not alive:
                 break
             sum_before = leaves.running_sum
@@ -425,7 +433,8 @@ class NUTS(StepSizeSampler):
                 first, valid = last, valid & ~diverged
             valid = _close_spans(starts, unit, first, sum_before, previous, last,
                                  leaves.running_sum, valid)
-            alive = block.alive if levels else any_chain(valid)
+            if levels:
+                alive = block.alive
             previous = last
         return _Subtree(point, starts[-1][0], last, leaves, valid)
 
