@@ -492,13 +492,13 @@ def _block_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potent
     n_leaves = uniform.shape[0]
     starts: list[tuple[_End, Tensor, _End]] = [None] * (n_leaves.bit_length())
     alive = valid.any().long()
-    first = None
     for leaf in range(n_leaves):
         sum_before = leaves.running_sum
         point = leapfrog(point, signed_step, metric, potential.energy_and_score)
         leaves, last, diverged = _account_leaf(point, metric, leaves, valid, start_h,
                                                uniform[leaf], max_energy_error)
-        first = last if first is None else first
+        if leaf == 0:
+            first = last
         valid = _close_spans(starts, leaf, last, sum_before, previous, last,
                              leaves.running_sum, valid & ~diverged)
         alive = alive + valid.any()
