@@ -41,8 +41,9 @@ same process on the same target.
    tree of each step), as the median of interleaved repeats
    (``benchmarks/_timing.py``) and the ratio eager ÷ jit; the aten ops per leaf of
    the eager step (a ``TorchDispatchMode`` count, energy and score included); the
-   compile time of the leaf kernel; and the longest-tree factor, batched leaves
-   over the mean chain's leapfrog steps.
+   compile time of the kernels; and the longest-tree factor, batched leaves
+   over the mean chain's leapfrog steps. ``--clock thread`` times this thread's
+   CPU time instead of the wall clock.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import warnings
 # One XLA thread, as one torch thread (set before jax is imported).
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
                       "intra_op_parallelism_threads=1")
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -284,10 +286,11 @@ def nuts_steps(sampler: NUTS, state, n_steps: int) -> tuple[int, int]:
     return batched, per_chain
 
 
-def part_jit(quick: bool) -> None:
+def part_jit(quick: bool, clock: Callable[[], float]) -> None:
     chain_counts, warmup, n_steps, repeats = ((4,), 30, 2, 2) if quick else ((4, 100), 200,
                                                                             10, 5)
-    print("\nper batched leaf: eager and jit=True (median of interleaved repeats)")
+    print(f"\nper batched leaf: eager and jit=True (median of interleaved repeats, "
+          f"clock {clock.__name__})")
     for make in (logistic, volatility):
         target = make()
         for n_chains in chain_counts:
@@ -304,7 +307,7 @@ def part_jit(quick: bool) -> None:
             compile_seconds = time.perf_counter() - start
             batched, per_chain = runs[False]()
             ops = count_ops(runs[False])
-            seconds = median_times(runs, repeats=repeats, inner=1, warmup=1)
+            seconds = median_times(runs, repeats=repeats, inner=1, warmup=1, clock=clock)
             eager, jitted = (seconds[flag] / batched * 1e6 for flag in (False, True))
             print(f"  {target.name:<27} {n_chains:>3} chains: eager {eager:6.0f} µs/leaf "
                   f"({ops / batched:4.0f} ops), jit {jitted:6.0f} µs/leaf, "
@@ -317,6 +320,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--part", choices=("ess", "banana", "fixed", "jit", "all"), default="all")
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="--part jit: wall time, or this thread's CPU time (on a busy "
+                        "machine, an estimate of the wall time on an idle one)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
@@ -328,7 +334,7 @@ def main() -> None:
     if args.part in ("fixed", "all"):
         part_fixed(args.quick)
     if args.part in ("jit", "all"):
-        part_jit(args.quick)
+        part_jit(args.quick, time.thread_time if args.clock == "thread" else time.perf_counter)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ Three entry points use it:
   drawn before the call, outside the compiled region, from the user's
   ``torch.Generator``, in the same order as the eager step, so a seed gives the
   same chain as ``jit=False`` up to float rounding. ``NUTS(jit=True)`` compiles
-  one leaf of its trees (leapfrog step, energy and score, multinomial
-  bookkeeping) instead, since the tree's doubling and U-turn checks decide, step
-  by step, how many leaves there are.
+  blocks of up to four leaves of its trees (leapfrog steps, energy and score,
+  multinomial bookkeeping, the U-turn checks inside the block, and for the
+  first doublings the merge) instead, since the tree's doubling and U-turn
+  checks decide, step by step, how many leaves there are.
 * ``denoising_score_matching(..., jit=True)`` and ``multi_noise_dsm(..., jit=True)``
   compile score and loss into one training kernel, differentiated once by
   ``loss.backward()``.

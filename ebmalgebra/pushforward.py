@@ -159,7 +159,16 @@ class Pushforward(Operator):
 
     def _pull_back(self, y: Tensor, t: TimeLike, create_graph: bool, with_energy: bool
                    ) -> tuple[Tensor | None, Tensor]:
-        """(E(y), s(y)): the base's energy and score at x = T⁻¹(y), pulled back to y."""
+        """(E(y), s(y)): the base's energy and score at x = T⁻¹(y), pulled back to y.
+
+        Inside ``torch.compile``, which cannot trace ``torch.autograd.grad``, E(y) is
+        differentiated whole with ``torch.func.vjp`` instead (one reverse pass through
+        the base's energy and the transform), the same score up to rounding.
+        """
+        if with_energy and not create_graph and torch.compiler.is_compiling():
+            energy, pullback = torch.func.vjp(lambda inputs: self._energy(inputs, t), y)
+            (grad,) = pullback(torch.ones_like(energy))
+            return energy, -grad
         with torch.enable_grad():
             inputs = y if (create_graph and y.requires_grad) else y.detach().requires_grad_(True)
             x = self.transform.inv(inputs)

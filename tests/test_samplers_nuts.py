@@ -12,6 +12,7 @@ two-sample KS tests, p > 1e-3 under the null. Seeds are fixed throughout.
 from __future__ import annotations
 
 import math
+import warnings
 from unittest import mock
 
 import pytest
@@ -28,6 +29,8 @@ from sampler_helpers import (
 from test_samplers_statistics import STATIONARITY_TARGETS, ks_after_steps
 
 import ebmalgebra as eb
+from ebmalgebra import jit
+from ebmalgebra.jit import DISABLE_ENV
 from ebmalgebra.samplers import NUTS, NUTSInfo, NUTSState, ParallelTempering
 from ebmalgebra.samplers import nuts as nuts_module
 from ebmalgebra.samplers.integrators import PhasePoint, leapfrog
@@ -274,3 +277,67 @@ def test_one_model_evaluation_per_leapfrog_step():
         state, info = sampler.step(state, generator)
         assert len(calls) == int(info.n_leapfrog.max())
         assert sum(calls) >= int(info.n_leapfrog.sum())
+
+
+# ------------------------------------------------ jit=True's blocks, run eagerly
+
+@pytest.mark.parametrize(("scales", "step_size", "n_chains", "depth", "ended_early"), [
+    ([0.1, 0.3, 1.0, 3.0], 0.2, 12, 5, "block"),  # deep trees: blocks of later doublings
+    ([0.3, 1.0], 0.7, 1, 2, "doubling"),  # shallow trees: the first doublings' blocks
+])
+def test_jit_blocks_give_the_eager_trees_and_leave_the_generator_as_eager_does(
+        monkeypatch, scales, step_size, n_chains, depth, ended_early):
+    """``jit=True`` integrates blocks of leaves per call, checks the U-turns inside a block
+    there, compiles the first doublings with their merge, and draws each block's
+    uniforms at once, setting the generator back when every chain stops inside the
+    block. Run eagerly (``EBMALGEBRA_DISABLE_JIT=1``: the same functions, uncompiled)
+    it must reproduce jit=False's leaf-by-leaf steps exactly: draws, statistics and
+    the generator's state after every step, with blocks and doublings that every
+    chain left early among them. Also the one-leaf calls that sharded runs make,
+    and the global generator."""
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    jit.clear_cache()
+    model = Gaussian(torch.zeros(len(scales), dtype=F64), torch.tensor(scales, dtype=F64))
+    x0 = torch.randn(n_chains, len(scales), generator=torch.Generator().manual_seed(12),
+                     dtype=F64)
+    early_stops = {"block": [], "doubling": []}
+
+    def recording(name, function, leaves_of):
+        def call(*args):
+            result = function(*args)
+            alive = result.alive if name == "block" else result[1][0]
+            early_stops[name].append(int(alive) < leaves_of(args))
+            return result
+        return call
+
+    one_leaf = NUTS(step_size=step_size, jit=True)
+    one_leaf._blocks = lambda like: False  # as with chains sharded across processes
+    samplers = {"eager": NUTS(step_size=step_size),
+                "blocks": NUTS(step_size=step_size, jit=True), "one leaf": one_leaf}
+    with warnings.catch_warnings(), mock.patch.multiple(
+            nuts_module,
+            _block_update=recording("block", nuts_module._block_update,
+                                    lambda args: args[7].shape[0]),
+            _doubling_update=recording("doubling", nuts_module._doubling_update,
+                                       lambda args: args[3].shape[0] - 1)):
+        warnings.simplefilter("ignore", jit.JitFallbackWarning)
+        runs = {}
+        for name, sampler in samplers.items():
+            generator, state, steps = torch.Generator().manual_seed(13), None, []
+            state = sampler.init(x0, model)
+            for _ in range(12):
+                state, info = sampler.step(state, generator)
+                steps.append((state.position, info, generator.get_state()))
+            torch.manual_seed(14)
+            state, info = sampler.step(state)
+            steps.append((state.position, info, torch.get_rng_state()))
+            runs[name] = steps
+    assert any(early_stops[ended_early]) and not all(early_stops[ended_early])
+    assert max(int(info.tree_depth.max()) for _, info, _ in runs["eager"]) >= depth
+    for name in ("blocks", "one leaf"):
+        for (position, info, rng), (position_e, info_e, rng_e) in zip(
+                runs[name], runs["eager"], strict=True):
+            assert torch.equal(position, position_e), name
+            for field, field_e in zip(info, info_e, strict=True):
+                assert torch.equal(field, field_e), name
+            assert torch.equal(rng, rng_e), name

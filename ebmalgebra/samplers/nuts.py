@@ -38,10 +38,14 @@ and random choices are per chain, and masks record which chains are still
 growing. A leapfrog step evaluates the score only at the rows still integrating
 (the others are finished), so each chain costs one ``energy_and_score`` row per
 leapfrog step of its own tree, and the step as a whole costs max over chains of
-n_leapfrog batched calls. With ``jit=True`` each leaf's deterministic update
-(leapfrog step, energy and score, weights, candidate, statistics) runs as one
-compiled kernel over all rows, the finished chains' results unused; the doubling,
-U-turn checks and the random draws stay eager, in the same order.
+n_leapfrog batched calls. With ``jit=True`` the leaves run in compiled blocks over
+all rows, the finished chains' results unused: each of the first doublings
+(subtrees of 1, 2 and 4 leaves) is one kernel, leaves, U-turn checks and merge;
+deeper subtrees run as blocks of 4 leaves with the U-turn checks inside a block
+compiled, the longer spans' checks and the merge eager. The random numbers are
+drawn outside the kernels in the eager order: a block's are drawn at once, and
+the generator is set back when every chain stops inside the block, so a seed
+gives the same trees as with ``jit=False`` up to float rounding.
 
 Shapes: positions ``(n_chains, *event_shape)``; per-chain info ``(n_chains,)``.
 """
@@ -56,7 +60,7 @@ from torch import Tensor
 
 from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
-from ebmalgebra.distributed import any_chain
+from ebmalgebra.distributed import active_shard, any_chain
 from ebmalgebra.jit import call_compiled
 from ebmalgebra.samplers.base import (
     Potential,
@@ -73,6 +77,9 @@ from ebmalgebra.samplers.integrators import PhasePoint, leapfrog
 from ebmalgebra.samplers.metrics import Metric, metric_class
 
 __all__ = ["NUTS", "NUTSInfo", "NUTSState"]
+
+_BLOCK_LEVELS = 2
+"""``jit=True`` integrates blocks of up to 2^_BLOCK_LEVELS leaves per kernel call."""
 
 
 class NUTSState(NamedTuple):
@@ -146,6 +153,33 @@ class _Leaves(NamedTuple):
     nonfinite: Tensor
 
 
+class _Trajectory(NamedTuple):
+    """A step's trajectory so far, per chain, and its statistics."""
+
+    left: PhasePoint       # the backward end
+    right: PhasePoint      # the forward end
+    candidate: _Candidate
+    log_weight: Tensor     # log Σ w over the trajectory
+    momentum_sum: Tensor   # ρ over the trajectory
+    growing: Tensor        # still doubling
+    depth: Tensor
+    n_leapfrog: Tensor
+    sum_accept: Tensor
+    divergent: Tensor
+    nonfinite: Tensor
+
+
+class _Block(NamedTuple):
+    """What one kernel call of ``jit=True`` returns: a block of 2^b leaves of every chain."""
+
+    point: PhasePoint      # the last point integrated
+    leaves: _Leaves        # the subtree's leaves so far, this block's included
+    first: _End            # the block's first point
+    last: _End             # its last point
+    valid: Tensor          # still growing: no U-turn or divergence up to here
+    alive: Tensor          # see _block_update (a bool once read by NUTS._block)
+
+
 class _Subtree(NamedTuple):
     """A subtree of 2ʲ leapfrog steps grown from one end of the trajectory."""
 
@@ -175,6 +209,47 @@ def merged_no_u_turn(outer_a: _End, inner_a: _End, sum_a: Tensor, inner_b: _End,
     return ((velocities * sums).reshape(6, whole.shape[0], -1).sum(-1) > 0).all(0)
 
 
+def _merge(path: _Trajectory, subtree: _Subtree, forward: Tensor, uniform: Tensor,
+           metric: Metric) -> _Trajectory:
+    """``path`` with the new ``subtree`` (grown ``forward`` or backwards) merged in where
+    both are valid, then checked for a U-turn across the join.
+
+    Biased progressive sampling: the subtree's candidate replaces the trajectory's
+    with probability min(1, W_subtree / W_trajectory) (``uniform`` ~ U(0, 1) per
+    chain). The statistics count every leaf integrated, merged or not.
+    """
+    grown, growing, left, right = subtree.leaves, path.growing, path.left, path.right
+    merge = growing & subtree.valid
+    take = merge & (uniform < (grown.log_weight - path.log_weight).exp())
+    forward_rows = expand_to_event(forward, right.momentum)
+    near = torch.where(forward_rows, right.momentum, left.momentum)
+    far = torch.where(forward_rows, left.momentum, right.momentum)
+    keeps_going = merged_no_u_turn(
+        _End(far, metric.velocity(far)), _End(near, metric.velocity(near)),
+        path.momentum_sum, subtree.first, subtree.last, grown.running_sum)
+    return _Trajectory(
+        _where_point(merge & ~forward, subtree.end, left),
+        _where_point(merge & forward, subtree.end, right),
+        _where_point(take, grown.candidate, path.candidate),
+        torch.where(merge, torch.logaddexp(path.log_weight, grown.log_weight), path.log_weight),
+        select(merge, path.momentum_sum + grown.running_sum, path.momentum_sum),
+        merge & keeps_going,
+        path.depth + merge.long(),
+        path.n_leapfrog + grown.n_leapfrog,
+        path.sum_accept + grown.sum_accept,
+        path.divergent | grown.divergent,
+        path.nonfinite | grown.nonfinite)
+
+
+def _no_leaves(begin: PhasePoint, start_h: Tensor) -> _Leaves:
+    """The leaves of a subtree before its first: Σ w = 0, the candidate ``begin``."""
+    no_chains = torch.zeros_like(start_h, dtype=torch.bool)
+    return _Leaves(torch.full_like(start_h, -math.inf),
+                   _Candidate(begin.position, begin.energy, begin.score, start_h),
+                   torch.zeros_like(begin.momentum), torch.zeros_like(start_h, dtype=torch.long),
+                   torch.zeros_like(start_h), no_chains, no_chains)
+
+
 def _where_point(mask: Tensor, new: NamedTuple, old: NamedTuple) -> NamedTuple:
     """Row-wise ``new`` where ``mask`` else ``old``, field by field."""
     return type(old)(*(select(mask, a, b) if a.dim() > 1 else torch.where(mask, a, b)
@@ -202,13 +277,16 @@ class NUTS(StepSizeSampler):
         adapt_step_size: tune ε in warmup.
         adapt_mass: tune M⁻¹ in warmup.
         max_energy_error: energy error H − H₀ beyond which a subtree is divergent.
-        jit: compile each leaf's deterministic update (leapfrog step, energy and score,
-            weights, candidate selection, statistics) with ``torch.compile`` into one
-            kernel; the random numbers are drawn outside it in the eager order, so a
-            seed gives the same chain as ``jit=False`` up to float rounding. The
-            finished chains' rows are stepped too (static shapes), unused. U-turn
-            checks and the tree's doubling stay eager. The first step pays a one-off
-            compile of several seconds; see :mod:`ebmalgebra.jit`.
+        jit: compile blocks of up to four leaves (leapfrog steps, energy and score,
+            weights, candidate selection, statistics, the U-turn checks inside the
+            block, and for the first three doublings the merge into the trajectory)
+            with ``torch.compile``, one kernel per block size (CPU; with chains
+            sharded across processes or on other devices, one leaf per kernel); the
+            random numbers are drawn outside in the eager order, so a seed gives the
+            same chain as ``jit=False`` up to float rounding. The finished chains'
+            rows are stepped too (static shapes), unused. The first steps pay a
+            one-off compile of four kernels, tens of seconds cold (seconds from
+            inductor's on-disk cache); see :mod:`ebmalgebra.jit`.
 
     Example:
         >>> samples = ebmalgebra.sample(model, NUTS(), n_chains=4, n_steps=1000, warmup=1000)
@@ -262,119 +340,218 @@ class NUTS(StepSizeSampler):
         momentum = metric.momentum_from_noise(noise)
         # With p = F ξ the kinetic energy ½ pᵀ M⁻¹ p is ½ ‖ξ‖² exactly.
         start_h = state.energy + 0.5 * squared_norm(noise)
-        left = right = PhasePoint(x, momentum, state.energy, state.score)
-        candidate = _Candidate(x, state.energy, state.score, start_h)
-        log_weight = torch.zeros_like(start_h)
-        momentum_sum = momentum
-        growing = torch.ones_like(start_h, dtype=torch.bool)
+        start = PhasePoint(x, momentum, state.energy, state.score)
         zeros = torch.zeros_like(start_h, dtype=torch.long)
-        depth, n_leapfrog = zeros, zeros
-        sum_accept = torch.zeros_like(start_h)
-        divergent = nonfinite = torch.zeros_like(growing)
+        no_chains = torch.zeros_like(start_h, dtype=torch.bool)
+        path = _Trajectory(start, start, _Candidate(x, state.energy, state.score, start_h),
+                           torch.zeros_like(start_h), momentum, ~no_chains, zeros, zeros,
+                           torch.zeros_like(start_h), no_chains, no_chains)
+        blocks = self._blocks(x)
         for tree_depth in range(self.max_depth):
             forward = draw_uniform(x, generator) < 0.5
-            signed_step = torch.where(forward, state.step_size, -state.step_size)
-            begin = _where_point(forward, right, left)
-            subtree = self._grow(begin, signed_step, tree_depth, growing, start_h, state,
-                                 generator)
-            grown = subtree.leaves
-            n_leapfrog = n_leapfrog + grown.n_leapfrog
-            sum_accept = sum_accept + grown.sum_accept
-            divergent = divergent | grown.divergent
-            nonfinite = nonfinite | grown.nonfinite
-            merge = growing & subtree.valid
-            # Biased progressive sampling: favour the new subtree's candidate.
-            take = merge & (draw_uniform(x, generator) < (grown.log_weight - log_weight).exp())
-            candidate = _where_point(take, grown.candidate, candidate)
-            log_weight = torch.where(merge, torch.logaddexp(log_weight, grown.log_weight),
-                                     log_weight)
-            forward_rows = expand_to_event(forward, momentum)
-            near = torch.where(forward_rows, right.momentum, left.momentum)
-            far = torch.where(forward_rows, left.momentum, right.momentum)
-            keeps_going = merged_no_u_turn(
-                _End(far, metric.velocity(far)), _End(near, metric.velocity(near)),
-                momentum_sum, subtree.first, subtree.last, grown.running_sum)
-            depth = depth + merge.long()
-            growing = merge & keeps_going
-            if not any_chain(growing):  # over all ranks' chains when sharded
+            if blocks and tree_depth <= _BLOCK_LEVELS:
+                path, growing = self._doubling(path, forward, tree_depth, start_h, state,
+                                               generator)
+            else:
+                signed_step = torch.where(forward, state.step_size, -state.step_size)
+                begin = _where_point(forward, path.right, path.left)
+                subtree = self._grow(begin, signed_step, tree_depth, path.growing, start_h,
+                                     state, generator)
+                path = _merge(path, subtree, forward, draw_uniform(x, generator), metric)
+                growing = any_chain(path.growing)  # over all ranks' chains when sharded
+            if not growing:
                 break
-            right = _where_point(merge & forward, subtree.end, right)
-            left = _where_point(merge & ~forward, subtree.end, left)
-            momentum_sum = select(merge, momentum_sum + grown.running_sum, momentum_sum)
+        candidate, n_leapfrog, sum_accept = path.candidate, path.n_leapfrog, path.sum_accept
         energy_error = candidate.hamiltonian - start_h
         new_state = state._replace(position=candidate.position, energy=candidate.energy,
                                    score=candidate.score)
         info = NUTSInfo(sum_accept / n_leapfrog.to(sum_accept.dtype), candidate.hamiltonian,
-                        energy_error, divergent, nonfinite, depth, n_leapfrog)
+                        energy_error, path.divergent, path.nonfinite, path.depth, n_leapfrog)
         return new_state, info
+
+    def _doubling(self, path: _Trajectory, forward: Tensor, tree_depth: int, start_h: Tensor,
+                  state: NUTSState, generator: torch.Generator | None,
+                  ) -> tuple[_Trajectory, bool]:
+        """One doubling of ``jit=True`` whose subtree is one block: a kernel call
+        (:func:`_doubling_update`) and whether any chain still grows.
+
+        Its uniforms, the subtree's leaves' and then the merge's, are one
+        ``(2^tree_depth + 1, n_chains)`` draw: the same numbers as the eager loop's
+        draws of one per chain (the CPU generator fills a tensor in order). When no
+        chain is left growing before the last leaf, the eager loop stops drawing
+        leaves' uniforms there (and draws the merge's next), so the generator is set
+        back and only as many numbers are drawn again: the generator ends as eager
+        NUTS leaves it, and since no chain merges such a subtree, the numbers that
+        moved do not matter.
+        """
+        rng = torch.default_generator if generator is None else generator
+        saved = rng.get_state()
+        n_leaves, n_chains = 2**tree_depth, start_h.shape[0]
+        uniform = torch.rand((n_leaves + 1, n_chains), generator=rng, dtype=start_h.dtype)
+        path, status = call_compiled(_doubling_update, state.potential.model, path, forward,
+                                     state.step_size, uniform, state.metric, state.potential,
+                                     start_h, self.max_energy_error)
+        started, growing = status.tolist()
+        if started < n_leaves:
+            rng.set_state(saved)
+            torch.rand((started + 1, n_chains), generator=rng, dtype=start_h.dtype)
+        return path, bool(growing)
 
     def _grow(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int,
               growing: Tensor, start_h: Tensor, state: NUTSState,
               generator: torch.Generator | None) -> _Subtree:
         """Integrate a subtree of 2^tree_depth steps from ``begin`` for the ``growing`` chains.
 
-        U-turns inside the subtree are checked without storing its points: the leaves
-        of aligned blocks of 2ᵏ steps (k = 0 … depth) are remembered where a block
-        starts (its first momentum, the running momentum sum before it and the
-        momentum just before it), so when the block's last leaf arrives, its span and
-        the two spans across the join of its halves are known.
+        U-turns inside the subtree are checked without storing its points (see
+        :func:`_close_spans`). Eagerly the leaves come one by one; with ``jit=True``
+        in blocks of 2^b (:func:`_block_update`, b = min(tree_depth, ``_BLOCK_LEVELS``)),
+        each one kernel call that also checks the spans inside the block, so only
+        the spans of more than 2^b leaves are checked here, block by block.
         """
-        metric, potential = state.metric, state.potential
-        point = begin
-        valid = growing
-        no_chains = torch.zeros_like(growing)
-        leaves = _Leaves(torch.full_like(start_h, -math.inf),
-                         _Candidate(begin.position, begin.energy, begin.score, start_h),
-                         torch.zeros_like(begin.momentum),
-                         torch.zeros_like(start_h, dtype=torch.long),
-                         torch.zeros_like(start_h), no_chains, no_chains)
+        metric = state.metric
+        levels = min(tree_depth, _BLOCK_LEVELS) if self._blocks(start_h) else 0
+        point, valid, leaves = begin, growing, _no_leaves(begin, start_h)
         previous = _End(begin.momentum, metric.velocity(begin.momentum))
-        # Per level k: (first end of the current block of 2ᵏ leaves, ρ before it, the end
-        # just before it).
-        block_starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth + 1)
-        for leaf in range(2 ** tree_depth):
-            # Over all ranks' chains when sharded, so every rank draws as many numbers.
-            if not any_chain(valid):
+        starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth - levels + 1)
+        alive = True  # some chain grows: NUTS.step would not have called this otherwise
+        for unit in range(2 ** (tree_depth - levels)):
+            if not levels:  # over all ranks' chains when sharded: all draw as many numbers
+                alive = any_chain(valid)
+            if not alive:
                 break
-            # Drawn before the leaf's update (which draws nothing): the eager order.
-            uniform = draw_uniform(start_h, generator)
             sum_before = leaves.running_sum
             if self.jit:
-                point, leaves, last, diverged = call_compiled(
-                    _leaf_update, potential.model, point, signed_step, metric, potential,
-                    leaves, valid, start_h, uniform, self.max_energy_error)
+                block = self._block(point, signed_step, leaves, valid, start_h, previous,
+                                    state, 2 ** levels, generator)
+                point, leaves, first, last, valid = block[:5]
             else:
-                point = _leapfrog_rows(point, signed_step, metric, potential, valid)
+                # Drawn before the leaf's update (which draws nothing).
+                uniform = draw_uniform(start_h, generator)
+                point = _leapfrog_rows(point, signed_step, metric, state.potential, valid)
                 leaves, last, diverged = _account_leaf(point, metric, leaves, valid, start_h,
                                                        uniform, self.max_energy_error)
-            for k in range(tree_depth + 1):
-                if leaf % 2 ** k == 0:
-                    block_starts[k] = (last, sum_before, previous)
-            keeps_going = ~diverged
-            for k in range(1, tree_depth + 1):
-                if (leaf + 1) % 2 ** k:
-                    break
-                first, sum_before_block, _ = block_starts[k]
-                middle, sum_before_middle, before_middle = block_starts[k - 1]
-                # The block's halves: [first … before_middle] and [middle … this leaf].
-                keeps_going = keeps_going & merged_no_u_turn(
-                    first, before_middle, sum_before_middle - sum_before_block,
-                    middle, last, leaves.running_sum - sum_before_middle)
-            valid = valid & keeps_going
+                first, valid = last, valid & ~diverged
+            valid = _close_spans(starts, unit, first, sum_before, previous, last,
+                                 leaves.running_sum, valid)
+            if levels:
+                alive = block.alive
             previous = last
-        return _Subtree(point, block_starts[tree_depth][0], last, leaves, valid)
+        return _Subtree(point, starts[-1][0], last, leaves, valid)
+
+    def _blocks(self, like: Tensor) -> bool:
+        """Whether ``jit=True`` integrates blocks of leaves per kernel call: on the CPU
+        (where a block's uniforms are one draw, taken back in part when the block
+        ends early) and with the chains in one process."""
+        return self.jit and like.device.type == "cpu" and active_shard() is None
+
+    def _block(self, point: PhasePoint, signed_step: Tensor, leaves: _Leaves, valid: Tensor,
+               start_h: Tensor, previous: _End, state: NUTSState, n_leaves: int,
+               generator: torch.Generator | None) -> _Block:
+        """``n_leaves`` leaves of every chain in one kernel call, with their uniforms.
+
+        The uniforms of all the block's leaves are drawn before the call, as one
+        ``(n_leaves, n_chains)`` draw: the same numbers as ``n_leaves`` draws of one
+        per chain (the CPU generator fills a tensor in order). When no chain is left
+        growing before the block's last leaf, the eager loop would have stopped
+        drawing there, so the generator is set back and only the leaves that ran are
+        drawn again: both paths leave the generator as the eager leaf-by-leaf loop
+        does.
+        """
+        model, metric, potential = state.potential.model, state.metric, state.potential
+        if n_leaves == 1:
+            return call_compiled(_block_update, model, point, signed_step, metric, potential,
+                                 leaves, valid, start_h, draw_uniform(start_h, generator)[None],
+                                 previous, self.max_energy_error)
+        rng = torch.default_generator if generator is None else generator
+        saved = rng.get_state()
+        shape = (n_leaves, start_h.shape[0])
+        block = call_compiled(_block_update, model, point, signed_step, metric, potential,
+                              leaves, valid, start_h,
+                              torch.rand(shape, generator=rng, dtype=start_h.dtype), previous,
+                              self.max_energy_error)
+        started = int(block.alive)
+        if started < n_leaves:
+            rng.set_state(saved)
+            torch.rand((started, shape[1]), generator=rng, dtype=start_h.dtype)
+        return block._replace(alive=started > n_leaves)
 
 
-def _leaf_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potential: Potential,
-                 leaves: _Leaves, valid: Tensor, start_h: Tensor, uniform: Tensor,
-                 max_energy_error: float) -> tuple[PhasePoint, _Leaves, _End, Tensor]:
-    """One leaf of every chain, :func:`_account_leaf` after a leapfrog step of all rows.
+def _block_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potential: Potential,
+                  leaves: _Leaves, valid: Tensor, start_h: Tensor, uniform: Tensor,
+                  previous: _End, max_energy_error: float) -> _Block:
+    """2^b leaves of every chain: leapfrog steps with :func:`_account_leaf`, and the
+    U-turn checks of the spans inside the block (:func:`_close_spans`).
 
-    The unit that ``jit=True`` compiles (static shapes: the finished chains are
-    stepped too and their results left unused)."""
-    point = leapfrog(point, signed_step, metric, potential.energy_and_score)
-    return point, *_account_leaf(point, metric, leaves, valid, start_h, uniform,
-                                 max_energy_error)
+    ``uniform`` ``(2^b, n_chains)`` holds each leaf's uniforms and ``previous`` the
+    end before the block. The unit that ``jit=True`` compiles, one kernel per b
+    (static shapes: the chains not growing are stepped too, their results unused).
+    ``alive`` counts the leaves that began with some chain growing, plus one if one
+    still grows after the block (validity only ever drops, so this is where the
+    eager loop would have stopped).
+    """
+    n_leaves = uniform.shape[0]
+    starts: list[tuple[_End, Tensor, _End]] = [None] * (n_leaves.bit_length())
+    alive = valid.any().long()
+    for leaf in range(n_leaves):
+        sum_before = leaves.running_sum
+        point = leapfrog(point, signed_step, metric, potential.energy_and_score)
+        leaves, last, diverged = _account_leaf(point, metric, leaves, valid, start_h,
+                                               uniform[leaf], max_energy_error)
+        if leaf == 0:
+            first = last
+        valid = _close_spans(starts, leaf, last, sum_before, previous, last,
+                             leaves.running_sum, valid & ~diverged)
+        alive = alive + valid.any()
+        previous = last
+    return _Block(point, leaves, first, last, valid, alive)
+
+
+def _doubling_update(path: _Trajectory, forward: Tensor, step_size: Tensor, uniform: Tensor,
+                     metric: Metric, potential: Potential, start_h: Tensor,
+                     max_energy_error: float) -> tuple[_Trajectory, Tensor]:
+    """A doubling whose subtree is one block: its 2^b leaves (:func:`_block_update`,
+    uniforms ``uniform[:-1]``) from the end of ``path`` in the direction ``forward``,
+    merged (:func:`_merge`, uniform ``uniform[-1]``). The unit that ``jit=True``
+    compiles for the first doublings. Returns the new trajectory and ``(2,)``: the
+    block's ``alive`` count and whether any chain still grows.
+    """
+    signed_step = torch.where(forward, step_size, -step_size)
+    begin = _where_point(forward, path.right, path.left)
+    block = _block_update(begin, signed_step, metric, potential, _no_leaves(begin, start_h),
+                          path.growing, start_h, uniform[:-1],
+                          _End(begin.momentum, metric.velocity(begin.momentum)),
+                          max_energy_error)
+    subtree = _Subtree(block.point, block.first, block.last, block.leaves, block.valid)
+    path = _merge(path, subtree, forward, uniform[-1], metric)
+    return path, torch.stack([block.alive, path.growing.any().long()])
+
+
+def _close_spans(starts: list, unit: int, first: _End, sum_before: Tensor, previous: _End,
+                 last: _End, running_sum: Tensor, valid: Tensor) -> Tensor:
+    """Record ``unit`` (a leaf, or an aligned block of 2^b leaves) where spans begin, and
+    check the spans that it completes; ``valid`` and-ed with their checks, ``(n,)``.
+
+    ``starts[k]`` holds, for the current span of 2ᵏ units (k = 0 … len − 1), its
+    first end, the momentum sum ρ before it and the end just before it; a unit at
+    index i begins the spans with i divisible by 2ᵏ. The unit's first and last ends
+    are ``first`` and ``last``, ``sum_before`` is ρ before it and ``running_sum``
+    after it. When i + 1 is divisible by 2ᵏ (k ≥ 1), the span of 2ᵏ units ends here:
+    its halves [first … before_middle] and [middle … last] are checked with
+    :func:`merged_no_u_turn`.
+    """
+    for k in range(len(starts)):
+        if unit % 2**k:
+            break
+        starts[k] = (first, sum_before, previous)
+    for k in range(1, len(starts)):
+        if (unit + 1) % 2**k:
+            break
+        span_first, sum_before_span, _ = starts[k]
+        middle, sum_before_middle, before_middle = starts[k - 1]
+        valid = valid & merged_no_u_turn(
+            span_first, before_middle, sum_before_middle - sum_before_span,
+            middle, last, running_sum - sum_before_middle)
+    return valid
 
 
 def _account_leaf(point: PhasePoint, metric: Metric, leaves: _Leaves, valid: Tensor,
