@@ -30,13 +30,15 @@ def _points_at_distances(center: torch.Tensor, distances: torch.Tensor,
     return center + distances.reshape(-1, *(1,) * center.dim()) * directions, directions
 
 
-def test_energy_and_score_by_construction_inside_and_outside():
-    """At x = c + (R + u) v with ‖v‖ = 1: E = u₊²/(2σ²) and s = −u₊ v / σ²."""
+@pytest.mark.parametrize("noise_width", [0.0, 2.5])
+def test_energy_and_score_by_construction_inside_and_outside(noise_width):
+    """At x = c + (R + wσ + u) v with ‖v‖ = 1: E = u₊²/(2σ²) and s = −u₊ v / σ²."""
     center = torch.tensor([[0.5, -1.0], [2.0, 0.0]], dtype=F64)
     radius, sigma = 1.5, 0.3
-    envelope = eb.ball_envelope(radius, center=center)
+    envelope = eb.ball_envelope(radius, center=center, noise_width=noise_width)
     excess = torch.tensor([-1.5, -1.0, -0.2, 0.0, 0.1, 0.7, 4.0], dtype=F64)
-    x, directions = _points_at_distances(center, radius + excess, _seed(0))
+    x, directions = _points_at_distances(center, radius + noise_width * sigma + excess,
+                                         _seed(0))
     outside = excess.clamp_min(0.0)
     energy, score = envelope.energy(x, sigma), envelope.score(x, sigma)
     torch.testing.assert_close(energy, outside**2 / (2 * sigma**2))
@@ -59,8 +61,8 @@ def test_one_noise_level_per_row_and_the_center_itself():
 @pytest.mark.parametrize("shape", [(3,), (4, 4)])
 def test_score_is_the_gradient_of_the_energy(shape):
     center = torch.randn(shape, generator=_seed(1), dtype=F64)
-    envelope = eb.ball_envelope(2.0, center=center)
-    distances = torch.linspace(0.5, 6.0, 12, dtype=F64)
+    envelope = eb.ball_envelope(2.0, center=center, noise_width=1.5)
+    distances = torch.linspace(0.5, 9.0, 12, dtype=F64)
     x, _ = _points_at_distances(center, distances, _seed(2))
     for sigma in (0.05, 1.0, torch.linspace(0.1, 3.0, 12, dtype=F64)):
         assert_score_is_gradient(envelope, x, sigma)
@@ -80,9 +82,11 @@ def test_log_z_closed_form_against_known_cases_and_quadrature():
     spacing = 0.005
     axis = torch.arange(-4.0, 4.0, spacing, dtype=F64)
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
-    envelope = eb.ball_envelope(1.2, event_shape=2)
-    quadrature = float(torch.logsumexp(-envelope.energy(grid, sigma), 0)) + 2 * math.log(spacing)
-    assert abs(envelope.log_z_at(sigma) - quadrature) < 1e-4
+    for envelope in (eb.ball_envelope(1.2, event_shape=2),
+                     eb.ball_envelope(0.4, noise_width=2.0, event_shape=2)):  # R_σ = 1.2
+        quadrature = (float(torch.logsumexp(-envelope.energy(grid, sigma), 0))
+                      + 2 * math.log(spacing))
+        assert abs(envelope.log_z_at(sigma) - quadrature) < 1e-4
     # d = 256, radial: log ∫ S_{d−1} r^{d−1} exp(−E) dr by the trapezoid rule in log space.
     dim, radius = 256, 5.8
     for sigma in (0.01, 0.3, 12.0):
@@ -128,7 +132,7 @@ def test_a_bounded_energy_becomes_proper_and_smc_finds_its_log_z():
 
 def test_round_trip_through_a_file_alone_and_in_a_product():
     center = torch.randn(3, generator=_seed(4), dtype=F64)
-    envelope = eb.ball_envelope(0.75, center=center, name="ball")
+    envelope = eb.ball_envelope(0.75, center=center, noise_width=2.0, name="ball")
     other = eb.targets.Gaussian(torch.zeros(3, dtype=F64), 2.0, name="g")
     x = torch.randn(6, 3, generator=_seed(5), dtype=F64) * 2
     for expr in (envelope, other & envelope, eb.ball_envelope(1.0)):
@@ -160,6 +164,8 @@ def test_the_envelope_does_not_change_sampling_plans():
 def test_bad_arguments_name_the_argument_and_the_constraint():
     with pytest.raises(ArgumentError, match="envelope: radius must be non-negative, got -1"):
         eb.ball_envelope(-1.0)
+    with pytest.raises(ArgumentError, match="noise_width must be non-negative, got -2"):
+        eb.ball_envelope(1.0, noise_width=-2)
     with pytest.raises(ArgumentTypeError, match="center must be a floating-point tensor"):
         eb.ball_envelope(1.0, center=[0.0, 1.0])
     with pytest.raises(CompositionError, match=r"center has shape \(2,\), but event_shape is"):
