@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/proper_faces.py             # 256 particles, seeds 0–2 (~15 minutes)
     python benchmarks/proper_faces.py --quick     # 32 particles, seeds 0–1, 16 samples
+    python benchmarks/proper_faces.py --no-envelope --particles 64   # the bare models
 
 One thread, CPU. The envelope is ``ball_envelope(R, center=c, noise_width=w)`` with
 (c, R) the enclosing ball of 64 000 training faces (``datasets.faces``, noise 0.04)
@@ -23,10 +24,11 @@ plus ``--margin``. For ``glasses`` and ``hat``:
    the ball, on images that are not faces.
 3. **The mixture.** ``normalize(glasses & env) | normalize(hat & env)`` with the
    seeds' pooled log Ẑ(σ) (log of the mean Ẑ) at every level, sampled like the demo
-   (``zoo.draw``, annealed Langevin, ``DEMO_SAMPLING``), beside each component alone.
-   Printed: fractions with glasses only, hat only, both, and realistic, and the
-   glasses component's weight w fitted to them by least squares from the components'
-   own fractions.
+   (``zoo.draw``, annealed Langevin, ``DEMO_SAMPLING``), beside each component alone
+   and the raw mixture ``(glasses & env) | (hat & env)``. Printed: fractions with
+   glasses only, hat only, both, and realistic, and each mixture's weight of the
+   glasses component fitted to them by least squares from the components' own
+   fractions.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=5, help="MALA moves per level")
     parser.add_argument("--noise-width", type=float, default=0.0)
+    parser.add_argument("--no-envelope", action="store_true",
+                        help="the bare models (the ball bound still bounds their log Z)")
     parser.add_argument("--margin", type=float, default=0.25)
     parser.add_argument("--uniform", type=int, default=4096)
     parser.add_argument("--samples", type=int, default=256)
@@ -123,7 +127,8 @@ def main() -> None:
 
     data = faces(64000, noise=0.04, generator=torch.Generator().manual_seed(12345))
     center, radius = enclosing_ball(data, margin=args.margin)
-    envelope = eb.ball_envelope(radius, center=center, noise_width=args.noise_width)
+    envelope = (eb.one if args.no_envelope
+                else eb.ball_envelope(radius, center=center, noise_width=args.noise_width))
     print(f"envelope: R = {radius:.3f} about the mean face (norm {float(center.norm()):.2f})")
     models = {name: zoo.load(name) for name in MODELS}
     levels = zoo.plan_for(models["glasses"]).noise_levels()
@@ -135,7 +140,7 @@ def main() -> None:
     for name, model in models.items():
         proper = model & envelope
         paths = []
-        print(f"\n{name} & envelope: log Ẑ(σ) at σ = "
+        print(f"\n{proper!r}: log Ẑ(σ) at σ = "
               + ", ".join(f"{levels[i]:.3g}" for i in shown))
         for seed in seeds:
             start = time.process_time()
@@ -166,7 +171,9 @@ def main() -> None:
     rows = {"glasses & env": models["glasses"] & envelope,
             "hat & env": models["hat"] & envelope,
             "normalize(glasses & env) | normalize(hat & env)":
-                normalized["glasses"] | normalized["hat"]}
+                normalized["glasses"] | normalized["hat"],
+            "(glasses & env) | (hat & env)":
+                (models["glasses"] & envelope) | (models["hat"] & envelope)}
     measured = {}
     for index, (label, expression) in enumerate(rows.items()):
         images = zoo.draw(expression, args.samples, plan=plan, progress=False,
@@ -174,8 +181,10 @@ def main() -> None:
         measured[label] = fractions(images)
         print(f"  {label}: " + ", ".join(f"{key} {value:.3f}"
                                          for key, value in measured[label].items()))
-    first, second, mixture = measured.values()
-    print(f"  fitted weight of glasses in the mixture: {fitted_weight(mixture, first, second):.2f}")
+    first, second, *mixtures = measured.values()
+    print("  fitted weight of glasses: normalised mixture "
+          + ", raw mixture ".join(f"{fitted_weight(mixture, first, second):.2f}"
+                                  for mixture in mixtures))
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
