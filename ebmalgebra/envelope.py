@@ -14,9 +14,12 @@ normalised. The envelope
     E_env(x, σ) = (‖x − c‖ − R)₊² / (2σ²)
 
 is zero inside the ball, where the data are, and adds the tail the truth has
-outside it: ``model & ball_envelope(radius=R)`` is the model inside the ball and
-proper at every σ (its density is bounded by exp(−min E) exp(−E_env), whose
-integral :meth:`BallEnvelope.log_z_at` gives in closed form).
+outside it: ``model & ball_envelope(radius=R)`` is the model inside the ball and,
+for a model bounded below (denoiser energies are ≥ 0), proper at every σ: its
+density is at most exp(−min E) exp(−E_env), whose integral
+:meth:`BallEnvelope.log_z_at` gives in closed form. Proper is not the same as
+right: inside the ball the model is unchanged and may still put most of its mass
+on images that are not data (docs/composition.md measures the face models).
 
 At large σ the noised data themselves lie outside the ball, near
 ‖x − c‖ ≈ ‖x₀ − c‖ + σ√d in d dimensions, where a trained model already
@@ -181,7 +184,7 @@ def ball_envelope(radius: float, *, center: Tensor | None = None, noise_width: f
     """The :class:`BallEnvelope` (‖x − c‖ − R − wσ)₊² / (2σ²): makes ``model & envelope`` proper.
 
     Example:
-        >>> center, radius = enclosing_ball(faces(4096, glasses=True), margin=0.25)
+        >>> center, radius = enclosing_ball(faces(8192), margin=0.25)
         >>> proper = glasses & ball_envelope(radius, center=center, noise_width=16 + 3)
     """
     return BallEnvelope(radius, center=center, noise_width=noise_width,
