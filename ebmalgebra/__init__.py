@@ -21,6 +21,7 @@ from typing import Any
 from ebmalgebra import samplers, targets
 from ebmalgebra.base import Capabilities, EnergyModel
 from ebmalgebra.compile import CompiledEnergy, compile
+from ebmalgebra.envelope import BallEnvelope, ball_envelope
 from ebmalgebra.errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -49,6 +50,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
+    "BallEnvelope",
     "Capabilities",
     "CapabilityError",
     "ClassifierEnergy",
@@ -66,6 +68,7 @@ __all__ = [
     "SerializationError",
     "Weight",
     "Without",
+    "ball_envelope",
     "compile",
     "estimate_log_z",
     "from_distribution",
