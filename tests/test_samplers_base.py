@@ -274,3 +274,46 @@ def test_derived_values_are_recomputed_when_an_extra_argument_changes():
     assert epsilon.shape == (2, 1) and torch.equal(sigma, torch.tensor([[1.0], [2.0]]))
     assert derived(step_size, 2)[0] is epsilon  # cached
     assert derived(step_size, 3)[0].shape == (2, 1, 1)  # another position rank
+
+
+def test_shared_value_is_the_step_size_every_chain_has():
+    from ebmalgebra.samplers.base import shared_value
+
+    shared = shared_value(torch.full((5,), 0.25, dtype=F64))
+    assert shared.shape == () and shared.dtype == F64 and float(shared) == 0.25
+    assert shared_value(torch.tensor([0.25, 0.25, 0.5])) is None
+    assert shared_value(torch.full((3, 1), 0.25)) is None  # not one value per chain
+
+
+@pytest.mark.parametrize("dim", [1, 2, 7])
+def test_kernels_with_a_shared_step_size_give_the_per_chain_results(dim):
+    # ULA, MALA and HMC scale by a 0-d step size when every chain has the same one; an
+    # (n, 1, …, 1) factor computes each coordinate as the same product, so the states
+    # must agree bit for bit.
+    from ebmalgebra.samplers.base import shared_value
+    from ebmalgebra.samplers.langevin import langevin_scales, shared_langevin_scales, ula_update
+    from ebmalgebra.samplers.mala import mala_update
+
+    generator = torch.Generator().manual_seed(0)
+    model = Banana() if dim == 2 else gaussian(dim, torch.float32)
+    x0 = 3.0 * torch.randn(200, dim, generator=generator)
+    noise = torch.randn(200, dim, generator=generator)
+    uniform = torch.rand(200, generator=generator)
+    state = MALA(step_size=0.037).init(x0, model)
+    column = langevin_scales(state.step_size, 2)
+    shared = shared_langevin_scales(state.step_size, 2)
+    assert shared.step_size.dim() == 0 and column.step_size.shape == (200, 1)
+    for per_chain, common in zip(ula_update(state, noise, column),
+                                 ula_update(state, noise, shared), strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(per_chain[:5], common[:5], strict=True))
+    for per_chain, common in zip(mala_update(state, noise, uniform, column),
+                                 mala_update(state, noise, uniform, shared), strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(per_chain[:5], common[:5], strict=True))
+
+    hmc = HMC(step_size=0.137, n_leapfrog=5)
+    state = hmc.init(x0, model)
+    per_chain = hmc.update(state, noise, uniform, 5)
+    common = hmc.update(state, noise, uniform, 5, shared_value(state.step_size))
+    for a, b in zip((*per_chain[0][:4], *per_chain[1][:5]), (*common[0][:4], *common[1][:5]),
+                    strict=True):
+        assert torch.equal(a, b)

@@ -11,7 +11,7 @@ from sampler_helpers import F64, all_samplers, gaussian, nan_wall
 
 import ebmalgebra as eb
 from ebmalgebra import diagnostics
-from ebmalgebra.samplers import HMC, MALA, NonFiniteError, RandomWalkMH, Samples, driver
+from ebmalgebra.samplers import HMC, MALA, ULA, NonFiniteError, RandomWalkMH, Samples, driver
 from ebmalgebra.targets import Gaussian
 
 
@@ -209,3 +209,73 @@ def test_chain_stats_are_the_infos_and_energies_of_the_kept_draws(warmup, thin, 
         assert torch.equal(stats[name], torch.stack([seen[i][column] for i in kept])), name
     assert torch.equal(stats["lp"], -torch.stack([seen[i][3] for i in kept]))
     assert bool(stats["nonfinite"].any()), "the wall should reject some proposals"
+
+
+@pytest.mark.parametrize("copy_rows", [False, True])
+@pytest.mark.parametrize("warmup, thin, n_steps", [(0, 1, 150), (30, 3, 150)])
+def test_info_tensors_repeated_across_steps_are_recorded_step_by_step(warmup, thin, n_steps,
+                                                                      copy_rows, monkeypatch):
+    # MALA hands back its all-clear frozen mask (the same tensor) as info.nonfinite while
+    # every proposal is finite and a new mask when the wall rejects some, so blocks hold
+    # runs of one tensor between new ones (and ULA's frozen mask, below, is one tensor all
+    # run long). The recorder stores a run once; compare with every step's info as the
+    # callback sees it, stacked.
+    monkeypatch.setattr(driver, "_RETAIN_MAX_NUMEL", 0 if copy_rows else 10**9)
+    seen = {}
+
+    def remember(index, state, info):
+        seen[index] = (info.nonfinite.clone(), state.step_size.clone(),
+                       info.nonfinite is state.frozen)
+
+    samples = eb.sample(nan_wall(), MALA(step_size=0.2), x0=torch.zeros(8, 1, dtype=F64),
+                        n_steps=n_steps, warmup=warmup, thin=thin, callback=remember,
+                        generator=torch.Generator().manual_seed(0))
+    flags = torch.stack([seen[i][0] for i in range(warmup + n_steps)])
+    steps = torch.stack([seen[i][1] for i in range(warmup + n_steps)])
+    repeated = sum(seen[i][2] for i in range(warmup + n_steps))
+    assert 0 < repeated < warmup + n_steps - 10, "runs of the frozen mask between new masks"
+    assert torch.equal(samples.stats["nonfinite"], flags.sum(1))
+    # (in warmup the callback sees the step size adapted after the step)
+    assert torch.equal(samples.stats["step_size"][warmup:], steps[warmup:].mean(1))
+    assert torch.equal(samples.chain_counts["nonfinite"], flags[warmup:].sum(0))
+    kept = [warmup + thin * (k + 1) - 1 for k in range(n_steps // thin)]
+    assert torch.equal(samples.chain_stats["nonfinite"], flags[kept])
+    assert torch.equal(samples.chain_stats["step_size"], steps[kept])
+
+    frozen = eb.sample(gaussian(1), ULA(step_size=0.1), n_chains=8, n_steps=n_steps,
+                       warmup=warmup, thin=thin, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(frozen.stats["frozen"], torch.zeros(warmup + n_steps, dtype=torch.long))
+    assert torch.equal(frozen.chain_stats["frozen"], torch.zeros(n_steps // thin, 8,
+                                                                  dtype=torch.bool))
+    assert torch.equal(frozen.stats["step_size"], torch.full((warmup + n_steps,), 0.1,
+                                                             dtype=F64))
+
+
+class _FlagInfo(NamedTuple):
+    acceptance_rate: torch.Tensor
+    divergent: torch.Tensor
+
+
+class _FlaggingMALA(MALA):
+    """MALA whose info flags chains 0 and 2 as divergent at every step: one tensor, handed
+    back step after step, as a sampler of one's own may."""
+
+    def step(self, state, generator=None):
+        state, info = super().step(state, generator)
+        if getattr(self, "flags", None) is None:
+            self.flags = torch.zeros(state.energy.shape, dtype=torch.bool)
+            self.flags[[0, 2]] = True
+        return state, _FlagInfo(info.acceptance_rate, self.flags)
+
+
+@pytest.mark.parametrize("copy_rows", [False, True])
+def test_a_flag_repeated_across_steps_is_counted_at_every_step(copy_rows, monkeypatch):
+    monkeypatch.setattr(driver, "_RETAIN_MAX_NUMEL", 0 if copy_rows else 10**9)
+    warmup, n_steps = 25, 150
+    samples = eb.sample(gaussian(1), _FlaggingMALA(step_size=0.5), n_chains=4, n_steps=n_steps,
+                        warmup=warmup, thin=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(samples.chain_counts["divergent"], torch.tensor([n_steps, 0, n_steps, 0]))
+    assert torch.equal(samples.n_divergent, torch.tensor([n_steps, 0, n_steps, 0]))
+    assert torch.equal(samples.stats["divergent"], torch.full((warmup + n_steps,), 2))
+    assert torch.equal(samples.chain_stats["divergent"],
+                       torch.tensor([True, False, True, False]).expand(n_steps // 2, 4))

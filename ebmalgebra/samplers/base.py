@@ -51,6 +51,7 @@ __all__ = [
     "finite_rows",
     "is_nonfinite",
     "run_update",
+    "shared_value",
     "squared_norm",
     "sum_event",
 ]
@@ -363,6 +364,23 @@ class Derived:
             self.value = self.function(tensor, *arguments)
             self.source, self.version, self.arguments = tensor, tensor._version, arguments
         return self.value
+
+
+def shared_value(values: Tensor) -> Tensor | None:
+    """The value every chain has in ``values`` ``(n_chains,)``, as a 0-d tensor, or ``None``
+    when they differ, and off the CPU or under ``torch.compile`` (where the read would
+    synchronise or break the graph). One host read: samplers cache it per step-size
+    tensor (:class:`Derived`).
+
+    A per-chain factor shaped ``(n, 1, …, 1)`` splits an elementwise op into one short
+    loop per chain row; a 0-d factor gives the same results in one loop over all
+    coordinates, which on small events is much faster (an ``addcmul`` at 1000 × 2:
+    2.9 µs with the ``(n, 1)`` factor, 1.25 µs with a 0-d one; 15 vs 12 µs at 1000 × 100).
+    """
+    if values.dim() != 1 or values.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    first = values[0]
+    return first.clone() if bool((values == first).all()) else None
 
 
 def check_step_size(value: float | Tensor, what: str) -> float | Tensor:

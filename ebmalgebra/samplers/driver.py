@@ -236,6 +236,9 @@ class _Recorder:
     above :data:`_RETAIN_MAX_NUMEL` elements) each tensor is copied into a row of a
     buffer reused block after block, one op per field per step; smaller runs, whose
     temporaries are small, hold the tensors and stack them, which costs no op per step.
+    A tensor that stays the same object all block long (ULA's and MALA's all-clear
+    ``frozen`` mask, the step size between warmup updates) is reduced and kept from one
+    row, whatever the block's length, and copied once per block.
     The rows of the kept draws go straight into ``(n_draws, n_chains, …)`` tensors made
     once (allocating and later concatenating blocks touches fresh pages every time, which
     costs more than the copies). The caller copies the energies of the kept draws into
@@ -253,6 +256,7 @@ class _Recorder:
         self.shard = shard
         self.copy_rows = copy_rows
         self.rows: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = {}
+        self.last: dict[str, tuple[Tensor, int]] = {}
         self.per_chain: frozenset[str] | None = None
         self.columns: list[tuple[int, str, list]] = []
         self.pending: dict[str, list] = {}
@@ -267,12 +271,11 @@ class _Recorder:
         values = (*info, getattr(state, "step_size", None))
         if self.per_chain is None:
             self._start(info, values)
-        for index, name, pending in self.columns:
-            value = values[index]
-            if self.copy_rows and isinstance(value, Tensor):
-                self._copy_row(name, value, len(pending))
-                value = None  # held by the buffer row
-            pending.append(value)
+        if self.copy_rows:
+            self._copy(values)
+        else:
+            for index, _, pending in self.columns:
+                pending.append(values[index])
         self.step += 1
         if self.step % _FLUSH_EVERY == 0 or self.step == self.warmup:
             self.flush()
@@ -293,17 +296,42 @@ class _Recorder:
                         for index, (name, value) in enumerate(zip(names, values, strict=True))
                         if isinstance(value, Tensor | int | float)]
 
-    def _copy_row(self, name: str, value: Tensor, row: int) -> None:
+    def _copy(self, values: tuple) -> None:
+        """Record a step by copying each tensor into its row of the field's block buffer.
+
+        A tensor repeated from the previous step (the same object, not changed in place) is
+        not copied again: its entry is the row holding it, which :meth:`_block` copies
+        forward if the block needs every row.
+        """
+        for index, name, pending in self.columns:
+            value = values[index]
+            if isinstance(value, Tensor):
+                last = self.last.get(name)
+                if pending and last is not None and value is last[0] and value._version == last[1]:
+                    value = pending[-1]
+                else:
+                    self.last[name] = value, value._version
+                    value = self._copy_row(name, value, len(pending))
+            pending.append(value)
+
+    def _copy_row(self, name: str, value: Tensor, index: int) -> Tensor:
+        """``value`` copied into row ``index`` of the field's block buffer; returns the row."""
         if name not in self.rows:
             buffer = value.new_empty((_FLUSH_EVERY, *value.shape))
             self.rows[name] = buffer, buffer.unbind(0)
-        self.rows[name][1][row].copy_(value)
+        row = self.rows[name][1][index]
+        row.copy_(value)
+        return row
 
     def _block(self, name: str, values: list) -> Tensor:
         """This block's values of one field, ``(steps, …)``; a view of a reused buffer
         when its rows were copied."""
         if name in self.rows:
-            return self.rows[name][0][:len(values)]
+            buffer, rows = self.rows[name]
+            for row, value in zip(rows, values, strict=False):  # rows ≥ values
+                if value is not row:  # a repeat: the row where its run was copied
+                    row.copy_(value)
+            return buffer[:len(values)]
         return torch.stack(values) if isinstance(values[0], Tensor) else torch.as_tensor(values)
 
     def flush(self) -> None:
@@ -316,27 +344,41 @@ class _Recorder:
         for name, values in self.pending.items():
             if not values:
                 continue
-            block = self._block(name, values)
+            first = values[0]
+            if isinstance(first, Tensor) and all(value is first for value in values):
+                # One tensor all block long: its row stands for every step.
+                block, repeats = first.unsqueeze(0), len(values)
+            else:
+                block, repeats = self._block(name, values), 1
             values.clear()
             if name in self.per_chain:
                 if sampling:
-                    n_kept = self._keep(name, block[kept_rows])
-                if block.dtype == torch.bool:
-                    if sampling:
-                        total = self.counts.get(name, 0)
-                        self.counts[name] = total + block.sum(0)
-                    reduced = block.sum(1)
-                elif self.shard is not None:
-                    # Summed over ranks in result(): this rank's share of the global mean.
-                    reduced = block.sum(1) / self.shard.n_chains
-                elif block.is_floating_point():
-                    reduced = block.mean(1)
-                else:  # integer counts per chain (NUTS's tree depth): their mean
-                    reduced = block.double().mean(1)
+                    rows = (block[kept_rows] if repeats == 1 else
+                            block.expand(len(range(repeats)[kept_rows]), *block.shape[1:]))
+                    n_kept = self._keep(name, rows)
+                reduced = self._reduce(name, block, repeats if sampling else 0)
+                reduced = reduced if repeats == 1 else reduced.expand(repeats)
             else:
-                reduced = block.clone()
+                reduced = (block if repeats == 1 else
+                           block.expand(repeats, *block.shape[1:])).clone()
             self.done.setdefault(name, []).append(reduced)
         self.n_kept += n_kept
+
+    def _reduce(self, name: str, block: Tensor, counted: int) -> Tensor:
+        """A per-chain field's per-step statistic over ``block`` ``(steps, n_chains, …)``;
+        flags are also added ``counted`` times to the per-chain counts (0 in warmup)."""
+        if block.dtype == torch.bool:
+            if counted:
+                flags = block.sum(0) if counted == 1 else block.sum(0) * counted
+                total = self.counts.get(name)
+                self.counts[name] = flags if total is None else total + flags
+            return block.sum(1)
+        if self.shard is not None:
+            # Summed over ranks in result(): this rank's share of the global mean.
+            return block.sum(1) / self.shard.n_chains
+        if block.is_floating_point():
+            return block.mean(1)
+        return block.double().mean(1)  # integer counts per chain (NUTS's tree depth)
 
     def _keep(self, name: str, rows: Tensor) -> int:
         """Copy this block's ``rows`` of the kept draws into the field's per-draw tensor."""

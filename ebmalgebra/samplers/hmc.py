@@ -11,6 +11,7 @@ from torch import Tensor
 from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.samplers.base import (
+    Derived,
     Potential,
     StepSizeSampler,
     as_chain_values,
@@ -20,6 +21,7 @@ from ebmalgebra.samplers.base import (
     metropolis_accept,
     run_update,
     select,
+    shared_value,
     squared_norm,
 )
 from ebmalgebra.samplers.integrators import PhasePoint, integrate
@@ -166,6 +168,7 @@ class HMC(StepSizeSampler):
         # ⌈L₀(1 − j)⌉ … ⌊L₀(1 + j)⌋, with a tolerance for float products like 10 · 1.2.
         self._lowest = max(1, math.ceil(n_leapfrog * (1.0 - self.jitter) - 1e-9))
         self._highest = max(self._lowest, math.floor(n_leapfrog * (1.0 + self.jitter) + 1e-9))
+        self._shared_step = Derived(shared_value)  # read once per step-size tensor
 
     # ------------------------------------------------------------------ init
     def init(self, x0: Tensor, model: EnergyModel) -> HMCState:
@@ -190,18 +193,22 @@ class HMC(StepSizeSampler):
         x = state.position
         n_leapfrog = self._draw_n_leapfrog(x, generator)
         return run_update(self.update, self.jit, state, draw_normal(x, generator),
-                          draw_uniform(x, generator), n_leapfrog)
+                          draw_uniform(x, generator), n_leapfrog,
+                          self._shared_step(state.step_size))
 
     def update(self, state: HMCState, noise: Tensor, uniform: Tensor, n_leapfrog: int,
-               ) -> tuple[HMCState, HMCInfo]:
+               shared_step_size: Tensor | None = None) -> tuple[HMCState, HMCInfo]:
         """The deterministic part of a step given its random numbers: ξ ~ N(0, I) like
         the position (momentum p = F ξ ~ N(0, M)), u ~ U(0, 1) per chain and the number of
-        leapfrog steps. Traceable whole by ``torch.compile`` (one graph per length)."""
+        leapfrog steps. Traceable whole by ``torch.compile`` (one graph per length).
+        ``shared_step_size``: the step size as a 0-d tensor when every chain has the same
+        (see :func:`~ebmalgebra.samplers.integrators.integrate`)."""
         metric = state.metric
         start = PhasePoint(state.position, metric.momentum_from_noise(noise), state.energy,
                            state.score)
         x, p, energy, score = integrate(start, state.step_size, metric,
-                                        state.potential.energy_and_score, n_leapfrog)
+                                        state.potential.energy_and_score, n_leapfrog,
+                                        shared_step_size)
         # The initial kinetic energy of p = F ξ is ½ ‖ξ‖² (Metric.momentum_from_noise).
         energy_error = (energy - state.energy) + (
             metric.kinetic_energy(p) - 0.5 * squared_norm(noise))

@@ -23,10 +23,11 @@ from ebmalgebra.samplers.base import (
     none_set_eagerly,
     run_update,
     select,
+    shared_value,
 )
 
 __all__ = ["LangevinScales", "LangevinState", "ULA", "ULAInfo", "langevin_scales",
-           "none_frozen_eagerly", "ula_step", "ula_update"]
+           "none_frozen_eagerly", "shared_langevin_scales", "ula_step", "ula_update"]
 
 
 class LangevinState(NamedTuple):
@@ -90,6 +91,17 @@ def langevin_scales(step_size: Tensor, position_rank: int,
     if noise_scale is None:
         return LangevinScales(epsilon, (2.0 * epsilon).sqrt())
     return LangevinScales(epsilon, expand_to_rank(noise_scale, position_rank))
+
+
+def shared_langevin_scales(step_size: Tensor, position_rank: int) -> LangevinScales:
+    """:func:`langevin_scales` of the step size ``(n_chains,)``, with ε and σ = √(2ε) as 0-d
+    tensors when every chain has the same step size
+    (:func:`~ebmalgebra.samplers.base.shared_value`): the same proposals, with each scaled
+    op one loop over all coordinates instead of one per chain row. Read once per step-size
+    tensor by the samplers' cache.
+    """
+    shared = shared_value(step_size)
+    return langevin_scales(step_size if shared is None else shared, position_rank)
 
 
 def init_langevin(x0: Tensor, potential: Potential, step_size: float | Tensor,
@@ -203,7 +215,7 @@ class ULA(Sampler):
         self.noise_scale = None if noise_scale is None else check_step_size(
             noise_scale, f"{self.name}: noise_scale")
         self.jit = validation.flag(f"{self.name}: jit", jit)
-        self._scales = Derived(langevin_scales)
+        self._scales = Derived(shared_langevin_scales)
         self._any_frozen = Derived(any_set)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:

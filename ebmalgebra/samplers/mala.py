@@ -29,6 +29,7 @@ from ebmalgebra.samplers.langevin import (
     init_langevin,
     langevin_scales,
     none_frozen_eagerly,
+    shared_langevin_scales,
 )
 
 __all__ = ["MALA", "MALAInfo", "mala_step", "mala_update"]
@@ -152,7 +153,7 @@ class MALA(StepSizeSampler):
         super().__init__(step_size=step_size, target_accept=target_accept,
                          adapt_step_size=adapt_step_size, jit=jit)
 
-        self._scales = Derived(langevin_scales)
+        self._scales = Derived(shared_langevin_scales)
         self._any_frozen = Derived(any_set)
 
     def init(self, x0: Tensor, model: EnergyModel) -> LangevinState:
