@@ -94,6 +94,23 @@ def test_chains_started_at_one_point_away_from_the_origin_are_not_flagged():
     assert caught == []
 
 
+def test_a_proper_target_wider_than_the_start_is_not_called_improper():
+    # N(0, 10²) from starts of spread ~0.3: the chains pass 10× that and the watch
+    # fires, but with no inverse in the model it must not say the draws are garbage.
+    model = Gaussian(torch.zeros(2), 10.0, name="wide")
+    _, caught = run_recording(lambda: eb.sample(
+        model, MALA(step_size=20.0), x0=0.1 * torch.randn(32, 2, generator=seeded()),
+        n_steps=CHECK_EVERY, generator=seeded()))
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "far wider than the starting points (then the draws are fine" in message
+    assert "not samples of a distribution" not in message
+    improper = Ring(name="ring") & ~Ring(radius=1.0, name="inner")
+    _, caught = run_recording(lambda: eb.sample(improper, MALA(step_size=0.05), n_chains=64,
+                                                n_steps=4 * CHECK_EVERY, generator=seeded()))
+    assert "The draws are not samples of a distribution" in str(caught[0].message)
+
+
 def test_the_last_step_is_checked_in_runs_shorter_than_the_check_interval():
     model = ~Gaussian(torch.zeros(2), 1.0, name="g")  # E = −‖x‖²/2: ULA grows x by 1 + ε
     _, caught = run_recording(lambda: eb.sample(

@@ -88,16 +88,17 @@ def escape_message(model: EnergyModel, distance: float, limit: float, n_escaped:
     if parts:
         culprit = (f"its improper part is probably {', '.join(repr(p) for p in parts)}: an "
                    "inverse or negative power has no bound where that factor's density "
-                   "vanishes, so the expression cannot be normalised")
+                   "vanishes, so the expression cannot be normalised. The draws are not "
+                   "samples of a distribution. Use a stable form such as "
+                   "a & (base & ~b) ** alpha (docs/algebra.md)")
     else:
         culprit = ("no inverse or negative power was found: the step size may be too large "
                    "(an unstable integrator diverges even on a proper target), the energy "
-                   "may be unbounded below, or the target far wider than the starting points")
+                   "may be unbounded below, or the target far wider than the starting points "
+                   "(then the draws are fine: start chains as wide as the target)")
     return (f"{where}: {n_escaped} of {n_chains} chains of {model!r} ran to "
             f"max|x − c| = {distance:.3g}, beyond {limit:.3g} ({DEFAULT_FACTOR:g}× the data or "
-            f"starting scale); {culprit}. The draws are not samples of a distribution. Use a "
-            "stable form such as a & (base & ~b) ** alpha (docs/algebra.md), start chains "
-            "as wide as the target, or silence this with warnings.filterwarnings('ignore', "
+            f"starting scale); {culprit}. Silence this with warnings.filterwarnings('ignore', "
             "category=ebmalgebra.samplers.ImproperTargetWarning).")
 
 
