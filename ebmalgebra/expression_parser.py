@@ -291,10 +291,7 @@ class _Parser:
         operators = registered_operators()
         if name.text in operators:
             return operators[name.text]
-        close = difflib.get_close_matches(name.text, sorted(operators), n=1)
-        hint = (f"; did you mean {close[0]!r}?" if close
-                else f" (known: {', '.join(sorted(operators))})")
-        raise self.fail(f"unknown operator {name.text!r}{hint}", name.position)
+        raise self.fail(_unknown("operator", name.text, sorted(operators)), name.position)
 
 
 def registered_operators() -> dict[str, type[EnergyModel]]:
@@ -315,6 +312,14 @@ def registered_operators() -> dict[str, type[EnergyModel]]:
             if name.isidentifier():
                 table[name] = entry.cls
     return table
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> str:
+    """"unknown model 'hta'; did you mean 'hat'?", else the ``known`` names listed."""
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"unknown {kind} {name!r}; did you mean {close[0]!r}?"
+    return f"unknown {kind} {name!r}" + (f" (known: {', '.join(known)})" if known else "")
 
 
 def _describe(token: _Token) -> str:
@@ -368,10 +373,7 @@ def parse_expression(
                                   position)
         if model is None:
             known = sorted(models) if isinstance(models, Mapping) else []
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            listing = f" (known: {', '.join(known)})" if known and not close else ""
-            raise ExpressionError(f"unknown model {name!r}{hint}{listing}", text, position)
+            raise ExpressionError(_unknown("model", name, known), text, position)
         resolved[name] = model
         return model
 
