@@ -376,25 +376,19 @@ class NUTS(StepSizeSampler):
         (:func:`_doubling_update`) and whether any chain still grows.
 
         Its uniforms, the subtree's leaves' and then the merge's, are one
-        ``(2^tree_depth + 1, n_chains)`` draw: the same numbers as the eager loop's
-        draws of one per chain (the CPU generator fills a tensor in order). When no
-        chain is left growing before the last leaf, the eager loop stops drawing
-        leaves' uniforms there (and draws the merge's next), so the generator is set
-        back and only as many numbers are drawn again: the generator ends as eager
-        NUTS leaves it, and since no chain merges such a subtree, the numbers that
-        moved do not matter.
+        ``(2^tree_depth + 1, n_chains)`` draw (:class:`_UniformRows`). When no chain is
+        left growing before the last leaf, the eager loop stops drawing leaves'
+        uniforms there (and draws the merge's next), so only those rows are kept:
+        since no chain merges such a subtree, the numbers that moved do not matter.
         """
-        rng = torch.default_generator if generator is None else generator
-        saved = rng.get_state()
-        n_leaves, n_chains = 2**tree_depth, start_h.shape[0]
-        uniform = torch.rand((n_leaves + 1, n_chains), generator=rng, dtype=start_h.dtype)
+        n_leaves = 2**tree_depth
+        uniform = _UniformRows(n_leaves + 1, start_h, generator)
         path, status = call_compiled(_doubling_update, state.potential.model, path, forward,
-                                     state.step_size, uniform, state.metric, state.potential,
-                                     start_h, self.max_energy_error)
+                                     state.step_size, uniform.rows, state.metric,
+                                     state.potential, start_h, self.max_energy_error)
         started, growing = status.tolist()
         if started < n_leaves:
-            rng.set_state(saved)
-            torch.rand((started + 1, n_chains), generator=rng, dtype=start_h.dtype)
+            uniform.keep(started + 1)
         return path, bool(growing)
 
     def _grow(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int,
@@ -450,30 +444,42 @@ class NUTS(StepSizeSampler):
         """``n_leaves`` leaves of every chain in one kernel call, with their uniforms.
 
         The uniforms of all the block's leaves are drawn before the call, as one
-        ``(n_leaves, n_chains)`` draw: the same numbers as ``n_leaves`` draws of one
-        per chain (the CPU generator fills a tensor in order). When no chain is left
+        ``(n_leaves, n_chains)`` draw (:class:`_UniformRows`). When no chain is left
         growing before the block's last leaf, the eager loop would have stopped
-        drawing there, so the generator is set back and only the leaves that ran are
-        drawn again: both paths leave the generator as the eager leaf-by-leaf loop
-        does.
+        drawing there, so only the rows of the leaves that ran are kept: both paths
+        leave the generator as the eager leaf-by-leaf loop does.
         """
         model, metric, potential = state.potential.model, state.metric, state.potential
         if n_leaves == 1:
             return call_compiled(_block_update, model, point, signed_step, metric, potential,
                                  leaves, valid, start_h, draw_uniform(start_h, generator)[None],
                                  previous, self.max_energy_error)
-        rng = torch.default_generator if generator is None else generator
-        saved = rng.get_state()
-        shape = (n_leaves, start_h.shape[0])
+        uniform = _UniformRows(n_leaves, start_h, generator)
         block = call_compiled(_block_update, model, point, signed_step, metric, potential,
-                              leaves, valid, start_h,
-                              torch.rand(shape, generator=rng, dtype=start_h.dtype), previous,
+                              leaves, valid, start_h, uniform.rows, previous,
                               self.max_energy_error)
         started = int(block.alive)
         if started < n_leaves:
-            rng.set_state(saved)
-            torch.rand((started, shape[1]), generator=rng, dtype=start_h.dtype)
+            uniform.keep(started)
         return block._replace(alive=started > n_leaves)
+
+
+class _UniformRows:
+    """``n_rows`` uniforms per chain drawn at once on the CPU, ``rows`` ``(n_rows, n_chains)``:
+    the same numbers as ``n_rows`` draws of one per chain in turn (the CPU generator fills
+    a tensor in order). :meth:`keep` takes back all but the first rows, so that the
+    generator stands as if only those had been drawn, as the eager loop leaves it."""
+
+    def __init__(self, n_rows: int, like: Tensor, generator: torch.Generator | None) -> None:
+        self.generator = torch.default_generator if generator is None else generator
+        self.saved = self.generator.get_state()
+        self.shape, self.dtype = (n_rows, like.shape[0]), like.dtype
+        self.rows = torch.rand(self.shape, generator=self.generator, dtype=self.dtype)
+
+    def keep(self, n_rows: int) -> None:
+        """Leave the generator as if only the first ``n_rows`` rows had been drawn."""
+        self.generator.set_state(self.saved)
+        torch.rand((n_rows, self.shape[1]), generator=self.generator, dtype=self.dtype)
 
 
 def _block_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potential: Potential,
