@@ -181,6 +181,22 @@ def test_sample_is_exported():
     assert "sample" in eb.__all__ and "samplers" in eb.__all__
 
 
+def sample_nan_wall_seeing(sampler, see, monkeypatch, copy_rows: bool, **options):
+    """``sample()`` of the NaN wall from 8 chains at 0, its recorder holding the step
+    tensors (``copy_rows`` False, as small runs do) or copying them into reused buffers
+    (True, as large runs do); returns the samples and, per step index, ``see(state,
+    info)`` as the callback saw it."""
+    monkeypatch.setattr(driver, "_RETAIN_MAX_NUMEL", 0 if copy_rows else 10**9)
+    seen = {}
+
+    def remember(index, state, info):
+        seen[index] = see(state, info)
+
+    samples = eb.sample(nan_wall(), sampler, x0=torch.zeros(8, 1, dtype=F64), callback=remember,
+                        generator=torch.Generator().manual_seed(0), **options)
+    return samples, seen
+
+
 @pytest.mark.parametrize("copy_rows", [False, True])
 @pytest.mark.parametrize("warmup, thin, n_steps", [(0, 1, 70), (30, 3, 150), (5, 4, 3)])
 def test_chain_stats_are_the_infos_and_energies_of_the_kept_draws(warmup, thin, n_steps,
@@ -188,16 +204,11 @@ def test_chain_stats_are_the_infos_and_energies_of_the_kept_draws(warmup, thin, 
     # The driver collects them in blocks across warmup and flush boundaries, holding
     # the step tensors (small runs) or copying them into reused buffers (large runs);
     # compare with the infos the callback sees.
-    monkeypatch.setattr(driver, "_RETAIN_MAX_NUMEL", 0 if copy_rows else 10**9)
-    seen = {}
-
-    def remember(index, state, info):
-        seen[index] = (info.acceptance_rate.clone(), info.is_accepted.clone(),
-                       state.step_size.clone(), state.energy.clone())
-
-    samples = eb.sample(nan_wall(), MALA(step_size=0.5), x0=torch.zeros(8, 1, dtype=F64),
-                        n_steps=n_steps, warmup=warmup, thin=thin, callback=remember,
-                        generator=torch.Generator().manual_seed(0))
+    samples, seen = sample_nan_wall_seeing(
+        MALA(step_size=0.5), lambda state, info: (
+            info.acceptance_rate.clone(), info.is_accepted.clone(), state.step_size.clone(),
+            state.energy.clone()),
+        monkeypatch, copy_rows, n_steps=n_steps, warmup=warmup, thin=thin)
     rates = torch.stack([seen[i][0] for i in range(warmup + n_steps)])
     assert torch.equal(samples.stats["acceptance_rate"], rates.mean(1))
     kept = [warmup + thin * (k + 1) - 1 for k in range(n_steps // thin)]
@@ -220,16 +231,10 @@ def test_info_tensors_repeated_across_steps_are_recorded_step_by_step(warmup, th
     # runs of one tensor between new ones (and ULA's frozen mask, below, is one tensor all
     # run long). The recorder stores a run once; compare with every step's info as the
     # callback sees it, stacked.
-    monkeypatch.setattr(driver, "_RETAIN_MAX_NUMEL", 0 if copy_rows else 10**9)
-    seen = {}
-
-    def remember(index, state, info):
-        seen[index] = (info.nonfinite.clone(), state.step_size.clone(),
-                       info.nonfinite is state.frozen)
-
-    samples = eb.sample(nan_wall(), MALA(step_size=0.2), x0=torch.zeros(8, 1, dtype=F64),
-                        n_steps=n_steps, warmup=warmup, thin=thin, callback=remember,
-                        generator=torch.Generator().manual_seed(0))
+    samples, seen = sample_nan_wall_seeing(
+        MALA(step_size=0.2), lambda state, info: (
+            info.nonfinite.clone(), state.step_size.clone(), info.nonfinite is state.frozen),
+        monkeypatch, copy_rows, n_steps=n_steps, warmup=warmup, thin=thin)
     flags = torch.stack([seen[i][0] for i in range(warmup + n_steps)])
     steps = torch.stack([seen[i][1] for i in range(warmup + n_steps)])
     repeated = sum(seen[i][2] for i in range(warmup + n_steps))
