@@ -14,7 +14,10 @@ For each sampler (ULA, MALA, HMC with L = 10) and target (a 2-D banana and a
   in a preallocated tensor, calling ``energy_and_score`` = energy plus one
   ``torch.autograd.grad``;
 * ``sample()``: ``ebmalgebra.sample(from_energy(fn), sampler, ...)`` with the
-  same x0, step size and number of steps, no warmup, no progress bar.
+  same x0, step size and number of steps, no warmup, no progress bar;
+* for ULA also ``hand`` plus what ``sample()`` does besides the algorithm (the
+  non-finite guard's two sums read on the host, each draw's energy stored), to
+  tell that work from the library's own overhead.
 
 It also counts the aten operators dispatched per step by each (a
 ``TorchDispatchMode`` counter; the difference between 11 and 1 steps, over 10),
@@ -91,6 +94,29 @@ def hand_hmc_fixed_length(energy_and_score, x0, n_steps, step, generator, keep=N
     return hand_hmc(energy_and_score, x0, n_steps, step, 10, generator, keep=keep)
 
 
+def hand_ula_bookkept(energy_and_score, x, n_steps, step, generator, keep=None):
+    """ULA as the hand loop, plus the two things ``sample()`` does besides the algorithm:
+    the non-finite guard (a chain whose energy or score turns NaN/±inf freezes; checked
+    by one whole-tensor sum of each, read on the host) and the energy of every draw
+    (``chain_stats["lp"]``). Its time tells how much of the ULA ratio is that work."""
+    energy, score = energy_and_score(x)
+    energies = torch.empty((n_steps, x.shape[0]), dtype=x.dtype)
+    noise_scale = math.sqrt(2.0 * step)
+    for index in range(n_steps):
+        proposal = x + step * score + noise_scale * torch.randn(x.shape, generator=generator)
+        new_energy, new_score = energy_and_score(proposal)
+        if not (math.isfinite(float(new_score.sum())) and math.isfinite(float(new_energy.sum()))):
+            finite = torch.isfinite(new_energy) & torch.isfinite(new_score).all(-1)
+            proposal = torch.where(finite[:, None], proposal, x)
+            new_energy = torch.where(finite, new_energy, energy)
+            new_score = torch.where(finite[:, None], new_score, score)
+        x, energy, score = proposal, new_energy, new_score
+        if keep is not None:
+            keep[index] = x
+            energies[index] = energy
+    return x
+
+
 def run_hand(hand, x0: torch.Tensor, step: float, n_steps: int):
     """A hand-written loop of ``n_steps`` storing every draw, seeded as the library run."""
     keep = torch.empty((n_steps, *x0.shape), dtype=x0.dtype)
@@ -131,9 +157,11 @@ def main() -> None:
             step = hmc_step if name == "HMC" else langevin_step
             hand_run = partial(run_hand, hand, x0, step)
             library_run = partial(run_sample, model, sampler, x0)
-            best = median_times({"hand": partial(hand_run, n_steps),
-                                 "sample": partial(library_run, n_steps)},
-                                repeats=repeats, inner=1, warmup=1,
+            runs = {"hand": partial(hand_run, n_steps), "sample": partial(library_run, n_steps)}
+            if name == "ULA":
+                runs["bookkept"] = partial(run_hand, partial(hand_ula_bookkept, function, x0),
+                                           x0, step, n_steps)
+            best = median_times(runs, repeats=repeats, inner=1, warmup=1,
                                 clock=CLOCKS[arguments.clock])
             ratio = best["sample"] / best["hand"]
             ops = {"hand": ops_per_step(hand_run), "sample": ops_per_step(library_run)}
@@ -143,6 +171,10 @@ def main() -> None:
                   f"sample() {best['sample'] / n_steps * 1e6:8.1f} µs/draw ({ratio:.2f}x); "
                   f"aten ops/step hand {ops['hand']:.0f}, sample() {ops['sample']:.0f}",
                   flush=True)
+            if "bookkept" in best:
+                print(f"  {'':5s} {'':15s} hand with the guard and lp "
+                      f"{best['bookkept'] / n_steps * 1e6:8.1f} µs/draw: sample() is "
+                      f"{best['sample'] / best['bookkept']:.2f}x of it", flush=True)
     ratios = [row[4] for row in rows]
     print(f"# worst per-draw ratio {max(ratios):.2f}x (target ≤ 1.10x); geometric mean "
           f"{math.exp(sum(math.log(r) for r in ratios) / len(ratios)):.2f}x; load average "
