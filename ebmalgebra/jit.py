@@ -12,8 +12,8 @@ Three entry points use it:
   ``torch.Generator``, in the same order as the eager step, so a seed gives the
   same chain as ``jit=False`` up to float rounding. ``NUTS(jit=True)`` compiles
   blocks of up to four leaves of its trees (leapfrog steps, energy and score,
-  multinomial bookkeeping, the U-turn checks inside the block, and for the
-  first doublings the merge) instead, since the tree's doubling and U-turn
+  multinomial bookkeeping, the U-turn checks inside the block; the first three
+  doublings with their merges as one kernel) instead, since the tree's doubling and U-turn
   checks decide, step by step, how many leaves there are.
 * ``denoising_score_matching(..., jit=True)`` and ``multi_noise_dsm(..., jit=True)``
   compile score and loss into one training kernel, differentiated once by
