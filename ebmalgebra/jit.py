@@ -40,6 +40,13 @@ never compete for dynamo's per-function limit of eight compiled variants. HMC
 compiles one kernel per trajectory length: with the default jitter of 20%
 around L₀ = 10 that is up to five kernels, compiled as the lengths first occur.
 
+**Guards.** Dynamo checks a kernel's guards on every call, hundreds for a NUTS
+doubling and ~0.1 ms of it. Within a run of :func:`ebmalgebra.sample` (a
+:class:`SteadyRun`) a call checks them in full once per kernel and argument
+objects, and afterwards only those on its input tensors and on global state,
+which are all that can change within a run; the model's parameters are compared
+between steps.
+
 **Compile cost.** The first call of a kernel traces and compiles it: a few
 seconds for a 2-D analytic target on one CPU core, 10–30 s for network leaves
 and long HMC trajectories, plus a start-up of about ten seconds for the first
@@ -82,6 +89,7 @@ __all__ = [
     "DISABLE_ENV",
     "InductorEnergy",
     "JitFallbackWarning",
+    "SteadyRun",
     "call_compiled",
     "clear_cache",
     "compile_seconds",
@@ -295,7 +303,8 @@ def call_compiled(function: Callable, owner: EnergyModel, *args: Any,
     By default the call runs without autograd recording, like the detached eager
     evaluations it replaces. ``differentiable=True`` keeps autograd on: the kernel
     is then a training graph whose outputs backpropagate into the parameters once
-    (first derivatives only, e.g. a denoising score-matching loss).
+    (first derivatives only, e.g. a denoising score-matching loss). Inside a
+    :class:`SteadyRun` the other calls check most of dynamo's guards only once.
     """
     if isinstance(function, types.MethodType):
         function, args = function.__func__, (function.__self__, *args)
@@ -308,7 +317,9 @@ def call_compiled(function: Callable, owner: EnergyModel, *args: Any,
     if differentiable:
         return kernel(*args)
     with torch.no_grad():
-        return kernel(*args)
+        if _steady is None:
+            return kernel(*args)
+        return _steady.call(route, kernel, owner, args)
 
 
 def _kernel_for(function: Callable, differentiable: bool, owner: EnergyModel, args: tuple,
@@ -342,6 +353,8 @@ def clear_cache() -> None:
     """Forget every compiled kernel and availability check (and which warnings were shown)."""
     _kernels.clear()
     _routes.clear()
+    if _steady is not None:
+        _steady.verified.clear()
     _warned.clear()
     _platform_problem.cache_clear()
     _cpu_compiler_problem.cache_clear()
@@ -352,6 +365,149 @@ def compile_seconds() -> list[tuple[str, float]]:
     that compiled; useful to report the one-off cost apart from the run time."""
     return [(kernel.label, kernel.seconds) for table in list(_kernels.values())
             for kernel in table.values() if kernel.seconds is not None]
+
+
+# ------------------------------------------------------------------ steady runs
+
+_REJECTED = "skip_guard_eval_unsafe"
+"""In the message dynamo raises when a call would recompile while guards are skipped."""
+
+_MAX_VERIFIED = 256
+
+
+class SteadyRun:
+    """A sampling run's context: each kernel's guards are checked in full once, then only
+    those that can fail within the run.
+
+    Dynamo checks a compiled kernel's guards on every call: hundreds for a NUTS doubling
+    (every input tensor's dtype, shape and strides, global state, and the type,
+    identity or value of every object and constant the trace read, down to the
+    model's attributes and its parameters' metadata), ~0.1 ms a call on eight schools.
+    Inside this context a call without autograd (see :func:`call_compiled`) whose
+    kernel and argument objects (its route: the objects by identity, held here so that
+    their ids stay theirs) passed the full guards earlier in the context runs with
+    ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` (torch ≥ 2.6, and only
+    under the default stance), which still checks the input tensors (dtype, device,
+    shape, strides, ``requires_grad``), global state (grad mode, autocast, default
+    dtype, deterministic algorithms) and torch-function modes: a call that fails those
+    is rejected and runs again with every guard, recompiling where it must.
+
+    What it skips cannot change within a run: the route fixes the kernel, the shapes
+    and dtypes, the Python constants and the argument objects, expression nodes are
+    immutable, and so are a sampler state's potential and metric (a new one is a new
+    route). The one thing left, the model's parameters' metadata (a parameter
+    replaced, moved or cast, its ``requires_grad`` switched), :meth:`check` compares;
+    the driver calls it before every step, since its callback may have changed them.
+
+    Args:
+        model: the model being sampled (its parameters are what :meth:`check` compares).
+    """
+
+    __slots__ = ("model", "layout", "verified", "prior")
+
+    def __init__(self, model: EnergyModel) -> None:
+        self.model = model
+        self.layout = _parameter_layout(model)
+        self.verified: dict[tuple, tuple[_Kernel, list]] = {}
+        self.prior: SteadyRun | None = None
+
+    def start(self) -> SteadyRun:
+        """Make this the context of the calls that follow (until :meth:`stop`)."""
+        global _steady
+        self.prior, _steady = _steady, self
+        return self
+
+    def stop(self) -> None:
+        """Give the calls back to the previous context, and forget the routes."""
+        global _steady
+        _steady = self.prior
+        self.verified.clear()
+
+    def __enter__(self) -> SteadyRun:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def check(self) -> None:
+        """Check every guard again on each kernel's next call if the model's parameters
+        changed identity, dtype, device, shape, strides or ``requires_grad``."""
+        layout = _parameter_layout(self.model)
+        if layout != self.layout:
+            self.layout = layout
+            self.verified.clear()
+
+    def call(self, route: tuple, kernel: _Kernel, owner: EnergyModel, args: tuple) -> Any:
+        """``kernel(*args)``, its guards in full unless this route passed them before."""
+        entry = self.verified.get(route)
+        stance = _skip_stance()
+        if entry is None or entry[0] is not kernel or stance is None or not stance.usable():
+            result = kernel(*args)
+            if kernel.seconds is not None and kernel.compiled is not None:
+                if len(self.verified) >= _MAX_VERIFIED:
+                    self.verified.clear()
+                self.verified[route] = (kernel, [owner, *_objects(args)])
+            return result
+        prior = stance.enter()
+        try:
+            return kernel.compiled(*args)
+        except RuntimeError as error:
+            if _REJECTED not in str(error):
+                raise
+        finally:
+            stance.leave(prior)
+        del self.verified[route]
+        return kernel(*args)
+
+
+_steady: SteadyRun | None = None
+
+
+def _parameter_layout(model: EnergyModel) -> tuple:
+    return tuple((id(p), p.dtype, p.device, p.shape, p.stride(), p.requires_grad)
+                 for p in model.parameters())
+
+
+def _objects(value: Any) -> list:
+    """The objects a route names by identity (see :func:`_route`)."""
+    if isinstance(value, tuple):
+        return [found for item in value for found in _objects(item)]
+    if value is None or isinstance(value, (Tensor, *_SCALARS)):
+        return []
+    return [value]
+
+
+class _SkipStance:
+    """Sets dynamo's stance to skip guard evaluation for one call, where the user's
+    stance is the default (another, e.g. ``fail_on_recompile``, is left alone)."""
+
+    def __init__(self, eval_frame: types.ModuleType) -> None:
+        self.eval_frame = eval_frame
+        self.default = eval_frame.DynamoStance()
+        self.skipping = eval_frame.DynamoStance(skip_guard_eval_unsafe=True)
+
+    def usable(self) -> bool:
+        return self.eval_frame._stance == self.default and not torch.compiler.is_compiling()
+
+    def enter(self) -> Any:
+        return self.eval_frame._set_stance(self.skipping)
+
+    def leave(self, prior: Any) -> None:
+        self.eval_frame._set_stance(prior)
+
+
+@functools.cache
+def _skip_stance() -> _SkipStance | None:
+    """Dynamo's stance setter when it can skip guards (torch ≥ 2.6), else ``None``."""
+    try:
+        from torch._dynamo import eval_frame
+    except ImportError:
+        return None
+    stance = getattr(eval_frame, "DynamoStance", None)
+    fields = getattr(stance, "__dataclass_fields__", {})
+    if "skip_guard_eval_unsafe" not in fields or not hasattr(eval_frame, "_set_stance"):
+        return None
+    return _SkipStance(eval_frame)
 
 
 # ------------------------------------------------------------ compiled energies

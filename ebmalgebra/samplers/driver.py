@@ -16,6 +16,7 @@ from ebmalgebra.compile import compile
 from ebmalgebra.constraints import Unconstrained, unconstrain
 from ebmalgebra.distributed import ChainShard, chain_shard, enter_shard, leave_shard
 from ebmalgebra.errors import ArgumentError, CompositionError
+from ebmalgebra.jit import SteadyRun
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import NonFiniteError, Sampler, is_nonfinite
 from ebmalgebra.samplers.escape import EscapeWatch
@@ -615,8 +616,10 @@ def sample(
     bar = progress_bar(n_total, show, type(sampler).__name__)
     restore_threads = use_threads(position.numel())  # one thread for small batches
     token = enter_shard(shard)  # random draws and adaptation see the shard
+    steady = SteadyRun(compiled).start()  # compiled kernels check most guards once a run
     try:
         for index in range(n_total):
+            steady.check()  # the callback may have changed the model's parameters
             state, info = sampler.step(state, generator)
             recorder.add(state, info)  # before adaptation: the step size this step used
             escape.update(index, state.position)
@@ -646,6 +649,7 @@ def sample(
             if bar is not None:
                 bar.update(1)
     finally:
+        steady.stop()
         leave_shard(token)
         restore_threads()
         if bar is not None:
