@@ -243,6 +243,16 @@ def _merge(path: _Trajectory, subtree: _Subtree, forward: Tensor, uniform: Tenso
         path.nonfinite | grown.nonfinite)
 
 
+def _start_path(start: PhasePoint, start_h: Tensor) -> _Trajectory:
+    """The trajectory of one point, ``start`` (Hamiltonian ``start_h``), before any doubling."""
+    zeros = torch.zeros_like(start_h, dtype=torch.long)
+    no_chains = torch.zeros_like(start_h, dtype=torch.bool)
+    return _Trajectory(start, start, _Candidate(start.position, start.energy, start.score,
+                                                start_h),
+                       torch.zeros_like(start_h), start.momentum, ~no_chains, zeros, zeros,
+                       torch.zeros_like(start_h), no_chains, no_chains)
+
+
 def _no_leaves(begin: PhasePoint, start_h: Tensor) -> _Leaves:
     """The leaves of a subtree before its first: Σ w = 0, the candidate ``begin``."""
     no_chains = torch.zeros_like(start_h, dtype=torch.bool)
@@ -343,15 +353,12 @@ class NUTS(StepSizeSampler):
         # With p = F ξ the kinetic energy ½ pᵀ M⁻¹ p is ½ ‖ξ‖² exactly.
         start_h = state.energy + 0.5 * squared_norm(noise)
         start = PhasePoint(x, momentum, state.energy, state.score)
-        zeros = torch.zeros_like(start_h, dtype=torch.long)
-        no_chains = torch.zeros_like(start_h, dtype=torch.bool)
-        path = _Trajectory(start, start, _Candidate(x, state.energy, state.score, start_h),
-                           torch.zeros_like(start_h), momentum, ~no_chains, zeros, zeros,
-                           torch.zeros_like(start_h), no_chains, no_chains)
         first, growing = 0, True
         if self._blocks(x):
             first = min(self.max_depth, _BLOCK_LEVELS + 1)
-            path, growing = self._first_doublings(path, first, start_h, state, generator)
+            path, growing = self._first_doublings(start, first, start_h, state, generator)
+        else:
+            path = _start_path(start, start_h)
         for tree_depth in range(first, self.max_depth):
             if not growing:
                 break
@@ -370,12 +377,13 @@ class NUTS(StepSizeSampler):
                         energy_error, path.divergent, path.nonfinite, path.depth, n_leapfrog)
         return new_state, info
 
-    def _first_doublings(self, path: _Trajectory, n_doublings: int, start_h: Tensor,
+    def _first_doublings(self, start: PhasePoint, n_doublings: int, start_h: Tensor,
                          state: NUTSState, generator: torch.Generator | None,
                          ) -> tuple[_Trajectory, bool]:
-        """The first ``n_doublings`` doublings of ``jit=True`` (subtrees of 1, 2, …,
-        2^(n_doublings − 1) leaves, each one block) in one kernel call
-        (:func:`_first_doublings_update`), and whether any chain still grows.
+        """The trajectory from ``start`` after the first ``n_doublings`` doublings of
+        ``jit=True`` (subtrees of 1, 2, …, 2^(n_doublings − 1) leaves, each one block),
+        in one kernel call (:func:`_first_doublings_update`), and whether any chain
+        still grows.
 
         Their uniforms, per doubling the direction's, the leaves' and the merge's, are one
         ``(Σ_j (2^j + 2), n_chains)`` draw (:class:`_UniformRows`). The eager loop stops
@@ -386,7 +394,7 @@ class NUTS(StepSizeSampler):
         """
         sizes = [2**depth + 2 for depth in range(n_doublings)]
         uniform = _UniformRows(sum(sizes), start_h, generator)
-        path, status = call_compiled(_first_doublings_update, state.potential.model, path,
+        path, status = call_compiled(_first_doublings_update, state.potential.model, start,
                                      state.step_size, uniform.rows, state.metric,
                                      state.potential, start_h, self.max_energy_error)
         drawn = 0
@@ -539,17 +547,18 @@ def _doubling_update(path: _Trajectory, forward: Tensor, step_size: Tensor, unif
     return path, torch.stack([block.alive, path.growing.any().long()])
 
 
-def _first_doublings_update(path: _Trajectory, step_size: Tensor, uniform: Tensor,
+def _first_doublings_update(start: PhasePoint, step_size: Tensor, uniform: Tensor,
                             metric: Metric, potential: Potential, start_h: Tensor,
                             max_energy_error: float) -> tuple[_Trajectory, Tensor]:
-    """The first doublings of a step, each :func:`_doubling_update` (subtrees of 1, 2, 4, …
-    leaves): the unit that ``jit=True`` compiles for them. ``uniform`` holds per doubling
+    """The first doublings of a step from ``start`` (:func:`_start_path`), each
+    :func:`_doubling_update` (subtrees of 1, 2, 4, … leaves): the unit that ``jit=True``
+    compiles for them. ``uniform`` holds per doubling
     of 2^j leaves 2^j + 2 rows, the direction's (forwards where < ½), the leaves' and the
     merge's, ``(Σ_j (2^j + 2), n_chains)``. A doubling after the trajectories have all
     stopped changes nothing: no chain grows, so none merges, and every statistic adds
     zero. Returns the trajectory and, per doubling, its status ``(n_doublings, 2)``.
     """
-    status, row, n_leaves = [], 0, 1
+    path, status, row, n_leaves = _start_path(start, start_h), [], 0, 1
     while row < uniform.shape[0]:
         rows = uniform[row:row + n_leaves + 2]
         path, doubling = _doubling_update(path, rows[0] < 0.5, step_size, rows[1:], metric,
