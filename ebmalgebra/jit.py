@@ -404,7 +404,8 @@ class SteadyRun:
     immutable, and so are a sampler state's potential and metric (a new one is a new
     route). The one thing left, the model's parameters' metadata (a parameter
     replaced, moved or cast, its ``requires_grad`` switched), :meth:`check` compares;
-    the driver calls it before every step, since its callback may have changed them.
+    the driver calls it after each call of its callback, the one place where code
+    other than the library's runs between steps.
 
     Args:
         model: the model being sampled (its parameters are what :meth:`check` compares).

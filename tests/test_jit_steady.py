@@ -91,7 +91,7 @@ def test_a_call_the_skipped_guards_reject_runs_with_every_guard(skipped):
 def test_a_parameter_replaced_between_steps_is_seen(skipped):
     """A callback may cast a parameter (here float64 to float32, and a new object): with
     guards skipped the kernel would read the new tensor as the old dtype. ``check``,
-    which the driver calls before every step, makes the next call check every guard."""
+    which the driver calls after its callback, makes the next call check every guard."""
     net, model = linear_model()
     x = torch.randn(4, 3, dtype=F64)
     with SteadyRun(model) as run:
@@ -122,3 +122,34 @@ def test_sample_runs_its_kernels_with_guards_skipped(skipped):
     eb.sample(model, NUTS(step_size=0.3, jit=True), x0=x0, n_steps=6,
               generator=torch.Generator().manual_seed(1), progress=False)
     assert skipped
+
+
+class Tilt(torch.nn.Module):
+    """E(x) = ½‖x‖² + w·x: a unit Gaussian centred at −w."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([0.5, -1.0], dtype=F64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (x**2).sum(-1) + (x * self.w).sum(-1)
+
+
+def test_sample_sees_a_parameter_its_callback_replaced():
+    """A callback casts the model's parameter to float32 (eager NUTS promotes it): the
+    compiled run must follow, as a run with every guard checked would (tolerance as in
+    test_jit's NUTS runs: rounding compounds over the steps)."""
+    x0 = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+    def run(flag: bool) -> torch.Tensor:
+        tilt = Tilt()
+
+        def cast(step, state, info):
+            if step == 2:
+                tilt.w = torch.nn.Parameter(tilt.w.detach().float())
+
+        return eb.sample(eb.from_energy(tilt, 2, name="tilt"), NUTS(step_size=0.5, jit=flag),
+                         x0=x0, n_steps=6, generator=torch.Generator().manual_seed(1),
+                         progress=False, callback=cast).draws
+
+    torch.testing.assert_close(run(True), run(False), rtol=1e-7, atol=1e-9)

@@ -619,7 +619,6 @@ def sample(
     steady = SteadyRun(compiled).start()  # compiled kernels check most guards once a run
     try:
         for index in range(n_total):
-            steady.check()  # the callback may have changed the model's parameters
             state, info = sampler.step(state, generator)
             recorder.add(state, info)  # before adaptation: the step size this step used
             escape.update(index, state.position)
@@ -646,6 +645,7 @@ def sample(
                         energies[after // thin - 1] = state.energy
             if callback is not None:
                 callback(index, state, info)
+                steady.check()  # the callback may have changed the model's parameters
             if bar is not None:
                 bar.update(1)
     finally:
