@@ -13,8 +13,8 @@ Three entry points use it:
   same chain as ``jit=False`` up to float rounding. ``NUTS(jit=True)`` compiles
   blocks of up to four leaves of its trees (leapfrog steps, energy and score,
   multinomial bookkeeping, the U-turn checks inside the block; the first three
-  doublings with their merges as one kernel) instead, since the tree's doubling and U-turn
-  checks decide, step by step, how many leaves there are.
+  doublings with their merges as one kernel) instead, since the tree's
+  doubling and U-turn checks decide, step by step, how many leaves there are.
 * ``denoising_score_matching(..., jit=True)`` and ``multi_noise_dsm(..., jit=True)``
   compile score and loss into one training kernel, differentiated once by
   ``loss.backward()``.
@@ -45,7 +45,7 @@ doubling and ~0.1 ms of it. Within a run of :func:`ebmalgebra.sample` (a
 :class:`SteadyRun`) a call checks them in full once per kernel and argument
 objects, and afterwards only those on its input tensors and on global state,
 which are all that can change within a run; the model's parameters are compared
-between steps.
+after the run's callback.
 
 **Compile cost.** The first call of a kernel traces and compiles it: a few
 seconds for a 2-D analytic target on one CPU core, 10–30 s for network leaves
@@ -70,6 +70,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 import time
 import types
 import warnings
@@ -215,7 +216,9 @@ def _inductor_options(owner: EnergyModel, example: Tensor | None, differentiable
     doublings on eight schools) and calls the loops, runs as C++ instead of Python,
     ~12% of a NUTS step there (0.84 → 0.73-0.77 ms at 100 chains), the same
     numbers; training kernels keep the Python wrapper their backward pass is built
-    around. On AVX-512 CPUs inductor vectorises 16 floats at a time; rows narrower than
+    around.
+
+    On AVX-512 CPUs inductor vectorises 16 floats at a time; rows narrower than
     that (2-D targets) then take masked loads and gathers, and 8 lanes measured
     1.2-2x faster for a 2-D MALA step. Only for expressions of analytic leaves:
     networks compute on wide hidden layers whatever the input width, and there
@@ -324,9 +327,10 @@ def call_compiled(function: Callable, owner: EnergyModel, *args: Any,
     if differentiable:
         return kernel(*args)
     with torch.no_grad():
-        if _steady is None:
+        steady = getattr(_this_thread, "steady", None)
+        if steady is None:
             return kernel(*args)
-        return _steady.call(route, kernel, owner, args)
+        return steady.call(route, kernel, owner, args)
 
 
 def _kernel_for(function: Callable, differentiable: bool, owner: EnergyModel, args: tuple,
@@ -360,8 +364,9 @@ def clear_cache() -> None:
     """Forget every compiled kernel and availability check (and which warnings were shown)."""
     _kernels.clear()
     _routes.clear()
-    if _steady is not None:
-        _steady.verified.clear()
+    steady = getattr(_this_thread, "steady", None)
+    if steady is not None:
+        steady.verified.clear()
     _warned.clear()
     _platform_problem.cache_clear()
     _cpu_compiler_problem.cache_clear()
@@ -420,15 +425,14 @@ class SteadyRun:
         self.prior: SteadyRun | None = None
 
     def start(self) -> SteadyRun:
-        """Make this the context of the calls that follow (until :meth:`stop`)."""
-        global _steady
-        self.prior, _steady = _steady, self
+        """Make this the context of this thread's calls that follow (until :meth:`stop`)."""
+        self.prior = getattr(_this_thread, "steady", None)
+        _this_thread.steady = self
         return self
 
     def stop(self) -> None:
         """Give the calls back to the previous context, and forget the routes."""
-        global _steady
-        _steady = self.prior
+        _this_thread.steady = self.prior
         self.verified.clear()
 
     def __enter__(self) -> SteadyRun:
@@ -468,7 +472,8 @@ class SteadyRun:
         return kernel(*args)
 
 
-_steady: SteadyRun | None = None
+_this_thread = threading.local()
+"""``steady``: the thread's current :class:`SteadyRun` (runs in other threads have theirs)."""
 
 
 def _parameter_layout(model: EnergyModel) -> tuple:

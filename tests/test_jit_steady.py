@@ -10,6 +10,8 @@ three-term sum at most, a few ulps; a stale kernel is off by orders of magnitude
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -102,6 +104,26 @@ def test_a_parameter_replaced_between_steps_is_seen(skipped):
         result = call_compiled(weighted_sum, model, net, x)
     assert len(skipped) == 1
     torch.testing.assert_close(result, (x * net.weight).sum(-1).detach(), rtol=1e-12, atol=0)
+
+
+def test_a_steady_run_covers_its_own_thread_only(skipped):
+    """Another thread's calls (whose callback the run does not see) check every guard."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+
+    results = []
+
+    def two_calls():
+        results.extend(call_compiled(weighted_sum, model, net, x) for _ in range(2))
+
+    with SteadyRun(model):
+        thread = threading.Thread(target=two_calls)
+        thread.start()
+        thread.join()
+    assert not skipped
+    for result in results:
+        torch.testing.assert_close(result, (x * net.weight).sum(-1).detach(), rtol=1e-12, atol=0)
+    assert len(results) == 2
 
 
 def test_another_stance_of_the_user_is_left_alone(skipped):

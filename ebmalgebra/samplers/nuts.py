@@ -552,11 +552,11 @@ def _first_doublings_update(start: PhasePoint, step_size: Tensor, uniform: Tenso
                             max_energy_error: float) -> tuple[_Trajectory, Tensor]:
     """The first doublings of a step from ``start`` (:func:`_start_path`), each
     :func:`_doubling_update` (subtrees of 1, 2, 4, … leaves): the unit that ``jit=True``
-    compiles for them. ``uniform`` holds per doubling
-    of 2^j leaves 2^j + 2 rows, the direction's (forwards where < ½), the leaves' and the
-    merge's, ``(Σ_j (2^j + 2), n_chains)``. A doubling after the trajectories have all
-    stopped changes nothing: no chain grows, so none merges, and every statistic adds
-    zero. Returns the trajectory and, per doubling, its status ``(n_doublings, 2)``.
+    compiles for them. ``uniform`` holds per doubling of 2^j leaves 2^j + 2 rows, the
+    direction's (forwards where < ½), the leaves' and the merge's,
+    ``(Σ_j (2^j + 2), n_chains)``. A doubling after the trajectories have all stopped
+    changes nothing: no chain grows, so none merges, and every statistic adds zero.
+    Returns the trajectory and, per doubling, its status ``(n_doublings, 2)``.
     """
     path, status, row, n_leaves = _start_path(start, start_h), [], 0, 1
     while row < uniform.shape[0]:
