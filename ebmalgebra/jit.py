@@ -385,6 +385,9 @@ _REJECTED = "skip_guard_eval_unsafe"
 """In the message dynamo raises when a call would recompile while guards are skipped."""
 
 _MAX_VERIFIED = 256
+"""Verified routes a run keeps (with their objects) before it starts afresh: a sampler
+that makes new argument objects every step (a new route each) cannot grow it without
+bound."""
 
 
 class SteadyRun:
