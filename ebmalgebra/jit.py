@@ -12,9 +12,9 @@ Three entry points use it:
   ``torch.Generator``, in the same order as the eager step, so a seed gives the
   same chain as ``jit=False`` up to float rounding. ``NUTS(jit=True)`` compiles
   blocks of up to four leaves of its trees (leapfrog steps, energy and score,
-  multinomial bookkeeping, the U-turn checks inside the block, and for the
-  first doublings the merge) instead, since the tree's doubling and U-turn
-  checks decide, step by step, how many leaves there are.
+  multinomial bookkeeping, the U-turn checks inside the block; the first three
+  doublings with their merges as one kernel) instead, since the tree's
+  doubling and U-turn checks decide, step by step, how many leaves there are.
 * ``denoising_score_matching(..., jit=True)`` and ``multi_noise_dsm(..., jit=True)``
   compile score and loss into one training kernel, differentiated once by
   ``loss.backward()``.
@@ -40,6 +40,13 @@ never compete for dynamo's per-function limit of eight compiled variants. HMC
 compiles one kernel per trajectory length: with the default jitter of 20%
 around L₀ = 10 that is up to five kernels, compiled as the lengths first occur.
 
+**Guards.** Dynamo checks a kernel's guards on every call, hundreds for a NUTS
+doubling and ~0.1 ms of it. Within a run of :func:`ebmalgebra.sample` (a
+:class:`SteadyRun`) a call checks them in full once per kernel and argument
+objects, and afterwards only those on its input tensors and on global state,
+which are all that can change within a run; the model's parameters are compared
+after the run's callback.
+
 **Compile cost.** The first call of a kernel traces and compiles it: a few
 seconds for a 2-D analytic target on one CPU core, 10–30 s for network leaves
 and long HMC trajectories, plus a start-up of about ten seconds for the first
@@ -63,6 +70,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 import time
 import types
 import warnings
@@ -82,6 +90,7 @@ __all__ = [
     "DISABLE_ENV",
     "InductorEnergy",
     "JitFallbackWarning",
+    "SteadyRun",
     "call_compiled",
     "clear_cache",
     "compile_seconds",
@@ -156,7 +165,7 @@ class _Kernel:
     __slots__ = ("function", "compiled", "label", "seconds")
 
     def __init__(self, function: Callable, label: str, owner: EnergyModel,
-                 example: Tensor | None) -> None:
+                 example: Tensor | None, differentiable: bool) -> None:
         self.function = function
         self.label = label
         self.seconds: float | None = None
@@ -170,8 +179,8 @@ class _Kernel:
             # Static shapes: kernels are cached per shape and traced with dynamic shapes
             # off (see _first_call). dynamic=False would pin the same, but it patches
             # dynamo's config around every call: ~7 µs of a ~40 µs 2-D step.
-            self.compiled = torch.compile(_own_code(function),
-                                          options=_inductor_options(owner, example))
+            self.compiled = torch.compile(
+                _own_code(function), options=_inductor_options(owner, example, differentiable))
 
     def __call__(self, *args: Any) -> Any:
         if self.compiled is None:
@@ -198,8 +207,16 @@ class _Kernel:
         return result
 
 
-def _inductor_options(owner: EnergyModel, example: Tensor | None) -> dict[str, Any] | None:
+def _inductor_options(owner: EnergyModel, example: Tensor | None, differentiable: bool,
+                      ) -> dict[str, Any] | None:
     """Inductor settings for kernels of ``owner`` over rows like ``example``.
+
+    Kernels without autograd get a C++ wrapper (``cpp_wrapper``): the code around the
+    compiled loops, which allocates a kernel's buffers (~190 for NUTS's first three
+    doublings on eight schools) and calls the loops, runs as C++ instead of Python,
+    ~12% of a NUTS step there (0.84 → 0.73-0.77 ms at 100 chains), the same
+    numbers; training kernels keep the Python wrapper their backward pass is built
+    around.
 
     On AVX-512 CPUs inductor vectorises 16 floats at a time; rows narrower than
     that (2-D targets) then take masked loads and gathers, and 8 lanes measured
@@ -209,13 +226,14 @@ def _inductor_options(owner: EnergyModel, example: Tensor | None) -> dict[str, A
     """
     if example is None or example.device.type != "cpu" or example.dim() < 1:
         return None
+    options: dict[str, Any] = {} if differentiable else {"cpp_wrapper": True}
     analytic = isinstance(owner, CompiledEnergy) and all(
         kind == ANALYTIC for kind in owner.lowered.kinds)
     width = math.prod(example.shape[1:])
     capability = torch.backends.cpu.get_cpu_capability()
     if analytic and capability.startswith("AVX512") and 0 < width < 16:
-        return {"cpp.simdlen": 8}
-    return None
+        options["cpp.simdlen"] = 8
+    return options or None
 
 
 def _own_code(function: Callable) -> Callable:
@@ -295,7 +313,8 @@ def call_compiled(function: Callable, owner: EnergyModel, *args: Any,
     By default the call runs without autograd recording, like the detached eager
     evaluations it replaces. ``differentiable=True`` keeps autograd on: the kernel
     is then a training graph whose outputs backpropagate into the parameters once
-    (first derivatives only, e.g. a denoising score-matching loss).
+    (first derivatives only, e.g. a denoising score-matching loss). Inside a
+    :class:`SteadyRun` the other calls check most of dynamo's guards only once.
     """
     if isinstance(function, types.MethodType):
         function, args = function.__func__, (function.__self__, *args)
@@ -308,7 +327,10 @@ def call_compiled(function: Callable, owner: EnergyModel, *args: Any,
     if differentiable:
         return kernel(*args)
     with torch.no_grad():
-        return kernel(*args)
+        steady = getattr(_this_thread, "steady", None)
+        if steady is None:
+            return kernel(*args)
+        return steady.call(route, kernel, owner, args)
 
 
 def _kernel_for(function: Callable, differentiable: bool, owner: EnergyModel, args: tuple,
@@ -322,7 +344,7 @@ def _kernel_for(function: Callable, differentiable: bool, owner: EnergyModel, ar
     if kernel is None:
         example = next(_tensors(args), None)
         label = _label(function, expression) + (" (training)" if differentiable else "")
-        kernel = table[key] = _Kernel(function, label, owner, example)
+        kernel = table[key] = _Kernel(function, label, owner, example, differentiable)
     return kernel
 
 
@@ -342,6 +364,9 @@ def clear_cache() -> None:
     """Forget every compiled kernel and availability check (and which warnings were shown)."""
     _kernels.clear()
     _routes.clear()
+    steady = getattr(_this_thread, "steady", None)
+    if steady is not None:
+        steady.verified.clear()
     _warned.clear()
     _platform_problem.cache_clear()
     _cpu_compiler_problem.cache_clear()
@@ -352,6 +377,153 @@ def compile_seconds() -> list[tuple[str, float]]:
     that compiled; useful to report the one-off cost apart from the run time."""
     return [(kernel.label, kernel.seconds) for table in list(_kernels.values())
             for kernel in table.values() if kernel.seconds is not None]
+
+
+# ------------------------------------------------------------------ steady runs
+
+_REJECTED = "skip_guard_eval_unsafe"
+"""In the message dynamo raises when a call would recompile while guards are skipped."""
+
+_MAX_VERIFIED = 256
+"""Verified routes a run keeps (with their objects) before it starts afresh: a sampler
+that makes new argument objects every step (a new route each) cannot grow it without
+bound."""
+
+
+class SteadyRun:
+    """A sampling run's context: each kernel's guards are checked in full once, then only
+    those that can fail within the run.
+
+    Dynamo checks a compiled kernel's guards on every call: hundreds for a NUTS doubling
+    (every input tensor's dtype, shape and strides, global state, and the type,
+    identity or value of every object and constant the trace read, down to the
+    model's attributes and its parameters' metadata), ~0.1 ms a call on eight schools.
+    Inside this context a call without autograd (see :func:`call_compiled`) whose
+    kernel and argument objects (its route: the objects by identity, held here so that
+    their ids stay theirs) passed the full guards earlier in the context runs with
+    ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` (torch ≥ 2.6, and only
+    under the default stance), which still checks the input tensors (dtype, device,
+    shape, strides, ``requires_grad``), global state (grad mode, autocast, default
+    dtype, deterministic algorithms) and torch-function modes: a call that fails those
+    is rejected and runs again with every guard, recompiling where it must.
+
+    What it skips cannot change within a run: the route fixes the kernel, the shapes
+    and dtypes, the Python constants and the argument objects, expression nodes are
+    immutable, and so are a sampler state's potential and metric (a new one is a new
+    route). The one thing left, the model's parameters' metadata (a parameter
+    replaced, moved or cast, its ``requires_grad`` switched), :meth:`check` compares;
+    the driver calls it after each call of its callback, the one place where code
+    other than the library's runs between steps.
+
+    Args:
+        model: the model being sampled (its parameters are what :meth:`check` compares).
+    """
+
+    __slots__ = ("model", "layout", "verified", "prior")
+
+    def __init__(self, model: EnergyModel) -> None:
+        self.model = model
+        self.layout = _parameter_layout(model)
+        self.verified: dict[tuple, tuple[_Kernel, list]] = {}
+        self.prior: SteadyRun | None = None
+
+    def start(self) -> SteadyRun:
+        """Make this the context of this thread's calls that follow (until :meth:`stop`)."""
+        self.prior = getattr(_this_thread, "steady", None)
+        _this_thread.steady = self
+        return self
+
+    def stop(self) -> None:
+        """Give the calls back to the previous context, and forget the routes."""
+        _this_thread.steady = self.prior
+        self.verified.clear()
+
+    def __enter__(self) -> SteadyRun:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def check(self) -> None:
+        """Check every guard again on each kernel's next call if the model's parameters
+        changed identity, dtype, device, shape, strides or ``requires_grad``."""
+        layout = _parameter_layout(self.model)
+        if layout != self.layout:
+            self.layout = layout
+            self.verified.clear()
+
+    def call(self, route: tuple, kernel: _Kernel, owner: EnergyModel, args: tuple) -> Any:
+        """``kernel(*args)``, its guards in full unless this route passed them before."""
+        entry = self.verified.get(route)
+        stance = _skip_stance()
+        if entry is None or entry[0] is not kernel or stance is None or not stance.usable():
+            result = kernel(*args)
+            if kernel.seconds is not None and kernel.compiled is not None:
+                if len(self.verified) >= _MAX_VERIFIED:
+                    self.verified.clear()
+                self.verified[route] = (kernel, [owner, *_objects(args)])
+            return result
+        prior = stance.enter()
+        try:
+            return kernel.compiled(*args)
+        except RuntimeError as error:
+            if _REJECTED not in str(error):
+                raise
+        finally:
+            stance.leave(prior)
+        del self.verified[route]
+        return kernel(*args)
+
+
+_this_thread = threading.local()
+"""``steady``: the thread's current :class:`SteadyRun` (runs in other threads have theirs)."""
+
+
+def _parameter_layout(model: EnergyModel) -> tuple:
+    return tuple((id(p), p.dtype, p.device, p.shape, p.stride(), p.requires_grad)
+                 for p in model.parameters())
+
+
+def _objects(value: Any) -> list:
+    """The objects a route names by identity (see :func:`_route`)."""
+    if isinstance(value, tuple):
+        return [found for item in value for found in _objects(item)]
+    if value is None or isinstance(value, (Tensor, *_SCALARS)):
+        return []
+    return [value]
+
+
+class _SkipStance:
+    """Sets dynamo's stance to skip guard evaluation for one call, where the user's
+    stance is the default (another, e.g. ``fail_on_recompile``, is left alone)."""
+
+    def __init__(self, eval_frame: types.ModuleType) -> None:
+        self.eval_frame = eval_frame
+        self.default = eval_frame.DynamoStance()
+        self.skipping = eval_frame.DynamoStance(skip_guard_eval_unsafe=True)
+
+    def usable(self) -> bool:
+        return self.eval_frame._stance == self.default and not torch.compiler.is_compiling()
+
+    def enter(self) -> Any:
+        return self.eval_frame._set_stance(self.skipping)
+
+    def leave(self, prior: Any) -> None:
+        self.eval_frame._set_stance(prior)
+
+
+@functools.cache
+def _skip_stance() -> _SkipStance | None:
+    """Dynamo's stance setter when it can skip guards (torch ≥ 2.6), else ``None``."""
+    try:
+        from torch._dynamo import eval_frame
+    except ImportError:
+        return None
+    stance = getattr(eval_frame, "DynamoStance", None)
+    fields = getattr(stance, "__dataclass_fields__", {})
+    if "skip_guard_eval_unsafe" not in fields or not hasattr(eval_frame, "_set_stance"):
+        return None
+    return _SkipStance(eval_frame)
 
 
 # ------------------------------------------------------------ compiled energies

@@ -16,6 +16,7 @@ from ebmalgebra.compile import compile
 from ebmalgebra.constraints import Unconstrained, unconstrain
 from ebmalgebra.distributed import ChainShard, chain_shard, enter_shard, leave_shard
 from ebmalgebra.errors import ArgumentError, CompositionError
+from ebmalgebra.jit import SteadyRun
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import NonFiniteError, Sampler, is_nonfinite
 from ebmalgebra.samplers.escape import EscapeWatch
@@ -615,6 +616,7 @@ def sample(
     bar = progress_bar(n_total, show, type(sampler).__name__)
     restore_threads = use_threads(position.numel())  # one thread for small batches
     token = enter_shard(shard)  # random draws and adaptation see the shard
+    steady = SteadyRun(compiled).start()  # compiled kernels check most guards once a run
     try:
         for index in range(n_total):
             state, info = sampler.step(state, generator)
@@ -643,9 +645,11 @@ def sample(
                         energies[after // thin - 1] = state.energy
             if callback is not None:
                 callback(index, state, info)
+                steady.check()  # the callback may have changed the model's parameters
             if bar is not None:
                 bar.update(1)
     finally:
+        steady.stop()
         leave_shard(token)
         restore_threads()
         if bar is not None:

@@ -39,13 +39,15 @@ growing. A leapfrog step evaluates the score only at the rows still integrating
 (the others are finished), so each chain costs one ``energy_and_score`` row per
 leapfrog step of its own tree, and the step as a whole costs max over chains of
 n_leapfrog batched calls. With ``jit=True`` the leaves run in compiled blocks over
-all rows, the finished chains' results unused: each of the first doublings
-(subtrees of 1, 2 and 4 leaves) is one kernel, leaves, U-turn checks and merge;
-deeper subtrees run as blocks of 4 leaves with the U-turn checks inside a block
+all rows, the finished chains' results unused: the first three doublings
+(subtrees of 1, 2 and 4 leaves) are one kernel, directions, leaves, U-turn checks
+and merges (a doubling after every chain has stopped changes nothing); deeper
+subtrees run as blocks of 4 leaves with the U-turn checks inside a block
 compiled, the longer spans' checks and the merge eager. The random numbers are
-drawn outside the kernels in the eager order: a block's are drawn at once, and
-the generator is set back when every chain stops inside the block, so a seed
-gives the same trees as with ``jit=False`` up to float rounding.
+drawn outside the kernels in the eager order: a kernel's are drawn at once, and
+the generator is set back to where the eager loop would have stopped drawing
+when every chain stops inside the kernel's leaves, so a seed gives the same
+trees as with ``jit=False`` up to float rounding.
 
 Shapes: positions ``(n_chains, *event_shape)``; per-chain info ``(n_chains,)``.
 """
@@ -241,6 +243,16 @@ def _merge(path: _Trajectory, subtree: _Subtree, forward: Tensor, uniform: Tenso
         path.nonfinite | grown.nonfinite)
 
 
+def _start_path(start: PhasePoint, start_h: Tensor) -> _Trajectory:
+    """The trajectory of one point, ``start`` (Hamiltonian ``start_h``), before any doubling."""
+    zeros = torch.zeros_like(start_h, dtype=torch.long)
+    no_chains = torch.zeros_like(start_h, dtype=torch.bool)
+    return _Trajectory(start, start, _Candidate(start.position, start.energy, start.score,
+                                                start_h),
+                       torch.zeros_like(start_h), start.momentum, ~no_chains, zeros, zeros,
+                       torch.zeros_like(start_h), no_chains, no_chains)
+
+
 def _no_leaves(begin: PhasePoint, start_h: Tensor) -> _Leaves:
     """The leaves of a subtree before its first: Σ w = 0, the candidate ``begin``."""
     no_chains = torch.zeros_like(start_h, dtype=torch.bool)
@@ -279,13 +291,13 @@ class NUTS(StepSizeSampler):
         max_energy_error: energy error H − H₀ beyond which a subtree is divergent.
         jit: compile blocks of up to four leaves (leapfrog steps, energy and score,
             weights, candidate selection, statistics, the U-turn checks inside the
-            block, and for the first three doublings the merge into the trajectory)
-            with ``torch.compile``, one kernel per block size (CPU; with chains
+            block; the first three doublings, with their merges into the
+            trajectory, are one kernel) with ``torch.compile`` (CPU; with chains
             sharded across processes or on other devices, one leaf per kernel); the
             random numbers are drawn outside in the eager order, so a seed gives the
             same chain as ``jit=False`` up to float rounding. The finished chains'
             rows are stepped too (static shapes), unused. The first steps pay a
-            one-off compile of four kernels, tens of seconds cold (seconds from
+            one-off compile of two kernels, tens of seconds cold (seconds from
             inductor's on-disk cache); see :mod:`ebmalgebra.jit`.
 
     Example:
@@ -341,26 +353,22 @@ class NUTS(StepSizeSampler):
         # With p = F ξ the kinetic energy ½ pᵀ M⁻¹ p is ½ ‖ξ‖² exactly.
         start_h = state.energy + 0.5 * squared_norm(noise)
         start = PhasePoint(x, momentum, state.energy, state.score)
-        zeros = torch.zeros_like(start_h, dtype=torch.long)
-        no_chains = torch.zeros_like(start_h, dtype=torch.bool)
-        path = _Trajectory(start, start, _Candidate(x, state.energy, state.score, start_h),
-                           torch.zeros_like(start_h), momentum, ~no_chains, zeros, zeros,
-                           torch.zeros_like(start_h), no_chains, no_chains)
-        blocks = self._blocks(x)
-        for tree_depth in range(self.max_depth):
-            forward = draw_uniform(x, generator) < 0.5
-            if blocks and tree_depth <= _BLOCK_LEVELS:
-                path, growing = self._doubling(path, forward, tree_depth, start_h, state,
-                                               generator)
-            else:
-                signed_step = torch.where(forward, state.step_size, -state.step_size)
-                begin = _where_point(forward, path.right, path.left)
-                subtree = self._grow(begin, signed_step, tree_depth, path.growing, start_h,
-                                     state, generator)
-                path = _merge(path, subtree, forward, draw_uniform(x, generator), metric)
-                growing = any_chain(path.growing)  # over all ranks' chains when sharded
+        first, growing = 0, True
+        if self._blocks(x):
+            first = min(self.max_depth, _BLOCK_LEVELS + 1)
+            path, growing = self._first_doublings(start, first, start_h, state, generator)
+        else:
+            path = _start_path(start, start_h)
+        for tree_depth in range(first, self.max_depth):
             if not growing:
                 break
+            forward = draw_uniform(x, generator) < 0.5
+            signed_step = torch.where(forward, state.step_size, -state.step_size)
+            begin = _where_point(forward, path.right, path.left)
+            subtree = self._grow(begin, signed_step, tree_depth, path.growing, start_h,
+                                 state, generator)
+            path = _merge(path, subtree, forward, draw_uniform(x, generator), metric)
+            growing = any_chain(path.growing)  # over all ranks' chains when sharded
         candidate, n_leapfrog, sum_accept = path.candidate, path.n_leapfrog, path.sum_accept
         energy_error = candidate.hamiltonian - start_h
         new_state = state._replace(position=candidate.position, energy=candidate.energy,
@@ -369,26 +377,33 @@ class NUTS(StepSizeSampler):
                         energy_error, path.divergent, path.nonfinite, path.depth, n_leapfrog)
         return new_state, info
 
-    def _doubling(self, path: _Trajectory, forward: Tensor, tree_depth: int, start_h: Tensor,
-                  state: NUTSState, generator: torch.Generator | None,
-                  ) -> tuple[_Trajectory, bool]:
-        """One doubling of ``jit=True`` whose subtree is one block: a kernel call
-        (:func:`_doubling_update`) and whether any chain still grows.
+    def _first_doublings(self, start: PhasePoint, n_doublings: int, start_h: Tensor,
+                         state: NUTSState, generator: torch.Generator | None,
+                         ) -> tuple[_Trajectory, bool]:
+        """The trajectory from ``start`` after the first ``n_doublings`` doublings of
+        ``jit=True`` (subtrees of 1, 2, …, 2^(n_doublings − 1) leaves, each one block),
+        in one kernel call (:func:`_first_doublings_update`), and whether any chain
+        still grows.
 
-        Its uniforms, the subtree's leaves' and then the merge's, are one
-        ``(2^tree_depth + 1, n_chains)`` draw (:class:`_UniformRows`). When no chain is
-        left growing before the last leaf, the eager loop stops drawing leaves'
-        uniforms there (and draws the merge's next), so only those rows are kept:
-        since no chain merges such a subtree, the numbers that moved do not matter.
+        Their uniforms, per doubling the direction's, the leaves' and the merge's, are one
+        ``(Σ_j (2^j + 2), n_chains)`` draw (:class:`_UniformRows`). The eager loop stops
+        drawing where every chain has stopped: after the first doubling that leaves no
+        chain growing, and inside it after the last leaf that began with a chain growing
+        (then drawing the merge's next). Only those rows are kept: since no chain merges
+        such a subtree, and no later doubling runs, the numbers that moved do not matter.
         """
-        n_leaves = 2**tree_depth
-        uniform = _UniformRows(n_leaves + 1, start_h, generator)
-        path, status = call_compiled(_doubling_update, state.potential.model, path, forward,
+        sizes = [2**depth + 2 for depth in range(n_doublings)]
+        uniform = _UniformRows(sum(sizes), start_h, generator)
+        path, status = call_compiled(_first_doublings_update, state.potential.model, start,
                                      state.step_size, uniform.rows, state.metric,
                                      state.potential, start_h, self.max_energy_error)
-        started, growing = status.tolist()
-        if started < n_leaves:
-            uniform.keep(started + 1)
+        drawn = 0
+        for size, (started, growing) in zip(sizes, status.tolist(), strict=True):
+            drawn += 2 + min(started, size - 2)
+            if not growing:
+                break
+        if drawn < uniform.shape[0]:
+            uniform.keep(drawn)
         return path, bool(growing)
 
     def _grow(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int,
@@ -517,9 +532,9 @@ def _doubling_update(path: _Trajectory, forward: Tensor, step_size: Tensor, unif
                      max_energy_error: float) -> tuple[_Trajectory, Tensor]:
     """A doubling whose subtree is one block: its 2^b leaves (:func:`_block_update`,
     uniforms ``uniform[:-1]``) from the end of ``path`` in the direction ``forward``,
-    merged (:func:`_merge`, uniform ``uniform[-1]``). The unit that ``jit=True``
-    compiles for the first doublings. Returns the new trajectory and ``(2,)``: the
-    block's ``alive`` count and whether any chain still grows.
+    merged (:func:`_merge`, uniform ``uniform[-1]``); ``jit=True`` compiles the first
+    doublings together (:func:`_first_doublings_update`). Returns the new trajectory
+    and ``(2,)``: the block's ``alive`` count and whether any chain still grows.
     """
     signed_step = torch.where(forward, step_size, -step_size)
     begin = _where_point(forward, path.right, path.left)
@@ -530,6 +545,27 @@ def _doubling_update(path: _Trajectory, forward: Tensor, step_size: Tensor, unif
     subtree = _Subtree(block.point, block.first, block.last, block.leaves, block.valid)
     path = _merge(path, subtree, forward, uniform[-1], metric)
     return path, torch.stack([block.alive, path.growing.any().long()])
+
+
+def _first_doublings_update(start: PhasePoint, step_size: Tensor, uniform: Tensor,
+                            metric: Metric, potential: Potential, start_h: Tensor,
+                            max_energy_error: float) -> tuple[_Trajectory, Tensor]:
+    """The first doublings of a step from ``start`` (:func:`_start_path`), each
+    :func:`_doubling_update` (subtrees of 1, 2, 4, … leaves): the unit that ``jit=True``
+    compiles for them. ``uniform`` holds per doubling of 2^j leaves 2^j + 2 rows, the
+    direction's (forwards where < ½), the leaves' and the merge's,
+    ``(Σ_j (2^j + 2), n_chains)``. A doubling after the trajectories have all stopped
+    changes nothing: no chain grows, so none merges, and every statistic adds zero.
+    Returns the trajectory and, per doubling, its status ``(n_doublings, 2)``.
+    """
+    path, status, row, n_leaves = _start_path(start, start_h), [], 0, 1
+    while row < uniform.shape[0]:
+        rows = uniform[row:row + n_leaves + 2]
+        path, doubling = _doubling_update(path, rows[0] < 0.5, step_size, rows[1:], metric,
+                                          potential, start_h, max_energy_error)
+        status.append(doubling)
+        row, n_leaves = row + n_leaves + 2, 2 * n_leaves
+    return path, torch.stack(status)
 
 
 def _close_spans(starts: list, unit: int, first: _End, sum_before: Tensor, previous: _End,

@@ -1,0 +1,177 @@
+"""Steady runs (``ebmalgebra.jit.SteadyRun``): inside a sampling run a kernel's guards are
+checked in full on its first call, then skipped except those on the input tensors and on
+global state; a call those reject, and a call after the model's parameters changed, runs
+with every guard again and gives the eager result.
+
+Each test compiles one or two small kernels (a few seconds each). Results are compared
+with the same function run eagerly, in float64, to 1e-12 relative: kernels reorder a
+three-term sum at most, a few ulps; a stale kernel is off by orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import ebmalgebra as eb
+from ebmalgebra import jit
+from ebmalgebra.jit import SteadyRun, call_compiled
+from ebmalgebra.samplers import NUTS
+from ebmalgebra.targets import Gaussian
+
+F64 = torch.float64
+
+pytestmark = pytest.mark.skipif(jit._skip_stance() is None or jit.unavailable_reason() is not None,
+                                reason="needs torch.compile with skip_guard_eval_unsafe")
+
+
+@pytest.fixture(autouse=True)
+def fresh_jit():
+    jit.clear_cache()
+    yield
+    jit.clear_cache()
+
+
+@pytest.fixture
+def skipped(monkeypatch) -> list[int]:
+    """Counts the calls that ran with guards skipped."""
+    counts = []
+    enter = jit._SkipStance.enter
+
+    def counting(self):
+        counts.append(1)
+        return enter(self)
+
+    monkeypatch.setattr(jit._SkipStance, "enter", counting)
+    return counts
+
+
+def weighted_sum(net: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return (x * net.weight).sum(-1)
+
+
+def linear_model() -> tuple[torch.nn.Linear, eb.EnergyModel]:
+    net = torch.nn.Linear(3, 1).to(F64)
+    return net, eb.from_energy(net, 3, name="linear")
+
+
+def test_a_steady_run_checks_every_guard_once_then_skips_them(skipped):
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model):
+        first = call_compiled(weighted_sum, model, net, x)
+        assert not skipped  # the first call of a route checks every guard
+        second = call_compiled(weighted_sum, model, net, x)
+        assert len(skipped) == 1
+    call_compiled(weighted_sum, model, net, x)  # outside a run: every guard
+    assert len(skipped) == 1
+    expected = (x * net.weight).sum(-1).detach()
+    torch.testing.assert_close(first, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(second, expected, rtol=1e-12, atol=0)
+
+
+def test_a_call_the_skipped_guards_reject_runs_with_every_guard(skipped):
+    """Same shape and dtype (so the same route), other strides: dynamo rejects the call
+    with guards skipped, and it runs again with all of them (a recompile)."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    strided = torch.randn(3, 4, dtype=F64).t()
+    with SteadyRun(model):
+        call_compiled(weighted_sum, model, net, x)
+        result = call_compiled(weighted_sum, model, net, strided)
+        assert len(skipped) == 1  # tried with guards skipped, rejected
+        call_compiled(weighted_sum, model, net, strided)  # every guard: verified again
+        again = call_compiled(weighted_sum, model, net, strided)
+    assert len(skipped) == 2
+    expected = (strided * net.weight).sum(-1).detach()
+    torch.testing.assert_close(result, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(again, expected, rtol=1e-12, atol=0)
+
+
+def test_a_parameter_replaced_between_steps_is_seen(skipped):
+    """A callback may cast a parameter (here float64 to float32, and a new object): with
+    guards skipped the kernel would read the new tensor as the old dtype. ``check``,
+    which the driver calls after its callback, makes the next call check every guard."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model) as run:
+        call_compiled(weighted_sum, model, net, x)
+        call_compiled(weighted_sum, model, net, x)
+        net.weight = torch.nn.Parameter(net.weight.detach().float())
+        run.check()
+        result = call_compiled(weighted_sum, model, net, x)
+    assert len(skipped) == 1
+    torch.testing.assert_close(result, (x * net.weight).sum(-1).detach(), rtol=1e-12, atol=0)
+
+
+def test_a_steady_run_covers_its_own_thread_only(skipped):
+    """Another thread's calls (whose callback the run does not see) check every guard."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+
+    results = []
+
+    def two_calls():
+        results.extend(call_compiled(weighted_sum, model, net, x) for _ in range(2))
+
+    with SteadyRun(model):
+        thread = threading.Thread(target=two_calls)
+        thread.start()
+        thread.join()
+    assert not skipped
+    for result in results:
+        torch.testing.assert_close(result, (x * net.weight).sum(-1).detach(), rtol=1e-12, atol=0)
+    assert len(results) == 2
+
+
+def test_another_stance_of_the_user_is_left_alone(skipped):
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model):
+        call_compiled(weighted_sum, model, net, x)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            call_compiled(weighted_sum, model, net, x)
+    assert not skipped
+
+
+def test_sample_runs_its_kernels_with_guards_skipped(skipped):
+    """The driver opens a steady run: NUTS(jit=True)'s kernels skip their guards after the
+    first steps (the draws are those of the jit tests, which run through it too)."""
+    model = Gaussian(torch.zeros(2, dtype=F64), torch.tensor([0.5, 2.0], dtype=F64))
+    x0 = torch.randn(8, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    eb.sample(model, NUTS(step_size=0.3, jit=True), x0=x0, n_steps=6,
+              generator=torch.Generator().manual_seed(1), progress=False)
+    assert skipped
+
+
+class Tilt(torch.nn.Module):
+    """E(x) = ½‖x‖² + w·x: a unit Gaussian centred at −w."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([0.5, -1.0], dtype=F64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (x**2).sum(-1) + (x * self.w).sum(-1)
+
+
+def test_sample_sees_a_parameter_its_callback_replaced():
+    """A callback casts the model's parameter to float32 (eager NUTS promotes it): the
+    compiled run must follow, as a run with every guard checked would (tolerance as in
+    test_jit's NUTS runs: rounding compounds over the steps)."""
+    x0 = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+    def run(flag: bool) -> torch.Tensor:
+        tilt = Tilt()
+
+        def cast(step, state, info):
+            if step == 2:
+                tilt.w = torch.nn.Parameter(tilt.w.detach().float())
+
+        return eb.sample(eb.from_energy(tilt, 2, name="tilt"), NUTS(step_size=0.5, jit=flag),
+                         x0=x0, n_steps=6, generator=torch.Generator().manual_seed(1),
+                         progress=False, callback=cast).draws
+
+    torch.testing.assert_close(run(True), run(False), rtol=1e-7, atol=1e-9)
