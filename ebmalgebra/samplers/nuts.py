@@ -400,11 +400,28 @@ class NUTS(StepSizeSampler):
         :func:`_close_spans`). Eagerly the leaves come one by one; with ``jit=True``
         in blocks of 2^b (:func:`_block_update`, b = min(tree_depth, ``_BLOCK_LEVELS``)),
         each one kernel call that also checks the spans inside the block, so only
-        the spans of more than 2^b leaves are checked here, block by block.
+        the spans of more than 2^b leaves are checked here, block by block. When the
+        growing chains are few (:func:`_compact_rows`), the blocks run on their rows
+        only and the subtree is scattered back (:func:`_scatter_subtree`).
         """
-        metric = state.metric
+        metric, potential = state.metric, state.potential
         levels = min(tree_depth, _BLOCK_LEVELS) if self._blocks(start_h) else 0
-        point, valid, leaves = begin, growing, _no_leaves(begin, start_h)
+        rows = _compact_rows(growing, start_h) if levels else None
+        if rows is None:
+            return self._subtree(begin, signed_step, tree_depth, levels, growing, start_h,
+                                 metric, potential, generator, None)
+        index = rows.index
+        compact = self._subtree(_take(begin, index), signed_step.index_select(0, index),
+                                tree_depth, levels, rows.valid, start_h.index_select(0, index),
+                                metric, _rows_of(potential, index), generator, rows)
+        return _scatter_subtree(compact, rows, begin, start_h, metric)
+
+    def _subtree(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int, levels: int,
+                 valid: Tensor, start_h: Tensor, metric: Metric, potential: Potential,
+                 generator: torch.Generator | None, rows: _Rows | None) -> _Subtree:
+        """:meth:`_grow`'s loop over the units of 2^``levels`` leaves, on every chain, or
+        on the compact batch ``rows`` (whose uniforms are drawn for every chain)."""
+        point, leaves = begin, _no_leaves(begin, start_h)
         previous = _End(begin.momentum, metric.velocity(begin.momentum))
         starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth - levels + 1)
         alive = True  # some chain grows: NUTS.step would not have called this otherwise
@@ -416,12 +433,12 @@ class NUTS(StepSizeSampler):
             sum_before = leaves.running_sum
             if self.jit:
                 block = self._block(point, signed_step, leaves, valid, start_h, previous,
-                                    state, 2 ** levels, generator)
+                                    metric, potential, 2 ** levels, generator, rows)
                 point, leaves, first, last, valid = block[:5]
             else:
                 # Drawn before the leaf's update (which draws nothing).
                 uniform = draw_uniform(start_h, generator)
-                point = _leapfrog_rows(point, signed_step, metric, state.potential, valid)
+                point = _leapfrog_rows(point, signed_step, metric, potential, valid)
                 leaves, last, diverged = _account_leaf(point, metric, leaves, valid, start_h,
                                                        uniform, self.max_energy_error)
                 first, valid = last, valid & ~diverged
@@ -439,29 +456,97 @@ class NUTS(StepSizeSampler):
         return self.jit and like.device.type == "cpu" and active_shard() is None
 
     def _block(self, point: PhasePoint, signed_step: Tensor, leaves: _Leaves, valid: Tensor,
-               start_h: Tensor, previous: _End, state: NUTSState, n_leaves: int,
-               generator: torch.Generator | None) -> _Block:
-        """``n_leaves`` leaves of every chain in one kernel call, with their uniforms.
+               start_h: Tensor, previous: _End, metric: Metric, potential: Potential,
+               n_leaves: int, generator: torch.Generator | None, rows: _Rows | None) -> _Block:
+        """``n_leaves`` leaves of every chain (or of the compact batch ``rows``) in one
+        kernel call, with their uniforms.
 
         The uniforms of all the block's leaves are drawn before the call, as one
-        ``(n_leaves, n_chains)`` draw (:class:`_UniformRows`). When no chain is left
+        ``(n_leaves, n_chains)`` draw (:class:`_UniformRows`) over every chain, of
+        which a compact batch takes its chains' columns. When no chain is left
         growing before the block's last leaf, the eager loop would have stopped
         drawing there, so only the rows of the leaves that ran are kept: both paths
         leave the generator as the eager leaf-by-leaf loop does.
         """
-        model, metric, potential = state.potential.model, state.metric, state.potential
+        model = potential.model
         if n_leaves == 1:
             return call_compiled(_block_update, model, point, signed_step, metric, potential,
                                  leaves, valid, start_h, draw_uniform(start_h, generator)[None],
                                  previous, self.max_energy_error)
-        uniform = _UniformRows(n_leaves, start_h, generator)
+        if rows is None:
+            uniform = _UniformRows(n_leaves, start_h, generator)
+            columns = uniform.rows
+        else:
+            uniform = _UniformRows(n_leaves, rows.like, generator)
+            columns = uniform.rows.index_select(1, rows.index)
         block = call_compiled(_block_update, model, point, signed_step, metric, potential,
-                              leaves, valid, start_h, uniform.rows, previous,
+                              leaves, valid, start_h, columns, previous,
                               self.max_energy_error)
         started = int(block.alive)
         if started < n_leaves:
             uniform.keep(started)
         return block._replace(alive=started > n_leaves)
+
+
+class _Rows(NamedTuple):
+    """The growing chains of a deep doubling of ``jit=True``, as a compact batch.
+
+    ``index`` ``(size,)`` holds their rows in the full batch, padded to one of a few
+    sizes (:data:`_COMPACT_SIZES`) by repeating the first, so that a few static-shape
+    kernels serve every count; ``valid`` ``(size,)`` is False on the padding, whose
+    results go unused; ``like`` is a float ``(n_chains,)`` tensor of the full batch,
+    to draw every chain's uniforms like.
+    """
+
+    index: Tensor
+    count: int
+    valid: Tensor
+    like: Tensor
+
+
+_COMPACT_SIZES = (16, 64, 256, 1024, 4096)
+"""The sizes of compact batches: at 16 rows and fewer a volatility block kernel costs
+about its fixed overhead (docs/performance.md), and each size is one more kernel to
+compile, so they grow fourfold."""
+
+
+def _compact_rows(growing: Tensor, like: Tensor) -> _Rows | None:
+    """The ``growing`` chains ``(n_chains,)`` as a compact batch, when the smallest
+    size of :data:`_COMPACT_SIZES` that holds them is at most a quarter of the batch
+    (else ``None``: the kernels then run on every row, which costs less than
+    gathering). ``like`` is a float ``(n_chains,)`` tensor (see :class:`_Rows`)."""
+    n_chains = growing.shape[0]
+    count = int(growing.sum())
+    size = next((size for size in _COMPACT_SIZES if size >= count), None)
+    if size is None or 4 * size > n_chains:
+        return None
+    index = growing.nonzero().squeeze(1)
+    index = torch.cat([index, index[:1].expand(size - count)])
+    valid = torch.arange(size, device=growing.device) < count
+    return _Rows(index, count, valid, like)
+
+
+def _take(rows: NamedTuple, index: Tensor) -> NamedTuple:
+    """The rows ``index`` of every field of ``rows``."""
+    return type(rows)(*(field.index_select(0, index) for field in rows))
+
+
+def _scatter_subtree(compact: _Subtree, rows: _Rows, begin: PhasePoint, start_h: Tensor,
+                     metric: Metric) -> _Subtree:
+    """The subtree of every chain from that of the compact batch ``rows``: the growing
+    chains' rows in place, the others an empty subtree at ``begin`` (no leaves, not
+    valid), as the eager loop leaves them (their ends go unused by :func:`_merge`)."""
+    index = rows.index[:rows.count]
+    at_begin = _End(begin.momentum, metric.velocity(begin.momentum))
+    empty = _Subtree(begin, at_begin, at_begin, _no_leaves(begin, start_h),
+                     torch.zeros_like(start_h, dtype=torch.bool))
+
+    def scatter(new, old):
+        if isinstance(new, Tensor):
+            return old.index_copy(0, index, new[:rows.count])
+        return type(old)(*(scatter(a, b) for a, b in zip(new, old, strict=True)))
+
+    return scatter(compact, empty)
 
 
 class _UniformRows:
