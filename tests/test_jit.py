@@ -18,6 +18,7 @@ import warnings
 import pytest
 import torch
 from hypothesis import given, settings
+from torch._dynamo.utils import counters
 
 import ebmalgebra as eb
 from ebmalgebra import jit
@@ -179,8 +180,8 @@ def test_hmc_jit_with_jitter_and_warmup_matches_eager():
 
 
 def test_nuts_jit_matches_eager_through_warmup_and_never_recompiles():
-    """One kernel per block size (and compact batch size) serves every leaf, tree depth,
-    chain mask and adapted metric.
+    """One kernel per block size (and compact batch size), compiled once, serves every
+    leaf, tree depth, chain mask and adapted metric.
 
     Eager NUTS evaluates only the growing chains once they are at most half of them,
     the kernels step every row of their batch: the agreement also checks that the
@@ -199,7 +200,11 @@ def test_nuts_jit_matches_eager_through_warmup_and_never_recompiles():
                          progress=False)
 
     eager = nuts_run(False)
+    counters.clear()
     nuts_run(True)  # compiles the kernels
+    # Each kernel traced once, whichever block of a tree its first call was (dynamo
+    # guards on aliasing between inputs: a first block's must match the later ones').
+    assert counters["frames"]["total"] == len(jit.compile_seconds())
     with torch.compiler.set_stance("fail_on_recompile"):
         compiled = nuts_run(True)
     assert torch.equal(compiled.chain_stats["n_leapfrog"], eager.chain_stats["n_leapfrog"])

@@ -242,12 +242,21 @@ def _merge(path: _Trajectory, subtree: _Subtree, forward: Tensor, uniform: Tenso
 
 
 def _no_leaves(begin: PhasePoint, start_h: Tensor) -> _Leaves:
-    """The leaves of a subtree before its first: Σ w = 0, the candidate ``begin``."""
-    no_chains = torch.zeros_like(start_h, dtype=torch.bool)
+    """The leaves of a subtree before its first: Σ w = 0, the candidate ``begin``.
+
+    Every field is a tensor of its own, aliasing neither another field nor ``begin``
+    or ``start_h``: compiled kernels guard on which of their inputs alias, and the
+    later blocks of a subtree get unaliased leaves, so an alias here would compile
+    each block kernel twice.
+    """
+    def no_chains() -> Tensor:
+        return torch.zeros_like(start_h, dtype=torch.bool)
+
     return _Leaves(torch.full_like(start_h, -math.inf),
-                   _Candidate(begin.position, begin.energy, begin.score, start_h),
+                   _Candidate(begin.position.clone(), begin.energy.clone(), begin.score.clone(),
+                              start_h.clone()),
                    torch.zeros_like(begin.momentum), torch.zeros_like(start_h, dtype=torch.long),
-                   torch.zeros_like(start_h), no_chains, no_chains)
+                   torch.zeros_like(start_h), no_chains(), no_chains())
 
 
 def _where_point(mask: Tensor, new: NamedTuple, old: NamedTuple) -> NamedTuple:
