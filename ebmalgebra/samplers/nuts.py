@@ -42,8 +42,12 @@ n_leapfrog batched calls. With ``jit=True`` the leaves run in compiled blocks ov
 all rows, the finished chains' results unused: each of the first doublings
 (subtrees of 1, 2 and 4 leaves) is one kernel, leaves, U-turn checks and merge;
 deeper subtrees run as blocks of 4 leaves with the U-turn checks inside a block
-compiled, the longer spans' checks and the merge eager. The random numbers are
-drawn outside the kernels in the eager order: a block's are drawn at once, and
+compiled, the longer spans' checks and the merge eager. When the chains still
+growing at a deep doubling are few (at most 16 of 64 chains or more, 64 of 256
+or more, …), its blocks run on their rows only, gathered into a compact batch
+and scattered back before the merge, so that the late leaves of uneven trees
+do not pay for the finished chains. The random numbers are drawn outside the
+kernels in the eager order, for every chain: a block's are drawn at once, and
 the generator is set back when every chain stops inside the block, so a seed
 gives the same trees as with ``jit=False`` up to float rounding.
 
@@ -293,9 +297,12 @@ class NUTS(StepSizeSampler):
             sharded across processes or on other devices, one leaf per kernel); the
             random numbers are drawn outside in the eager order, so a seed gives the
             same chain as ``jit=False`` up to float rounding. The finished chains'
-            rows are stepped too (static shapes), unused. The first steps pay a
-            one-off compile of four kernels, tens of seconds cold (seconds from
-            inductor's on-disk cache); see :mod:`ebmalgebra.jit`.
+            rows are stepped too (static shapes), unused, except in deep doublings
+            where at most a quarter of the chains (16 of 64 or more, …) still grow:
+            those run on a compact batch of 16, 64, 256, … rows, one more kernel
+            per size. The first steps pay a one-off compile of four or five
+            kernels, tens of seconds cold (seconds from inductor's on-disk cache);
+            see :mod:`ebmalgebra.jit`.
 
     Example:
         >>> samples = ebmalgebra.sample(model, NUTS(), n_chains=4, n_steps=1000, warmup=1000)
@@ -514,9 +521,10 @@ class _Rows(NamedTuple):
 
 
 _COMPACT_SIZES = (16, 64, 256, 1024, 4096)
-"""The sizes of compact batches: at 16 rows and fewer a volatility block kernel costs
-about its fixed overhead (docs/performance.md), and each size is one more kernel to
-compile, so they grow fourfold."""
+"""The sizes of compact batches: up to 16 rows a block kernel costs little more than
+its fixed overhead (on the volatility series, 1.3x that of one row against 3.6x at
+100 rows; docs/performance.md), and each size is one more kernel to compile, so the
+sizes grow fourfold."""
 
 
 def _compact_rows(growing: Tensor, like: Tensor) -> _Rows | None:
@@ -583,8 +591,9 @@ def _block_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potent
     U-turn checks of the spans inside the block (:func:`_close_spans`).
 
     ``uniform`` ``(2^b, n_chains)`` holds each leaf's uniforms and ``previous`` the
-    end before the block. The unit that ``jit=True`` compiles, one kernel per b
-    (static shapes: the chains not growing are stepped too, their results unused).
+    end before the block. The unit that ``jit=True`` compiles, one kernel per b and
+    batch size (static shapes: the chains not growing are stepped too, their results
+    unused; see :class:`_Rows` for the compact batches of deep doublings).
     ``alive`` counts the leaves that began with some chain growing, plus one if one
     still grows after the block (validity only ever drops, so this is where the
     eager loop would have stopped).
