@@ -511,7 +511,7 @@ class _Rows(NamedTuple):
     sizes (:data:`_COMPACT_SIZES`) by repeating the first, so that a few static-shape
     kernels serve every count; ``valid`` ``(size,)`` is False on the padding, whose
     results go unused; ``like`` is a float ``(n_chains,)`` tensor of the full batch,
-    to draw every chain's uniforms like.
+    whose length and dtype every chain's uniforms are drawn with.
     """
 
     index: Tensor
@@ -543,9 +543,9 @@ def _compact_rows(growing: Tensor, like: Tensor) -> _Rows | None:
     return _Rows(index, count, valid, like)
 
 
-def _take(rows: NamedTuple, index: Tensor) -> NamedTuple:
-    """The rows ``index`` of every field of ``rows``."""
-    return type(rows)(*(field.index_select(0, index) for field in rows))
+def _take(fields: NamedTuple, index: Tensor) -> NamedTuple:
+    """The rows ``index`` of every tensor of ``fields``."""
+    return type(fields)(*(field.index_select(0, index) for field in fields))
 
 
 def _scatter_subtree(compact: _Subtree, rows: _Rows, begin: PhasePoint, start_h: Tensor,
