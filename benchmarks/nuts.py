@@ -39,11 +39,11 @@ same process on the same target.
    chains, from a state adapted by 200 warmup steps, the time of 10 NUTS steps
    (the same seeded trees for both) divided by their batched leaves (the longest
    tree of each step), as the median of interleaved repeats
-   (``benchmarks/_timing.py``) and the ratio eager ÷ jit; the aten ops per leaf of
-   the eager step (a ``TorchDispatchMode`` count, energy and score included); the
-   compile time of the kernels; and the longest-tree factor, batched leaves
-   over the mean chain's leapfrog steps. ``--clock thread`` times this thread's
-   CPU time instead of the wall clock.
+   (``benchmarks/_timing.py``), the jit time per step, and the ratio eager ÷ jit;
+   the aten ops per leaf of the eager step (a ``TorchDispatchMode`` count, energy
+   and score included); the compile time of the kernels; and the longest-tree
+   factor, batched leaves over the mean chain's leapfrog steps. ``--clock thread``
+   times this thread's CPU time instead of the wall clock.
 """
 
 from __future__ import annotations
@@ -311,7 +311,8 @@ def part_jit(quick: bool, clock: Callable[[], float]) -> None:
             eager, jitted = (seconds[flag] / batched * 1e6 for flag in (False, True))
             print(f"  {target.name:<27} {n_chains:>3} chains: eager {eager:6.0f} µs/leaf "
                   f"({ops / batched:4.0f} ops), jit {jitted:6.0f} µs/leaf, "
-                  f"eager/jit {eager / jitted:4.2f}; compile + first steps "
+                  f"{seconds[True] / n_steps * 1e6:7.0f} µs/step ({batched / n_steps:5.1f} "
+                  f"leaves), eager/jit {eager / jitted:4.2f}; compile + first steps "
                   f"{compile_seconds:5.1f} s; longest tree / mean "
                   f"{batched * n_chains / per_chain:4.2f}", flush=True)
 

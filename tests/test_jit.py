@@ -18,12 +18,13 @@ import warnings
 import pytest
 import torch
 from hypothesis import given, settings
+from torch._dynamo.utils import counters
 
 import ebmalgebra as eb
 from ebmalgebra import jit
 from ebmalgebra.jit import DISABLE_ENV, InductorEnergy, JitFallbackWarning
 from ebmalgebra.samplers import HMC, MALA, NUTS, ULA, RandomWalkMH
-from ebmalgebra.targets import Banana, Gaussian, Ring
+from ebmalgebra.targets import Banana, Funnel, Gaussian, Ring
 from ebmalgebra.testing import assert_equivalent, expressions, points
 
 F64 = torch.float64
@@ -179,17 +180,19 @@ def test_hmc_jit_with_jitter_and_warmup_matches_eager():
 
 
 def test_nuts_jit_matches_eager_through_warmup_and_never_recompiles():
-    """One leaf kernel serves every leaf, tree depth, chain mask and adapted metric.
+    """One kernel per block size (and compact batch size), compiled once, serves every
+    leaf, tree depth, chain mask and adapted metric.
 
     Eager NUTS evaluates only the growing chains once they are at most half of them,
-    the kernel steps every row: the agreement also checks that the masked rows'
-    results go unused. The trees (n_leapfrog per chain and step) must be the same; a
-    rounding difference could in principle flip one uniform comparison, which at
-    1e-16 relative differences has probability ~1e-13 per comparison.
+    the kernels step every row of their batch: the agreement also checks that the
+    masked rows' results go unused. On the funnel the 64 chains' trees are uneven, so
+    the deep doublings of the few chains still growing run as a compact batch of 16
+    rows. The trees (n_leapfrog per chain and step) must be the same; a rounding
+    difference could in principle flip one uniform comparison, which at 1e-16
+    relative differences has probability ~1e-13 per comparison.
     """
-    model = Gaussian(torch.zeros(2, 3, dtype=F64),
-                     torch.linspace(0.2, 2.0, 6, dtype=F64).reshape(2, 3))
-    x0 = torch.randn(24, 2, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    model = Funnel(4, scale=1.5)
+    x0 = torch.randn(64, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
 
     def nuts_run(flag: bool) -> eb.samplers.Samples:
         return eb.sample(model, NUTS(step_size=0.3, jit=flag), x0=x0, n_steps=10,
@@ -197,16 +200,21 @@ def test_nuts_jit_matches_eager_through_warmup_and_never_recompiles():
                          progress=False)
 
     eager = nuts_run(False)
-    nuts_run(True)  # compiles the kernel
+    counters.clear()
+    nuts_run(True)  # compiles the kernels
+    # Each kernel traced once, whichever block of a tree its first call was (dynamo
+    # guards on aliasing between inputs: a first block's must match the later ones').
+    assert counters["frames"]["total"] == len(jit.compile_seconds())
     with torch.compiler.set_stance("fail_on_recompile"):
         compiled = nuts_run(True)
     assert torch.equal(compiled.chain_stats["n_leapfrog"], eager.chain_stats["n_leapfrog"])
     torch.testing.assert_close(compiled.draws, eager.draws, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(compiled.acceptance_rate, eager.acceptance_rate, rtol=1e-7,
                                atol=1e-9)
-    # The first three doublings (1, 2 and 4 leaves) one kernel, then blocks of 4.
+    # The first three doublings (1, 2 and 4 leaves) one kernel, then blocks of 4 over
+    # all 64 chains and over the compact batch.
     assert sorted(label for label, _ in jit.compile_seconds()) == [
-        "_block_update on gaussian", "_first_doublings_update on gaussian"]
+        *["_block_update on funnel"] * 2, "_first_doublings_update on funnel"]
 
 
 def test_nuts_rejects_a_jit_flag_that_is_not_a_bool():

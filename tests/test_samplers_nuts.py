@@ -279,34 +279,77 @@ def test_one_model_evaluation_per_leapfrog_step():
         assert sum(calls) >= int(info.n_leapfrog.sum())
 
 
+
+def test_jit_compact_batches_take_each_chains_beta_with_it(monkeypatch):
+    """Parallel tempering gives the potential one β per row. ``jit=True``'s compact
+    batches of the few chains still growing must select their β too: run uncompiled,
+    the tempered NUTS(jit=True) reproduces NUTS() bit for bit, with compact blocks run."""
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    jit.clear_cache()
+    model = Funnel(4, scale=1.5)
+    x0 = torch.randn(32, 4, generator=torch.Generator().manual_seed(12), dtype=F64)
+    batches = []
+
+    def recording(*args):
+        batches.append(args[5].shape[0])  # the rows of the block's batch
+        return block_update(*args)
+
+    block_update = nuts_module._block_update
+    monkeypatch.setattr(nuts_module, "_block_update", recording)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jit.JitFallbackWarning)
+        runs = [eb.sample(model, ParallelTempering(betas=[1.0, 0.4], sampler=NUTS(
+                    step_size=1.0, jit=flag, adapt_step_size=False, adapt_mass=False)),
+                          x0=x0, n_steps=12, generator=torch.Generator().manual_seed(13),
+                          progress=False) for flag in (False, True)]
+    assert min(batches) < 2 * len(x0)  # the replicas' 64 rows, compacted
+    assert torch.equal(runs[1].draws, runs[0].draws)
+    assert runs[1].stats.keys() == runs[0].stats.keys()
+    for key, value in runs[0].stats.items():
+        assert torch.equal(runs[1].stats[key], value), key
+
 # ------------------------------------------------ jit=True's blocks, run eagerly
 
-@pytest.mark.parametrize(("scales", "step_size", "n_chains", "depth", "ended_early"), [
-    ([0.1, 0.3, 1.0, 3.0], 0.2, 12, 5, "block"),  # deep trees: blocks of later doublings
-    ([0.3, 1.0], 0.7, 1, 2, "doubling"),  # shallow trees: the first doublings' blocks
+def gaussian_4d() -> Gaussian:
+    return Gaussian(torch.zeros(4, dtype=F64), torch.tensor([0.1, 0.3, 1.0, 3.0], dtype=F64))
+
+
+def gaussian_2d() -> Gaussian:
+    return Gaussian(torch.zeros(2, dtype=F64), torch.tensor([0.3, 1.0], dtype=F64))
+
+
+@pytest.mark.parametrize(("make_model", "step_size", "n_chains", "depth", "ended_early"), [
+    (gaussian_4d, 0.2, 12, 5, "block"),  # deep trees: blocks of later doublings
+    (gaussian_2d, 0.7, 1, 2, "doubling"),  # shallow trees: the first doublings' blocks
+    # Uneven trees at many chains: the few chains still growing at the deep doublings
+    # run as a compact batch (16 rows of 64), some of whose blocks every chain leaves.
+    (lambda: Funnel(4, scale=1.5), 1.0, 64, 4, "compact block"),
 ])
 def test_jit_blocks_give_the_eager_trees_and_leave_the_generator_as_eager_does(
-        monkeypatch, scales, step_size, n_chains, depth, ended_early):
+        monkeypatch, make_model, step_size, n_chains, depth, ended_early):
     """``jit=True`` integrates blocks of leaves per call, checks the U-turns inside a block
     there, compiles the first doublings with their merge, and draws each block's
     uniforms at once, setting the generator back when every chain stops inside the
-    block. Run eagerly (``EBMALGEBRA_DISABLE_JIT=1``: the same functions, uncompiled)
-    it must reproduce jit=False's leaf-by-leaf steps exactly: draws, statistics and
-    the generator's state after every step, with blocks and doublings that every
-    chain left early among them. Also the one-leaf calls that sharded runs make,
-    and the global generator."""
+    block; when few chains still grow it runs the blocks on their rows only. Run
+    eagerly (``EBMALGEBRA_DISABLE_JIT=1``: the same functions, uncompiled) it must
+    reproduce jit=False's leaf-by-leaf steps exactly: draws, statistics and the
+    generator's state after every step, with blocks and doublings that every chain
+    left early among them. Also the one-leaf calls that sharded runs make, and the
+    global generator."""
     monkeypatch.setenv(DISABLE_ENV, "1")
     jit.clear_cache()
-    model = Gaussian(torch.zeros(len(scales), dtype=F64), torch.tensor(scales, dtype=F64))
-    x0 = torch.randn(n_chains, len(scales), generator=torch.Generator().manual_seed(12),
+    model = make_model()
+    x0 = torch.randn(n_chains, *model.event_shape, generator=torch.Generator().manual_seed(12),
                      dtype=F64)
-    early_stops = {"block": [], "doubling": []}
+    early_stops = {"block": [], "doubling": [], "compact block": []}
 
     def recording(name, function, leaves_of):
         def call(*args):
             result = function(*args)
             alive = result.alive if name == "block" else result[1][0]
             early_stops[name].append(int(alive) < leaves_of(args))
+            if name == "block" and args[5].shape[0] < n_chains:  # a compact batch's block
+                early_stops["compact block"].append(early_stops[name][-1])
             return result
         return call
 

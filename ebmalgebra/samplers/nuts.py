@@ -43,8 +43,12 @@ all rows, the finished chains' results unused: the first three doublings
 (subtrees of 1, 2 and 4 leaves) are one kernel, directions, leaves, U-turn checks
 and merges (a doubling after every chain has stopped changes nothing); deeper
 subtrees run as blocks of 4 leaves with the U-turn checks inside a block
-compiled, the longer spans' checks and the merge eager. The random numbers are
-drawn outside the kernels in the eager order: a kernel's are drawn at once, and
+compiled, the longer spans' checks and the merge eager. When the chains still
+growing at a deep doubling are few (at most 16 of 64 chains or more, 64 of 256
+or more, …), its blocks run on their rows only, gathered into a compact batch
+and scattered back before the merge, so that the late leaves of uneven trees
+do not pay for the finished chains. The random numbers are drawn outside the
+kernels in the eager order, for every chain: a kernel's are drawn at once, and
 the generator is set back to where the eager loop would have stopped drawing
 when every chain stops inside the kernel's leaves, so a seed gives the same
 trees as with ``jit=False`` up to float rounding.
@@ -254,12 +258,21 @@ def _start_path(start: PhasePoint, start_h: Tensor) -> _Trajectory:
 
 
 def _no_leaves(begin: PhasePoint, start_h: Tensor) -> _Leaves:
-    """The leaves of a subtree before its first: Σ w = 0, the candidate ``begin``."""
-    no_chains = torch.zeros_like(start_h, dtype=torch.bool)
+    """The leaves of a subtree before its first: Σ w = 0, the candidate ``begin``.
+
+    Every field is a tensor of its own, aliasing neither another field nor ``begin``
+    or ``start_h``: compiled kernels guard on which of their inputs alias, and the
+    later blocks of a subtree get unaliased leaves, so an alias here would compile
+    each block kernel twice.
+    """
+    def no_chains() -> Tensor:
+        return torch.zeros_like(start_h, dtype=torch.bool)
+
     return _Leaves(torch.full_like(start_h, -math.inf),
-                   _Candidate(begin.position, begin.energy, begin.score, start_h),
+                   _Candidate(begin.position.clone(), begin.energy.clone(), begin.score.clone(),
+                              start_h.clone()),
                    torch.zeros_like(begin.momentum), torch.zeros_like(start_h, dtype=torch.long),
-                   torch.zeros_like(start_h), no_chains, no_chains)
+                   torch.zeros_like(start_h), no_chains(), no_chains())
 
 
 def _where_point(mask: Tensor, new: NamedTuple, old: NamedTuple) -> NamedTuple:
@@ -296,9 +309,12 @@ class NUTS(StepSizeSampler):
             sharded across processes or on other devices, one leaf per kernel); the
             random numbers are drawn outside in the eager order, so a seed gives the
             same chain as ``jit=False`` up to float rounding. The finished chains'
-            rows are stepped too (static shapes), unused. The first steps pay a
-            one-off compile of two kernels, tens of seconds cold (seconds from
-            inductor's on-disk cache); see :mod:`ebmalgebra.jit`.
+            rows are stepped too (static shapes), unused, except in deep doublings
+            where at most a quarter of the chains (16 of 64 or more, …) still grow:
+            those run on a compact batch of 16, 64, 256, … rows, one more kernel
+            per size. The first steps pay a one-off compile of two or three
+            kernels, tens of seconds cold (seconds from inductor's on-disk cache);
+            see :mod:`ebmalgebra.jit`.
 
     Example:
         >>> samples = ebmalgebra.sample(model, NUTS(), n_chains=4, n_steps=1000, warmup=1000)
@@ -415,11 +431,28 @@ class NUTS(StepSizeSampler):
         :func:`_close_spans`). Eagerly the leaves come one by one; with ``jit=True``
         in blocks of 2^b (:func:`_block_update`, b = min(tree_depth, ``_BLOCK_LEVELS``)),
         each one kernel call that also checks the spans inside the block, so only
-        the spans of more than 2^b leaves are checked here, block by block.
+        the spans of more than 2^b leaves are checked here, block by block. When the
+        growing chains are few (:func:`_compact_rows`), the blocks run on their rows
+        only and the subtree is scattered back (:func:`_scatter_subtree`).
         """
-        metric = state.metric
+        metric, potential = state.metric, state.potential
         levels = min(tree_depth, _BLOCK_LEVELS) if self._blocks(start_h) else 0
-        point, valid, leaves = begin, growing, _no_leaves(begin, start_h)
+        rows = _compact_rows(growing, start_h) if levels else None
+        if rows is None:
+            return self._subtree(begin, signed_step, tree_depth, levels, growing, start_h,
+                                 metric, potential, generator, None)
+        index = rows.index
+        compact = self._subtree(_take(begin, index), signed_step.index_select(0, index),
+                                tree_depth, levels, rows.valid, start_h.index_select(0, index),
+                                metric, _rows_of(potential, index), generator, rows)
+        return _scatter_subtree(compact, rows, begin, start_h, metric)
+
+    def _subtree(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int, levels: int,
+                 valid: Tensor, start_h: Tensor, metric: Metric, potential: Potential,
+                 generator: torch.Generator | None, rows: _Rows | None) -> _Subtree:
+        """:meth:`_grow`'s loop over the units of 2^``levels`` leaves, on every chain, or
+        on the compact batch ``rows`` (whose uniforms are drawn for every chain)."""
+        point, leaves = begin, _no_leaves(begin, start_h)
         previous = _End(begin.momentum, metric.velocity(begin.momentum))
         starts: list[tuple[_End, Tensor, _End]] = [None] * (tree_depth - levels + 1)
         alive = True  # some chain grows: NUTS.step would not have called this otherwise
@@ -431,12 +464,12 @@ class NUTS(StepSizeSampler):
             sum_before = leaves.running_sum
             if self.jit:
                 block = self._block(point, signed_step, leaves, valid, start_h, previous,
-                                    state, 2 ** levels, generator)
+                                    metric, potential, 2 ** levels, generator, rows)
                 point, leaves, first, last, valid = block[:5]
             else:
                 # Drawn before the leaf's update (which draws nothing).
                 uniform = draw_uniform(start_h, generator)
-                point = _leapfrog_rows(point, signed_step, metric, state.potential, valid)
+                point = _leapfrog_rows(point, signed_step, metric, potential, valid)
                 leaves, last, diverged = _account_leaf(point, metric, leaves, valid, start_h,
                                                        uniform, self.max_energy_error)
                 first, valid = last, valid & ~diverged
@@ -454,29 +487,98 @@ class NUTS(StepSizeSampler):
         return self.jit and like.device.type == "cpu" and active_shard() is None
 
     def _block(self, point: PhasePoint, signed_step: Tensor, leaves: _Leaves, valid: Tensor,
-               start_h: Tensor, previous: _End, state: NUTSState, n_leaves: int,
-               generator: torch.Generator | None) -> _Block:
-        """``n_leaves`` leaves of every chain in one kernel call, with their uniforms.
+               start_h: Tensor, previous: _End, metric: Metric, potential: Potential,
+               n_leaves: int, generator: torch.Generator | None, rows: _Rows | None) -> _Block:
+        """``n_leaves`` leaves of every chain (or of the compact batch ``rows``) in one
+        kernel call, with their uniforms.
 
         The uniforms of all the block's leaves are drawn before the call, as one
-        ``(n_leaves, n_chains)`` draw (:class:`_UniformRows`). When no chain is left
+        ``(n_leaves, n_chains)`` draw (:class:`_UniformRows`) over every chain, of
+        which a compact batch takes its chains' columns. When no chain is left
         growing before the block's last leaf, the eager loop would have stopped
         drawing there, so only the rows of the leaves that ran are kept: both paths
         leave the generator as the eager leaf-by-leaf loop does.
         """
-        model, metric, potential = state.potential.model, state.metric, state.potential
+        model = potential.model
         if n_leaves == 1:
             return call_compiled(_block_update, model, point, signed_step, metric, potential,
                                  leaves, valid, start_h, draw_uniform(start_h, generator)[None],
                                  previous, self.max_energy_error)
-        uniform = _UniformRows(n_leaves, start_h, generator)
+        if rows is None:
+            uniform = _UniformRows(n_leaves, start_h, generator)
+            columns = uniform.rows
+        else:
+            uniform = _UniformRows(n_leaves, rows.like, generator)
+            columns = uniform.rows.index_select(1, rows.index)
         block = call_compiled(_block_update, model, point, signed_step, metric, potential,
-                              leaves, valid, start_h, uniform.rows, previous,
+                              leaves, valid, start_h, columns, previous,
                               self.max_energy_error)
         started = int(block.alive)
         if started < n_leaves:
             uniform.keep(started)
         return block._replace(alive=started > n_leaves)
+
+
+class _Rows(NamedTuple):
+    """The growing chains of a deep doubling of ``jit=True``, as a compact batch.
+
+    ``index`` ``(size,)`` holds their rows in the full batch, padded to one of a few
+    sizes (:data:`_COMPACT_SIZES`) by repeating the first, so that a few static-shape
+    kernels serve every count; ``valid`` ``(size,)`` is False on the padding, whose
+    results go unused; ``like`` is a float ``(n_chains,)`` tensor of the full batch,
+    whose length and dtype every chain's uniforms are drawn with.
+    """
+
+    index: Tensor
+    count: int
+    valid: Tensor
+    like: Tensor
+
+
+_COMPACT_SIZES = (16, 64, 256, 1024, 4096)
+"""The sizes of compact batches: up to 16 rows a block kernel costs little more than
+its fixed overhead (on the volatility series, 1.3x that of one row against 3.6x at
+100 rows; docs/performance.md), and each size is one more kernel to compile, so the
+sizes grow fourfold."""
+
+
+def _compact_rows(growing: Tensor, like: Tensor) -> _Rows | None:
+    """The ``growing`` chains ``(n_chains,)`` as a compact batch, when the smallest
+    size of :data:`_COMPACT_SIZES` that holds them is at most a quarter of the batch
+    (else ``None``: the kernels then run on every row, which costs less than
+    gathering). ``like`` is a float ``(n_chains,)`` tensor (see :class:`_Rows`)."""
+    n_chains = growing.shape[0]
+    count = int(growing.sum())
+    size = next((size for size in _COMPACT_SIZES if size >= count), None)
+    if size is None or 4 * size > n_chains:
+        return None
+    index = growing.nonzero().squeeze(1)
+    index = torch.cat([index, index[:1].expand(size - count)])
+    valid = torch.arange(size, device=growing.device) < count
+    return _Rows(index, count, valid, like)
+
+
+def _take(fields: NamedTuple, index: Tensor) -> NamedTuple:
+    """The rows ``index`` of every tensor of ``fields``."""
+    return type(fields)(*(field.index_select(0, index) for field in fields))
+
+
+def _scatter_subtree(compact: _Subtree, rows: _Rows, begin: PhasePoint, start_h: Tensor,
+                     metric: Metric) -> _Subtree:
+    """The subtree of every chain from that of the compact batch ``rows``: the growing
+    chains' rows in place, the others an empty subtree at ``begin`` (no leaves, not
+    valid), as the eager loop leaves them (their ends go unused by :func:`_merge`)."""
+    index = rows.index[:rows.count]
+    at_begin = _End(begin.momentum, metric.velocity(begin.momentum))
+    empty = _Subtree(begin, at_begin, at_begin, _no_leaves(begin, start_h),
+                     torch.zeros_like(start_h, dtype=torch.bool))
+
+    def scatter(new, old):
+        if isinstance(new, Tensor):
+            return old.index_copy(0, index, new[:rows.count])
+        return type(old)(*(scatter(a, b) for a, b in zip(new, old, strict=True)))
+
+    return scatter(compact, empty)
 
 
 class _UniformRows:
@@ -504,8 +606,9 @@ def _block_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potent
     U-turn checks of the spans inside the block (:func:`_close_spans`).
 
     ``uniform`` ``(2^b, n_chains)`` holds each leaf's uniforms and ``previous`` the
-    end before the block. The unit that ``jit=True`` compiles, one kernel per b
-    (static shapes: the chains not growing are stepped too, their results unused).
+    end before the block. The unit that ``jit=True`` compiles, one kernel per b and
+    batch size (static shapes: the chains not growing are stepped too, their results
+    unused; see :class:`_Rows` for the compact batches of deep doublings).
     ``alive`` counts the leaves that began with some chain growing, plus one if one
     still grows after the block (validity only ever drops, so this is where the
     eager loop would have stopped).
