@@ -45,7 +45,10 @@ doubling and ~0.1 ms of it. Within a run of :func:`ebmalgebra.sample` (a
 :class:`SteadyRun`) a call checks them in full once per kernel and argument
 objects, and afterwards only those on its input tensors and on global state,
 which are all that can change within a run; the model's parameters are compared
-after the run's callback.
+after the run's callback. So a callback must not change, mid-run, a plain Python
+value that the model's own functions read (a global number, an attribute of a
+module that is not a tensor): a compiled kernel holds the value it was traced
+with, and without the full guards the change would go unseen until the next run.
 
 **Compile cost.** The first call of a kernel traces and compiles it: a few
 seconds for a 2-D analytic target on one CPU core, 10–30 s for network leaves

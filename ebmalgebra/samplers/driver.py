@@ -514,7 +514,9 @@ def sample(
         progress: show a tqdm progress bar; ``None`` shows it when stderr is a
             terminal.
         callback: called as ``callback(step, state, info)`` after every step
-            (``step`` counts from 0 over warmup and sampling).
+            (``step`` counts from 0 over warmup and sampling). With a ``jit=True``
+            sampler it may change the model's tensors and parameters, but not plain
+            Python values its functions read (see :mod:`ebmalgebra.jit`, "Guards").
         on_nonfinite: ``"reject"`` (default): NaN/inf proposals are rejected and
             counted (unadjusted samplers freeze the chain); ``"raise"``: raise
             :class:`NonFiniteError` naming the step and the chains.
