@@ -286,17 +286,28 @@ def unconstrain(model: EnergyModel) -> Unconstrained | None:
     """``model`` in unconstrained coordinates, or ``None`` when its support is ℝ (or
     ``constraints.dependent``, one torch cannot state).
 
+    Built once per model (nodes are immutable) and kept on it: every ``sample()`` of
+    the model then runs the same pushforward expression, so compiled kernels
+    (``jit=True``), which are cached per expression, are traced once, not per call.
+
     Raises:
         CapabilityError: for mixed supports or a support without a known bijection.
     """
+    cached = model.__dict__.get("_unconstrained")
+    if cached is not None:
+        return cached[0]
     support = model.support
     if is_real(support) or isinstance(support, tc._Dependent):
-        return None  # ℝ, or a support torch cannot state: sample the model as it is
-    event_shape = model.event_shape
-    if event_shape is None:
-        raise CapabilityError(f"{model!r} has support {support} but no event shape")
-    bijection = unconstraining_transform(support, event_shape)
-    return Unconstrained(model.pushforward(bijection.inv), bijection)
+        result = None  # ℝ, or a support torch cannot state: sample the model as it is
+    else:
+        event_shape = model.event_shape
+        if event_shape is None:
+            raise CapabilityError(f"{model!r} has support {support} but no event shape")
+        bijection = unconstraining_transform(support, event_shape)
+        result = Unconstrained(model.pushforward(bijection.inv), bijection)
+    # A one-tuple, so that "no bijection needed" is cached too; not a submodule.
+    object.__setattr__(model, "_unconstrained", (result,))
+    return result
 
 
 def elementwise_support(node: EnergyModel, support: tc.Constraint) -> tc.Constraint:

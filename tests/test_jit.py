@@ -305,15 +305,17 @@ def test_models_with_a_support_compile_their_pulled_back_score():
     """A model on (0, ∞) is sampled through its pushforward to ℝ, whose score is pulled
     back with ``torch.autograd.grad`` eagerly, which dynamo cannot trace; compiled, the
     pushforward differentiates its energy with ``torch.func.vjp``. The step must
-    compile (no fallback warning) and agree with the eager chain."""
+    compile (no fallback warning) and agree with the eager chain. A second ``sample()``
+    of the model runs the same pushforward, so its kernel is reused, not traced again."""
     shape = torch.tensor([2.0, 5.0], dtype=F64)
     model = eb.from_log_prob(lambda x: ((shape - 1) * x.log() - x).sum(-1), 2, name="gamma",
                              support=torch.distributions.constraints.positive)
     x0 = 1.0 + torch.rand(16, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
     runs = []
-    for flag in (False, True):
+    for flag in (False, True, True):
         with warnings.catch_warnings():
             warnings.simplefilter("error", JitFallbackWarning)
             runs.append(run(MALA(step_size=0.3, jit=flag), model, x0))
     torch.testing.assert_close(runs[1].draws, runs[0].draws, rtol=1e-7, atol=1e-9)
+    assert torch.equal(runs[2].draws, runs[1].draws)
     assert len(jit.compile_seconds()) == 1
