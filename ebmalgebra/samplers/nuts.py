@@ -563,22 +563,25 @@ def _take(fields: NamedTuple, index: Tensor) -> NamedTuple:
     return type(fields)(*(field.index_select(0, index) for field in fields))
 
 
+def _put(old: NamedTuple | Tensor, index: Tensor, new: NamedTuple | Tensor
+         ) -> NamedTuple | Tensor:
+    """``old`` with its rows ``index`` replaced by the first ``len(index)`` rows of ``new``
+    (a compact batch may carry padding after them), tensor by tensor through nested
+    named tuples; the inverse of :func:`_take`."""
+    if isinstance(old, Tensor):
+        return old.index_copy(0, index, new[:len(index)])
+    return type(old)(*(_put(a, index, b) for a, b in zip(old, new, strict=True)))
+
+
 def _scatter_subtree(compact: _Subtree, rows: _Rows, begin: PhasePoint, start_h: Tensor,
                      metric: Metric) -> _Subtree:
     """The subtree of every chain from that of the compact batch ``rows``: the growing
     chains' rows in place, the others an empty subtree at ``begin`` (no leaves, not
     valid), as the eager loop leaves them (their ends go unused by :func:`_merge`)."""
-    index = rows.index[:rows.count]
     at_begin = _End(begin.momentum, metric.velocity(begin.momentum))
     empty = _Subtree(begin, at_begin, at_begin, _no_leaves(begin, start_h),
                      torch.zeros_like(start_h, dtype=torch.bool))
-
-    def scatter(new, old):
-        if isinstance(new, Tensor):
-            return old.index_copy(0, index, new[:rows.count])
-        return type(old)(*(scatter(a, b) for a, b in zip(new, old, strict=True)))
-
-    return scatter(compact, empty)
+    return _put(empty, rows.index[:rows.count], compact)
 
 
 class _UniformRows:
@@ -754,10 +757,9 @@ def _leapfrog_rows(point: PhasePoint, signed_step: Tensor, metric: Metric,
     if 2 * n_rows > rows.shape[0]:
         return leapfrog(point, signed_step, metric, potential.energy_and_score)
     index = rows.nonzero().squeeze(1)
-    moved = leapfrog(PhasePoint(*(t.index_select(0, index) for t in point)),
-                     signed_step.index_select(0, index), metric,
+    moved = leapfrog(_take(point, index), signed_step.index_select(0, index), metric,
                      _rows_of(potential, index).energy_and_score)
-    return PhasePoint(*(t.index_copy(0, index, new) for t, new in zip(point, moved, strict=True)))
+    return _put(point, index, moved)
 
 
 def _rows_of(potential: Potential, index: Tensor) -> Potential:
