@@ -10,6 +10,10 @@ from collections.abc import Callable
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
+"""The scripts' ``--clock`` choices: wall time, or this thread's CPU time, which on a busy
+machine estimates the wall time on an idle one (single-threaded work only)."""
+
 
 def median_times(functions: dict[str, Callable[[], object]], *, repeats: int, inner: int,
                  warmup: int = 3, clock: Callable[[], float] = time.perf_counter,

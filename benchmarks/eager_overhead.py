@@ -37,7 +37,6 @@ import datetime
 import math
 import os
 import platform
-import time
 from functools import partial
 
 import torch
@@ -45,15 +44,14 @@ import torch
 import ebmalgebra as eb
 
 try:
-    from _timing import count_ops, median_times
+    from _timing import CLOCKS, count_ops, median_times
     from samplers import hand_hmc, hand_mala, hand_ula
 except ImportError:  # run as a module from the repository root
-    from benchmarks._timing import count_ops, median_times
+    from benchmarks._timing import CLOCKS, count_ops, median_times
     from benchmarks.samplers import hand_hmc, hand_mala, hand_ula
 from ebmalgebra.samplers import HMC, MALA, ULA
 
 torch.set_num_threads(1)
-CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 DTYPE = torch.float32
 N_CHAINS = 1000
 

@@ -21,7 +21,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 import warnings
 
 import torch
@@ -30,6 +29,7 @@ import ebmalgebra as eb
 from ebmalgebra.samplers import NUTS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import CLOCKS  # noqa: E402
 from bayesian import schools, starts  # noqa: E402
 
 
@@ -56,11 +56,11 @@ def sampling_phase(n_chains: int, warmup: int, n_steps: int, clock) -> tuple[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chains", type=int, nargs="+", default=[4, 100])
-    parser.add_argument("--clock", choices=("wall", "thread"), default="wall")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    clock = time.thread_time if args.clock == "thread" else time.perf_counter
+    clock = CLOCKS[args.clock]
     warmup, n_steps = (30, 20) if args.quick else (500, 500)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"1 thread, clock {clock.__name__}; ebmalgebra from {os.path.dirname(eb.__file__)}")
