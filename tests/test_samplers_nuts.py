@@ -279,7 +279,6 @@ def test_one_model_evaluation_per_leapfrog_step():
         assert sum(calls) >= int(info.n_leapfrog.sum())
 
 
-
 def test_jit_compact_batches_take_each_chains_beta_with_it(monkeypatch):
     """Parallel tempering gives the potential one β per row. ``jit=True``'s compact
     batches of the few chains still growing must select their β too: run uncompiled,
@@ -307,6 +306,7 @@ def test_jit_compact_batches_take_each_chains_beta_with_it(monkeypatch):
     assert runs[1].stats.keys() == runs[0].stats.keys()
     for key, value in runs[0].stats.items():
         assert torch.equal(runs[1].stats[key], value), key
+
 
 # ------------------------------------------------ jit=True's blocks, run eagerly
 
