@@ -82,3 +82,20 @@ def test_differentiable_scores_under_mixtures_match_the_tree_walk():
         grad_right = torch.autograd.grad(right.pow(2).sum(), (x, shift), retain_graph=True)
         for g, h in zip(grad_left, grad_right, strict=True):
             torch.testing.assert_close(g, h)
+
+
+def test_scores_are_dense_tensors_even_when_the_reverse_pass_returns_its_seed():
+    # The score is one reverse pass seeded with −1 per row. For E = Σ_i x_i that pass
+    # hands back the seed broadcast over the event (a stride-0 view), and for E = x on
+    # scalar events the seed itself; either must come out as a fresh dense tensor that
+    # samplers may update in place.
+    linear = eb.from_energy(lambda x: x.sum(-1), 3, name="linear")
+    identity = eb.from_energy(lambda x: x.clone(), (), name="identity")
+    for model, x in ((linear, torch.randn(4, 3, dtype=F64)), (identity, torch.randn(4, dtype=F64))):
+        program = Program.build(model)
+        _, score = evaluator.energy_and_score(program, x, None, False)
+        torch.testing.assert_close(score, -torch.ones_like(x))
+        assert score.is_contiguous()
+        score.add_(1.0)  # an in-place update raises on a broadcast view
+        _, again = evaluator.energy_and_score(program, x, None, False)
+        torch.testing.assert_close(again, -torch.ones_like(x))
