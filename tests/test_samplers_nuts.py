@@ -131,8 +131,8 @@ def test_u_turn_checks_are_the_signs_of_six_dot_products(compiling):
     two spans straddling the join: eagerly as one stacked product, inside compiled
     kernels product by product (``torch.compiler.is_compiling()`` stands in for a
     trace here). Both must be the signs of the six dot products, computed here
-    independently in float64; the inputs keep every product ≥ 1e-3 away from zero,
-    far beyond float32 rounding of a 6-term sum (~1e-6)."""
+    independently in float64, on the rows whose products are all ≥ 1e-3 away from
+    zero, far beyond the float32 rounding of a 6-term sum (~1e-6)."""
     generator = torch.Generator().manual_seed(21)
 
     def draw():

@@ -391,8 +391,8 @@ class NUTS(StepSizeSampler):
         x, metric = state.position, state.metric
         noise = draw_normal(x, generator)
         momentum = metric.momentum_from_noise(noise)
-        # With p = F ξ the kinetic energy ½ pᵀ M⁻¹ p is ½ ‖ξ‖² exactly. Eager in either
-        # mode: compiled, the sum would round differently and so change the chains.
+        # With p = F ξ the kinetic energy ½ pᵀ M⁻¹ p is ½ ‖ξ‖² exactly. Eager with
+        # jit=True too: inside a kernel the sum of squares rounds unlike jit=False's.
         start_h = state.energy + 0.5 * squared_norm(noise)
         start = PhasePoint(x, momentum, state.energy, state.score)
         first, growing, stats = 0, True, None
