@@ -125,6 +125,35 @@ def test_a_tree_of_depth_one_is_one_leapfrog_step_taken_by_biased_progressive_sa
     assert ((info.acceptance_rate >= 0) & (info.acceptance_rate <= 1)).all()
 
 
+@pytest.mark.parametrize("compiling", [False, True])
+def test_u_turn_checks_are_the_signs_of_six_dot_products(compiling):
+    """merged_no_u_turn checks (M⁻¹p)·ρ > 0 at both ends of the joined span and of the
+    two spans straddling the join: eagerly as one stacked product, inside compiled
+    kernels product by product (``torch.compiler.is_compiling()`` stands in for a
+    trace here). Both must be the signs of the six dot products, computed here
+    independently in float64, on the rows whose products are all ≥ 1e-3 away from
+    zero, far beyond the float32 rounding of a 6-term sum (~1e-6)."""
+    generator = torch.Generator().manual_seed(21)
+
+    def draw():
+        return torch.randn(400, 2, 3, generator=generator)
+
+    outer_a, inner_a, inner_b, outer_b = (nuts_module._End(draw(), draw()) for _ in range(4))
+    sum_a, sum_b = 2 * outer_a.velocity + draw(), 2 * outer_b.velocity + draw()
+    whole, a_ext, b_ext = sum_a + sum_b, sum_a + inner_b.momentum, sum_b + inner_a.momentum
+    pairs = [(outer_a, whole), (outer_b, whole), (outer_a, a_ext), (inner_b, a_ext),
+             (inner_a, b_ext), (outer_b, b_ext)]
+    dots = torch.stack([(end.velocity.double() * rho.double()).sum((1, 2))
+                        for end, rho in pairs])
+    keep = dots.abs().min(0).values > 1e-3
+    expected = (dots > 0).all(0)[keep]
+    assert expected.any() and not expected.all()
+    with mock.patch.object(torch.compiler, "is_compiling", return_value=compiling):
+        checked = nuts_module.merged_no_u_turn(outer_a, inner_a, sum_a, inner_b, outer_b,
+                                               sum_b)
+    assert torch.equal(checked[keep], expected)
+
+
 # ----------------------------------------------------------------- stationarity
 
 class NUTSWithoutSubtreeChecks(NUTS):

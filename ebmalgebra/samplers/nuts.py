@@ -203,16 +203,41 @@ def merged_no_u_turn(outer_a: _End, inner_a: _End, sum_a: Tensor, inner_b: _End,
     Each span is given by its outer and inner ends (the inner ends touch) and its
     momentum sum ρ. A span with ends u, w keeps going while (M⁻¹p_u)·ρ > 0 and
     (M⁻¹p_w)·ρ > 0; checked on the joined span, on a plus b's inner point and on b
-    plus a's inner point (Stan's checks across merged subtrees), as one batched
-    product.
+    plus a's inner point (Stan's checks across merged subtrees): six products, as one
+    batched product eagerly (:func:`_turn_products_stacked`), product by product inside
+    a compiled kernel (:func:`_turn_products_each`).
     """
     whole = sum_a + sum_b
     a_extended = sum_a + inner_b.momentum
     b_extended = sum_b + inner_a.momentum
-    velocities = torch.stack([outer_a.velocity, outer_b.velocity, outer_a.velocity,
-                              inner_b.velocity, inner_a.velocity, outer_b.velocity])
-    sums = torch.stack([whole, whole, a_extended, a_extended, b_extended, b_extended])
-    return ((velocities * sums).reshape(6, whole.shape[0], -1).sum(-1) > 0).all(0)
+    pairs = ((outer_a.velocity, whole), (outer_b.velocity, whole),
+             (outer_a.velocity, a_extended), (inner_b.velocity, a_extended),
+             (inner_a.velocity, b_extended), (outer_b.velocity, b_extended))
+    if torch.compiler.is_compiling():
+        return _turn_products_each(pairs)
+    return _turn_products_stacked(pairs)
+
+
+def _turn_products_stacked(pairs: tuple[tuple[Tensor, Tensor], ...]) -> Tensor:
+    """Whether every product v · ρ of ``pairs`` (each ``(n, *event_shape)``) is positive,
+    per row ``(n,)``, as one batched product over the stacked pairs: the fewest ops
+    eagerly."""
+    velocities = torch.stack([velocity for velocity, _ in pairs])
+    sums = torch.stack([running_sum for _, running_sum in pairs])
+    n_rows = velocities.shape[1]
+    return ((velocities * sums).reshape(len(pairs), n_rows, -1).sum(-1) > 0).all(0)
+
+
+def _turn_products_each(pairs: tuple[tuple[Tensor, Tensor], ...]) -> Tensor:
+    """:func:`_turn_products_stacked` pair by pair. Compiled, each product is a loop
+    over the rows; the stacked form would have inductor write both stacks ``(6n, d)``
+    to memory first (on eight schools at 100 chains that cost ~30 µs of the first
+    doublings' ~210 µs kernel; docs/performance.md)."""
+    keeps = None
+    for velocity, running_sum in pairs:
+        keep = (_flat(velocity) * _flat(running_sum)).sum(-1) > 0
+        keeps = keep if keeps is None else keeps & keep
+    return keeps
 
 
 def _merge(path: _Trajectory, subtree: _Subtree, forward: Tensor, uniform: Tensor,
@@ -366,13 +391,15 @@ class NUTS(StepSizeSampler):
         x, metric = state.position, state.metric
         noise = draw_normal(x, generator)
         momentum = metric.momentum_from_noise(noise)
-        # With p = F ξ the kinetic energy ½ pᵀ M⁻¹ p is ½ ‖ξ‖² exactly.
+        # With p = F ξ the kinetic energy ½ pᵀ M⁻¹ p is ½ ‖ξ‖² exactly. Eager with
+        # jit=True too: inside a kernel the sum of squares rounds unlike jit=False's.
         start_h = state.energy + 0.5 * squared_norm(noise)
         start = PhasePoint(x, momentum, state.energy, state.score)
-        first, growing = 0, True
+        first, growing, stats = 0, True, None
         if self._blocks(x):
             first = min(self.max_depth, _BLOCK_LEVELS + 1)
-            path, growing = self._first_doublings(start, first, start_h, state, generator)
+            path, stats, growing = self._first_doublings(start, first, start_h, state,
+                                                         generator)
         else:
             path = _start_path(start, start_h)
         for tree_depth in range(first, self.max_depth):
@@ -385,21 +412,23 @@ class NUTS(StepSizeSampler):
                                  state, generator)
             path = _merge(path, subtree, forward, draw_uniform(x, generator), metric)
             growing = any_chain(path.growing)  # over all ranks' chains when sharded
-        candidate, n_leapfrog, sum_accept = path.candidate, path.n_leapfrog, path.sum_accept
-        energy_error = candidate.hamiltonian - start_h
+            stats = None  # the first doublings' are not the step's
+        if stats is None:
+            stats = _step_stats(path, start_h)
+        candidate = path.candidate
         new_state = state._replace(position=candidate.position, energy=candidate.energy,
                                    score=candidate.score)
-        info = NUTSInfo(sum_accept / n_leapfrog.to(sum_accept.dtype), candidate.hamiltonian,
-                        energy_error, path.divergent, path.nonfinite, path.depth, n_leapfrog)
+        info = NUTSInfo(stats[0], candidate.hamiltonian, stats[1], path.divergent,
+                        path.nonfinite, path.depth, path.n_leapfrog)
         return new_state, info
 
     def _first_doublings(self, start: PhasePoint, n_doublings: int, start_h: Tensor,
                          state: NUTSState, generator: torch.Generator | None,
-                         ) -> tuple[_Trajectory, bool]:
+                         ) -> tuple[_Trajectory, tuple[Tensor, Tensor], bool]:
         """The trajectory from ``start`` after the first ``n_doublings`` doublings of
         ``jit=True`` (subtrees of 1, 2, …, 2^(n_doublings − 1) leaves, each one block),
-        in one kernel call (:func:`_first_doublings_update`), and whether any chain
-        still grows.
+        in one kernel call (:func:`_first_doublings_update`), the step's statistics
+        should it end there (:func:`_step_stats`), and whether any chain still grows.
 
         Their uniforms, per doubling the direction's, the leaves' and the merge's, are one
         ``(Σ_j (2^j + 2), n_chains)`` draw (:class:`_UniformRows`). The eager loop stops
@@ -410,9 +439,9 @@ class NUTS(StepSizeSampler):
         """
         sizes = [2**depth + 2 for depth in range(n_doublings)]
         uniform = _UniformRows(sum(sizes), start_h, generator)
-        path, status = call_compiled(_first_doublings_update, state.potential.model, start,
-                                     state.step_size, uniform.rows, state.metric,
-                                     state.potential, start_h, self.max_energy_error)
+        path, stats, status = call_compiled(
+            _first_doublings_update, state.potential.model, start, state.step_size,
+            uniform.rows, state.metric, state.potential, start_h, self.max_energy_error)
         drawn = 0
         for size, (started, growing) in zip(sizes, status.tolist(), strict=True):
             drawn += 2 + min(started, size - 2)
@@ -420,7 +449,7 @@ class NUTS(StepSizeSampler):
                 break
         if drawn < uniform.shape[0]:
             uniform.keep(drawn)
-        return path, bool(growing)
+        return path, stats, bool(growing)
 
     def _grow(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int,
               growing: Tensor, start_h: Tensor, state: NUTSState,
@@ -655,14 +684,17 @@ def _doubling_update(path: _Trajectory, forward: Tensor, step_size: Tensor, unif
 
 def _first_doublings_update(start: PhasePoint, step_size: Tensor, uniform: Tensor,
                             metric: Metric, potential: Potential, start_h: Tensor,
-                            max_energy_error: float) -> tuple[_Trajectory, Tensor]:
+                            max_energy_error: float,
+                            ) -> tuple[_Trajectory, tuple[Tensor, Tensor], Tensor]:
     """The first doublings of a step from ``start`` (:func:`_start_path`), each
     :func:`_doubling_update` (subtrees of 1, 2, 4, … leaves): the unit that ``jit=True``
     compiles for them. ``uniform`` holds per doubling of 2^j leaves 2^j + 2 rows, the
     direction's (forwards where < ½), the leaves' and the merge's,
     ``(Σ_j (2^j + 2), n_chains)``. A doubling after the trajectories have all stopped
     changes nothing: no chain grows, so none merges, and every statistic adds zero.
-    Returns the trajectory and, per doubling, its status ``(n_doublings, 2)``.
+    Returns the trajectory, the step's statistics should it end there
+    (:func:`_step_stats`: a division and a difference, which round as eagerly) and,
+    per doubling, its status ``(n_doublings, 2)``.
     """
     path, status, row, n_leaves = _start_path(start, start_h), [], 0, 1
     while row < uniform.shape[0]:
@@ -671,7 +703,15 @@ def _first_doublings_update(start: PhasePoint, step_size: Tensor, uniform: Tenso
                                           potential, start_h, max_energy_error)
         status.append(doubling)
         row, n_leaves = row + n_leaves + 2, 2 * n_leaves
-    return path, torch.stack(status)
+    return path, _step_stats(path, start_h), torch.stack(status)
+
+
+def _step_stats(path: _Trajectory, start_h: Tensor) -> tuple[Tensor, Tensor]:
+    """A finished trajectory's acceptance statistic (the mean of min(1, w) over its
+    leapfrog steps) and energy error H − H₀ at the selected point, ``(n_chains,)`` each."""
+    sum_accept = path.sum_accept
+    return (sum_accept / path.n_leapfrog.to(sum_accept.dtype),
+            path.candidate.hamiltonian - start_h)
 
 
 def _close_spans(starts: list, unit: int, first: _End, sum_before: Tensor, previous: _End,
