@@ -21,7 +21,7 @@ no averaging) on the DSM loss plus
 off-data images (uniform in the training faces' enclosing ball, noised faces,
 blends of two faces) at σ ∈ [0.01, 0.5] above that of noised faces by the gap
 the noised data density implies, capped at 1500 nats. Without it the networks
-give random images energies only ~200 nats above faces at σ = 0.01, and exp(−E)
+give random images energies only 170–470 nats above faces at σ = 0.01, and exp(−E)
 has most of its mass off the faces. It starts from the stored (int8-rounded)
 weights of the first phase, whose SHA-256 the card records as
 ``training.proper.from_sha256``.

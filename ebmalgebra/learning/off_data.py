@@ -5,8 +5,9 @@ trained energy is unconstrained on images far from every data point, and a
 denoiser energy E = ‖x − D(x, σ)‖²/(2σ²) with an EDM-preconditioned D is there
 bounded by the size of the network's output (docs/composition.md, "Limits"):
 random images get energies not far above the data's, and the volume of the
-space outweighs the data's thin neighbourhood, so exp(−E) is not normalisable
-in any useful sense. This loss adds what the true noised density implies there.
+space outweighs the data's thin neighbourhood, so exp(−E) has most of its mass
+on images that are not data. This loss adds what the true noised density implies
+there.
 
 Model the data as a low-dimensional set blurred by N(0, σ₀² I) (σ₀ the data's
 own pixel noise). Noised by σ, the density is close to a Gaussian tube of
