@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/proper_faces.py             # 256 particles, seeds 0–2 (~15 minutes)
     python benchmarks/proper_faces.py --quick     # 32 particles, seeds 0–1, 16 samples
     python benchmarks/proper_faces.py --no-envelope --particles 64   # the bare models
+    python benchmarks/proper_faces.py --weights /tmp/zoo   # models from train_zoo.py --out
 
 One thread, CPU. The envelope is ``ball_envelope(R, center=c, noise_width=w)`` with
 (c, R) the enclosing ball of 64 000 training faces (``datasets.faces``, noise 0.04)
@@ -39,6 +40,7 @@ import os
 import time
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -117,11 +119,17 @@ def main() -> None:
     parser.add_argument("--uniform", type=int, default=4096)
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="a zoo weights folder to load glasses and hat from (default: the "
+                             "shipped zoo.WEIGHTS)")
     args = parser.parse_args()
+    if args.weights is not None:
+        zoo.WEIGHTS = args.weights
     if args.quick:
         args.particles, args.seeds, args.uniform, args.samples = 32, "0,1", 512, 16
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"weights from {zoo.WEIGHTS}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args.particles} particles, "
           f"seeds {seeds}, {args.steps} MALA moves per level, noise_width {args.noise_width}")
 

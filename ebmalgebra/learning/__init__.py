@@ -7,7 +7,9 @@ of any expression and a data batch ``(batch, *event_shape)``:
   :func:`multi_noise_dsm` need only the model's score, never Z;
 * :func:`contrastive_divergence` estimates the maximum-likelihood gradient
   with MCMC negatives from any library sampler, optionally started from a
-  :class:`ReplayBuffer`.
+  :class:`ReplayBuffer`;
+* :func:`off_data_margin` is a hinge that raises a noise-conditioned energy
+  away from the data at small σ, where score matching never looks.
 
 :func:`fit` runs the optimisation loop; :mod:`ebmalgebra.learning.nets`
 holds energy networks and :func:`as_model` turns them into named leaves.
@@ -31,6 +33,7 @@ from ebmalgebra.learning.nets import (
     ResidualMLPDenoiser,
     as_model,
 )
+from ebmalgebra.learning.off_data import off_data_margin, off_data_points
 from ebmalgebra.learning.score_matching import (
     denoising_score_matching,
     exact_score_matching,
@@ -53,6 +56,8 @@ __all__ = [
     "exact_score_matching",
     "fit",
     "multi_noise_dsm",
+    "off_data_margin",
+    "off_data_points",
     "score_matching",
     "sliced_score_matching",
 ]
