@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.base import TimeLike
+from ebmalgebra.leaves import autograd_energy_and_score, autograd_score
 from ebmalgebra.program import ANALYTIC, AUTOGRAD, SCORE_ONLY, Program
 
 __all__ = ["energy", "energy_and_score"]
@@ -72,11 +73,7 @@ def _sole_autograd(leaf, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
     """E = E_leaf of one autograd leaf (a Python function or module): its energy and one
     reverse pass, detached, as a hand-written loop computes them (the sampling hot path,
     where on small batches every extra op and call is felt)."""
-    with torch.enable_grad():
-        inputs = x.detach().requires_grad_(True)
-        energy = leaf._energy(inputs, t)
-        score = _score(energy, inputs, False)
-    return energy.detach(), score
+    return autograd_energy_and_score(leaf._energy, x, t, False)
 
 
 def _evaluate_affine(program: Program, x: Tensor, t: TimeLike, create_graph: bool
@@ -114,8 +111,8 @@ def _evaluate_affine(program: Program, x: Tensor, t: TimeLike, create_graph: boo
             if leaf_energy is not None:
                 energy = leaf_energy if energy is None else energy + leaf_energy
         if autograd_total is not None:
-            autograd_score = _score(autograd_total, inputs, create_graph)
-            score = autograd_score if score is None else score + autograd_score
+            pulled = autograd_score(autograd_total, inputs, create_graph)
+            score = pulled if score is None else score + pulled
     finally:
         torch.set_grad_enabled(grad_mode)
     score = torch.zeros_like(x) if score is None else score
@@ -207,7 +204,7 @@ class _Reverse:
                 # so each autograd leaf gets its own pass.
                 total = None
                 for i in autograd:
-                    score = _score(energies[i], self.inputs, True)
+                    score = autograd_score(energies[i], self.inputs, True)
                     term = _broadcast(coefficients[i], score) * score
                     total = term if total is None else total + term
                 return total
@@ -221,7 +218,7 @@ class _Reverse:
                 total = term if total is None else total + term
             if total is None:
                 return None
-            return _score(total, self.inputs, self.create_graph)
+            return autograd_score(total, self.inputs, self.create_graph)
 
 
 def _affine_energy(linear: tuple[float, tuple[float, ...]], energies: list, x: Tensor
@@ -256,22 +253,3 @@ def _broadcast(coefficient: float | Tensor, like: Tensor) -> float | Tensor:
     if isinstance(coefficient, Tensor):
         return coefficient.reshape(coefficient.shape + (1,) * (like.dim() - 1))
     return coefficient
-
-
-def _score(energy: Tensor, inputs: Tensor, create_graph: bool) -> Tensor:
-    """s = −∇ₓ Σ_n E_n of per-row energies ``(n,)`` with respect to ``inputs``
-    ``(n, *event_shape)`` (rows independent, so row n of s is −∇E_n), contiguous.
-
-    One reverse pass seeded with −1 per row: the vector–Jacobian product with −𝟙 is the
-    score itself, without the sum, its backward's expand, the seed of the scalar and the
-    negation that −∇(Σ E) costs (four ops a call, ~6% of a small ULA step).
-    """
-    if not energy.requires_grad:
-        return torch.zeros_like(inputs)
-    (score,) = torch.autograd.grad(energy, inputs, grad_outputs=torch.full_like(energy, -1.0),
-                                   create_graph=create_graph, allow_unused=True)
-    if score is None:
-        return torch.zeros_like(inputs)
-    # A reverse pass may hand back a broadcast view of the seed (E = Σ_i x_i); samplers
-    # keep scores as dense tensors.
-    return score.contiguous()
