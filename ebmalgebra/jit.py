@@ -426,7 +426,7 @@ class SteadyRun:
 
     def __init__(self, model: EnergyModel) -> None:
         self.model = model
-        self.layout = _parameter_layout(model)
+        self.layout: tuple = ()  # taken when the first route is verified
         self.verified: dict[tuple, tuple[_Kernel, list]] = {}
         self.prior: SteadyRun | None = None
 
@@ -449,7 +449,10 @@ class SteadyRun:
 
     def check(self) -> None:
         """Check every guard again on each kernel's next call if the model's parameters
-        changed identity, dtype, device, shape, strides or ``requires_grad``."""
+        changed identity, dtype, device, shape, strides or ``requires_grad``. Nothing to
+        compare while no route is verified (eager samplers, or before the first call)."""
+        if not self.verified:
+            return
         layout = _parameter_layout(self.model)
         if layout != self.layout:
             self.layout = layout
@@ -464,6 +467,8 @@ class SteadyRun:
             if kernel.seconds is not None and kernel.compiled is not None:
                 if len(self.verified) >= _MAX_VERIFIED:
                     self.verified.clear()
+                if not self.verified:  # the layout these full guards have just seen
+                    self.layout = _parameter_layout(self.model)
                 self.verified[route] = (kernel, [owner, *_objects(args)])
             return result
         prior = stance.enter()
