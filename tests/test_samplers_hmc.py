@@ -160,6 +160,10 @@ def test_one_step_matches_a_hand_written_leapfrog_and_accept(metric):
     torch.testing.assert_close(info.acceptance_rate, probability)
     torch.testing.assert_close(info.energy_error, delta_h)
     assert torch.equal(info.is_accepted, accepted)
+    # Every trajectory ends finite: none is flagged non-finite, and divergent means an
+    # energy error above the threshold.
+    assert not info.nonfinite.any()
+    assert torch.equal(info.divergent, delta_h > sampler.max_energy_error)
 
 
 @pytest.mark.parametrize("metric", ["diag", "dense"])

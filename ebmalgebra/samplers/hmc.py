@@ -23,6 +23,7 @@ from ebmalgebra.samplers.base import (
     select,
     shared_value,
     squared_norm,
+    sum_is_finite_eagerly,
 )
 from ebmalgebra.samplers.integrators import PhasePoint, integrate
 from ebmalgebra.samplers.metrics import Metric, metric_class
@@ -212,14 +213,24 @@ class HMC(StepSizeSampler):
         # The initial kinetic energy of p = F ξ is ½ ‖ξ‖² (Metric.momentum_from_noise).
         energy_error = (energy - state.energy) + (
             metric.kinetic_energy(p) - 0.5 * squared_norm(noise))
-        finite = finite_rows(energy, score)
-        accepted, probability = metropolis_accept(-energy_error, finite, uniform)
-        # NaN errors (∞ − ∞ from an overflowing kinetic energy) count as divergent too.
-        divergent = ~(energy_error <= self.max_energy_error)
+        if sum_is_finite_eagerly(energy_error):
+            # The usual case, read from one sum: every error is finite, so every end
+            # point's energy and momentum, hence score (p′ = p + ½ε s′, ε > 0), is too.
+            # The masks below then hold what the row-wise checks would give.
+            nonfinite = torch.zeros_like(uniform, dtype=torch.bool)
+            accepted, probability = metropolis_accept(-energy_error, None, uniform,
+                                                      ratios_finite=True)
+            divergent = energy_error > self.max_energy_error
+        else:
+            finite = finite_rows(energy, score)
+            nonfinite = ~finite
+            accepted, probability = metropolis_accept(-energy_error, finite, uniform)
+            # NaN errors (∞ − ∞ from an overflowing kinetic energy) count as divergent.
+            divergent = ~(energy_error <= self.max_energy_error)
         new_state = state._replace(
             position=select(accepted, x, state.position),
             energy=torch.where(accepted, energy, state.energy),
             score=select(accepted, score, state.score),
         )
-        return new_state, HMCInfo(probability, accepted, energy_error, divergent, ~finite,
+        return new_state, HMCInfo(probability, accepted, energy_error, divergent, nonfinite,
                                   n_leapfrog)
