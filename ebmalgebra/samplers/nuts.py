@@ -474,7 +474,7 @@ class NUTS(StepSizeSampler):
         compact = self._subtree(_take(begin, index), signed_step.index_select(0, index),
                                 tree_depth, levels, rows.valid, start_h.index_select(0, index),
                                 metric, _rows_of(potential, index), generator, rows)
-        return _scatter_subtree(compact, rows, begin, start_h, metric)
+        return _scatter_subtree(compact, rows, begin, start_h)
 
     def _subtree(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int, levels: int,
                  valid: Tensor, start_h: Tensor, metric: Metric, potential: Potential,
@@ -551,15 +551,15 @@ class NUTS(StepSizeSampler):
 class _Rows(NamedTuple):
     """The growing chains of a deep doubling of ``jit=True``, as a compact batch.
 
-    ``index`` ``(size,)`` holds their rows in the full batch, padded to one of a few
-    sizes (:data:`_COMPACT_SIZES`) by repeating the first, so that a few static-shape
-    kernels serve every count; ``valid`` ``(size,)`` is False on the padding, whose
-    results go unused; ``like`` is a float ``(n_chains,)`` tensor of the full batch,
-    whose length and dtype every chain's uniforms are drawn with.
+    ``index`` ``(size,)`` holds their rows in the full batch, in order, padded to one
+    of a few sizes (:data:`_COMPACT_SIZES`) with the rows of chains not growing, also
+    in order, so that a few static-shape kernels serve every count and each row
+    appears once; ``valid`` ``(size,)`` is False on the padding, whose results go
+    unused; ``like`` is a float ``(n_chains,)`` tensor of the full batch, whose
+    length and dtype every chain's uniforms are drawn with.
     """
 
     index: Tensor
-    count: int
     valid: Tensor
     like: Tensor
 
@@ -581,10 +581,9 @@ def _compact_rows(growing: Tensor, like: Tensor) -> _Rows | None:
     size = next((size for size in _COMPACT_SIZES if size >= count), None)
     if size is None or 4 * size > n_chains:
         return None
-    index = growing.nonzero().squeeze(1)
-    index = torch.cat([index, index[:1].expand(size - count)])
-    valid = torch.arange(size, device=growing.device) < count
-    return _Rows(index, count, valid, like)
+    # The growing rows first, then the others (a stable sort keeps each in order).
+    index = growing.sort(descending=True, stable=True).indices[:size]
+    return _Rows(index, growing.index_select(0, index), like)
 
 
 def _take(fields: NamedTuple, index: Tensor) -> NamedTuple:
@@ -594,23 +593,33 @@ def _take(fields: NamedTuple, index: Tensor) -> NamedTuple:
 
 def _put(old: NamedTuple | Tensor, index: Tensor, new: NamedTuple | Tensor
          ) -> NamedTuple | Tensor:
-    """``old`` with its rows ``index`` replaced by the first ``len(index)`` rows of ``new``
-    (a compact batch may carry padding after them), tensor by tensor through nested
-    named tuples; the inverse of :func:`_take`."""
+    """``old`` with its rows ``index`` replaced by the rows of ``new``, tensor by tensor
+    through nested named tuples; the inverse of :func:`_take`."""
     if isinstance(old, Tensor):
-        return old.index_copy(0, index, new[:len(index)])
+        return old.index_copy(0, index, new)
     return type(old)(*(_put(a, index, b) for a, b in zip(old, new, strict=True)))
 
 
 def _scatter_subtree(compact: _Subtree, rows: _Rows, begin: PhasePoint, start_h: Tensor,
-                     metric: Metric) -> _Subtree:
-    """The subtree of every chain from that of the compact batch ``rows``: the growing
-    chains' rows in place, the others an empty subtree at ``begin`` (no leaves, not
-    valid), as the eager loop leaves them (their ends go unused by :func:`_merge`)."""
-    at_begin = _End(begin.momentum, metric.velocity(begin.momentum))
-    empty = _Subtree(begin, at_begin, at_begin, _no_leaves(begin, start_h),
-                     torch.zeros_like(start_h, dtype=torch.bool))
-    return _put(empty, rows.index[:rows.count], compact)
+                     ) -> _Subtree:
+    """The subtree of every chain from that of the compact batch ``rows``, for
+    :func:`_merge`, which needs of a chain that is not growing only that its subtree is
+    not valid and adds nothing to the statistics (no leaves counted, Σ min(1, w) = 0, no
+    divergence or non-finite point): its other fields go unused.
+
+    The padding's rows of the compact batch are such chains (:class:`_Rows`), stepped
+    with ``valid`` False, so their subtree is exactly that, and the whole batch is
+    scattered; the other fields of the chains outside it keep ``begin``'s and
+    ``start_h``'s values, which :func:`_merge` computes with but never selects.
+    """
+    zeros = torch.zeros_like(start_h)
+    no_leaves = torch.zeros_like(start_h, dtype=torch.long)
+    flags = torch.zeros_like(start_h, dtype=torch.bool)
+    end = _End(begin.momentum, begin.momentum)
+    candidate = _Candidate(begin.position, begin.energy, begin.score, start_h)
+    base = _Subtree(begin, end, end, _Leaves(start_h, candidate, begin.momentum, no_leaves,
+                                             zeros, flags, flags), flags)
+    return _put(base, rows.index, compact)
 
 
 class _UniformRows:
