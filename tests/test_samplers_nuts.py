@@ -337,6 +337,31 @@ def test_jit_compact_batches_take_each_chains_beta_with_it(monkeypatch):
         assert torch.equal(runs[1].stats[key], value), key
 
 
+@pytest.mark.parametrize(("n_chains", "growing_rows", "size"), [
+    (100, [3, 17, 42, 43, 99], 16),  # 5 chains: 16 rows, at most a quarter of 100
+    (64, list(range(0, 64, 4)), 16),  # exactly 16 of 64
+    (300, list(range(1, 300, 5)), 64),  # 60 chains: the next size
+    (63, [5], None),  # 16 rows are more than a quarter of 63: every row
+    (100, list(range(17)), None),  # 17 chains need 64 rows: every row
+])
+def test_compact_rows_are_the_growing_chains_then_others_each_in_order(
+        n_chains, growing_rows, size):
+    """A compact batch holds the growing chains' rows in order, then, as padding, the
+    first rows of chains not growing, in order, each row once: the scatter back of a
+    deep subtree (``_scatter_subtree``) copies the padding's rows too, which is exact
+    only because they are chains that merge nothing. Compared with lists built here."""
+    growing = torch.zeros(n_chains, dtype=torch.bool)
+    growing[growing_rows] = True
+    rows = nuts_module._compact_rows(growing, torch.zeros(n_chains, dtype=F64))
+    if size is None:
+        assert rows is None
+        return
+    others = [row for row in range(n_chains) if row not in growing_rows]
+    expected = growing_rows + others[:size - len(growing_rows)]
+    assert rows.index.tolist() == expected
+    assert rows.valid.tolist() == [row in growing_rows for row in expected]
+
+
 # ------------------------------------------------ jit=True's blocks, run eagerly
 
 def gaussian_4d() -> Gaussian:
