@@ -45,9 +45,10 @@ and merges (a doubling after every chain has stopped changes nothing); deeper
 subtrees run as blocks of 4 leaves with the U-turn checks inside a block
 compiled, the longer spans' checks and the merge eager. When the chains still
 growing at a deep doubling are few (at most 16 of 64 chains or more, 64 of 256
-or more, …), its blocks run on their rows only, gathered into a compact batch
-and scattered back before the merge, so that the late leaves of uneven trees
-do not pay for the finished chains. The random numbers are drawn outside the
+or more, …), its blocks run on their rows only, gathered into a compact batch,
+and one more kernel merges the compact subtree into those rows of the
+trajectory, so that the late leaves of uneven trees do not pay for the finished
+chains. The random numbers are drawn outside the
 kernels in the eager order, for every chain: a kernel's are drawn at once, and
 the generator is set back to where the eager loop would have stopped drawing
 when every chain stops inside the kernel's leaves, so a seed gives the same
@@ -336,10 +337,10 @@ class NUTS(StepSizeSampler):
             same chain as ``jit=False`` up to float rounding. The finished chains'
             rows are stepped too (static shapes), unused, except in deep doublings
             where at most a quarter of the chains (16 of 64 or more, …) still grow:
-            those run on a compact batch of 16, 64, 256, … rows, one more kernel
-            per size. The first steps pay a one-off compile of two or three
-            kernels, tens of seconds cold (seconds from inductor's on-disk cache);
-            see :mod:`ebmalgebra.jit`.
+            those run on a compact batch of 16, 64, 256, … rows, two more kernels
+            per size (its blocks and its merge). The first steps pay a one-off
+            compile of two to four kernels, tens of seconds cold (seconds from
+            inductor's on-disk cache); see :mod:`ebmalgebra.jit`.
 
     Example:
         >>> samples = ebmalgebra.sample(model, NUTS(), n_chains=4, n_steps=1000, warmup=1000)
@@ -408,10 +409,16 @@ class NUTS(StepSizeSampler):
             forward = draw_uniform(x, generator) < 0.5
             signed_step = torch.where(forward, state.step_size, -state.step_size)
             begin = _where_point(forward, path.right, path.left)
-            subtree = self._grow(begin, signed_step, tree_depth, path.growing, start_h,
-                                 state, generator)
-            path = _merge(path, subtree, forward, draw_uniform(x, generator), metric)
-            growing = any_chain(path.growing)  # over all ranks' chains when sharded
+            subtree, rows = self._grow(begin, signed_step, tree_depth, path.growing,
+                                       start_h, state, generator)
+            uniform = draw_uniform(x, generator)
+            if rows is None:
+                path = _merge(path, subtree, forward, uniform, metric)
+                growing = any_chain(path.growing)  # over all ranks' chains when sharded
+            else:  # a compact batch's subtree: merged into its rows in one kernel call
+                path, grows = call_compiled(_merge_rows, state.potential.model, path,
+                                            subtree, forward, uniform, metric, rows.index)
+                growing = bool(grows)
             stats = None  # the first doublings' are not the step's
         if stats is None:
             stats = _step_stats(path, start_h)
@@ -453,7 +460,7 @@ class NUTS(StepSizeSampler):
 
     def _grow(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int,
               growing: Tensor, start_h: Tensor, state: NUTSState,
-              generator: torch.Generator | None) -> _Subtree:
+              generator: torch.Generator | None) -> tuple[_Subtree, _Rows | None]:
         """Integrate a subtree of 2^tree_depth steps from ``begin`` for the ``growing`` chains.
 
         U-turns inside the subtree are checked without storing its points (see
@@ -462,19 +469,19 @@ class NUTS(StepSizeSampler):
         each one kernel call that also checks the spans inside the block, so only
         the spans of more than 2^b leaves are checked here, block by block. When the
         growing chains are few (:func:`_compact_rows`), the blocks run on their rows
-        only and the subtree is scattered back (:func:`_scatter_subtree`).
+        only: the subtree is then that of the compact batch, returned with its
+        rows (for :func:`_merge_rows`); else ``None`` with every chain's subtree.
         """
         metric, potential = state.metric, state.potential
         levels = min(tree_depth, _BLOCK_LEVELS) if self._blocks(start_h) else 0
         rows = _compact_rows(growing, start_h) if levels else None
         if rows is None:
             return self._subtree(begin, signed_step, tree_depth, levels, growing, start_h,
-                                 metric, potential, generator, None)
+                                 metric, potential, generator, None), None
         index = rows.index
-        compact = self._subtree(_take(begin, index), signed_step.index_select(0, index),
-                                tree_depth, levels, rows.valid, start_h.index_select(0, index),
-                                metric, _rows_of(potential, index), generator, rows)
-        return _scatter_subtree(compact, rows, begin, start_h)
+        return self._subtree(_take(begin, index), signed_step.index_select(0, index),
+                             tree_depth, levels, rows.valid, start_h.index_select(0, index),
+                             metric, _rows_of(potential, index), generator, rows), rows
 
     def _subtree(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int, levels: int,
                  valid: Tensor, start_h: Tensor, metric: Metric, potential: Potential,
@@ -586,9 +593,11 @@ def _compact_rows(growing: Tensor, like: Tensor) -> _Rows | None:
     return _Rows(index, growing.index_select(0, index), like)
 
 
-def _take(fields: NamedTuple, index: Tensor) -> NamedTuple:
-    """The rows ``index`` of every tensor of ``fields``."""
-    return type(fields)(*(field.index_select(0, index) for field in fields))
+def _take(fields: NamedTuple | Tensor, index: Tensor) -> NamedTuple | Tensor:
+    """The rows ``index`` of every tensor of ``fields``, through nested named tuples."""
+    if isinstance(fields, Tensor):
+        return fields.index_select(0, index)
+    return type(fields)(*(_take(field, index) for field in fields))
 
 
 def _put(old: NamedTuple | Tensor, index: Tensor, new: NamedTuple | Tensor
@@ -598,28 +607,6 @@ def _put(old: NamedTuple | Tensor, index: Tensor, new: NamedTuple | Tensor
     if isinstance(old, Tensor):
         return old.index_copy(0, index, new)
     return type(old)(*(_put(a, index, b) for a, b in zip(old, new, strict=True)))
-
-
-def _scatter_subtree(compact: _Subtree, rows: _Rows, begin: PhasePoint, start_h: Tensor,
-                     ) -> _Subtree:
-    """The subtree of every chain from that of the compact batch ``rows``, for
-    :func:`_merge`, which needs of a chain that is not growing only that its subtree is
-    not valid and adds nothing to the statistics (no leaves counted, Σ min(1, w) = 0, no
-    divergence or non-finite point): its other fields go unused.
-
-    The padding's rows of the compact batch are such chains (:class:`_Rows`), stepped
-    with ``valid`` False, so their subtree is exactly that, and the whole batch is
-    scattered; the other fields of the chains outside it keep ``begin``'s and
-    ``start_h``'s values, which :func:`_merge` computes with but never selects.
-    """
-    zeros = torch.zeros_like(start_h)
-    no_leaves = torch.zeros_like(start_h, dtype=torch.long)
-    flags = torch.zeros_like(start_h, dtype=torch.bool)
-    end = _End(begin.momentum, begin.momentum)
-    candidate = _Candidate(begin.position, begin.energy, begin.score, start_h)
-    base = _Subtree(begin, end, end, _Leaves(start_h, candidate, begin.momentum, no_leaves,
-                                             zeros, flags, flags), flags)
-    return _put(base, rows.index, compact)
 
 
 class _UniformRows:
@@ -669,6 +656,22 @@ def _block_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potent
         alive = alive + valid.any()
         previous = last
     return _Block(point, leaves, first, last, valid, alive)
+
+
+def _merge_rows(path: _Trajectory, subtree: _Subtree, forward: Tensor, uniform: Tensor,
+                metric: Metric, index: Tensor) -> tuple[_Trajectory, Tensor]:
+    """:func:`_merge` of the subtree of a compact batch (:class:`_Rows`) into the rows
+    ``index`` ``(size,)`` of ``path``, ``forward`` and ``uniform`` ``(n_chains,)``: the unit
+    that ``jit=True`` compiles for a compact deep doubling's merge, one kernel per
+    batch size. The other chains do not grow, so merging would leave their rows as
+    they are: those outside ``index`` are not touched, and the padding's, stepped as
+    not growing, come back unchanged (each row appears once in ``index``). Returns the
+    merged path and whether any of its chains still grows, ``()``.
+    """
+    merged = _merge(_take(path, index), subtree, forward.index_select(0, index),
+                    uniform.index_select(0, index), metric)
+    path = _put(path, index, merged)
+    return path, path.growing.any()
 
 
 def _doubling_update(path: _Trajectory, forward: Tensor, step_size: Tensor, uniform: Tensor,
