@@ -48,11 +48,11 @@ growing at a deep doubling are few (at most 16 of 64 chains or more, 64 of 256
 or more, …), its blocks run on their rows only, gathered into a compact batch,
 and one more kernel merges the compact subtree into those rows of the
 trajectory, so that the late leaves of uneven trees do not pay for the finished
-chains. The random numbers are drawn outside the
-kernels in the eager order, for every chain: a kernel's are drawn at once, and
-the generator is set back to where the eager loop would have stopped drawing
-when every chain stops inside the kernel's leaves, so a seed gives the same
-trees as with ``jit=False`` up to float rounding.
+chains. The random numbers are drawn outside the kernels in the eager order,
+for every chain: a kernel's are drawn at once, and the generator is set back to
+where the eager loop would have stopped drawing when every chain stops inside
+the kernel's leaves, so a seed gives the same trees as with ``jit=False`` up to
+float rounding.
 
 Shapes: positions ``(n_chains, *event_shape)``; per-chain info ``(n_chains,)``.
 """
