@@ -34,6 +34,7 @@ from ebmalgebra.jit import DISABLE_ENV
 from ebmalgebra.samplers import NUTS, NUTSInfo, NUTSState, ParallelTempering
 from ebmalgebra.samplers import nuts as nuts_module
 from ebmalgebra.samplers.integrators import PhasePoint, leapfrog
+from ebmalgebra.samplers.metrics import DiagonalMetric
 from ebmalgebra.targets import Funnel, Gaussian, GaussianMixture, MultivariateGaussian
 
 
@@ -335,6 +336,105 @@ def test_jit_compact_batches_take_each_chains_beta_with_it(monkeypatch):
     assert runs[1].stats.keys() == runs[0].stats.keys()
     for key, value in runs[0].stats.items():
         assert torch.equal(runs[1].stats[key], value), key
+
+
+@pytest.mark.parametrize(("n_chains", "growing_rows", "size"), [
+    (100, [3, 17, 42, 43, 99], 16),  # 5 chains: 16 rows, at most a quarter of 100
+    (64, list(range(0, 64, 4)), 16),  # exactly 16 of 64
+    (300, list(range(1, 300, 5)), 64),  # 60 chains: the next size
+    (63, [5], None),  # 16 rows are more than a quarter of 63: every row
+    (100, list(range(17)), None),  # 17 chains need 64 rows: every row
+])
+def test_compact_rows_are_the_growing_chains_then_others_each_in_order(
+        n_chains, growing_rows, size):
+    """A compact batch holds the growing chains' rows in order, then, as padding, the
+    first rows of chains not growing, in order, each row once: the scatter back of a
+    deep subtree (``_scatter_subtree``) copies the padding's rows too, which is exact
+    only because they are chains that merge nothing. Compared with lists built here."""
+    growing = torch.zeros(n_chains, dtype=torch.bool)
+    growing[growing_rows] = True
+    rows = nuts_module._compact_rows(growing, torch.zeros(n_chains, dtype=F64))
+    if size is None:
+        assert rows is None
+        return
+    others = [row for row in range(n_chains) if row not in growing_rows]
+    expected = growing_rows + others[:size - len(growing_rows)]
+    assert rows.index.tolist() == expected
+    assert rows.valid.tolist() == [row in growing_rows for row in expected]
+
+
+def test_merging_a_compact_subtree_into_its_rows_is_merging_the_full_batch():
+    """``_merge_rows`` merges a compact batch's subtree into its rows only. It must
+    give, bit for bit, what ``_merge`` gives on the full batch with every other chain's
+    subtree empty (not valid, no leaves, Σ min(1, w) = 0, no flags; its other fields
+    anything), which is what the eager loop merges: random trajectory and subtree
+    fields, the growing chains' directions and uniforms spread over the batch, and
+    padding rows that are chains not growing, as the kernels leave them."""
+    n_chains, width = 256, 3
+    generator = torch.Generator().manual_seed(21)
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=generator, dtype=F64)
+
+    def flags(rows, p=0.5):
+        return torch.rand(rows, generator=generator) < p
+
+    def point(rows):
+        return PhasePoint(normal(rows, width), normal(rows, width), normal(rows),
+                          normal(rows, width))
+
+    def candidate(rows):
+        return nuts_module._Candidate(normal(rows, width), normal(rows), normal(rows, width),
+                                      normal(rows))
+
+    def counts(rows):
+        return torch.randint(1, 9, (rows,), generator=generator)
+
+    growing = flags(n_chains, 0.15)  # 64 rows of 256, some padding
+    path = nuts_module._Trajectory(
+        point(n_chains), point(n_chains), candidate(n_chains), normal(n_chains),
+        normal(n_chains, width), growing, counts(n_chains), counts(n_chains),
+        normal(n_chains).abs(), flags(n_chains, 0.1), flags(n_chains, 0.1))
+    rows = nuts_module._compact_rows(growing, normal(n_chains))
+    size = rows.index.shape[0]
+    valid, pad = flags(size, 0.9) & rows.valid, ~rows.valid
+    # Subtrees lighter than the trajectory mostly: the uniforms decide which are taken.
+    leaves = nuts_module._Leaves(
+        normal(size) - 2.0, candidate(size), normal(size, width),
+        counts(size).masked_fill(pad, 0), normal(size).abs().masked_fill(pad, 0.0),
+        flags(size, 0.2) & rows.valid, flags(size, 0.2) & rows.valid)
+    ends = [nuts_module._End(normal(size, width), normal(size, width)) for _ in range(2)]
+    compact = nuts_module._Subtree(point(size), *ends, leaves, valid)
+    forward, uniform = flags(n_chains), torch.rand(n_chains, generator=generator, dtype=F64)
+    metric = DiagonalMetric(normal(width).exp())
+
+    # The full batch: the growing chains' subtrees in their rows, empty ones elsewhere.
+    full = [normal(n_chains, width) for _ in range(2)]
+    empty = nuts_module._Subtree(
+        point(n_chains), nuts_module._End(*full), nuts_module._End(*full),
+        nuts_module._Leaves(normal(n_chains), candidate(n_chains), normal(n_chains, width),
+                            torch.zeros(n_chains, dtype=torch.long),
+                            torch.zeros(n_chains, dtype=F64),
+                            torch.zeros(n_chains, dtype=torch.bool),
+                            torch.zeros(n_chains, dtype=torch.bool)),
+        torch.zeros(n_chains, dtype=torch.bool))
+    subtree = nuts_module._put(empty, rows.index[rows.valid],
+                               nuts_module._take(compact, rows.valid.nonzero().squeeze(1)))
+    expected = nuts_module._merge(path, subtree, forward, uniform, metric)
+
+    merged, grows = nuts_module._merge_rows(path, compact, forward, uniform, metric,
+                                            rows.index)
+    assert int(pad.sum()) > 0 and int(rows.valid.sum()) > 0
+    assert torch.any(merged.depth != path.depth)  # some chains merged
+    for got, want in zip(_leaves_of(merged), _leaves_of(expected), strict=True):
+        assert torch.equal(got, want)
+    assert bool(grows) == bool(expected.growing.any())
+
+
+def _leaves_of(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [leaf for field in value for leaf in _leaves_of(field)]
 
 
 # ------------------------------------------------ jit=True's blocks, run eagerly

@@ -45,13 +45,14 @@ and merges (a doubling after every chain has stopped changes nothing); deeper
 subtrees run as blocks of 4 leaves with the U-turn checks inside a block
 compiled, the longer spans' checks and the merge eager. When the chains still
 growing at a deep doubling are few (at most 16 of 64 chains or more, 64 of 256
-or more, …), its blocks run on their rows only, gathered into a compact batch
-and scattered back before the merge, so that the late leaves of uneven trees
-do not pay for the finished chains. The random numbers are drawn outside the
-kernels in the eager order, for every chain: a kernel's are drawn at once, and
-the generator is set back to where the eager loop would have stopped drawing
-when every chain stops inside the kernel's leaves, so a seed gives the same
-trees as with ``jit=False`` up to float rounding.
+or more, …), its blocks run on their rows only, gathered into a compact batch,
+and one more kernel merges the compact subtree into those rows of the
+trajectory, so that the late leaves of uneven trees do not pay for the finished
+chains. The random numbers are drawn outside the kernels in the eager order,
+for every chain: a kernel's are drawn at once, and the generator is set back to
+where the eager loop would have stopped drawing when every chain stops inside
+the kernel's leaves, so a seed gives the same trees as with ``jit=False`` up to
+float rounding.
 
 Shapes: positions ``(n_chains, *event_shape)``; per-chain info ``(n_chains,)``.
 """
@@ -336,10 +337,10 @@ class NUTS(StepSizeSampler):
             same chain as ``jit=False`` up to float rounding. The finished chains'
             rows are stepped too (static shapes), unused, except in deep doublings
             where at most a quarter of the chains (16 of 64 or more, …) still grow:
-            those run on a compact batch of 16, 64, 256, … rows, one more kernel
-            per size. The first steps pay a one-off compile of two or three
-            kernels, tens of seconds cold (seconds from inductor's on-disk cache);
-            see :mod:`ebmalgebra.jit`.
+            those run on a compact batch of 16, 64, 256, … rows, two more kernels
+            per size (its blocks and its merge). The first steps pay a one-off
+            compile of two to four kernels, tens of seconds cold (seconds from
+            inductor's on-disk cache); see :mod:`ebmalgebra.jit`.
 
     Example:
         >>> samples = ebmalgebra.sample(model, NUTS(), n_chains=4, n_steps=1000, warmup=1000)
@@ -408,10 +409,16 @@ class NUTS(StepSizeSampler):
             forward = draw_uniform(x, generator) < 0.5
             signed_step = torch.where(forward, state.step_size, -state.step_size)
             begin = _where_point(forward, path.right, path.left)
-            subtree = self._grow(begin, signed_step, tree_depth, path.growing, start_h,
-                                 state, generator)
-            path = _merge(path, subtree, forward, draw_uniform(x, generator), metric)
-            growing = any_chain(path.growing)  # over all ranks' chains when sharded
+            subtree, rows = self._grow(begin, signed_step, tree_depth, path.growing,
+                                       start_h, state, generator)
+            uniform = draw_uniform(x, generator)
+            if rows is None:
+                path = _merge(path, subtree, forward, uniform, metric)
+                growing = any_chain(path.growing)  # over all ranks' chains when sharded
+            else:  # a compact batch's subtree: merged into its rows in one kernel call
+                path, grows = call_compiled(_merge_rows, state.potential.model, path,
+                                            subtree, forward, uniform, metric, rows.index)
+                growing = bool(grows)
             stats = None  # the first doublings' are not the step's
         if stats is None:
             stats = _step_stats(path, start_h)
@@ -453,7 +460,7 @@ class NUTS(StepSizeSampler):
 
     def _grow(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int,
               growing: Tensor, start_h: Tensor, state: NUTSState,
-              generator: torch.Generator | None) -> _Subtree:
+              generator: torch.Generator | None) -> tuple[_Subtree, _Rows | None]:
         """Integrate a subtree of 2^tree_depth steps from ``begin`` for the ``growing`` chains.
 
         U-turns inside the subtree are checked without storing its points (see
@@ -462,19 +469,19 @@ class NUTS(StepSizeSampler):
         each one kernel call that also checks the spans inside the block, so only
         the spans of more than 2^b leaves are checked here, block by block. When the
         growing chains are few (:func:`_compact_rows`), the blocks run on their rows
-        only and the subtree is scattered back (:func:`_scatter_subtree`).
+        only: the subtree is then that of the compact batch, returned with its
+        rows (for :func:`_merge_rows`); else ``None`` with every chain's subtree.
         """
         metric, potential = state.metric, state.potential
         levels = min(tree_depth, _BLOCK_LEVELS) if self._blocks(start_h) else 0
         rows = _compact_rows(growing, start_h) if levels else None
         if rows is None:
             return self._subtree(begin, signed_step, tree_depth, levels, growing, start_h,
-                                 metric, potential, generator, None)
+                                 metric, potential, generator, None), None
         index = rows.index
-        compact = self._subtree(_take(begin, index), signed_step.index_select(0, index),
-                                tree_depth, levels, rows.valid, start_h.index_select(0, index),
-                                metric, _rows_of(potential, index), generator, rows)
-        return _scatter_subtree(compact, rows, begin, start_h, metric)
+        return self._subtree(_take(begin, index), signed_step.index_select(0, index),
+                             tree_depth, levels, rows.valid, start_h.index_select(0, index),
+                             metric, _rows_of(potential, index), generator, rows), rows
 
     def _subtree(self, begin: PhasePoint, signed_step: Tensor, tree_depth: int, levels: int,
                  valid: Tensor, start_h: Tensor, metric: Metric, potential: Potential,
@@ -551,15 +558,15 @@ class NUTS(StepSizeSampler):
 class _Rows(NamedTuple):
     """The growing chains of a deep doubling of ``jit=True``, as a compact batch.
 
-    ``index`` ``(size,)`` holds their rows in the full batch, padded to one of a few
-    sizes (:data:`_COMPACT_SIZES`) by repeating the first, so that a few static-shape
-    kernels serve every count; ``valid`` ``(size,)`` is False on the padding, whose
-    results go unused; ``like`` is a float ``(n_chains,)`` tensor of the full batch,
-    whose length and dtype every chain's uniforms are drawn with.
+    ``index`` ``(size,)`` holds their rows in the full batch, in order, padded to one
+    of a few sizes (:data:`_COMPACT_SIZES`) with the rows of chains not growing, also
+    in order, so that a few static-shape kernels serve every count and each row
+    appears once; ``valid`` ``(size,)`` is False on the padding, whose results go
+    unused; ``like`` is a float ``(n_chains,)`` tensor of the full batch, whose
+    length and dtype every chain's uniforms are drawn with.
     """
 
     index: Tensor
-    count: int
     valid: Tensor
     like: Tensor
 
@@ -581,36 +588,25 @@ def _compact_rows(growing: Tensor, like: Tensor) -> _Rows | None:
     size = next((size for size in _COMPACT_SIZES if size >= count), None)
     if size is None or 4 * size > n_chains:
         return None
-    index = growing.nonzero().squeeze(1)
-    index = torch.cat([index, index[:1].expand(size - count)])
-    valid = torch.arange(size, device=growing.device) < count
-    return _Rows(index, count, valid, like)
+    # The growing rows first, then the others (a stable sort keeps each in order).
+    index = growing.sort(descending=True, stable=True).indices[:size]
+    return _Rows(index, growing.index_select(0, index), like)
 
 
-def _take(fields: NamedTuple, index: Tensor) -> NamedTuple:
-    """The rows ``index`` of every tensor of ``fields``."""
-    return type(fields)(*(field.index_select(0, index) for field in fields))
+def _take(fields: NamedTuple | Tensor, index: Tensor) -> NamedTuple | Tensor:
+    """The rows ``index`` of every tensor of ``fields``, through nested named tuples."""
+    if isinstance(fields, Tensor):
+        return fields.index_select(0, index)
+    return type(fields)(*(_take(field, index) for field in fields))
 
 
 def _put(old: NamedTuple | Tensor, index: Tensor, new: NamedTuple | Tensor
          ) -> NamedTuple | Tensor:
-    """``old`` with its rows ``index`` replaced by the first ``len(index)`` rows of ``new``
-    (a compact batch may carry padding after them), tensor by tensor through nested
-    named tuples; the inverse of :func:`_take`."""
+    """``old`` with its rows ``index`` replaced by the rows of ``new``, tensor by tensor
+    through nested named tuples; the inverse of :func:`_take`."""
     if isinstance(old, Tensor):
-        return old.index_copy(0, index, new[:len(index)])
+        return old.index_copy(0, index, new)
     return type(old)(*(_put(a, index, b) for a, b in zip(old, new, strict=True)))
-
-
-def _scatter_subtree(compact: _Subtree, rows: _Rows, begin: PhasePoint, start_h: Tensor,
-                     metric: Metric) -> _Subtree:
-    """The subtree of every chain from that of the compact batch ``rows``: the growing
-    chains' rows in place, the others an empty subtree at ``begin`` (no leaves, not
-    valid), as the eager loop leaves them (their ends go unused by :func:`_merge`)."""
-    at_begin = _End(begin.momentum, metric.velocity(begin.momentum))
-    empty = _Subtree(begin, at_begin, at_begin, _no_leaves(begin, start_h),
-                     torch.zeros_like(start_h, dtype=torch.bool))
-    return _put(empty, rows.index[:rows.count], compact)
 
 
 class _UniformRows:
@@ -660,6 +656,22 @@ def _block_update(point: PhasePoint, signed_step: Tensor, metric: Metric, potent
         alive = alive + valid.any()
         previous = last
     return _Block(point, leaves, first, last, valid, alive)
+
+
+def _merge_rows(path: _Trajectory, subtree: _Subtree, forward: Tensor, uniform: Tensor,
+                metric: Metric, index: Tensor) -> tuple[_Trajectory, Tensor]:
+    """:func:`_merge` of the subtree of a compact batch (:class:`_Rows`) into the rows
+    ``index`` ``(size,)`` of ``path``, ``forward`` and ``uniform`` ``(n_chains,)``: the unit
+    that ``jit=True`` compiles for a compact deep doubling's merge, one kernel per
+    batch size. The other chains do not grow, so merging would leave their rows as
+    they are: those outside ``index`` are not touched, and the padding's, stepped as
+    not growing, come back unchanged (each row appears once in ``index``). Returns the
+    merged path and whether any of its chains still grows, ``()``.
+    """
+    merged = _merge(_take(path, index), subtree, forward.index_select(0, index),
+                    uniform.index_select(0, index), metric)
+    path = _put(path, index, merged)
+    return path, path.growing.any()
 
 
 def _doubling_update(path: _Trajectory, forward: Tensor, step_size: Tensor, uniform: Tensor,
