@@ -44,7 +44,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -54,12 +53,10 @@ from ebmalgebra import zoo
 from ebmalgebra.datasets import faces
 from ebmalgebra.envelope import enclosing_ball
 from ebmalgebra.operator import Operator
-from ebmalgebra.samplers import SMC
-from ebmalgebra.targets import Gaussian
 from ebmalgebra.zoo.faces import attribute_rates
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proper_faces import REPORT_SIGMAS  # noqa: E402
+from proper_faces import REPORT_SIGMAS, smc_run  # noqa: E402
 
 DIRECTIONS = {"forward": ("glasses", "hat"), "reverse": ("hat", "glasses")}
 
@@ -87,14 +84,8 @@ class AtNoise(Operator):
 def bridge_run(first: eb.EnergyModel, second: eb.EnergyModel, levels: list[float], n: int,
                n_steps: int, seed: int):
     """Noise path of ``first`` from N(0, σ_max² I), then a bridge to ``second`` at σ_min."""
-    base = Gaussian(torch.zeros(16, 16), levels[0], name="base")
-    path = [AtNoise(first, sigma) for sigma in levels]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="SMC: only", category=RuntimeWarning)
-        return SMC(n_steps=n_steps).run(AtNoise(second, levels[-1]), models=path,
-                                        n_particles=n, base=base,
-                                        generator=torch.Generator().manual_seed(seed),
-                                        dtype=torch.float32, progress=False)
+    return smc_run(AtNoise(second, levels[-1]), levels, n, n_steps, seed,
+                   models=[AtNoise(first, sigma) for sigma in levels])
 
 
 def spread(values: list[float]) -> float:

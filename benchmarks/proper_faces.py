@@ -65,12 +65,15 @@ def fractions(images: torch.Tensor) -> dict[str, float]:
             "both": rates["both"], "realistic": rates["realistic"]}
 
 
-def smc_run(model: eb.EnergyModel, levels: list[float], n: int, n_steps: int, seed: int):
-    """One SMC run down ``levels`` from N(0, σ_max² I), float32 particles."""
+def smc_run(model: eb.EnergyModel, levels: list[float], n: int, n_steps: int, seed: int,
+            models: list[eb.EnergyModel] | None = None):
+    """One SMC run from N(0, σ_max² I), σ_max = ``levels[0]``, float32 particles: down the
+    noise ``levels`` of ``model``, or through the given ``models`` and then ``model``."""
     base = Gaussian(torch.zeros(16, 16), levels[0], name="base")
+    path = {"noise_levels": levels} if models is None else {"models": models}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="SMC: only", category=RuntimeWarning)
-        return SMC(n_steps=n_steps).run(model, noise_levels=levels, n_particles=n, base=base,
+        return SMC(n_steps=n_steps).run(model, **path, n_particles=n, base=base,
                                         generator=torch.Generator().manual_seed(seed),
                                         dtype=torch.float32, progress=False)
 

@@ -348,8 +348,8 @@ def test_jit_compact_batches_take_each_chains_beta_with_it(monkeypatch):
 def test_compact_rows_are_the_growing_chains_then_others_each_in_order(
         n_chains, growing_rows, size):
     """A compact batch holds the growing chains' rows in order, then, as padding, the
-    first rows of chains not growing, in order, each row once: the scatter back of a
-    deep subtree (``_scatter_subtree``) copies the padding's rows too, which is exact
+    first rows of chains not growing, in order, each row once: the merge of a compact
+    deep doubling (``_merge_rows``) writes the padding's rows back too, which is exact
     only because they are chains that merge nothing. Compared with lists built here."""
     growing = torch.zeros(n_chains, dtype=torch.bool)
     growing[growing_rows] = True
