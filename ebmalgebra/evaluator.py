@@ -154,9 +154,9 @@ def _evaluate(program: Program, x: Tensor, t: TimeLike, create_graph: bool, func
             term = leaf_score if _is_one(coefficient) else _broadcast(coefficient,
                                                                       leaf_score) * leaf_score
             score = term if score is None else score + term
-    autograd_score = reverse.pullback(coefficients) if autograd else None
-    if autograd_score is not None:
-        score = autograd_score if score is None else score + autograd_score
+    pulled = reverse.pullback(coefficients) if autograd else None
+    if pulled is not None:
+        score = pulled if score is None else score + pulled
     score = torch.zeros_like(x) if score is None else score
     energy = None if program.score_only else energy
     if not create_graph:
