@@ -15,6 +15,10 @@ For each sampler (ULA, MALA, HMC with L = 10) and target (a 2-D banana and a
   ``torch.autograd.grad``;
 * ``sample()``: ``ebmalgebra.sample(from_energy(fn), sampler, ...)`` with the
   same x0, step size and number of steps, no warmup, no progress bar;
+* ``hand`` with its reverse pass taken as ``sample()`` takes it, the autograd
+  engine called directly (``ebmalgebra.reverse_pass``: ``torch.autograd.grad``
+  spends ~15 µs of Python a call around it), to tell the library's own overhead
+  from what that shortcut saves;
 * for ULA also ``hand`` plus what ``sample()`` does besides the algorithm (the
   non-finite guard's two sums read on the host, each draw's energy stored), to
   tell that work from the library's own overhead.
@@ -49,6 +53,7 @@ try:
 except ImportError:  # run as a module from the repository root
     from benchmarks._timing import CLOCKS, count_ops, median_times
     from benchmarks.samplers import hand_hmc, hand_mala, hand_ula
+from ebmalgebra.reverse_pass import vector_jacobian
 from ebmalgebra.samplers import HMC, MALA, ULA
 
 torch.set_num_threads(1)
@@ -78,6 +83,20 @@ def autograd_energy_and_score(energy):
             inputs = x.detach().requires_grad_(True)
             value = energy(inputs)
             (grad,) = torch.autograd.grad(value.sum(), inputs)
+        return value.detach(), -grad
+    return energy_and_score
+
+
+def engine_energy_and_score(energy):
+    """The hand loop's evaluation with its reverse pass taken as ``sample()`` takes it:
+    the autograd engine called directly, without ``torch.autograd.grad``'s Python
+    argument handling (``ebmalgebra.reverse_pass``); the same ops and bits."""
+    def energy_and_score(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            inputs = x.detach().requires_grad_(True)
+            value = energy(inputs)
+            total = value.sum()
+            (grad,) = vector_jacobian((total,), (torch.ones_like(total),), (inputs,))
         return value.detach(), -grad
     return energy_and_score
 
@@ -143,19 +162,21 @@ def main() -> None:
     for target, energy, dim, langevin_step, hmc_step in targets:
         x0 = torch.randn(N_CHAINS, dim, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
         function = autograd_energy_and_score(energy)
+        engine_function = engine_energy_and_score(energy)
         model = eb.from_energy(energy, event_shape=dim, name="target")
         algorithms = {
-            "ULA": (ULA(step_size=langevin_step), partial(hand_ula, function, x0)),
-            "MALA": (MALA(step_size=langevin_step, adapt_step_size=False),
-                     partial(hand_mala, function, x0)),
+            "ULA": (ULA(step_size=langevin_step), hand_ula),
+            "MALA": (MALA(step_size=langevin_step, adapt_step_size=False), hand_mala),
             "HMC": (HMC(step_size=hmc_step, n_leapfrog=10, jitter=0.0, adapt_step_size=False,
-                        adapt_mass=False), partial(hand_hmc_fixed_length, function, x0)),
+                        adapt_mass=False), hand_hmc_fixed_length),
         }
-        for name, (sampler, hand) in algorithms.items():
+        for name, (sampler, loop) in algorithms.items():
             step = hmc_step if name == "HMC" else langevin_step
-            hand_run = partial(run_hand, hand, x0, step)
+            hand_run = partial(run_hand, partial(loop, function, x0), x0, step)
             library_run = partial(run_sample, model, sampler, x0)
-            runs = {"hand": partial(hand_run, n_steps), "sample": partial(library_run, n_steps)}
+            runs = {"hand": partial(hand_run, n_steps), "sample": partial(library_run, n_steps),
+                    "engine": partial(run_hand, partial(loop, engine_function, x0), x0, step,
+                                      n_steps)}
             if name == "ULA":
                 runs["bookkept"] = partial(run_hand, partial(hand_ula_bookkept, function, x0),
                                            x0, step, n_steps)
@@ -169,6 +190,9 @@ def main() -> None:
                   f"sample() {best['sample'] / n_steps * 1e6:8.1f} µs/draw ({ratio:.2f}x); "
                   f"aten ops/step hand {ops['hand']:.0f}, sample() {ops['sample']:.0f}",
                   flush=True)
+            print(f"  {'':5s} {'':15s} hand with the engine's pass "
+                  f"{best['engine'] / n_steps * 1e6:8.1f} µs/draw: sample() is "
+                  f"{best['sample'] / best['engine']:.2f}x of it", flush=True)
             if "bookkept" in best:
                 print(f"  {'':5s} {'':15s} hand with the guard and lp "
                       f"{best['bookkept'] / n_steps * 1e6:8.1f} µs/draw: sample() is "

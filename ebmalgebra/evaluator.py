@@ -12,7 +12,8 @@ of Σ_l c_l E_l. The coefficients are constants β_l for affine programs
 per-sample tensors when mixtures or other non-linear operators are involved.
 
 The reverse pass has two implementations with the same maths: eager
-``torch.autograd.grad`` (``functional=False``), and ``torch.func.vjp`` with
+autograd (``functional=False``, :func:`ebmalgebra.reverse_pass.vector_jacobian`,
+``torch.autograd.grad``'s engine), and ``torch.func.vjp`` with
 the cotangents c_l (``functional=True``), which ``torch.compile`` traces whole
 and which writes no ``.grad`` into leaf parameters. The eager backend uses the
 first, the inductor backend (:mod:`ebmalgebra.jit`) the second.
@@ -50,7 +51,7 @@ def energy_and_score(program: Program, x: Tensor, t: TimeLike, create_graph: boo
         create_graph: keep both differentiable in x and the parameters (training
             losses); otherwise they are detached.
         functional: take the reverse pass with ``torch.func.vjp`` (traceable by
-            ``torch.compile``) instead of ``torch.autograd.grad``.
+            ``torch.compile``) instead of eager autograd.
         detach_parameters: the leaves have trainable parameters; evaluate without
             recording their graph when it is not wanted (saves work, costs a few µs).
     """

@@ -17,6 +17,7 @@ from torch.distributions import Distribution, constraints
 
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike, input_options
 from ebmalgebra.errors import ArgumentError, CompositionError
+from ebmalgebra.reverse_pass import vector_jacobian
 
 if TYPE_CHECKING:
     from ebmalgebra.program import ProgramBuilder, ProgramNode
@@ -61,8 +62,8 @@ def autograd_score(energy: Tensor, inputs: Tensor, create_graph: bool) -> Tensor
     """
     if not energy.requires_grad:
         return torch.zeros_like(inputs)
-    (score,) = torch.autograd.grad(energy, inputs, grad_outputs=torch.full_like(energy, -1.0),
-                                   create_graph=create_graph, allow_unused=True)
+    (score,) = vector_jacobian((energy,), (torch.full_like(energy, -1.0),), (inputs,),
+                               create_graph)
     if score is None:
         return torch.zeros_like(inputs)
     # A reverse pass may hand back a broadcast view of the seed (E = Σ_i x_i); samplers

@@ -58,6 +58,7 @@ from ebmalgebra.base import (
     format_number,
 )
 from ebmalgebra.errors import CompositionError
+from ebmalgebra.reverse_pass import vector_jacobian
 
 if TYPE_CHECKING:
     from ebmalgebra.program import ProgramBuilder, ProgramNode
@@ -282,7 +283,7 @@ def combine_with_coefficients(function: Callable[[list[Tensor]], Tensor],
     """``f(E_1, …, E_k)`` and the per-sample ∂f/∂E_l, each ``(batch,)``.
 
     f acts per sample, so the gradient of Σ_batch f is the per-sample
-    derivative. Eagerly that is one ``torch.autograd.grad`` (kept in the graph
+    derivative. Eagerly that is one reverse pass (kept in the graph
     when the energies are part of one, for differentiable scores); inside
     ``torch.compile`` it is ``torch.func.vjp``, which dynamo traces.
     """
@@ -294,8 +295,7 @@ def combine_with_coefficients(function: Callable[[list[Tensor]], Tensor],
         inputs = [energy if energy.requires_grad else energy.detach().requires_grad_(True)
                   for energy in energies]
         value = function(inputs)
-        grads = torch.autograd.grad(value.sum(), inputs, create_graph=in_graph,
-                                    allow_unused=True)
+        grads = vector_jacobian((value,), (torch.ones_like(value),), inputs, in_graph)
     grads = [torch.zeros_like(value) if g is None else g for g in grads]
     return (value if in_graph else value.detach()), grads
 

@@ -34,6 +34,7 @@ from torch.distributions.constraints import Constraint
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.operator import ATOM, Operator
+from ebmalgebra.reverse_pass import vector_jacobian
 
 __all__ = ["Pushforward", "transform"]
 
@@ -183,8 +184,7 @@ class Pushforward(Operator):
             outputs.append(ladj)
             cotangents.append(-torch.ones_like(ladj))
         with torch.enable_grad():
-            (pulled,) = torch.autograd.grad(outputs, inputs, cotangents,
-                                            create_graph=create_graph, allow_unused=True)
+            (pulled,) = vector_jacobian(outputs, cotangents, (inputs,), create_graph)
         pulled = torch.zeros_like(y) if pulled is None else pulled
         if energy is not None:
             energy = energy + (ladj if create_graph else ladj.detach())
