@@ -4,10 +4,10 @@
 C++ engine runs (normalising its arguments to tuples, checking every seed's shape
 and dtype, looking for ``__torch_function__`` overrides, logging hooks), which on
 a small batch is ~14% of a whole energy-and-score evaluation (a 2-D energy of 1000
-chains: 111 → 95 µs, benchmarks/eager_overhead.py). Scores of autograd leaves take
-this pass once per evaluation, i.e. once per sampler step or leapfrog step, so
-:func:`vector_jacobian` calls the engine directly where none of that handling can
-matter:
+chains: 111 → 95 µs in a tight loop; docs/performance.md, "Eager overhead").
+Scores of autograd leaves take this pass once per evaluation, i.e. once per
+sampler step or leapfrog step, so :func:`vector_jacobian` calls the engine
+directly where none of that handling can matter:
 
 * plain ``torch.Tensor`` outputs and inputs (no subclass that overrides torch
   functions), seeds made by the caller in the outputs' shapes;
