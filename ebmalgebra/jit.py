@@ -488,8 +488,23 @@ _this_thread = threading.local()
 
 
 def _parameter_layout(model: EnergyModel) -> tuple:
-    return tuple((id(p), p.dtype, p.device, p.shape, p.stride(), p.requires_grad)
-                 for p in model.parameters())
+    """Identity, dtype, device, shape, strides and ``requires_grad`` of every parameter of
+    ``model`` and its submodules, in a fixed order for a given module tree (a shared
+    parameter may appear more than once). :meth:`SteadyRun.check` takes it after every
+    callback, so it walks the modules' own tables instead of ``model.parameters()``, whose
+    generators took ~2.5x as long (3.2 against 1.2 µs on eight schools; docs/performance.md).
+    """
+    layout, stack, seen = [], [model], set()
+    while stack:
+        module = stack.pop()
+        if module is None or id(module) in seen:
+            continue
+        seen.add(id(module))
+        for p in module._parameters.values():
+            if p is not None:
+                layout.append((id(p), p.dtype, p.device, p.shape, p.stride(), p.requires_grad))
+        stack.extend(module._modules.values())
+    return tuple(layout)
 
 
 def _objects(value: Any) -> list:

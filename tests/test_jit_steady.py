@@ -106,6 +106,36 @@ def test_a_parameter_replaced_between_steps_is_seen(skipped):
     torch.testing.assert_close(result, (x * net.weight).sum(-1).detach(), rtol=1e-12, atol=0)
 
 
+def test_the_parameter_layout_sees_every_parameter_and_its_changes():
+    """``check`` compares ``_parameter_layout``, which walks the modules' own tables: it
+    must list what ``model.parameters()`` lists (torch's own walk, the reference), through
+    nested, shared and absent (None) submodules, and change when a nested parameter is
+    replaced, cast or frozen, or a submodule is swapped."""
+    shared = torch.nn.Linear(3, 3).to(F64)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3).to(F64), torch.nn.Tanh(), shared,
+                              torch.nn.Sequential(shared, torch.nn.Linear(3, 1).to(F64)))
+    net.register_module("absent", None)
+    net[1].register_parameter("absent", None)
+    model = eb.compile(eb.from_energy(net, 3, name="net") & Gaussian(torch.zeros(3, dtype=F64),
+                                                                     1.0))
+
+    def reference() -> set:
+        return {(id(p), p.dtype, p.device, p.shape, p.stride(), p.requires_grad)
+                for p in model.parameters()}
+
+    layouts = [jit._parameter_layout(model)]
+    assert set(layouts[-1]) == reference() and len(reference()) == 6
+    for change in (lambda: setattr(net[3][1], "bias", torch.nn.Parameter(net[3][1].bias)),
+                   lambda: net[3][1].float(),
+                   lambda: net[0].weight.requires_grad_(False),
+                   lambda: net[3].__setitem__(1, torch.nn.Linear(3, 1).to(F64))):
+        change()
+        layouts.append(jit._parameter_layout(model))
+        assert set(layouts[-1]) == reference()
+        assert layouts[-1] != layouts[-2]
+    assert jit._parameter_layout(model) == layouts[-1]
+
+
 def test_a_steady_run_covers_its_own_thread_only(skipped):
     """Another thread's calls (whose callback the run does not see) check every guard."""
     net, model = linear_model()
