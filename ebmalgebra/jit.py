@@ -486,6 +486,8 @@ class SteadyRun:
             result = kernel.precompile(args)
             if kernel.precompiled is not None:  # its guards hold: it was traced for these
                 self._verify(route, kernel, owner, args, _call_state(args))
+            elif kernel.traced and kernel.compiled is not None:  # by dynamo, every guard
+                self._verify(route, kernel, owner, args, None)
             return result
         precompiled = kernel.precompiled
         if precompiled is not None:

@@ -18,6 +18,7 @@ import torch
 import ebmalgebra as eb
 from ebmalgebra import jit
 from ebmalgebra.jit import SteadyRun, call_compiled
+from ebmalgebra.precompile import _dropped_guard_types
 from ebmalgebra.samplers import NUTS
 from ebmalgebra.targets import Gaussian
 
@@ -25,6 +26,10 @@ F64 = torch.float64
 
 pytestmark = pytest.mark.skipif(jit._skip_stance() is None or jit.unavailable_reason() is not None,
                                 reason="needs torch.compile with skip_guard_eval_unsafe")
+
+needs_precompile = pytest.mark.skipif(
+    _dropped_guard_types() is None or not hasattr(torch.compile(lambda x: x), "aot_compile"),
+    reason="needs torch.compile(...).aot_compile")
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +41,9 @@ def fresh_jit():
 
 @pytest.fixture
 def skipped(monkeypatch) -> list[int]:
-    """Counts the calls that ran with guards skipped."""
+    """Counts the calls that ran with dynamo's guards skipped; kernels are not precompiled
+    (see the precompiled tests below), so they run through dynamo."""
+    monkeypatch.setattr(jit, "precompile", lambda function, options, args: None)
     counts = []
     enter = jit._SkipStance.enter
 
@@ -205,3 +212,93 @@ def test_sample_sees_a_parameter_its_callback_replaced():
                          progress=False, callback=cast).draws
 
     torch.testing.assert_close(run(True), run(False), rtol=1e-7, atol=1e-9)
+
+
+# ----------------------------------------------------------- precompiled kernels
+
+@pytest.fixture
+def fast(monkeypatch) -> list[int]:
+    """Counts the calls of precompiled kernels that ran without checking their guards."""
+    counts = []
+    state = jit._call_state
+
+    def counting(args):
+        counts.append(1)
+        return state(args)
+
+    monkeypatch.setattr(jit, "_call_state", counting)
+    return counts
+
+
+SCALE = 2.0
+
+
+def scaled_sum(net: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return SCALE * (x * net.weight).sum(-1)
+
+
+def kernel_of(model: eb.EnergyModel) -> jit._Kernel:
+    (kernel,) = jit._kernels[model].values()
+    return kernel
+
+
+@needs_precompile
+def test_a_precompiled_kernel_gives_the_compiled_results_bit_for_bit(fast):
+    """Within a run a kernel is compiled ahead of time on its first call; the same kernel
+    called outside a run goes through dynamo, and the two compiled paths agree to the bit
+    (and with eager evaluation to rounding)."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model):
+        first = call_compiled(scaled_sum, model, net, x)
+        second = call_compiled(scaled_sum, model, net, x)
+    kernel = kernel_of(model)
+    assert kernel.precompiled is not None and not kernel.traced
+    assert len(fast) == 2  # the first call recorded the call's state, the second ran on it
+    through_dynamo = call_compiled(scaled_sum, model, net, x)
+    assert kernel.traced
+    assert torch.equal(first, through_dynamo) and torch.equal(second, through_dynamo)
+    torch.testing.assert_close(first, scaled_sum(net, x).detach(), rtol=1e-12, atol=0)
+
+
+@needs_precompile
+def test_a_precompiled_kernel_rechecks_its_guards_when_the_call_state_changes(fast):
+    """Same route, other strides (or global state): the call is not run on the recorded
+    state; the kernel's own guards reject it and dynamo's path computes it."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    strided = torch.randn(3, 4, dtype=F64).t()
+    with SteadyRun(model):
+        call_compiled(scaled_sum, model, net, x)
+        result = call_compiled(scaled_sum, model, net, strided)
+    assert kernel_of(model).precompiled is None and kernel_of(model).traced
+    torch.testing.assert_close(result, scaled_sum(net, strided).detach(), rtol=1e-12, atol=0)
+
+
+@needs_precompile
+def test_a_precompiled_kernel_sees_a_global_changed_between_runs(monkeypatch):
+    """A precompiled kernel keeps dynamo's guards on the globals its function reads (torch
+    drops them by default): a new run after a change recomputes, never a stale result."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model):
+        call_compiled(scaled_sum, model, net, x)
+    monkeypatch.setattr(__import__(__name__), "SCALE", 3.0)
+    with SteadyRun(model):
+        result = call_compiled(scaled_sum, model, net, x)
+    torch.testing.assert_close(result, 3.0 * (x * net.weight).sum(-1).detach(), rtol=1e-12,
+                               atol=0)
+
+
+@needs_precompile
+def test_a_precompiled_kernel_sees_a_parameter_replaced_between_steps(fast):
+    """As with dynamo's path: ``check`` after the callback forgets the verified routes, and
+    the kernel's guards reject the float32 parameter."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model) as run:
+        call_compiled(scaled_sum, model, net, x)
+        net.weight = torch.nn.Parameter(net.weight.detach().float())
+        run.check()
+        result = call_compiled(scaled_sum, model, net, x)
+    torch.testing.assert_close(result, scaled_sum(net, x).detach(), rtol=1e-12, atol=0)
