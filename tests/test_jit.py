@@ -230,8 +230,8 @@ def test_nuts_jit_matches_eager_through_warmup_and_never_recompiles(monkeypatch)
 
 @pytest.mark.slow
 def test_nuts_precompiled_kernels_give_dynamos_draws_bit_for_bit(monkeypatch):
-    """Inside ``sample`` the kernels are compiled ahead of time and called without dynamo
-    (``ebmalgebra.precompile``); through dynamo instead (precompilation off) the run is
+    """Inside ``sample``, on request, the kernels are compiled ahead of time and called
+    without dynamo (``ebmalgebra.precompile``); through dynamo instead (the default) the run is
     the same to the bit: draws, per-step and per-chain statistics, tuned step size and
     metric, and the generator's state. On the funnel's uneven trees every kernel runs
     (first doublings, full and compact blocks, the compact merge)."""
@@ -244,13 +244,16 @@ def test_nuts_precompiled_kernels_give_dynamos_draws_bit_for_bit(monkeypatch):
                             warmup=25, generator=generator, progress=False)
         return samples, generator.get_state()
 
+    monkeypatch.setenv(jit.PRECOMPILE_ENV, "1")
     precompiled, precompiled_state = nuts_run()
     kernels = [kernel for table in jit._kernels.values() for kernel in table.values()]
     if not any(kernel.precompiled is not None for kernel in kernels):
         pytest.skip("torch could not compile these kernels ahead of time")
     jit.clear_cache()
-    monkeypatch.setattr(jit, "precompile", lambda function, options, args: None)
+    monkeypatch.delenv(jit.PRECOMPILE_ENV)
     dynamo, dynamo_state = nuts_run()
+    assert not any(kernel.precompiled is not None for table in jit._kernels.values()
+                   for kernel in table.values())
     assert torch.equal(precompiled.draws, dynamo.draws)
     assert torch.equal(precompiled_state, dynamo_state)
     for found, expected in ((precompiled.stats, dynamo.stats),

@@ -41,9 +41,9 @@ def fresh_jit():
 
 @pytest.fixture
 def skipped(monkeypatch) -> list[int]:
-    """Counts the calls that ran with dynamo's guards skipped; kernels are not precompiled
-    (see the precompiled tests below), so they run through dynamo."""
-    monkeypatch.setattr(jit, "precompile", lambda function, options, args: None)
+    """Counts the calls that ran with dynamo's guards skipped (kernels are not precompiled
+    unless requested: see the precompiled tests below)."""
+    monkeypatch.delenv(jit.PRECOMPILE_ENV, raising=False)
     counts = []
     enter = jit._SkipStance.enter
 
@@ -218,7 +218,9 @@ def test_sample_sees_a_parameter_its_callback_replaced():
 
 @pytest.fixture
 def fast(monkeypatch) -> list[int]:
-    """Counts the calls of precompiled kernels that ran without checking their guards."""
+    """Precompiled kernels requested; counts the calls of precompiled kernels that ran
+    without checking their guards."""
+    monkeypatch.setenv(jit.PRECOMPILE_ENV, "1")
     counts = []
     state = jit._call_state
 
@@ -276,7 +278,7 @@ def test_a_precompiled_kernel_rechecks_its_guards_when_the_call_state_changes(fa
 
 
 @needs_precompile
-def test_a_precompiled_kernel_sees_a_global_changed_between_runs(monkeypatch):
+def test_a_precompiled_kernel_sees_a_global_changed_between_runs(fast, monkeypatch):
     """A precompiled kernel keeps dynamo's guards on the globals its function reads (torch
     drops them by default): a new run after a change recomputes, never a stale result."""
     net, model = linear_model()
@@ -302,3 +304,12 @@ def test_a_precompiled_kernel_sees_a_parameter_replaced_between_steps(fast):
         run.check()
         result = call_compiled(scaled_sum, model, net, x)
     torch.testing.assert_close(result, scaled_sum(net, x).detach(), rtol=1e-12, atol=0)
+
+
+def test_kernels_are_precompiled_only_on_request(monkeypatch):
+    monkeypatch.delenv(jit.PRECOMPILE_ENV, raising=False)
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model):
+        call_compiled(scaled_sum, model, net, x)
+    assert kernel_of(model).precompiled is None and kernel_of(model).traced
