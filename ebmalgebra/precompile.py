@@ -1,4 +1,4 @@
-"""Kernels compiled ahead of time: ``torch.compile(...).aot_compile`` (torch ≥ 2.10).
+"""Kernels compiled ahead of time: ``torch.compile(...).aot_compile`` (experimental in torch 2.13).
 
 A kernel that :mod:`ebmalgebra.jit` compiles with ``torch.compile`` runs each call
 through dynamo's frame evaluation, its guards and the call layers of dynamo and AOT
@@ -14,8 +14,10 @@ autocast, default dtype, ...), and the values, types and attributes that the tra
 read, globals included (``guard_filter_fn`` keeps them: torch's default drops the
 guards on globals). It drops those it cannot: object identity, class objects,
 closures and module objects. :class:`ebmalgebra.jit.SteadyRun` uses precompiled
-kernels within sampling runs, where the expression and its functions cannot change
-(expression nodes are immutable), so those identities hold.
+kernels within sampling runs when ``EBMALGEBRA_JIT_PRECOMPILE=1`` (their artifacts
+miss the on-disk caches, so each process compiles them in full): the expression and
+its functions cannot change (expression nodes are immutable), so those identities
+hold.
 
 An experimental torch feature: anything missing or failing returns ``None`` and the
 caller keeps the ``torch.compile`` path.
