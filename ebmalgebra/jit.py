@@ -503,9 +503,11 @@ class SteadyRun:
             self.verified.clear()
 
     def call(self, route: tuple, kernel: _Kernel, owner: EnergyModel, args: tuple) -> Any:
-        """``kernel(*args)``: precompiled on its first call where it can be, then with the
-        guards that precompiled code keeps, checked on every call; else with its guards in
-        full unless this route passed them before."""
+        """``kernel(*args)``, its guards in full unless this route passed them before.
+
+        A precompilable kernel (see ``PRECOMPILE_ENV``) is compiled ahead of time on its
+        first call; a route that passed its kept guards in this run then runs it directly
+        while the call's state (:func:`_call_state`) is that of the verified call."""
         entry = self.verified.get(route)
         if kernel.precompilable and kernel.seconds is None and kernel.compiled is not None:
             result = kernel.precompile(args)
@@ -581,7 +583,7 @@ def _call_state(args: tuple) -> tuple:
     would check and the route does not fix: every input tensor's strides, device and
     ``requires_grad`` (the route fixes shapes and dtypes), and the global state that
     dynamo guards (grad mode, autocast, default dtype, deterministic algorithms, the
-    number of torch-function modes). ~1.5 µs for NUTS's first doublings."""
+    number of torch-function modes). ~3.5 µs for NUTS's first doublings."""
     return (torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.get_default_dtype(),
             torch.are_deterministic_algorithms_enabled(), _function_modes(),
             tuple(_tensor_states(args)))

@@ -10,6 +10,7 @@ three-term sum at most, a few ulps; a stale kernel is off by orders of magnitude
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -285,7 +286,7 @@ def test_a_precompiled_kernel_sees_a_global_changed_between_runs(fast, monkeypat
     x = torch.randn(4, 3, dtype=F64)
     with SteadyRun(model):
         call_compiled(scaled_sum, model, net, x)
-    monkeypatch.setattr(__import__(__name__), "SCALE", 3.0)
+    monkeypatch.setattr(sys.modules[__name__], "SCALE", 3.0)
     with SteadyRun(model):
         result = call_compiled(scaled_sum, model, net, x)
     torch.testing.assert_close(result, 3.0 * (x * net.weight).sum(-1).detach(), rtol=1e-12,
