@@ -50,6 +50,20 @@ value that the model's own functions read (a global number, an attribute of a
 module that is not a tensor): a compiled kernel holds the value it was traced
 with, and without the full guards the change would go unseen until the next run.
 
+**Precompiled kernels** (opt-in: ``EBMALGEBRA_JIT_PRECOMPILE=1``). Even with guards
+skipped, a call still goes through dynamo's frame evaluation and the call layers of
+dynamo and AOT autograd, ~70 µs of a ~260 µs NUTS doubling kernel on eight schools. With
+the variable set, a CPU kernel without autograd whose first call comes inside a
+:class:`SteadyRun` is compiled ahead of time instead (:mod:`ebmalgebra.precompile`:
+``torch.compile(...).aot_compile``, the same compiled code), and a later call of a route
+whose guards it passed in this run runs it directly, after comparing what the route does
+not fix (the input tensors' strides, devices and ``requires_grad``, and global state) with
+that call; any other call checks the guards it keeps (all but object identities, classes,
+closures and module objects), and if one fails the kernel goes back to dynamo for good.
+The cost: its artifacts are not in the on-disk caches, so each process compiles them in
+full (tens of seconds for NUTS) where dynamo's path takes seconds from a warm cache; it
+pays for long runs only.
+
 **Compile cost.** The first call of a kernel traces and compiles it: a few
 seconds for a 2-D analytic target on one CPU core, 10–30 s for network leaves
 and long HMC trajectories, plus a start-up of about ten seconds for the first
@@ -87,10 +101,12 @@ from torch import Tensor
 from ebmalgebra import evaluator
 from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import CompiledEnergy
+from ebmalgebra.precompile import Precompiled, precompile
 from ebmalgebra.program import ANALYTIC
 
 __all__ = [
     "DISABLE_ENV",
+    "PRECOMPILE_ENV",
     "InductorEnergy",
     "JitFallbackWarning",
     "SteadyRun",
@@ -102,6 +118,12 @@ __all__ = [
 
 DISABLE_ENV = "EBMALGEBRA_DISABLE_JIT"
 """Environment variable: set it to ``1`` to run every jit path eagerly (with one warning)."""
+
+PRECOMPILE_ENV = "EBMALGEBRA_JIT_PRECOMPILE"
+"""Environment variable: set it to ``1`` to compile CPU kernels ahead of time inside sampling
+runs (see "Precompiled kernels" above): ~70 µs less per kernel call, the same numbers, but
+the artifacts are not cached across processes, so each process pays the full compile
+(29 s against 10 s from a warm cache for NUTS on eight schools, 100 + 100 steps)."""
 
 
 class JitFallbackWarning(RuntimeWarning):
@@ -165,14 +187,22 @@ def _warn_once(message: str) -> None:
 class _Kernel:
     """One function compiled for one input signature, falling back to eager on failure."""
 
-    __slots__ = ("function", "compiled", "label", "seconds")
+    __slots__ = ("function", "compiled", "label", "seconds", "options", "traced",
+                 "precompilable", "precompiled")
 
     def __init__(self, function: Callable, label: str, owner: EnergyModel,
                  example: Tensor | None, differentiable: bool) -> None:
         self.function = function
         self.label = label
         self.seconds: float | None = None
+        self.traced = False  # by dynamo (a precompiled kernel is traced apart)
+        self.precompiled: Precompiled | None = None
         device = example.device if example is not None else torch.device("cpu")
+        # Ahead of time only on request, and where it was measured: CPU kernels without
+        # autograd (see PRECOMPILE_ENV).
+        self.precompilable = (not differentiable and device.type == "cpu"
+                              and os.environ.get(PRECOMPILE_ENV, "").strip() not in ("", "0"))
+        self.options = _inductor_options(owner, example, differentiable)
         reason = unavailable_reason(device)
         if reason is not None:
             _warn_once(f"ebmalgebra jit: {reason}; running eagerly (results are those of "
@@ -182,15 +212,26 @@ class _Kernel:
             # Static shapes: kernels are cached per shape and traced with dynamic shapes
             # off (see _first_call). dynamic=False would pin the same, but it patches
             # dynamo's config around every call: ~7 µs of a ~40 µs 2-D step.
-            self.compiled = torch.compile(
-                _own_code(function), options=_inductor_options(owner, example, differentiable))
+            self.compiled = torch.compile(_own_code(function), options=self.options)
 
     def __call__(self, *args: Any) -> Any:
         if self.compiled is None:
             return self.function(*args)
-        if self.seconds is not None:
+        if self.traced:
             return self.compiled(*args)
         return self._first_call(args)
+
+    def precompile(self, args: tuple) -> Any:
+        """``function(*args)`` on a kernel's first call, compiled ahead of time
+        (:func:`ebmalgebra.precompile.precompile`) where torch can, else as usual."""
+        start = time.perf_counter()
+        self.precompilable = False  # one attempt
+        self.precompiled = precompile(_own_code(self.function), self.options, args)
+        if self.precompiled is None:
+            return self(*args)
+        result = self.precompiled.run(*args)
+        self.seconds = time.perf_counter() - start
+        return result
 
     def _first_call(self, args: tuple) -> Any:
         start = time.perf_counter()
@@ -206,7 +247,8 @@ class _Kernel:
             _warn_once(f"ebmalgebra jit: could not compile {self.label} "
                        f"({_first_line(error)}); running it eagerly")
             return result
-        self.seconds = time.perf_counter() - start
+        self.traced = True
+        self.seconds = (self.seconds or 0.0) + time.perf_counter() - start
         return result
 
 
@@ -293,7 +335,9 @@ def _signature(value: Any) -> Any:
         return (type(value), tuple(_signature(item) for item in value))
     if isinstance(value, EnergyModel):
         return type(value)
-    if isinstance(value, types.FunctionType):
+    if isinstance(value, types.FunctionType | type):
+        # A class by itself: its namespace is no signature (precompiling reads and so
+        # adds to a class's ``__dict__``, e.g. its ``__annotations__``).
         return value
     fields = getattr(value, "__dict__", None)
     if fields is None and hasattr(type(value), "__slots__"):
@@ -427,7 +471,7 @@ class SteadyRun:
     def __init__(self, model: EnergyModel) -> None:
         self.model = model
         self.layout: tuple = ()  # taken when the first route is verified
-        self.verified: dict[tuple, tuple[_Kernel, list]] = {}
+        self.verified: dict[tuple, tuple[_Kernel, list, tuple | None]] = {}
         self.prior: SteadyRun | None = None
 
     def start(self) -> SteadyRun:
@@ -459,17 +503,34 @@ class SteadyRun:
             self.verified.clear()
 
     def call(self, route: tuple, kernel: _Kernel, owner: EnergyModel, args: tuple) -> Any:
-        """``kernel(*args)``, its guards in full unless this route passed them before."""
+        """``kernel(*args)``, its guards in full unless this route passed them before.
+
+        A precompilable kernel (see ``PRECOMPILE_ENV``) is compiled ahead of time on its
+        first call; a route that passed its kept guards in this run then runs it directly
+        while the call's state (:func:`_call_state`) is that of the verified call."""
         entry = self.verified.get(route)
+        if kernel.precompilable and kernel.seconds is None and kernel.compiled is not None:
+            result = kernel.precompile(args)
+            if kernel.precompiled is not None:  # its guards hold: it was traced for these
+                self._verify(route, kernel, owner, args, _call_state(args))
+            elif kernel.traced and kernel.compiled is not None:  # by dynamo, every guard
+                self._verify(route, kernel, owner, args, None)
+            return result
+        precompiled = kernel.precompiled
+        if precompiled is not None:
+            state = _call_state(args)
+            if entry is not None and entry[0] is kernel and entry[2] == state:
+                return precompiled.run(*args)
+            if precompiled.check(*args):
+                self._verify(route, kernel, owner, args, state)
+                return precompiled.run(*args)
+            kernel.precompiled = None  # a guard failed: dynamo's path from now on
+            entry = None
         stance = _skip_stance()
         if entry is None or entry[0] is not kernel or stance is None or not stance.usable():
             result = kernel(*args)
-            if kernel.seconds is not None and kernel.compiled is not None:
-                if len(self.verified) >= _MAX_VERIFIED:
-                    self.verified.clear()
-                if not self.verified:  # the layout these full guards have just seen
-                    self.layout = _parameter_layout(self.model)
-                self.verified[route] = (kernel, [owner, *_objects(args)])
+            if kernel.traced and kernel.compiled is not None:
+                self._verify(route, kernel, owner, args, None)
             return result
         prior = stance.enter()
         try:
@@ -482,14 +543,62 @@ class SteadyRun:
         del self.verified[route]
         return kernel(*args)
 
+    def _verify(self, route: tuple, kernel: _Kernel, owner: EnergyModel, args: tuple,
+                state: tuple | None) -> None:
+        """Record that ``route`` passed ``kernel``'s guards in full, holding its objects (and,
+        for a precompiled kernel, the state of the call: see :func:`_call_state`)."""
+        if len(self.verified) >= _MAX_VERIFIED:
+            self.verified.clear()
+        if not self.verified:  # the layout these full guards have just seen
+            self.layout = _parameter_layout(self.model)
+        self.verified[route] = (kernel, [owner, *_objects(args)], state)
+
 
 _this_thread = threading.local()
 """``steady``: the thread's current :class:`SteadyRun` (runs in other threads have theirs)."""
 
 
 def _parameter_layout(model: EnergyModel) -> tuple:
-    return tuple((id(p), p.dtype, p.device, p.shape, p.stride(), p.requires_grad)
-                 for p in model.parameters())
+    """Identity, dtype, device, shape, strides and ``requires_grad`` of every parameter of
+    ``model`` and its submodules, in a fixed order for a given module tree (a shared
+    parameter may appear more than once). :meth:`SteadyRun.check` takes it after every
+    callback, so it walks the modules' own tables instead of ``model.parameters()``, whose
+    generators took ~2.5x as long (3.2 against 1.2 µs on eight schools; docs/performance.md).
+    """
+    layout, stack, seen = [], [model], set()
+    while stack:
+        module = stack.pop()
+        if module is None or id(module) in seen:
+            continue
+        seen.add(id(module))
+        for p in module._parameters.values():
+            if p is not None:
+                layout.append((id(p), p.dtype, p.device, p.shape, p.stride(), p.requires_grad))
+        stack.extend(module._modules.values())
+    return tuple(layout)
+
+
+def _call_state(args: tuple) -> tuple:
+    """What the guards that :class:`SteadyRun` skips on a precompiled kernel's verified route
+    would check and the route does not fix: every input tensor's strides, device and
+    ``requires_grad`` (the route fixes shapes and dtypes), and the global state that
+    dynamo guards (grad mode, autocast, default dtype, deterministic algorithms, the
+    number of torch-function modes). ~3.5 µs for NUTS's first doublings."""
+    return (torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.get_default_dtype(),
+            torch.are_deterministic_algorithms_enabled(), _function_modes(),
+            tuple(_tensor_states(args)))
+
+
+def _function_modes() -> int:
+    return len(torch.overrides._get_current_function_mode_stack())
+
+
+def _tensor_states(args: tuple) -> Any:
+    for arg in args:
+        if isinstance(arg, Tensor):
+            yield arg.stride(), arg.device, arg.requires_grad
+        elif isinstance(arg, tuple):
+            yield from _tensor_states(arg)
 
 
 def _objects(value: Any) -> list:

@@ -179,7 +179,7 @@ def test_hmc_jit_with_jitter_and_warmup_matches_eager():
     assert len(jit.compile_seconds()) == len(lengths) > 1
 
 
-def test_nuts_jit_matches_eager_through_warmup_and_never_recompiles():
+def test_nuts_jit_matches_eager_through_warmup_and_never_recompiles(monkeypatch):
     """One kernel per block size (and compact batch size), compiled once, serves every
     leaf, tree depth, chain mask and adapted metric.
 
@@ -201,10 +201,20 @@ def test_nuts_jit_matches_eager_through_warmup_and_never_recompiles():
 
     eager = nuts_run(False)
     counters.clear()
-    nuts_run(True)  # compiles the kernels
+    precompiled = []
+    precompile = jit.precompile
+
+    def counting(*args):
+        precompiled.append(1)
+        return precompile(*args)
+
+    monkeypatch.setattr(jit, "precompile", counting)
+    nuts_run(True)  # compiles the kernels (ahead of time where torch can)
     # Each kernel traced once, whichever block of a tree its first call was (dynamo
     # guards on aliasing between inputs: a first block's must match the later ones').
-    assert counters["frames"]["total"] == len(jit.compile_seconds())
+    traced = [kernel.traced for table in jit._kernels.values() for kernel in table.values()]
+    assert counters["frames"]["total"] == sum(traced)
+    assert len(precompiled) + sum(traced) == len(jit.compile_seconds())
     with torch.compiler.set_stance("fail_on_recompile"):
         compiled = nuts_run(True)
     assert torch.equal(compiled.chain_stats["n_leapfrog"], eager.chain_stats["n_leapfrog"])
@@ -216,6 +226,42 @@ def test_nuts_jit_matches_eager_through_warmup_and_never_recompiles():
     assert sorted(label for label, _ in jit.compile_seconds()) == [
         *["_block_update on funnel"] * 2, "_first_doublings_update on funnel",
         "_merge_rows on funnel"]
+
+
+@pytest.mark.slow
+def test_nuts_precompiled_kernels_give_dynamos_draws_bit_for_bit(monkeypatch):
+    """Inside ``sample``, on request, the kernels are compiled ahead of time and called
+    without dynamo (``ebmalgebra.precompile``); through dynamo instead (the default) the run is
+    the same to the bit: draws, per-step and per-chain statistics, tuned step size and
+    metric, and the generator's state. On the funnel's uneven trees every kernel runs
+    (first doublings, full and compact blocks, the compact merge)."""
+    model = Funnel(4, scale=1.5)
+    x0 = torch.randn(64, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+    def nuts_run() -> tuple[eb.samplers.Samples, torch.Tensor]:
+        generator = torch.Generator().manual_seed(2)
+        samples = eb.sample(model, NUTS(step_size=0.3, jit=True), x0=x0, n_steps=10,
+                            warmup=25, generator=generator, progress=False)
+        return samples, generator.get_state()
+
+    monkeypatch.setenv(jit.PRECOMPILE_ENV, "1")
+    precompiled, precompiled_state = nuts_run()
+    kernels = [kernel for table in jit._kernels.values() for kernel in table.values()]
+    if not any(kernel.precompiled is not None for kernel in kernels):
+        pytest.skip("torch could not compile these kernels ahead of time")
+    jit.clear_cache()
+    monkeypatch.delenv(jit.PRECOMPILE_ENV)
+    dynamo, dynamo_state = nuts_run()
+    assert not any(kernel.precompiled is not None for table in jit._kernels.values()
+                   for kernel in table.values())
+    assert torch.equal(precompiled.draws, dynamo.draws)
+    assert torch.equal(precompiled_state, dynamo_state)
+    for found, expected in ((precompiled.stats, dynamo.stats),
+                            (precompiled.chain_stats, dynamo.chain_stats)):
+        assert found.keys() == expected.keys()
+        assert all(torch.equal(found[name], expected[name]) for name in found)
+    assert torch.equal(precompiled.state.step_size, dynamo.state.step_size)
+    assert torch.equal(precompiled.state.metric.inverse_mass, dynamo.state.metric.inverse_mass)
 
 
 def test_nuts_rejects_a_jit_flag_that_is_not_a_bool():

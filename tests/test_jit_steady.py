@@ -10,6 +10,7 @@ three-term sum at most, a few ulps; a stale kernel is off by orders of magnitude
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -18,6 +19,7 @@ import torch
 import ebmalgebra as eb
 from ebmalgebra import jit
 from ebmalgebra.jit import SteadyRun, call_compiled
+from ebmalgebra.precompile import _dropped_guard_types
 from ebmalgebra.samplers import NUTS
 from ebmalgebra.targets import Gaussian
 
@@ -25,6 +27,10 @@ F64 = torch.float64
 
 pytestmark = pytest.mark.skipif(jit._skip_stance() is None or jit.unavailable_reason() is not None,
                                 reason="needs torch.compile with skip_guard_eval_unsafe")
+
+needs_precompile = pytest.mark.skipif(
+    _dropped_guard_types() is None or not hasattr(torch.compile(lambda x: x), "aot_compile"),
+    reason="needs torch.compile(...).aot_compile")
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +42,9 @@ def fresh_jit():
 
 @pytest.fixture
 def skipped(monkeypatch) -> list[int]:
-    """Counts the calls that ran with guards skipped."""
+    """Counts the calls that ran with dynamo's guards skipped (kernels are not precompiled
+    unless requested: see the precompiled tests below)."""
+    monkeypatch.delenv(jit.PRECOMPILE_ENV, raising=False)
     counts = []
     enter = jit._SkipStance.enter
 
@@ -104,6 +112,36 @@ def test_a_parameter_replaced_between_steps_is_seen(skipped):
         result = call_compiled(weighted_sum, model, net, x)
     assert len(skipped) == 1
     torch.testing.assert_close(result, (x * net.weight).sum(-1).detach(), rtol=1e-12, atol=0)
+
+
+def test_the_parameter_layout_sees_every_parameter_and_its_changes():
+    """``check`` compares ``_parameter_layout``, which walks the modules' own tables: it
+    must list what ``model.parameters()`` lists (torch's own walk, the reference), through
+    nested, shared and absent (None) submodules, and change when a nested parameter is
+    replaced, cast or frozen, or a submodule is swapped."""
+    shared = torch.nn.Linear(3, 3).to(F64)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3).to(F64), torch.nn.Tanh(), shared,
+                              torch.nn.Sequential(shared, torch.nn.Linear(3, 1).to(F64)))
+    net.register_module("absent", None)
+    net[1].register_parameter("absent", None)
+    model = eb.compile(eb.from_energy(net, 3, name="net") & Gaussian(torch.zeros(3, dtype=F64),
+                                                                     1.0))
+
+    def reference() -> set:
+        return {(id(p), p.dtype, p.device, p.shape, p.stride(), p.requires_grad)
+                for p in model.parameters()}
+
+    layouts = [jit._parameter_layout(model)]
+    assert set(layouts[-1]) == reference() and len(reference()) == 6
+    for change in (lambda: setattr(net[3][1], "bias", torch.nn.Parameter(net[3][1].bias)),
+                   lambda: net[3][1].float(),
+                   lambda: net[0].weight.requires_grad_(False),
+                   lambda: net[3].__setitem__(1, torch.nn.Linear(3, 1).to(F64))):
+        change()
+        layouts.append(jit._parameter_layout(model))
+        assert set(layouts[-1]) == reference()
+        assert layouts[-1] != layouts[-2]
+    assert jit._parameter_layout(model) == layouts[-1]
 
 
 def test_a_steady_run_covers_its_own_thread_only(skipped):
@@ -175,3 +213,104 @@ def test_sample_sees_a_parameter_its_callback_replaced():
                          progress=False, callback=cast).draws
 
     torch.testing.assert_close(run(True), run(False), rtol=1e-7, atol=1e-9)
+
+
+# ----------------------------------------------------------- precompiled kernels
+
+@pytest.fixture
+def fast(monkeypatch) -> list[int]:
+    """Precompiled kernels requested; counts the calls of precompiled kernels that ran
+    without checking their guards."""
+    monkeypatch.setenv(jit.PRECOMPILE_ENV, "1")
+    counts = []
+    state = jit._call_state
+
+    def counting(args):
+        counts.append(1)
+        return state(args)
+
+    monkeypatch.setattr(jit, "_call_state", counting)
+    return counts
+
+
+SCALE = 2.0
+
+
+def scaled_sum(net: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return SCALE * (x * net.weight).sum(-1)
+
+
+def kernel_of(model: eb.EnergyModel) -> jit._Kernel:
+    (kernel,) = jit._kernels[model].values()
+    return kernel
+
+
+@needs_precompile
+def test_a_precompiled_kernel_gives_the_compiled_results_bit_for_bit(fast):
+    """Within a run a kernel is compiled ahead of time on its first call; the same kernel
+    called outside a run goes through dynamo, and the two compiled paths agree to the bit
+    (and with eager evaluation to rounding)."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model):
+        first = call_compiled(scaled_sum, model, net, x)
+        second = call_compiled(scaled_sum, model, net, x)
+    kernel = kernel_of(model)
+    assert kernel.precompiled is not None and not kernel.traced
+    assert len(fast) == 2  # the first call recorded the call's state, the second ran on it
+    through_dynamo = call_compiled(scaled_sum, model, net, x)
+    assert kernel.traced
+    assert torch.equal(first, through_dynamo) and torch.equal(second, through_dynamo)
+    torch.testing.assert_close(first, scaled_sum(net, x).detach(), rtol=1e-12, atol=0)
+
+
+@needs_precompile
+def test_a_precompiled_kernel_rechecks_its_guards_when_the_call_state_changes(fast):
+    """Same route, other strides (or global state): the call is not run on the recorded
+    state; the kernel's own guards reject it and dynamo's path computes it."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    strided = torch.randn(3, 4, dtype=F64).t()
+    with SteadyRun(model):
+        call_compiled(scaled_sum, model, net, x)
+        result = call_compiled(scaled_sum, model, net, strided)
+    assert kernel_of(model).precompiled is None and kernel_of(model).traced
+    torch.testing.assert_close(result, scaled_sum(net, strided).detach(), rtol=1e-12, atol=0)
+
+
+@needs_precompile
+def test_a_precompiled_kernel_sees_a_global_changed_between_runs(fast, monkeypatch):
+    """A precompiled kernel keeps dynamo's guards on the globals its function reads (torch
+    drops them by default): a new run after a change recomputes, never a stale result."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model):
+        call_compiled(scaled_sum, model, net, x)
+    monkeypatch.setattr(sys.modules[__name__], "SCALE", 3.0)
+    with SteadyRun(model):
+        result = call_compiled(scaled_sum, model, net, x)
+    torch.testing.assert_close(result, 3.0 * (x * net.weight).sum(-1).detach(), rtol=1e-12,
+                               atol=0)
+
+
+@needs_precompile
+def test_a_precompiled_kernel_sees_a_parameter_replaced_between_steps(fast):
+    """As with dynamo's path: ``check`` after the callback forgets the verified routes, and
+    the kernel's guards reject the float32 parameter."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model) as run:
+        call_compiled(scaled_sum, model, net, x)
+        net.weight = torch.nn.Parameter(net.weight.detach().float())
+        run.check()
+        result = call_compiled(scaled_sum, model, net, x)
+    torch.testing.assert_close(result, scaled_sum(net, x).detach(), rtol=1e-12, atol=0)
+
+
+def test_kernels_are_precompiled_only_on_request(monkeypatch):
+    monkeypatch.delenv(jit.PRECOMPILE_ENV, raising=False)
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model):
+        call_compiled(scaled_sum, model, net, x)
+    assert kernel_of(model).precompiled is None and kernel_of(model).traced
