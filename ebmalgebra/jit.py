@@ -62,7 +62,11 @@ that call; any other call checks the guards it keeps (all but object identities,
 closures and module objects), and if one fails the kernel goes back to dynamo for good.
 The cost: its artifacts are not in the on-disk caches, so each process compiles them in
 full (tens of seconds for NUTS) where dynamo's path takes seconds from a warm cache; it
-pays for long runs only.
+pays for long runs only. A limit: the tensors held in the fields of argument objects (a
+metric's ``inverse_mass``, a potential's ``beta``), which the route names by the object's
+identity, are not compared on a verified route (the library's samplers never replace them
+within a run; walking them on every call took the check from ~11 to ~20 µs in a NUTS step), so
+with the variable set a callback must not replace them in place.
 
 **Compile cost.** The first call of a kernel traces and compiles it: a few
 seconds for a 2-D analytic target on one CPU core, 10–30 s for network leaves
