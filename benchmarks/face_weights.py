@@ -44,19 +44,22 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import ebmalgebra as eb
 from ebmalgebra import zoo
-from ebmalgebra.datasets import faces
-from ebmalgebra.envelope import enclosing_ball
 from ebmalgebra.operator import Operator
 from ebmalgebra.zoo.faces import attribute_rates
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proper_faces import REPORT_SIGMAS, smc_run  # noqa: E402
+from proper_faces import (  # noqa: E402
+    REPORT_SIGMAS,
+    add_common_arguments,
+    face_ball,
+    set_up,
+    smc_run,
+)
 
 DIRECTIONS = {"forward": ("glasses", "hat"), "reverse": ("hat", "glasses")}
 
@@ -100,29 +103,17 @@ def pooled(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--particles", type=int, default=1024)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=5, help="MALA moves per level")
+    add_common_arguments(parser, particles=1024)
     parser.add_argument("--directions", default="forward,reverse")
-    parser.add_argument("--margin", type=float, default=0.25)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="a zoo weights folder to load glasses and hat from (default: the "
-                             "shipped zoo.WEIGHTS)")
     args = parser.parse_args()
-    if args.weights is not None:
-        zoo.WEIGHTS = args.weights
     if args.quick:
         args.particles, args.seeds = 32, "0,1"
-    torch.set_num_threads(1)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = set_up(args)
     directions = args.directions.split(",")
-    print(f"weights from {zoo.WEIGHTS}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args.particles} particles, seeds "
           f"{seeds}, {args.steps} MALA moves per level")
 
-    data = faces(64000, noise=0.04, generator=torch.Generator().manual_seed(12345))
-    center, radius = enclosing_ball(data, margin=args.margin)
+    center, radius = face_ball(args.margin)
     envelope = eb.ball_envelope(radius, center=center)
     models = {name: zoo.load(name) & envelope for name in ("glasses", "hat")}
     levels = zoo.plan_for(zoo.load("glasses")).noise_levels()

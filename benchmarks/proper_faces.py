@@ -110,34 +110,50 @@ def fitted_weight(mixture: dict[str, float], first: dict[str, float],
     return float(((f - b) @ direction) / (direction @ direction))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--particles", type=int, default=256)
+def add_common_arguments(parser: argparse.ArgumentParser, particles: int) -> None:
+    """The arguments of this script and ``benchmarks/face_weights.py``."""
+    parser.add_argument("--particles", type=int, default=particles)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=5, help="MALA moves per level")
-    parser.add_argument("--noise-width", type=float, default=0.0)
-    parser.add_argument("--no-envelope", action="store_true",
-                        help="the bare models (the ball bound still bounds their log Z)")
     parser.add_argument("--margin", type=float, default=0.25)
-    parser.add_argument("--uniform", type=int, default=4096)
-    parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--weights", type=Path, default=None,
                         help="a zoo weights folder to load glasses and hat from (default: the "
                              "shipped zoo.WEIGHTS)")
-    args = parser.parse_args()
+
+
+def set_up(args: argparse.Namespace) -> list[int]:
+    """Load the zoo from ``--weights``, one torch thread; the seeds, after saying which
+    weights are used (``--quick``'s settings are applied by the caller first)."""
     if args.weights is not None:
         zoo.WEIGHTS = args.weights
+    torch.set_num_threads(1)
+    print(f"weights from {zoo.WEIGHTS}")
+    return [int(s) for s in args.seeds.split(",")]
+
+
+def face_ball(margin: float) -> tuple[torch.Tensor, float]:
+    """The enclosing ball of 64 000 noised faces, radius widened by ``margin``."""
+    data = faces(64000, noise=0.04, generator=torch.Generator().manual_seed(12345))
+    return enclosing_ball(data, margin=margin)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser, particles=256)
+    parser.add_argument("--noise-width", type=float, default=0.0)
+    parser.add_argument("--no-envelope", action="store_true",
+                        help="the bare models (the ball bound still bounds their log Z)")
+    parser.add_argument("--uniform", type=int, default=4096)
+    parser.add_argument("--samples", type=int, default=256)
+    args = parser.parse_args()
     if args.quick:
         args.particles, args.seeds, args.uniform, args.samples = 32, "0,1", 512, 16
-    torch.set_num_threads(1)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"weights from {zoo.WEIGHTS}")
+    seeds = set_up(args)
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args.particles} particles, "
           f"seeds {seeds}, {args.steps} MALA moves per level, noise_width {args.noise_width}")
 
-    data = faces(64000, noise=0.04, generator=torch.Generator().manual_seed(12345))
-    center, radius = enclosing_ball(data, margin=args.margin)
+    center, radius = face_ball(args.margin)
     envelope = (eb.one if args.no_envelope
                 else eb.ball_envelope(radius, center=center, noise_width=args.noise_width))
     print(f"envelope: R = {radius:.3f} about the mean face (norm {float(center.norm()):.2f})")
