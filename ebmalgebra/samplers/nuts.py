@@ -418,7 +418,7 @@ class NUTS(StepSizeSampler):
             else:  # a compact batch's subtree: merged into its rows in one kernel call
                 path, grows = call_compiled(_merge_rows, state.potential.model, path,
                                             subtree, forward, uniform, metric, rows.index)
-                growing = bool(grows)
+                growing = bool(grows)  # blocks, so no shard (see _blocks)
             stats = None  # the first doublings' are not the step's
         if stats is None:
             stats = _step_stats(path, start_h)
