@@ -76,28 +76,22 @@ def gaussian_energy(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (x * x * PRECISION).sum(-1)
 
 
-def autograd_energy_and_score(energy):
-    """What a hand-written loop on a Python energy computes: E and −∇E by one reverse pass."""
-    def energy_and_score(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.enable_grad():
-            inputs = x.detach().requires_grad_(True)
-            value = energy(inputs)
-            (grad,) = torch.autograd.grad(value.sum(), inputs)
-        return value.detach(), -grad
-    return energy_and_score
-
-
-def engine_energy_and_score(energy):
-    """The hand loop's evaluation with its reverse pass taken as ``sample()`` takes it:
+def engine_grad(total: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor | None]:
+    """``torch.autograd.grad(total, inputs)`` taken as ``sample()`` takes its reverse pass:
     the autograd engine called directly, without ``torch.autograd.grad``'s Python
     argument handling (``ebmalgebra.reverse_pass``); the same ops and bits."""
+    return vector_jacobian((total,), (torch.ones_like(total),), (inputs,))
+
+
+def autograd_energy_and_score(energy, grad=torch.autograd.grad):
+    """What a hand-written loop on a Python energy computes: E and −∇E by one reverse pass,
+    ``grad`` (``torch.autograd.grad``, as users write it, or :func:`engine_grad`)."""
     def energy_and_score(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
             inputs = x.detach().requires_grad_(True)
             value = energy(inputs)
-            total = value.sum()
-            (grad,) = vector_jacobian((total,), (torch.ones_like(total),), (inputs,))
-        return value.detach(), -grad
+            (gradient,) = grad(value.sum(), inputs)
+        return value.detach(), -gradient
     return energy_and_score
 
 
@@ -162,7 +156,7 @@ def main() -> None:
     for target, energy, dim, langevin_step, hmc_step in targets:
         x0 = torch.randn(N_CHAINS, dim, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
         function = autograd_energy_and_score(energy)
-        engine_function = engine_energy_and_score(energy)
+        engine_function = autograd_energy_and_score(energy, engine_grad)
         model = eb.from_energy(energy, event_shape=dim, name="target")
         algorithms = {
             "ULA": (ULA(step_size=langevin_step), hand_ula),
