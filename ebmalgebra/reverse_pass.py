@@ -44,6 +44,11 @@ def vector_jacobian(outputs: Sequence[Tensor], cotangents: Sequence[Tensor],
     outputs do not depend on (``allow_unused``). With ``create_graph`` the result is
     part of the graph (differentiable again), and the graph is kept; otherwise the
     graph is freed, as by ``torch.autograd.grad``.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+        >>> vector_jacobian(((x * x).sum(1),), (torch.ones(1),), (x,))
+        (tensor([[2., 4.]]),)
     """
     if _is_plain_cpu(outputs, inputs) and not torch.compiler.is_compiling():
         return _run_backward(tuple(outputs), tuple(cotangents), keep_graph=create_graph,
