@@ -117,6 +117,17 @@ class Pushforward(Operator):
     def base(self) -> EnergyModel:
         return self._children[0]
 
+    @property
+    def analytic_score(self) -> bool:
+        """Whether compiled programs take this node's own ``_energy_and_score`` (the
+        base's score pulled back through T⁻¹): only when the base's score needs no
+        autograd. A base scored by autograd (a ``from_energy`` or ``from_log_prob`` leaf,
+        so every model that ``sample`` unconstrains) makes the node an autograd leaf of
+        the program instead: E(y) is differentiated whole, one reverse pass through the
+        base's energy and T⁻¹ together, where pulling back would take the base's pass
+        and a second one through T⁻¹."""
+        return self.base.analytic_score
+
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Pushforward:
         """``.to()``, ``.double()``, … reach the transform's tensors too (a transform is
         not a module, so nn.Module would leave them behind)."""

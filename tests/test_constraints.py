@@ -21,11 +21,13 @@ from torch.distributions import transforms as tt
 import ebmalgebra as eb
 from ebmalgebra import CapabilityError
 from ebmalgebra.constraints import (
+    BlockwiseElementwise,
     LowerCholeskyVector,
     PositiveDefiniteVector,
     is_real,
     same_support,
     unconstrain,
+    unconstraining_transform,
 )
 from ebmalgebra.diagnostics import ess
 from ebmalgebra.samplers import HMC
@@ -229,3 +231,71 @@ def test_a_model_on_cholesky_factors() -> None:
     lower = torch.stack([draws[..., 0, 0], draws[..., 1, 0], draws[..., 1, 1]], -1)
     _assert_moments(lower, torch.tensor([half, 0.0, half]),
                     torch.tensor([1 - half**2, 1.0, 1 - half**2]))
+
+
+# ℝ, (0, ∞), ℝ², (−1, 2), (3, ∞) along a 6-vector.
+BLOCKS = constraints.cat([constraints.real, constraints.positive, constraints.real,
+                          constraints.interval(-1.0, 2.0), constraints.greater_than(3.0)],
+                         dim=-1, lengths=[1, 1, 2, 1, 1])
+
+
+def test_blockwise_bijection_agrees_with_torchs_cat_transform() -> None:
+    # torch's CatTransform (biject_to of the cat) is the independent reference: values,
+    # inverse and the log-Jacobian summed over the vector.
+    bijection = unconstraining_transform(BLOCKS, (6,))
+    assert isinstance(bijection, BlockwiseElementwise)
+    reference = torch.distributions.biject_to(BLOCKS)
+    u = 3 * torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = bijection(u)
+    torch.testing.assert_close(x, reference(u))
+    assert bool(BLOCKS.check(x).all())
+    torch.testing.assert_close(bijection.inv(x), u)
+    torch.testing.assert_close(bijection.log_abs_det_jacobian(u, x),
+                               reference.log_abs_det_jacobian(u, x).sum(-1))
+    # Only the elementwise blocks of vectors take it; a tied block keeps torch's.
+    tied = constraints.cat([constraints.simplex, constraints.real], dim=-1, lengths=[3, 1])
+    assert not isinstance(unconstraining_transform(tied, (4,)), BlockwiseElementwise)
+
+
+def test_blockwise_support_samples_each_block_with_its_moments() -> None:
+    # Independent blocks: N(1, 2²) on ℝ, Gamma(2, 3) on (0, ∞), Beta(2, 5) on (0, 1).
+    blocks = constraints.cat([constraints.real, constraints.positive,
+                              constraints.unit_interval], dim=-1, lengths=[1, 1, 1])
+    normal, gamma, beta = Normal(1.0, 2.0), Gamma(2.0, 3.0), Beta(2.0, 5.0)
+
+    def log_density(x: Tensor) -> Tensor:
+        return (normal.log_prob(x[:, 0]) + gamma.log_prob(x[:, 1].clamp_min(1e-30))
+                + beta.log_prob(x[:, 2].clamp(1e-7, 1 - 1e-7)))
+
+    model = eb.from_log_prob(log_density, 3, support=blocks)
+    x0 = torch.tensor([0.0, 0.5, 0.3]).expand(N_CHAINS, 3)
+    samples = _run(model, x0=x0)
+    assert isinstance(samples.unconstrained.transform, BlockwiseElementwise)
+    assert samples.draws[..., 1].min() > 0 and samples.draws[..., 2].min() > 0
+    assert samples.draws[..., 2].max() < 1
+    _assert_moments(samples.draws, torch.stack([normal.mean, gamma.mean, beta.mean]),
+                    torch.stack([normal.variance, gamma.variance, beta.variance]))
+
+
+def test_unconstrained_autograd_model_takes_one_reverse_pass(monkeypatch) -> None:
+    # p̃(x) = exp(−x²/2) on (0, ∞), in u = log x: E(u) = e^{2u}/2 − u, s(u) = 1 − e^{2u}.
+    from ebmalgebra import leaves, pushforward
+
+    model = eb.from_log_prob(lambda x: -0.5 * (x**2).sum(-1), 1, support=constraints.positive)
+    compiled = eb.compile(unconstrain(model).model)
+    passes = []
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return vector_jacobian(*args, **kwargs)
+
+    vector_jacobian = leaves.vector_jacobian
+    monkeypatch.setattr(leaves, "vector_jacobian", counted)
+    monkeypatch.setattr(pushforward, "vector_jacobian", counted)
+    u = torch.linspace(-2.0, 1.5, 8, dtype=torch.float64)[:, None]
+    energy, score = compiled.energy_and_score(u)
+    # One pass through the energy and the transform together, not the leaf's own pass
+    # and a second pulling its score back.
+    assert len(passes) == 1
+    torch.testing.assert_close(energy, (0.5 * (2 * u).exp() - u)[:, 0])
+    torch.testing.assert_close(score, 1 - (2 * u).exp())
