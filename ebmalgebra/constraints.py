@@ -312,16 +312,26 @@ def _blockwise(support: tc.Constraint, event_shape: Sequence[int]
         bijection = biject_to(constraint)
         if bijection.domain.event_dim or bijection.codomain.event_dim:
             return None  # a block whose coordinates are tied (a simplex): torch's CatTransform
-        stages = [stage for stage in _stages(bijection) if not _is_identity(stage)]
-        parts.append(None if not stages else
-                     stages[0] if len(stages) == 1 else tt.ComposeTransform(stages))
+        part = _without_identities(bijection)
+        parts.append(None if part == tt.identity_transform else part)
     return BlockwiseElementwise(support, parts, lengths)
 
 
-def _stages(transform: tt.Transform) -> list[tt.Transform]:
+def _without_identities(transform: tt.Transform) -> tt.Transform:
+    """``transform`` without its identity stages, through compositions and
+    ``IndependentTransform``; the same map with fewer ops a call."""
+    if isinstance(transform, tt.IndependentTransform):
+        inner = _without_identities(transform.base_transform)
+        return transform if inner is transform.base_transform else tt.IndependentTransform(
+            inner, transform.reinterpreted_batch_ndims)
     if isinstance(transform, tt.ComposeTransform):
-        return [stage for part in transform.parts for stage in _stages(part)]
-    return [transform]
+        stages = [_without_identities(part) for part in transform.parts]
+        stages = [stage for stage in stages if stage != tt.identity_transform]
+        if len(stages) == len(transform.parts) and all(
+                new is old for new, old in zip(stages, transform.parts, strict=True)):
+            return transform
+        return stages[0] if len(stages) == 1 else tt.ComposeTransform(stages)
+    return tt.identity_transform if _is_identity(transform) else transform
 
 
 def _is_identity(transform: tt.Transform) -> bool:
@@ -354,7 +364,7 @@ def unconstraining_transform(support: tc.Constraint, event_shape: Sequence[int]
     if blockwise is not None:
         return blockwise
     try:
-        return biject_to(support)
+        return _without_identities(biject_to(support))
     except NotImplementedError as error:
         raise CapabilityError(f"no bijection from ℝᵏ onto the support {support} is known: "
                               "pass unconstrain=False to sample, or sample a pushforward "

@@ -8,6 +8,7 @@ provide it in closed form.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -351,18 +352,36 @@ class DistributionLeaf(Leaf):
             return -self._log_prob(x)
         mask = inside.reshape(-1, *(1,) * (x.dim() - 1))
         stand_in = self._point_in_support().to(x)
-        energy = -self._log_prob(torch.where(mask, x, stand_in))
+        energy = -self._log_prob(torch.where(mask, x, stand_in), checked=True)
         return torch.where(inside, energy, torch.full_like(energy, torch.inf))
 
     @property
     def support(self) -> constraints.Constraint:
         return self.distribution.support
 
-    def _log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor, checked: bool = False) -> Tensor:
+        """log p(x); ``checked``: every row of x lies in the support (:meth:`_energy` put
+        its stand-in elsewhere), so torch's own validation of x, which repeats that check
+        (in the innermost distribution of an ``Independent``), is skipped: ~30 µs of a
+        10-D Gamma's 75 µs log_prob."""
+        distribution = self.distribution
+        if checked and not torch.compiler.is_compiling():
+            distribution = self._unvalidated()
         try:
-            return self.distribution.log_prob(x)
+            return distribution.log_prob(x)
         except ValueError as error:
             raise ArgumentError(f"{self!r}: {error}") from error
+
+    def _unvalidated(self) -> Distribution:
+        """The distribution with torch's argument validation off, through its wrapped
+        distributions: shallow copies sharing its tensors, made once per distribution
+        object (the leaf's distribution is treated as immutable, as torch's cached
+        properties already require)."""
+        cached = self.__dict__.get("_without_validation")
+        if cached is None or cached[0] is not self.distribution:
+            cached = (self.distribution, _without_validation(self.distribution))
+            self.__dict__["_without_validation"] = cached
+        return cached[1]
 
     def _in_support(self, x: Tensor) -> Tensor | None:
         """Whether each x lies in the support, ``(batch,)``; None where torch cannot tell."""
@@ -397,6 +416,17 @@ class DistributionLeaf(Leaf):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.distribution.sample((n,))
+
+
+def _without_validation(distribution: Distribution) -> Distribution:
+    """A shallow copy of ``distribution`` and of the distributions it wraps (an
+    ``Independent``'s base, a mixture's components) with ``validate_args`` off."""
+    unvalidated = copy.copy(distribution)
+    unvalidated._validate_args = False
+    for name, value in vars(distribution).items():
+        if isinstance(value, Distribution):
+            setattr(unvalidated, name, _without_validation(value))
+    return unvalidated
 
 
 def from_energy(

@@ -252,6 +252,17 @@ def test_blockwise_bijection_agrees_with_torchs_cat_transform() -> None:
     torch.testing.assert_close(bijection.inv(x), u)
     torch.testing.assert_close(bijection.log_abs_det_jacobian(u, x),
                                reference.log_abs_det_jacobian(u, x).sum(-1))
+    # Without the blocks, torch's bijections lose only their identity stages (positive's
+    # exp is followed by x ↦ 0 + 1·x): the same values and log-Jacobians.
+    for support in (constraints.positive, constraints.greater_than(2.0),
+                    constraints.interval(0.0, 3.0), constraints.independent(
+                        constraints.positive, 1)):
+        lean, full = unconstraining_transform(support, (6,)), torch.distributions.biject_to(
+            support)
+        torch.testing.assert_close(lean(u), full(u))
+        torch.testing.assert_close(lean.log_abs_det_jacobian(u, lean(u)),
+                                   full.log_abs_det_jacobian(u, full(u)))
+    assert type(unconstraining_transform(constraints.positive, (6,))) is tt.ExpTransform
     # Only the elementwise blocks of vectors take it; a tied block keeps torch's.
     tied = constraints.cat([constraints.simplex, constraints.real], dim=-1, lengths=[3, 1])
     assert not isinstance(unconstraining_transform(tied, (4,)), BlockwiseElementwise)

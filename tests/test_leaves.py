@@ -126,6 +126,35 @@ def test_samplers_reject_and_count_proposals_outside_the_support(sampler):
     assert abs(float(out.draws.mean()) - 2.0) < 4 * standard_error
 
 
+def test_checked_values_skip_torchs_validation_with_the_same_energies(monkeypatch):
+    # The leaf checks the support itself; torch's validation of the same values (by the
+    # Independent's Gamma) is skipped, on copies: the user's distribution keeps validating.
+    gamma = D.Independent(D.Gamma(torch.full((3,), 2.0, dtype=F64),
+                                  torch.full((3,), 3.0, dtype=F64)), 1)
+    leaf = eb.from_distribution(gamma, name="rates")
+    x = torch.tensor([[0.5, 1.0, 2.0], [0.1, 0.2, 0.3], [-1.0, 1.0, 1.0]], dtype=F64)
+    validated = []
+    original = D.Distribution._validate_sample
+    monkeypatch.setattr(D.Distribution, "_validate_sample",
+                        lambda self, value: validated.append(type(self)) or original(self, value))
+    energy = leaf.energy(x)
+    assert validated == []
+    # Gamma(2, 3): log p(x) = log 9 + log x − 3x per coordinate.
+    inside = x[:2]
+    expected = -(math.log(9.0) + inside.log() - 3 * inside).sum(-1)
+    torch.testing.assert_close(energy[:2], expected)
+    assert energy[2] == math.inf
+    assert gamma._validate_args and gamma.base_dist._validate_args
+    with pytest.raises(ValueError):
+        gamma.log_prob(x)  # the user's distribution still validates…
+    assert validated == [D.Gamma]
+    # … and a new distribution object is not served by the old copy.
+    leaf.distribution = D.Independent(D.Gamma(torch.full((3,), 2.0, dtype=F64),
+                                               torch.full((3,), 1.0, dtype=F64)), 1)
+    torch.testing.assert_close(leaf.energy(x[:1]), -(-inside[0] + inside[0].log()).sum(-1,
+                                                                                    True))
+
+
 def test_an_error_of_a_distributions_log_prob_names_the_leaf():
     class Picky(D.Normal):
         def log_prob(self, value):
