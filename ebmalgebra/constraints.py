@@ -243,7 +243,8 @@ class BlockwiseElementwise(tt.Transform):
     torch's ``CatTransform`` (what ``biject_to`` returns) computes the same for any
     dimension and part, but slices every block twice per call, makes zeros for the
     log-Jacobians of the ℝ blocks and concatenates them: on eight schools (ℝ, (0, ∞),
-    ℝ⁸) that doubled the transform's share of an evaluation (benchmarks/bayesian.py).
+    ℝ⁸) at 100 chains its forward and backward took 268 µs against 120 µs for the map
+    written out (docs/performance.md).
     Shapes ``(..., k) ↔ (..., k)``; the log-Jacobian is per vector, ``(...,)``.
     """
 
@@ -302,7 +303,7 @@ def _blockwise(support: tc.Constraint, event_shape: Sequence[int]
     elementwise supports along the coordinates of vector events; ``None`` otherwise."""
     while isinstance(support, tc.independent):
         support = support.base_constraint
-    if not isinstance(support, tc._Cat) or len(event_shape) != 1 or support.dim not in (-1, 0):
+    if not isinstance(support, tc._Cat) or len(event_shape) != 1 or support.dim != -1:
         return None
     lengths = list(support.lengths)
     if len(lengths) != len(support.cseq) or sum(lengths) != event_shape[0]:

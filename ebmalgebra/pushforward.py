@@ -121,11 +121,11 @@ class Pushforward(Operator):
     def analytic_score(self) -> bool:
         """Whether compiled programs take this node's own ``_energy_and_score`` (the
         base's score pulled back through T⁻¹): only when the base's score needs no
-        autograd. A base scored by autograd (a ``from_energy`` or ``from_log_prob`` leaf,
-        so every model that ``sample`` unconstrains) makes the node an autograd leaf of
-        the program instead: E(y) is differentiated whole, one reverse pass through the
-        base's energy and T⁻¹ together, where pulling back would take the base's pass
-        and a second one through T⁻¹."""
+        autograd. A base scored by autograd (``from_energy``, ``from_log_prob`` and
+        ``from_distribution`` leaves, what ``sample`` unconstrains) makes the node an
+        autograd leaf of the program instead: E(y) is differentiated whole, one reverse
+        pass through the base's energy and T⁻¹ together, where pulling back would take
+        the base's pass and a second one through T⁻¹."""
         return self.base.analytic_score
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Pushforward:

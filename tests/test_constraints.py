@@ -266,6 +266,10 @@ def test_blockwise_bijection_agrees_with_torchs_cat_transform() -> None:
     # Only the elementwise blocks of vectors take it; a tied block keeps torch's.
     tied = constraints.cat([constraints.simplex, constraints.real], dim=-1, lengths=[3, 1])
     assert not isinstance(unconstraining_transform(tied, (4,)), BlockwiseElementwise)
+    # dim=0 cats along the batch when torch checks a batch of vectors: not ours either.
+    along_batch = constraints.cat([constraints.real, constraints.positive], dim=0,
+                                  lengths=[1, 1])
+    assert not isinstance(unconstraining_transform(along_batch, (2,)), BlockwiseElementwise)
 
 
 def test_blockwise_support_samples_each_block_with_its_moments() -> None:
