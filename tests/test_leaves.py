@@ -129,8 +129,11 @@ def test_samplers_reject_and_count_proposals_outside_the_support(sampler):
 def test_checked_values_skip_torchs_validation_with_the_same_energies(monkeypatch):
     # The leaf checks the support itself; torch's validation of the same values (by the
     # Independent's Gamma) is skipped, on copies: the user's distribution keeps validating.
+    # validate_args is explicit: once torch.compile has run in the process, dynamo sets
+    # torch's global default to False (TorchPatcher.patch), so the default is not stable.
     gamma = D.Independent(D.Gamma(torch.full((3,), 2.0, dtype=F64),
-                                  torch.full((3,), 3.0, dtype=F64)), 1)
+                                  torch.full((3,), 3.0, dtype=F64), validate_args=True),
+                          1, validate_args=True)
     leaf = eb.from_distribution(gamma, name="rates")
     x = torch.tensor([[0.5, 1.0, 2.0], [0.1, 0.2, 0.3], [-1.0, 1.0, 1.0]], dtype=F64)
     validated = []
