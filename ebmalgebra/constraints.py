@@ -28,6 +28,7 @@ factors; :func:`unconstraining_transform` adds them (:class:`LowerCholeskyVector
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -257,7 +258,7 @@ class BlockwiseElementwise(tt.Transform):
         self.support = support
         self.parts = list(parts)
         self.lengths = list(lengths)
-        ends = [sum(self.lengths[:i + 1]) for i in range(len(self.lengths))]
+        ends = list(itertools.accumulate(self.lengths))
         self.blocks = [(end - length, end) for end, length in zip(ends, self.lengths,
                                                                   strict=True)]
 
