@@ -105,7 +105,7 @@ from torch import Tensor
 from ebmalgebra import evaluator
 from ebmalgebra.base import EnergyModel, TimeLike
 from ebmalgebra.compile import CompiledEnergy
-from ebmalgebra.precompile import Precompiled, precompile
+from ebmalgebra.precompile import Precompiled, precompile, torch_compile
 from ebmalgebra.program import ANALYTIC
 
 __all__ = [
@@ -216,7 +216,7 @@ class _Kernel:
             # Static shapes: kernels are cached per shape and traced with dynamic shapes
             # off (see _first_call). dynamic=False would pin the same, but it patches
             # dynamo's config around every call: ~7 µs of a ~40 µs 2-D step.
-            self.compiled = torch.compile(_own_code(function), options=self.options)
+            self.compiled = torch_compile(_own_code(function), options=self.options)
 
     def __call__(self, *args: Any) -> Any:
         if self.compiled is None:

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["Precompiled", "precompile"]
+__all__ = ["Precompiled", "precompile", "torch_compile"]
 
 
 class Precompiled(NamedTuple):
@@ -47,6 +47,18 @@ class Precompiled(NamedTuple):
 
     check: Callable[..., bool]
     run: Callable[..., Any]
+
+
+def torch_compile(function: Callable, **kwargs: Any) -> Callable:
+    """``torch.compile(function, **kwargs)``, leaving torch.distributions' default of
+    ``validate_args`` as it was: dynamo's first compile in a process sets it to False
+    (``TorchPatcher.patch``), which would silently stop validating every distribution
+    the user builds after a ``jit=True`` run."""
+    default = torch.distributions.Distribution._validate_args
+    try:
+        return torch.compile(function, **kwargs)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(default)
 
 
 @functools.cache
@@ -75,7 +87,7 @@ def precompile(function: Callable, options: dict[str, Any] | None, args: tuple,
     def keep(entries: list) -> list[bool]:
         return [entry.guard_type not in dropped for entry in entries]
 
-    compiled = torch.compile(function, fullgraph=True,
+    compiled = torch_compile(function, fullgraph=True,
                              options={**(options or {}), "guard_filter_fn": keep})
     aot_compile = getattr(compiled, "aot_compile", None)
     if aot_compile is None:

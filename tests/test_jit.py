@@ -13,6 +13,9 @@ times looser than that and far tighter than any real disagreement.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -369,3 +372,22 @@ def test_models_with_a_support_compile_their_pulled_back_score():
     torch.testing.assert_close(runs[1].draws, runs[0].draws, rtol=1e-7, atol=1e-9)
     assert torch.equal(runs[2].draws, runs[1].draws)
     assert len(jit.compile_seconds()) == 1
+
+
+def test_compiling_leaves_torchs_default_validation_of_distributions_as_it_was():
+    # Dynamo's first compile in a process sets torch.distributions' default validate_args
+    # to False; a jit=True run must not silently switch off validation of the user's
+    # later distributions. A fresh process, since torch patches once per process.
+    script = (
+        "import torch, ebmalgebra as eb\n"
+        "from ebmalgebra.samplers import MALA\n"
+        "from ebmalgebra.targets import Gaussian\n"
+        "assert torch.distributions.Distribution._validate_args\n"
+        "eb.sample(Gaussian(torch.zeros(2), 1.0), MALA(step_size=0.1, jit=True),\n"
+        "          x0=torch.zeros(4, 2), n_steps=3, progress=False)\n"
+        "print(torch.distributions.Distribution._validate_args)\n"
+        "torch.distributions.Normal(0.0, -1.0)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, DISABLE_ENV: ""})
+    assert result.stdout.strip() == "True", result.stderr
+    assert "ValueError" in result.stderr and "scale" in result.stderr
