@@ -365,7 +365,7 @@ class DistributionLeaf(Leaf):
         (in the innermost distribution of an ``Independent``), is skipped: ~30 µs of a
         10-D Gamma's 75 µs log_prob."""
         distribution = self.distribution
-        if checked and not torch.compiler.is_compiling():
+        if checked:
             distribution = self._unvalidated()
         try:
             return distribution.log_prob(x)
@@ -379,6 +379,11 @@ class DistributionLeaf(Leaf):
         properties already require)."""
         cached = self.__dict__.get("_without_validation")
         if cached is None or cached[0] is not self.distribution:
+            if torch.compiler.is_compiling():
+                # Copies are made eagerly (every sampler evaluates its start so): a
+                # trace keeps the user's distribution, whose validation then breaks
+                # the graph where it raises on values.
+                return self.distribution
             cached = (self.distribution, _without_validation(self.distribution))
             self.__dict__["_without_validation"] = cached
         return cached[1]
@@ -389,7 +394,9 @@ class DistributionLeaf(Leaf):
         # positive_definite.check answers only symmetry for the whole batch as soon as one
         # matrix (e.g. one with a NaN) is not symmetric.
         finite = torch.isfinite(x.flatten(1) if x.dim() > 1 else x[:, None]).all(1)
-        if not bool(finite.all()):
+        # Compiled, the stand-in is put in unconditionally: reading the mask on the host
+        # would break the graph.
+        if torch.compiler.is_compiling() or not bool(finite.all()):
             mask = finite.reshape(-1, *(1,) * (x.dim() - 1))
             x = torch.where(mask, x, self._point_in_support().to(x))
         try:
