@@ -105,6 +105,13 @@ class Conditioned(Operator):
         free = (~mask).flatten().nonzero().squeeze(1)
         self.register_buffer("free", free)
         self._event_shape = torch.Size([free.numel()])
+        # _embed gathers each coordinate from [x, clamped values]: source[i] is its column.
+        clamped = mask.flatten().nonzero().squeeze(1)
+        source = torch.empty(mask.numel(), dtype=torch.long)
+        source[free] = torch.arange(free.numel())
+        source[clamped] = free.numel() + torch.arange(clamped.numel())
+        self.register_buffer("_source", source, persistent=False)
+        self.register_buffer("_clamped", self.values.flatten()[clamped], persistent=False)
 
     @property
     def base(self) -> EnergyModel:
@@ -140,11 +147,25 @@ class Conditioned(Operator):
             capability, "is conditioned",
             "whose normaliser is the marginal density at the clamped values")
 
+    @property
+    def analytic_score(self) -> bool:
+        """Whether compiled programs take this node's own ``_energy_and_score`` (the
+        base's score at the embedded point, its free coordinates): only when every
+        leaf of the base scores without autograd. Otherwise the node is an autograd
+        leaf of the program: E over the free coordinates is differentiated whole, one
+        reverse pass, which ``torch.compile`` traces (the base's own
+        ``torch.autograd.grad`` it cannot)."""
+        return all(leaf.analytic_score for leaf in self.base.leaves())
+
     # ------------------------------------------------------------- evaluation
     def _embed(self, x: Tensor) -> Tensor:
-        """(batch, n_free) → (batch, *event_shape) with the clamped values filled in."""
-        full = self.values.to(x).flatten().expand(x.shape[0], -1)
-        full = full.index_add(1, self.free.to(x.device), x)
+        """(batch, n_free) → (batch, *event_shape) with the clamped values filled in.
+
+        A gather, not a scatter into the expanded values: inductor (torch 2.13)
+        miscompiles ``index_add`` into an expanded tensor (wrong values in float32 and,
+        inside MALA's kernel, in float64 too) or fails to compile it."""
+        columns = torch.cat([x, self._clamped.to(x).expand(x.shape[0], -1)], 1)
+        full = columns.index_select(1, self._source.to(x.device))
         return full.reshape(x.shape[0], *self.mask.shape)
 
     def _free(self, score: Tensor) -> Tensor:

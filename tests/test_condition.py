@@ -2,6 +2,7 @@
 Gaussian conditionals and posterior mixture weights; composition, canonical and file forms."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import ebmalgebra as eb
 from ebmalgebra import CompositionError
 from ebmalgebra.condition import Conditioned
 from ebmalgebra.diagnostics import ess, mcse_mean
+from ebmalgebra.jit import JitFallbackWarning
 from ebmalgebra.samplers import MALA
 from ebmalgebra.targets import Gaussian, GaussianMixture, MultivariateGaussian
 from ebmalgebra.testing import assert_equivalent
@@ -145,3 +147,27 @@ def test_conditions_save_and_load(tmp_path):
     loaded = eb.load(tmp_path / "cond.safetensors")
     assert repr(loaded) == repr(expr) == "g.condition(0=2) ** 0.5"
     assert_equivalent(loaded, expr, torch.randn(6, 1, dtype=F64))
+
+
+@pytest.mark.parametrize("analytic", [True, False])
+def test_conditioned_models_have_the_conditional_score_and_compile_to_the_same_chain(analytic):
+    # A torch distribution's score comes by autograd, so its condition is an autograd leaf
+    # of the program (one reverse pass, which torch.compile traces); the target's is
+    # analytic. Both have the closed-form conditional's score s(x₂) = −(x₂ − m)/v, and
+    # jit=True draws the eager chain (inductor once miscompiled the embedding's scatter).
+    joint = (MultivariateGaussian(MEAN, COVARIANCE) if analytic else
+             eb.from_distribution(torch.distributions.MultivariateNormal(MEAN, COVARIANCE)))
+    posterior = joint.condition(FIRST, [C, 0.0])
+    assert posterior.analytic_score == analytic
+    mean, variance = conditional_of_x2()
+    x = torch.linspace(-3.0, 3.0, 7, dtype=F64)[:, None]
+    torch.testing.assert_close(eb.compile(posterior).score(x), -(x - mean) / variance)
+    x0 = torch.zeros(8, 1, dtype=F64)
+    runs = []
+    for jit in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", JitFallbackWarning)
+            runs.append(eb.sample(posterior, MALA(step_size=0.5, jit=jit), x0=x0, n_steps=10,
+                                  generator=torch.Generator().manual_seed(1), progress=False))
+    assert runs[0].draws.std(0).min() > 0.1  # the chains move
+    torch.testing.assert_close(runs[1].draws, runs[0].draws, rtol=1e-7, atol=1e-9)

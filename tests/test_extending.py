@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import ebmalgebra as eb
 from ebmalgebra.diagnostics import ess, mcse_mean
+from ebmalgebra.expression_parser import parse_expression
 from ebmalgebra.io import register_operator
 from ebmalgebra.samplers import HMC, MALA
 from ebmalgebra.targets import MultivariateGaussian
@@ -118,8 +119,7 @@ def test_soft_minimum_saves_and_loads_after_registration(tmp_path):
 def test_soft_minimum_parses_by_its_printed_name_after_registration():
     a, b = two_bumps().operands()
     ring = eb.targets.Ring(name="r")
-    expr = eb.expression_parser.parse_expression("smin(a, b, tau=0.7) ** 2 & r",
-                                                 {"a": a, "b": b, "r": ring})
+    expr = parse_expression("smin(a, b, tau=0.7) ** 2 & r", {"a": a, "b": b, "r": ring})
     assert repr(expr) == "smin(a, b, tau=0.7) ** 2 & r"
     x = torch.randn(7, 2, dtype=F64)
     # −τ log(e^{−E_a/τ} + e^{−E_b/τ}) by hand, squared-tempered, plus the ring.
