@@ -129,8 +129,9 @@ def test_samplers_reject_and_count_proposals_outside_the_support(sampler):
 def test_checked_values_skip_torchs_validation_with_the_same_energies(monkeypatch):
     # The leaf checks the support itself; torch's validation of the same values (by the
     # Independent's Gamma) is skipped, on copies: the user's distribution keeps validating.
-    # validate_args is explicit: once torch.compile has run in the process, dynamo sets
-    # torch's global default to False (TorchPatcher.patch), so the default is not stable.
+    # validate_args is explicit: once torch.compile has run in the process (a test's own
+    # call, not ebmalgebra's, which restores it), dynamo sets torch's global default to
+    # False (TorchPatcher.patch).
     gamma = D.Independent(D.Gamma(torch.full((3,), 2.0, dtype=F64),
                                   torch.full((3,), 3.0, dtype=F64), validate_args=True),
                           1, validate_args=True)
