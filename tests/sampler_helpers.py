@@ -16,6 +16,7 @@ import torch
 
 import ebmalgebra as eb
 from ebmalgebra.diagnostics import ess, mcse_chain_means, mcse_mean
+from ebmalgebra.jit import JitFallbackWarning
 from ebmalgebra.samplers import (
     HMC,
     MALA,
@@ -97,6 +98,20 @@ class CountingEnergy(torch.nn.Module):
 
 
 Z_MAX = 4.0
+
+
+def eager_and_compiled_draws(model: eb.EnergyModel, step_size: float, seed: int,
+                             **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """MALA draws of ``model`` with ``jit=False`` and with ``jit=True``, from the same seed
+    (``options`` go to ``eb.sample``); a kernel falling back to eager fails the test."""
+    draws = []
+    for jit in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", JitFallbackWarning)
+            draws.append(eb.sample(model, MALA(step_size=step_size, jit=jit),
+                                   generator=torch.Generator().manual_seed(seed),
+                                   progress=False, **options).draws)
+    return draws[0], draws[1]
 
 
 def normal(mean: float, variance: float, name: str) -> eb.EnergyModel:

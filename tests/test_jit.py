@@ -21,6 +21,7 @@ import warnings
 import pytest
 import torch
 from hypothesis import given, settings
+from sampler_helpers import eager_and_compiled_draws
 from torch._dynamo.utils import counters
 
 import ebmalgebra as eb
@@ -384,12 +385,8 @@ def test_distribution_leaves_compile_without_graph_breaks():
         validate_args=True), 1, validate_args=True)
     model = eb.from_distribution(gamma, name="gamma")
     x0 = 1.0 + torch.rand(16, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
-    runs = []
-    for flag in (False, True):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", JitFallbackWarning)
-            runs.append(run(MALA(step_size=0.3, jit=flag), model, x0))
-    torch.testing.assert_close(runs[1].draws, runs[0].draws, rtol=1e-7, atol=1e-9)
+    eager, compiled = eager_and_compiled_draws(model, 0.3, seed=1, x0=x0, n_steps=20)
+    torch.testing.assert_close(compiled, eager, rtol=1e-7, atol=1e-9)
     assert gamma._validate_args and gamma.base_dist._validate_args
 
 
@@ -430,13 +427,8 @@ def _distribution_models():
 def test_models_of_torch_distributions_compile_to_the_eager_chain(name):
     # Constrained supports (through their bijections), torch's own bijections and
     # products of such leaves all compile without a fallback to eager.
-    model = _distribution_models()[name]
-    runs = []
-    for flag in (False, True):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", JitFallbackWarning)
-            runs.append(eb.sample(model, MALA(step_size=0.05, jit=flag), n_chains=8, n_steps=8,
-                                  generator=torch.Generator().manual_seed(4), progress=False))
+    eager, compiled = eager_and_compiled_draws(_distribution_models()[name], 0.05, seed=4,
+                                               n_chains=8, n_steps=8)
     # Default starts are float32 draws: compiled arithmetic rounds differently there.
-    tolerance = 1e-5 if runs[0].draws.dtype == torch.float32 else 1e-8
-    torch.testing.assert_close(runs[1].draws, runs[0].draws, rtol=tolerance, atol=tolerance)
+    tolerance = 1e-5 if eager.dtype == torch.float32 else 1e-8
+    torch.testing.assert_close(compiled, eager, rtol=tolerance, atol=tolerance)
