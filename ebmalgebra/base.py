@@ -14,6 +14,7 @@ missing.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -83,15 +84,19 @@ def input_options(module: object, *, dtype: torch.dtype | None = None,
                   device: torch.device | None = None) -> dict:
     """``dtype=`` and ``device=`` for tensors fed to ``module``.
 
-    Those of its first floating parameter or buffer; for anything else (not a
-    module, or one without floating tensors) ``dtype`` (default: torch's
+    Those of its first floating parameter or buffer, else of the first floating
+    tensor a node of it holds otherwise (:meth:`EnergyModel.held_tensors`, e.g. a
+    torch distribution's parameters); for anything else (not a module, or one
+    without floating tensors) ``dtype`` (default: torch's
     default dtype) and ``device``.
 
     Example:
         >>> zeros = torch.zeros((1, *event_shape), **input_options(classifier))
     """
     if isinstance(module, nn.Module):
-        for tensor in (*module.parameters(), *module.buffers()):
+        held = (tensor for node in module.modules() if isinstance(node, EnergyModel)
+                for tensor in node.held_tensors())
+        for tensor in itertools.chain(module.parameters(), module.buffers(), held):
             if tensor.is_floating_point():
                 return {"dtype": tensor.dtype, "device": tensor.device}
     return {"dtype": dtype if dtype is not None else torch.get_default_dtype(), "device": device}
@@ -150,6 +155,12 @@ class EnergyModel(nn.Module):
     def operands(self) -> tuple[EnergyModel, ...]:
         """Child models in order (empty for leaves)."""
         return ()
+
+    def held_tensors(self) -> Iterator[Tensor]:
+        """Tensors this node holds outside its parameters and buffers (none by
+        default; a distribution leaf's distribution parameters): they set the
+        dtype and device of default inputs (:func:`input_options`)."""
+        return iter(())
 
     def factors(self) -> tuple[EnergyModel, ...]:
         """The experts whose product this model is, p̃ = Π p̃_i: ``(a, b, c)`` for

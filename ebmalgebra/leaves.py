@@ -9,12 +9,13 @@ provide it in closed form.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, Transform, constraints
 
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike, input_options
 from ebmalgebra.errors import ArgumentError, CompositionError
@@ -359,6 +360,29 @@ class DistributionLeaf(Leaf):
     def support(self) -> constraints.Constraint:
         return self.distribution.support
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DistributionLeaf:
+        """``.to(dtype/device)``, ``.double()``, … also convert the distribution's
+        tensors (it is not a module): the leaf gets a converted copy."""
+        super()._apply(fn, recurse)
+        object.__setattr__(self, "distribution", _map_tensors(self.distribution, fn))
+        self.__dict__.pop("_support_point", None)
+        return self
+
+    def held_tensors(self) -> Iterator[Tensor]:
+        """The tensors of the distribution, of the distributions it wraps and of
+        their transforms (a ``TransformedDistribution``'s ``AffineTransform``)."""
+        pending: list[object] = [self.distribution]
+        seen: set[int] = set()
+        while pending:
+            value = pending.pop()
+            if isinstance(value, Tensor):
+                yield value
+            elif isinstance(value, (Distribution, Transform)) and id(value) not in seen:
+                seen.add(id(value))
+                pending.extend(reversed(list(vars(value).values())))
+            elif isinstance(value, (list, tuple)):
+                pending.extend(reversed(value))
+
     def _log_prob(self, x: Tensor, checked: bool = False) -> Tensor:
         """log p(x); ``checked``: every row of x lies in the support (:meth:`_energy` put
         its stand-in elsewhere), so torch's own validation of x, which repeats that check
@@ -434,6 +458,27 @@ def _without_validation(distribution: Distribution) -> Distribution:
         if isinstance(value, Distribution):
             setattr(unvalidated, name, _without_validation(value))
     return unvalidated
+
+
+def _map_tensors(value: object, fn: Callable[[Tensor], Tensor],
+                 memo: dict[int, object] | None = None) -> object:
+    """``value`` with ``fn`` applied to every tensor of a distribution or transform,
+    through the distributions and transforms it holds: shallow copies, each made
+    once (a transform and its cached inverse refer to each other)."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(item, fn, memo) for item in value)
+    if isinstance(value, weakref.ref):  # a cached inverse: rebuilt on demand
+        return None
+    if not isinstance(value, (Distribution, Transform)):
+        return value
+    memo = {} if memo is None else memo
+    if id(value) not in memo:
+        converted = memo[id(value)] = copy.copy(value)
+        for name, item in vars(value).items():
+            setattr(converted, name, _map_tensors(item, fn, memo))
+    return memo[id(value)]
 
 
 def from_energy(

@@ -159,6 +159,32 @@ def test_checked_values_skip_torchs_validation_with_the_same_energies(monkeypatc
                                                                                     True))
 
 
+def _shifted_log_normal(dtype):
+    def tensor(value):
+        return torch.tensor(value).to(dtype)
+    # An inverse transform: in torch 2.13 a transform and its inverse refer to each other.
+    transforms = [D.AffineTransform(tensor(0.5), tensor(2.0)).inv, D.ExpTransform()]
+    return D.TransformedDistribution(D.Normal(tensor(0.1), tensor(1.3)), transforms)
+
+
+def test_converting_a_distribution_leaf_converts_its_distribution():
+    # Regression: the distribution is not a module, so .double() / .to(dtype) left its
+    # tensors (and the default start of a sampling run) in float32.
+    user_distribution = _shifted_log_normal(torch.float32)
+    model = eb.from_distribution(user_distribution) & eb.from_energy(
+        lambda x: 0.01 * x.square(), event_shape=())
+    model.to(torch.float64)
+    leaf = model.operands()[0]
+    x = torch.tensor([1.5, 0.3, 4.0], dtype=torch.float64)
+    expected = -_shifted_log_normal(torch.float64).log_prob(x)
+    assert torch.equal(leaf.energy(x), expected)
+    assert leaf.distribution.transforms[0].inv.loc.dtype == torch.float64
+    assert user_distribution.base_dist.loc.dtype == torch.float32  # the user's is not changed
+    samples = eb.sample(model, MALA(step_size=0.1), n_chains=3, n_steps=2,
+                        generator=torch.Generator().manual_seed(0))
+    assert samples.draws.dtype == torch.float64
+
+
 def test_an_error_of_a_distributions_log_prob_names_the_leaf():
     class Picky(D.Normal):
         def log_prob(self, value):

@@ -86,6 +86,21 @@ def test_default_x0_exact_draws_when_the_model_can_sample():
     torch.testing.assert_close(state_draws.draws[0], expected, atol=1e-6, rtol=0)
 
 
+def test_default_x0_takes_the_dtype_of_a_torch_distributions_parameters():
+    # Regression: a distribution's tensors are neither parameters nor buffers, so the
+    # standard-normal start of a model that cannot sample was float32 for a float64 model.
+    gamma = torch.distributions.Gamma(torch.tensor([2.0, 3.0], dtype=F64),
+                                      torch.ones(2, dtype=F64))
+    model = eb.from_distribution(torch.distributions.Independent(gamma, 1))
+    product = model & eb.from_energy(lambda x: x.square().sum(-1), event_shape=(2,))
+    samples = eb.sample(product, RandomWalkMH(step_size=1e-9, adapt_step_size=False),
+                        n_chains=4, n_steps=1, generator=torch.Generator().manual_seed(3))
+    assert samples.draws.dtype == F64
+    # The positive support is sampled through exp: the start is exp of the normal draws.
+    expected = torch.randn(4, 2, generator=torch.Generator().manual_seed(3), dtype=F64).exp()
+    torch.testing.assert_close(samples.draws[0], expected, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"x0": torch.zeros(0, 3, dtype=F64)}, r"x0 has shape \(0, 3\): no chains"),
     ({"n_chains": 0, "x0": torch.zeros(0, 3, dtype=F64)}, "n_chains must be a positive int, got 0"),
