@@ -373,9 +373,7 @@ def estimate_log_z(
     else:
         base.require("normalizer", "estimate_log_z base")
         base.require("sample", "estimate_log_z base")
-        if tuple(base.event_shape or ()) != tuple(model.event_shape or ()):
-            raise CompositionError(f"estimate_log_z: base {base!r} has event_shape "
-                                   f"{base.event_shape}, model {model!r} has {model.event_shape}")
+        validation.same_event_shape("estimate_log_z: base", base, model)
     log_z_base = float(base.log_z())
     if method == "smc":
         return _smc_estimate(model, base, n_particles, n_steps, target_cess, sampler,
@@ -414,7 +412,8 @@ def estimate_log_z(
     else:  # also a NaN ESS, from infinite weights
         stderr = math.inf
         warnings.warn(f"estimate_log_z: {_unreliable(model, ess, n_particles)}. The "
-                      "returned stderr is inf", RuntimeWarning, stacklevel=2)
+                      "returned stderr is inf", RuntimeWarning,
+                      stacklevel=3)  # this function, its @threaded wrapper, the caller
     return LogZEstimate(
         log_z=log_z_base + _log_mean_exp(log_w),
         stderr=stderr,
@@ -540,7 +539,6 @@ def _normalize_noise_path(model: EnergyModel, log_z: Sequence[float] | None,
     replicates = options.pop("replicates", 1)
     validation.count("normalize: replicates", replicates)
     settings = {key: options.pop(key) for key in _SMC_SETTINGS if key in options}
-    options.setdefault("dtype", particle_options(model)["dtype"])
     smc = SMC(**settings)
     with warnings.catch_warnings():
         if replicates > 1:

@@ -27,7 +27,7 @@ from collections.abc import Collection, Iterable
 import torch
 from torch import Tensor
 
-from ebmalgebra.errors import ArgumentError, ArgumentTypeError
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CompositionError
 
 __all__ = [
     "at_least",
@@ -169,6 +169,17 @@ def instance(name: str, value: object, kind: type | tuple[type, ...], descriptio
     if not isinstance(value, kind):
         raise ArgumentTypeError(f"{name} must be {description}, got {type(value).__name__}")
     return value
+
+
+def same_event_shape(name: str, part: object, model: object) -> None:
+    """Raise :class:`CompositionError` unless the model ``part`` (a base, a path's
+    intermediate model) has the event shape of ``model``.
+
+    E.g. ``SMC: base 'g' has event_shape (1,), but the model 'm' has (3,)``.
+    """
+    if tuple(part.event_shape or ()) != tuple(model.event_shape or ()):
+        raise CompositionError(f"{name} {part!r} has event_shape {tuple(part.event_shape or ())}"
+                               f", but the model {model!r} has {tuple(model.event_shape or ())}")
 
 
 def generator(name: str, value: object) -> torch.Generator | None:

@@ -216,8 +216,10 @@ def test_degenerate_weights_warn_and_normalize_refuses():
     model = Banana(name="banana") & ~Gaussian(torch.zeros(2, dtype=F64), 0.5, name="c")
     options = {"base": Gaussian(torch.zeros(2, dtype=F64), 3.0, name="wide"),
                "n_particles": 64, "n_temps": 20}
-    with pytest.warns(RuntimeWarning, match=r"banana & ~c is unreliable.*may be improper"):
+    with pytest.warns(RuntimeWarning, match=r"banana & ~c is unreliable.*may be improper"
+                      ) as record:
         estimate = estimate_log_z(model, generator=_seed(0), **options)
+    assert record[0].filename == __file__  # the caller's line, not the @threaded wrapper's
     assert estimate.ess < 5 and estimate.stderr == math.inf
     assert estimate.particles.shape == (64, 2)  # still there to inspect
     with pytest.warns(RuntimeWarning), pytest.raises(CapabilityError,

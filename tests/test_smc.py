@@ -241,6 +241,37 @@ def test_bad_arguments_name_the_problem():
     score_only = eb.from_score(lambda x: -x, 2, name="denoiser")
     with pytest.raises(CapabilityError, match="denoiser"):
         SMC().run(score_only, models=[start], n_particles=8)
+    # Regression: particles of another event shape were broadcast through the model.
+    line = Gaussian(torch.zeros(1, dtype=F64), 1.0, name="line")
+    with pytest.raises(CompositionError, match=r"SMC: base line has event_shape \(1,\), "
+                                               r"but the model .* has \(2,\)"):
+        SMC().run(target, base=line, n_particles=8)
+    with pytest.raises(CompositionError, match=r"SMC: models\[1\] line has event_shape"):
+        SMC().run(target, models=[start, line], n_particles=8)
+
+
+class _Quadratic32(torch.nn.Module):
+    """½ Σ w x² / (1 + t²) with float32 weights w = 1: a network-like model that refuses
+    float64 inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(2))
+
+    def forward(self, x, t=0.0):
+        return 0.5 * (self.weight * x.square()).sum(-1) / (1.0 + t * t)
+
+
+@pytest.mark.parametrize("path", ["tempering", "noise"])
+def test_particles_take_the_models_dtype_by_default(path):
+    # Regression: the default base was float64 whatever the model, so a float32 network
+    # (every zoo model) failed unless dtype= was passed.
+    noise = path == "noise"
+    model = eb.from_energy(_Quadratic32(), 2, name="net", noise_conditioned=noise)
+    options = {"noise_levels": [2.0, 1.0, 0.5]} if noise else {}
+    result = SMC(n_steps=2).run(model, n_particles=64, generator=_seed(0), **options)
+    assert result.particles.dtype == torch.float32
+    assert math.isfinite(result.log_z)
 
 
 def test_estimate_log_z_by_smc():
@@ -305,7 +336,7 @@ def test_log_z_of_a_trained_zoo_model_matches_quadrature():
     model, quadrature, _, _ = _zoo_left_by_quadrature(sigma_min)
     levels = torch.logspace(math.log10(4.0), math.log10(sigma_min), 40)
     result = SMC(n_steps=5).run(model, noise_levels=levels, n_particles=8000,
-                                generator=_seed(0), dtype=torch.float32)
+                                generator=_seed(0))
     assert result.particles.dtype == torch.float32  # the model's dtype
     # 0.05 nats is a 3σ margin when stderr < 0.0167.
     assert result.stderr < 0.0167
@@ -341,7 +372,7 @@ def test_normalised_zoo_models_get_true_mixture_weights():
         log_z[name] = float(torch.logsumexp(log_density, 0)) + 2 * math.log(spacing)
         left_side[name] = float(torch.softmax(log_density, 0)[grid[:, 0] < 0].sum())
     estimates = {name: SMC().run(model, noise_levels=levels, n_particles=2000,
-                                 generator=_seed(index), dtype=torch.float32)
+                                 generator=_seed(index))
                  for index, (name, model) in enumerate((("left", left), ("right", right)))}
     # An error δ in log Ẑ_left − log Ẑ_right moves the normalised mixture's weight by at most
     # |δ|/4 (the slope of the logistic function); z ≤ 4 with their stderrs.
@@ -355,8 +386,7 @@ def test_normalised_zoo_models_get_true_mixture_weights():
     fractions = []
     for mixture, mixture_weight, log_z_error in cases:
         truth = mixture_weight * left_side["left"] + (1 - mixture_weight) * left_side["right"]
-        result = SMC().run(mixture, noise_levels=levels, n_particles=2000, generator=_seed(2),
-                           dtype=torch.float32)
+        result = SMC().run(mixture, noise_levels=levels, n_particles=2000, generator=_seed(2))
         fraction, stderr = result.expectation(lambda x: (x[:, 0] < 0).to(F64))
         # z ≤ 4 with the genealogy stderr, plus the normalisers' share.
         assert abs(fraction - truth) <= 4 * stderr + log_z_error, (fraction, truth, stderr)
@@ -380,7 +410,8 @@ def test_collapsed_genealogy_warns_and_reports_an_infinite_stderr():
     start = Gaussian(torch.zeros(2, dtype=F64), 1.0, name="start")
     path = [Gaussian(torch.tensor([0.5 * k, 0.0], dtype=F64), 0.3, name=f"m{k}")
             for k in range(1, 41)]
-    with pytest.warns(RuntimeWarning, match="initial particles have descendants"):
+    with pytest.warns(RuntimeWarning, match="initial particles have descendants") as record:
         result = SMC(n_steps=0, ess_threshold=1.0).run(
             path[-1], models=[start, *path[:-1]], n_particles=200, generator=_seed(0))
+    assert record[0].filename == __file__  # the caller's line, not the @threaded wrapper's
     assert result.n_eves < 5 and result.stderr == math.inf

@@ -263,7 +263,7 @@ class SMC:
         base: EnergyModel | None = None,
         generator: torch.Generator | None = None,
         progress: bool | None = None,
-        dtype: torch.dtype = torch.float64,
+        dtype: torch.dtype | None = None,
         group: dist.ProcessGroup | None = None,
     ) -> SMCResult:
         """Carry ``n_particles`` from ``base`` to ``model`` along the chosen path.
@@ -281,7 +281,9 @@ class SMC:
             n_particles: N.
             generator: the source of all randomness: same generator, same result.
             progress: a progress bar over levels (default: when stderr is a terminal).
-            dtype: dtype of the default base (a given ``base`` sets its own).
+            dtype: dtype of the default base (a given ``base`` sets its own); default:
+                the model's (:func:`ebmalgebra.normalize.particle_options`: its first
+                floating tensor's, float64 for models without tensors).
             group: a ``torch.distributed`` process group to shard the particles over;
                 by default the initialised default group, if any (see the module
                 docstring). Every rank must call ``run`` with the same arguments and an
@@ -301,6 +303,7 @@ class SMC:
             base = _default_base(first_model, first_t, dtype, generator, group)
         base.require("normalizer", "SMC base")
         base.require("sample", "SMC base")
+        validation.same_event_shape("SMC: base", base, model)
         shard = chain_shard(n_particles, group, operation="SMC")
         if shard is not None:
             shard.check_agreement(generator)
@@ -342,21 +345,26 @@ def _anchors(model: EnergyModel, noise_levels: Sequence[float] | Tensor | None,
         for index, intermediate in enumerate(models):
             validation.instance(f"SMC: models[{index}]", intermediate, EnergyModel,
                                 "an EnergyModel")
+            if intermediate.event_shape is not None:  # shape-free models fit any shape
+                validation.same_event_shape(f"SMC: models[{index}]", intermediate, model)
         return [(m, None) for m in (*models, model)]
     return [(model, None)]
 
 
-def _default_base(model: EnergyModel, t: float | None, dtype: torch.dtype,
+def _default_base(model: EnergyModel, t: float | None, dtype: torch.dtype | None,
                   generator: torch.Generator | None,
                   group: dist.ProcessGroup | None) -> EnergyModel:
+    from ebmalgebra.normalize import fit_base, particle_options
     from ebmalgebra.targets import Gaussian
 
     if t is not None:
         shape = model.event_shape
         if shape is None:
             raise CompositionError(f"SMC: {model!r} has no fixed event_shape; pass base=")
-        return Gaussian(torch.zeros(shape, dtype=dtype), max(t, 1e-3), name="base")
-    from ebmalgebra.normalize import fit_base
+        options = particle_options(model)
+        if dtype is not None:
+            options["dtype"] = dtype
+        return Gaussian(torch.zeros(shape, **options), max(t, 1e-3), name="base")
 
     return fit_base(model, generator=generator, dtype=dtype, group=group)
 
@@ -575,7 +583,7 @@ class _Run:
                           "at the end, so the weights degenerated along the path and log_z "
                           "and expectations are unreliable (stderr inf); use more particles, "
                           "more levels, more n_steps or a closer base", RuntimeWarning,
-                          stacklevel=3)
+                          stacklevel=4)  # here, SMC.run, its @threaded wrapper, the caller
         final = resample(weights, self.generator, method=self.smc.resampling)
         particles = all_chains(self.state.position, self.shard)
         records = {key: torch.tensor(values, dtype=torch.bool if key == "resampled" else
