@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+import ebmalgebra as eb
 from ebmalgebra import CompositionError
+from ebmalgebra.samplers import HMC
 from ebmalgebra.samplers.metrics import DenseMetric, DiagonalMetric, metric_class
+from ebmalgebra.targets import Gaussian
 
 F64 = torch.float64
 
@@ -115,6 +120,29 @@ def test_dense_rejects_bad_inverse_mass():
         DenseMetric(torch.eye(2, dtype=torch.int64))
     with pytest.raises(ValueError, match="metric must be one of"):
         metric_class("riemannian", "HMC")
+
+
+def test_dense_float32_mass_factor_of_an_ill_conditioned_estimate():
+    # Regression: the float32 inverse of a warmup-like estimate (eigenvalues 1e-4 … 7, as
+    # a window of few draws in 60-D gives) was not symmetric enough for the Cholesky, so
+    # dense-metric warmup raised "must be symmetric positive definite".
+    generator = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(60, 60, generator=generator, dtype=torch.float64))
+    eigenvalues = torch.logspace(-4, math.log10(7.0), 60, dtype=torch.float64)
+    inverse_mass = (basis * eigenvalues) @ basis.T
+    metric = DenseMetric(inverse_mass.float())
+    assert metric.mass_factor.dtype == torch.float32
+    mass = (basis / eigenvalues) @ basis.T  # M, the exact inverse of M⁻¹
+    factor = metric.mass_factor.double()
+    relative = (factor @ factor.T - mass).norm() / mass.norm()
+    assert relative < 1e-4, relative  # float32 rounding of M⁻¹ times κ = 7e4, with room
+
+
+def test_dense_warmup_of_a_single_float32_chain_in_60_dimensions():
+    model = Gaussian(torch.zeros(60), 1.0)
+    samples = eb.sample(model, HMC(metric="dense"), n_chains=1, n_steps=10, warmup=200,
+                        generator=torch.Generator().manual_seed(0))
+    assert samples.draws.dtype == torch.float32 and torch.isfinite(samples.draws).all()
 
 
 @pytest.mark.parametrize("kind", ["diag", "dense"])

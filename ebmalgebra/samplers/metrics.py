@@ -210,10 +210,14 @@ class DenseMetric(Metric):
         scale = inverse_mass.abs().max()
         if not torch.allclose(inverse_mass, inverse_mass.mT, rtol=0.0, atol=float(1e-5 * scale)):
             raise ArgumentError("DenseMetric: inverse_mass must be symmetric")
-        factor, info = torch.linalg.cholesky_ex(torch.linalg.inv(inverse_mass))
+        # In float64: a float32 inverse of a matrix conditioned like a windowed estimate
+        # of few draws (κ ~ 1e5) is not symmetric enough for the Cholesky to succeed.
+        exact = inverse_mass.to(torch.float64)
+        factor, info = torch.linalg.cholesky_ex(torch.linalg.inv(exact))
         if info != 0 or not bool(torch.isfinite(factor).all()):
-            raise ArgumentError("DenseMetric: inverse_mass must be symmetric positive definite")
-        return factor
+            raise ArgumentError("DenseMetric: inverse_mass (given, or estimated in warmup) must "
+                                "be symmetric positive definite")
+        return factor.to(inverse_mass.dtype)
 
     @classmethod
     def identity(cls, position: Tensor) -> DenseMetric:
