@@ -121,7 +121,7 @@ class Gaussian(AnalyticTarget):
     ) -> tuple[Tensor, Tensor]:
         diff = x - self.loc.to(x)
         precision_diff = diff * self.precision.to(x)
-        energy = 0.5 * (diff * precision_diff).flatten(1).sum(1) + self.log_constant.to(x)
+        energy = 0.5 * (diff * precision_diff).reshape(len(x), -1).sum(1) + self.log_constant.to(x)
         return energy, -precision_diff
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:

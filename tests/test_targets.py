@@ -73,6 +73,19 @@ def test_energy_is_negative_reference_log_prob_and_score_is_analytic(index):
     torch.testing.assert_close(target.log_prob(x), -energy)
 
 
+@pytest.mark.parametrize("event_shape", [(), (2, 3)])
+def test_gaussian_over_scalar_and_matrix_events(event_shape):
+    # Regression: a float loc (event shape ()) crashed in the energy (flatten(1) of (n,)).
+    loc = torch.full(event_shape, 0.5, dtype=F64)
+    target = Gaussian(loc, 2.0)
+    x = 3 * torch.randn(5, *event_shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    reference = D.Independent(D.Normal(loc, torch.tensor(2.0, dtype=F64)), len(event_shape))
+    energy, score = target.energy_and_score(x)
+    torch.testing.assert_close(energy, -reference.log_prob(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(score, -(x - 0.5) / 4.0, rtol=1e-12, atol=1e-12)
+    assert Gaussian(0.5, 2.0).energy(x.flatten()[:5]).shape == (5,)  # a float loc
+
+
 def _grid_integral(energy_fn, low, high, n=1201):
     axis = torch.linspace(low, high, n, dtype=F64)
     xx, yy = torch.meshgrid(axis, axis, indexing="ij")
