@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ebmalgebra import validation
+
 
 def show_progress(progress: bool | None) -> bool:
     """``progress`` if given, else whether stderr is attached to a terminal."""
     if progress is None:
         return sys.stderr.isatty()
-    return bool(progress)
+    return validation.flag("progress", progress)
 
 
 def progress_bar(total: int, progress: bool | None, desc: str, unit: str = "step") -> Any:

@@ -7,6 +7,7 @@ type raises ``ArgumentTypeError`` (a ``TypeError``) in the same form.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -73,6 +74,8 @@ BAD_VALUES = [
     (lambda: HMC(jitter=1.0), "HMC: jitter", "1.0"),
     (lambda: NUTS(max_depth=0), "NUTS: max_depth", "0"),
     (lambda: NUTS(max_energy_error=-1.0), "NUTS: max_energy_error", "-1.0"),
+    (lambda: HMC(max_energy_error=-1.0), "HMC: max_energy_error", "-1.0"),
+    (lambda: HMC(max_energy_error=math.nan), "HMC: max_energy_error", "nan"),
     (lambda: AnnealedLangevin(noise_levels=[0.1, 1.0]), "AnnealedLangevin: noise_levels",
      "[0.1, 1.0]"),
     (lambda: AnnealedLangevin(models=[_model()], steps_per_level=0),
@@ -131,6 +134,10 @@ BAD_TYPES = [
     (lambda: _model() ** "2", "exponent of g ** beta", "str"),
     (lambda: SMC().run("g", n_particles=8), "SMC: model", "str"),
     (lambda: DiagonalMetric([1.0, 2.0]), "DiagonalMetric: inverse_mass", "list"),
+    # Regression: any truthy value, e.g. "no", used to show the bar.
+    (lambda: eb.sample(_model(), n_chains=2, n_steps=1, progress="no"), "sample: progress",
+     "'no'"),
+    (lambda: SMC().run(_model(), n_particles=8, progress=1), "progress", "1"),
 ]
 
 

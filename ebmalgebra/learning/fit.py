@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.errors import ArgumentError, ArgumentTypeError
 from ebmalgebra.learning._checks import check_batch, check_model
+from ebmalgebra.progress import progress_bar
 from ebmalgebra.threads import use_threads
 
 __all__ = ["History", "fit"]
@@ -141,17 +141,11 @@ def fit(
         if not parameters:
             raise ArgumentError(f"fit: {model!r} has no trainable parameters")
         optimizer = torch.optim.Adam(parameters, lr=1e-3)
-    if progress is None:
-        progress = sys.stderr.isatty()
 
     n = data.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     history = History()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs * steps_per_epoch, desc="fit", unit="step")
+    bar = progress_bar(epochs * steps_per_epoch, progress, "fit")
     start = time.perf_counter()
     restore_threads = use_threads(min(batch_size, n) * data[0].numel())
     try:

@@ -563,6 +563,8 @@ def sample(
         validation.instance("sample: sampler", sampler, Sampler,
                             "an ebmalgebra.samplers.Sampler")
     validation.one_of("sample: on_nonfinite", on_nonfinite, ON_NONFINITE)
+    if progress is not None:
+        validation.flag("sample: progress", progress)
     validation.count("sample: n_steps", n_steps, 0)
     validation.count("sample: warmup", warmup, 0)
     validation.count("sample: thin", thin, 1)

@@ -165,6 +165,7 @@ class HMC(StepSizeSampler):
         self.metric = metric
         self.inverse_mass = None if inverse_mass is None else inverse_mass.detach()
         self.adapt_mass = adapt_mass
+        validation.positive(f"{self.name}: max_energy_error", max_energy_error)
         self.max_energy_error = float(max_energy_error)
         # ⌈L₀(1 − j)⌉ … ⌊L₀(1 + j)⌋, with a tolerance for float products like 10 · 1.2.
         self._lowest = max(1, math.ceil(n_leapfrog * (1.0 - self.jitter) - 1e-9))
