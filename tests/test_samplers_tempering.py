@@ -8,7 +8,7 @@ import torch
 from sampler_helpers import gaussian
 
 import ebmalgebra as eb
-from ebmalgebra.samplers import MALA, ParallelTempering
+from ebmalgebra.samplers import HMC, MALA, ParallelTempering
 
 
 @pytest.mark.parametrize("n_chains", [2, 3])
@@ -34,3 +34,16 @@ def test_tempering_adapts_one_step_size_per_replica():
     assert steps[0, 0] < steps[1, 0] < steps[2, 0]  # hotter replicas take larger steps
     assert samples.stats["swap_acceptance"].shape == (210, 2)
     assert samples.state.position.shape == (32, 1)
+
+
+@pytest.mark.parametrize("inner", [MALA, HMC])
+def test_tempering_takes_per_chain_step_sizes(inner):
+    # Regression: the inner sampler's init checked the (n,) step sizes against the K·n
+    # replica rows and raised.
+    steps = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    sampler = ParallelTempering(betas=[1.0, 0.25], sampler=inner(step_size=steps))
+    samples = eb.sample(gaussian(2), sampler, n_chains=3, n_steps=5,
+                        generator=torch.Generator().manual_seed(0))
+    exponent = inner().tempering_step_exponent  # hot replicas' steps are h / β^exponent
+    expected = torch.cat([steps, steps / 0.25 ** exponent])
+    torch.testing.assert_close(samples.state.replicas.step_size, expected)

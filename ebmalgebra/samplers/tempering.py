@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -162,12 +163,16 @@ class ParallelTempering(Sampler):
     def init(self, x0: Tensor, model: EnergyModel) -> TemperingState:
         inner = self.sampler
         n_chains, n_replicas = x0.shape[0], len(self.betas)
+        base_step = as_chain_values(inner.step_size, x0, f"{self.name}: step_size")
+        if isinstance(inner.step_size, Tensor) and inner.step_size.dim() > 0:
+            # Per-chain step sizes: the inner sampler starts the K·n replica rows.
+            inner = copy.copy(inner)
+            inner.step_size = base_step.repeat(n_replicas)
         replicas = inner.init(x0.repeat(n_replicas, *([1] * (x0.dim() - 1))), model)
         cold = replicas.potential
         betas = torch.tensor(self.betas, dtype=x0.dtype, device=x0.device)
         row_betas = betas.repeat_interleave(n_chains)
         power = inner.tempering_step_exponent
-        base_step = as_chain_values(inner.step_size, x0, f"{self.name}: step_size")
         changes = {
             "potential": cold.replace(beta=row_betas),
             "energy": replicas.energy * row_betas,
