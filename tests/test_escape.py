@@ -95,9 +95,10 @@ def test_chains_started_at_one_point_away_from_the_origin_are_not_flagged():
 
 
 def test_a_proper_target_wider_than_the_start_is_not_called_improper():
-    # N(0, 10²) from starts of spread ~0.3: the chains pass 10× that and the watch
-    # fires, but with no inverse in the model it must not say the draws are garbage.
-    model = Gaussian(torch.zeros(2), 10.0, name="wide")
+    # N(0, 10²), unnormalised, from starts of spread ~0.3: the chains pass 10× that and
+    # the watch fires, but with no inverse in the model it must not say the draws are
+    # garbage.
+    model = eb.from_energy(lambda x: 0.005 * x.square().sum(-1), 2, name="wide")
     _, caught = run_recording(lambda: eb.sample(
         model, MALA(step_size=20.0), x0=0.1 * torch.randn(32, 2, generator=seeded()),
         n_steps=CHECK_EVERY, generator=seeded()))
@@ -109,6 +110,25 @@ def test_a_proper_target_wider_than_the_start_is_not_called_improper():
     _, caught = run_recording(lambda: eb.sample(improper, MALA(step_size=0.05), n_chains=64,
                                                 n_steps=4 * CHECK_EVERY, generator=seeded()))
     assert "The draws are not samples of a distribution" in str(caught[0].message)
+
+
+def test_normalised_models_under_exact_kernels_are_not_watched():
+    # Regression: a Beta(0.5, 0.5), sampled on its logit scale, whose heavy tails reach
+    # |u| ≈ 10, was called improper, quoting unconstrained coordinates. A normalised
+    # target under an exactly invariant kernel cannot run away.
+    beta = eb.from_distribution(torch.distributions.Beta(torch.tensor(0.5), torch.tensor(0.5)))
+    samples, caught = run_recording(lambda: eb.sample(
+        beta, MALA(step_size=2.0), x0=torch.full((400,), 0.5), n_steps=4 * CHECK_EVERY,
+        generator=seeded()))
+    assert caught == []
+    # The chains started at u = 0 (limit 10 × unit scale) and passed it at a checked step.
+    checked = samples.unconstrained_draws[CHECK_EVERY - 1::CHECK_EVERY]
+    assert checked.abs().amax() > 10.0
+    wide = Gaussian(torch.zeros(2), 10.0, name="wide")  # normalised: ULA is still watched
+    _, caught = run_recording(lambda: eb.sample(
+        wide, ULA(step_size=30.0), x0=0.1 * torch.randn(32, 2, generator=seeded()),
+        n_steps=CHECK_EVERY, generator=seeded()))
+    assert len(caught) == 1
 
 
 def test_the_last_step_is_checked_in_runs_shorter_than_the_check_interval():

@@ -612,7 +612,8 @@ def sample(
                             device=position.device) if has_energy else None)
     recorder = _Recorder(position.shape[0], warmup, thin, n_draws, energies, shard,
                          copy_rows=position.numel() > _RETAIN_MAX_NUMEL)
-    escape = EscapeWatch(model, position, n_steps=n_total)
+    escape = EscapeWatch(model, position, n_steps=n_total, exact=(
+        compiled.normalizer_known and sampler.leaves_target_invariant))
     with nullcontext() if shard is None else shard.activate():  # pools the initial ε
         adaptation = sampler.adaptation(state, warmup) if warmup else None
     # One bar per run, not one per rank.

@@ -134,16 +134,19 @@ class EscapeWatch:
         center: the centre c; default the mean of ``x0``.
         n_steps: total steps of the run (the last one is always checked).
         where: the caller's name, at the start of the warning.
+        exact: the model is normalised (so proper) and every step leaves it exactly
+            invariant: its chains go only where it has mass, however far that is (a
+            constrained model's unconstrained coordinates, say), so nothing is watched.
     """
 
     def __init__(self, model: EnergyModel, x0: Tensor, *, scale: float | None = None,
                  center: float | Tensor | None = None, n_steps: int,
-                 where: str = "sample") -> None:
+                 where: str = "sample", exact: bool = False) -> None:
         self.model = model
         self.reference = _reference(x0, scale, center)
         self.n_steps = n_steps
         self.where = where
-        self.warned = False
+        self.warned = exact  # an exact run has nothing to warn about
 
     def update(self, index: int, position: Tensor) -> None:
         """Check after step ``index`` (0-based) every :data:`CHECK_EVERY` steps and at the end."""
