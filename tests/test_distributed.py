@@ -85,6 +85,19 @@ def run_mh() -> ebmalgebra.samplers.Samples:
                              n_chains=N_CHAINS, n_steps=20, generator=_seed(10))
 
 
+def run_mala_per_chain() -> ebmalgebra.samplers.Samples:
+    # One step size per chain of all ranks: each rank takes its own.
+    steps = torch.linspace(0.02, 0.08, N_CHAINS)
+    return ebmalgebra.sample(Ring() & Bar(), MALA(step_size=steps, adapt_step_size=False),
+                             n_chains=N_CHAINS, n_steps=20, generator=_seed(13))
+
+
+def run_ula_per_chain() -> ebmalgebra.samplers.Samples:
+    return ebmalgebra.sample(Ring() & Bar(), ULA(step_size=0.01,
+                                                 noise_scale=torch.linspace(0.05, 0.2, N_CHAINS)),
+                             n_chains=N_CHAINS, n_steps=20, generator=_seed(14))
+
+
 def run_hmc_dense_adapted() -> ebmalgebra.samplers.Samples:
     return ebmalgebra.sample(Bar(length=2.0, width=0.3, angle=0.6), HMC(step_size=0.2,
                              n_leapfrog=4, metric="dense"), n_chains=N_CHAINS, n_steps=10,
@@ -260,7 +273,8 @@ SAMPLER_SCENARIOS = {"mala": run_mala, "hmc": run_hmc, "annealed": run_annealed,
                      "nuts": run_nuts,
                      "ula": run_ula, "mh": run_mh, "hmc_adapted": run_hmc_adapted,
                      "hmc_dense_adapted": run_hmc_dense_adapted,
-                     "mala_adapted": run_mala_adapted}
+                     "mala_adapted": run_mala_adapted, "mala_per_chain": run_mala_per_chain,
+                     "ula_per_chain": run_ula_per_chain}
 
 
 def worker(rank: int, port: int, out: Path) -> None:
@@ -343,7 +357,8 @@ def single() -> Iterator[dict]:
 # ---------------------------------------------------------------------- tests
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mala", "hmc", "annealed", "nuts", "ula", "mh"])
+@pytest.mark.parametrize("name", ["mala", "hmc", "annealed", "nuts", "ula", "mh",
+                                  "mala_per_chain", "ula_per_chain"])
 def test_draws_of_two_processes_are_bit_identical_to_one(ranks, single, name):
     assert [rank[name]["shard"] for rank in ranks] == [(0, 4), (4, 7)]
     sharded = torch.cat([rank[name]["draws"] for rank in ranks], dim=1)

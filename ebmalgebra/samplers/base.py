@@ -43,6 +43,7 @@ __all__ = [
     "Sampler",
     "StepSizeSampler",
     "as_chain_values",
+    "local_chain_values",
     "check_invariant",
     "draw_normal",
     "draw_uniform",
@@ -296,10 +297,13 @@ def as_chain_values(value: float | Tensor, like: Tensor, what: str, *,
                     positive: bool = True) -> Tensor:
     """A hyper-parameter as one value per chain: ``(n_chains,)`` on ``like``'s device/dtype.
 
-    Accepts a float, a 0-d tensor or a tensor ``(n_chains,)``. Validated once, at
-    ``init``: it must be finite (and positive unless ``positive=False``).
+    Accepts a float, a 0-d tensor or a tensor ``(n_chains,)``; in a sharded run
+    (:func:`~ebmalgebra.distributed.active_shard`) the tensor has one value per chain of
+    all ranks, and this rank's are returned (:func:`local_chain_values`). Validated
+    once, at ``init``: it must be finite (and positive unless ``positive=False``).
     """
-    n_chains = like.shape[0]
+    shard = active_shard()
+    n_chains = like.shape[0] if shard is None else shard.n_chains
     if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
         raise ArgumentTypeError(f"{what} must be a float or a tensor of shape ({n_chains},), got "
                                 f"{type(value).__name__}")
@@ -315,7 +319,17 @@ def as_chain_values(value: float | Tensor, like: Tensor, what: str, *,
         kind = "positive and finite" if positive else "finite"
         raise ArgumentError(f"{what} must be {kind}, got {tensor[bad][0].item()!r} for chain "
                             f"{int(bad.nonzero()[0])}")
-    return tensor.clone()
+    return local_chain_values(tensor).clone()
+
+
+def local_chain_values(values: Tensor) -> Tensor:
+    """This rank's entries of per-chain ``values`` given for the chains of all ranks
+    ``(n_chains,)``, while a shard is active; ``values`` itself otherwise (a scalar, or
+    no shard)."""
+    shard = active_shard()
+    if shard is None or values.dim() == 0 or values.shape[0] != shard.n_chains:
+        return values
+    return shard.take(values)
 
 
 def run_update(update: Callable, jit: bool, state: NamedTuple, *args: Any,

@@ -600,7 +600,8 @@ def sample(
         shard.check_agreement(generator)
         x0 = shard.take(x0)
 
-    state = sampler.init(x0, compiled)
+    with nullcontext() if shard is None else shard.activate():  # per-chain hyper-parameters
+        state = sampler.init(x0, compiled)
     _check_start(state, shard)
     n_total = warmup + n_steps
     n_draws = n_steps // thin

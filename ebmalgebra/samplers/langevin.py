@@ -20,6 +20,7 @@ from ebmalgebra.samplers.base import (
     draw_normal,
     expand_to_rank,
     finite_rows,
+    local_chain_values,
     none_set_eagerly,
     run_update,
     select,
@@ -233,7 +234,7 @@ class ULA(Sampler):
             scales = self._scales(state.step_size, x.dim())  # ε and √(2ε), hoisted
         else:
             if isinstance(noise_scale, Tensor):
-                noise_scale = noise_scale.to(x)
+                noise_scale = local_chain_values(noise_scale).to(x)
             scales = langevin_scales(state.step_size, x.dim(), noise_scale)
         none_frozen = none_frozen_eagerly(self._any_frozen, state.frozen, self.jit)
         return run_update(ula_update, self.jit, state, draw_normal(x, generator), scales,
