@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def _chain_first(values: Tensor) -> np.ndarray:
 
 def to_arviz(samples: Samples, var_name: str = "x") -> Any:
     """``samples`` as ``arviz.InferenceData``: posterior ``var_name`` shaped
-    ``(chain, draw, *event_shape)`` and the per-chain sample statistics
+    ``(chain, draw, *event_shape)`` in float64 and the per-chain sample statistics
     (``samples.chain_stats``) shaped ``(chain, draw)``.
 
     Raises:
@@ -59,5 +60,9 @@ def to_arviz(samples: Samples, var_name: str = "x") -> Any:
         raise ImportError("Samples.to_arviz needs arviz: pip install arviz") from error
     sample_stats = {ARVIZ_NAMES.get(name, name): _chain_first(value)
                     for name, value in samples.chain_stats.items()}
-    return arviz.from_dict(posterior={var_name: _chain_first(samples.draws)},
+    # float64: ArviZ computes R-hat in the data's precision (float32 draws gave it 2e-4
+    # apart from the built-in value, which is computed in float64).
+    draws = samples.draws.to(torch.float64) if samples.draws.is_floating_point() else (
+        samples.draws)
+    return arviz.from_dict(posterior={var_name: _chain_first(draws)},
                            sample_stats=sample_stats or None)

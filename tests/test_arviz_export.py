@@ -36,6 +36,18 @@ def test_arviz_diagnostics_equal_the_built_in_ones(samples):
     assert torch.allclose(rhat, samples.rhat(), rtol=1e-6, atol=0)
 
 
+def test_float32_draws_give_arviz_the_built_in_diagnostics():
+    # Regression: float32 draws were exported as float32, and ArviZ's R-hat (computed in
+    # the data's precision) was 2e-4 from the built-in one.
+    x0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    model = Gaussian(torch.tensor([1.0, -2.0]), torch.tensor([0.5, 2.0]))
+    samples = eb.sample(model, NUTS(), x0=x0, n_steps=300, warmup=200,
+                        thin=2, generator=torch.Generator().manual_seed(1), progress=False)
+    assert samples.draws.dtype == torch.float32
+    rhat = torch.as_tensor(az.rhat(samples.to_arviz(), method="rank")["x"].values)
+    assert torch.allclose(rhat, samples.rhat().double(), rtol=1e-6, atol=0)
+
+
 def test_sample_stats_have_arviz_names_and_line_up_with_the_draws(samples, model):
     stats = samples.to_arviz().sample_stats
     for name in ("diverging", "tree_depth", "energy", "acceptance_rate", "step_size", "lp",
