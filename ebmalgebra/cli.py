@@ -220,6 +220,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------ main
+def _seed(text: str) -> int:
+    """A seed ``torch.Generator.manual_seed`` takes: an integer in [−2⁶³, 2⁶⁴)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not -2**63 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"expected a seed in [-2**63, 2**64), got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -260,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sampler", choices=("annealed", "smc"), default=None,
                       help="sample every row by this (default: annealed Langevin; smc also "
                            "prints log Z and ESS per row)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     demo.add_argument("--out", default="ebmalgebra_demo.png",
                       help="PNG file to write (default ebmalgebra_demo.png)")
     demo.set_defaults(run=_demo)
@@ -279,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "resampling)")
     sample.add_argument("--steps", type=_positive_int, default=None,
                         help="total Langevin steps (annealed, mala, ula) or HMC steps")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     sample.add_argument("--out", default="grid.png",
                         help="output: .png (image grid or scatter plot) or .safetensors "
                              "(the samples tensor); default grid.png")
@@ -290,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("expression", metavar="EXPR")
     info.add_argument("--n", type=int, default=64,
                       help="samples for the statistics (default 64; 0 skips sampling)")
-    info.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    info.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     info.set_defaults(run=_info)
     return parser
 

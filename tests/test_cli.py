@@ -190,6 +190,15 @@ def test_bad_options_exit_2(capsys, argv):
     assert "usage: ebmalgebra" in capsys.readouterr().err
 
 
+def test_a_seed_out_of_the_generators_range_is_named(capsys):
+    # Regression: argparse took any int and torch failed with "Overflow when unpacking
+    # long long".
+    with pytest.raises(SystemExit) as caught:
+        main(["sample", "ring", "--seed", str(2**64)])
+    assert caught.value.code == 2
+    assert f"expected a seed in [-2**63, 2**64), got {2**64}" in capsys.readouterr().err
+
+
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "ebmalgebra", "sample", "ring & nope"],
                             capture_output=True, text=True, timeout=120)
