@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.distributions.constraints import Constraint
 
-from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
+from ebmalgebra.base import Capabilities, EnergyModel, TimeLike, input_options
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.operator import ATOM, Operator
 
@@ -46,9 +46,12 @@ def _as_mask(mask: object, base: EnergyModel) -> Tensor:
 
 
 def _as_values(values: object, mask: Tensor, base: EnergyModel) -> Tensor:
-    values = torch.as_tensor(values)
-    if not values.is_floating_point():
-        values = values.to(torch.get_default_dtype())
+    # Numbers take the base's dtype and device: clamped in the default float32, a float64
+    # model's conditional would be off by the values' rounding. A floating tensor is kept.
+    if not isinstance(values, Tensor):
+        values = torch.as_tensor(values, **input_options(base))
+    elif not values.is_floating_point():
+        values = values.to(input_options(base)["dtype"])
     try:
         values = torch.broadcast_to(values, mask.shape)
     except RuntimeError:
@@ -58,7 +61,7 @@ def _as_values(values: object, mask: Tensor, base: EnergyModel) -> Tensor:
     if not torch.isfinite(values[mask]).all():
         raise CompositionError(f"condition of {base!r}: clamped values must be finite")
     # Only the clamped entries matter; zeros elsewhere make embedding one addition.
-    return torch.where(mask, values, torch.zeros_like(values))
+    return torch.where(mask.to(values.device), values, torch.zeros_like(values))
 
 
 class Conditioned(Operator):

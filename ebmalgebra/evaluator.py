@@ -25,7 +25,12 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.base import TimeLike
-from ebmalgebra.leaves import autograd_energy_and_score, autograd_score
+from ebmalgebra.leaves import (
+    autograd_energy_and_score,
+    autograd_score,
+    inference_mode_blocks_autograd,
+    recordable,
+)
 from ebmalgebra.program import ANALYTIC, AUTOGRAD, SCORE_ONLY, Program
 
 __all__ = ["energy", "energy_and_score"]
@@ -62,6 +67,12 @@ def energy_and_score(program: Program, x: Tensor, t: TimeLike, create_graph: boo
         return (energy, score) if create_graph else (energy.detach(), score.detach())
     if sole == AUTOGRAD and not create_graph and not functional:
         return _sole_autograd(program.leaves[0], x, t)
+    if inference_mode_blocks_autograd() and (program.autograd or program.linear is None):
+        # The reverse passes (over autograd leaves, and for the coefficients ∂E/∂E_l of
+        # non-linear nodes) leave inference mode; as under no_grad, each enables grad.
+        with torch.inference_mode(False), torch.no_grad():
+            return energy_and_score(program, recordable(x), t, create_graph,
+                                    functional=functional, detach_parameters=detach_parameters)
     if detach_parameters and not create_graph and not functional:
         with torch.no_grad():
             return _evaluate(program, x, t, create_graph, functional)

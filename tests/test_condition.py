@@ -165,3 +165,34 @@ def test_conditioned_models_have_the_conditional_score_and_compile_to_the_same_c
                                                x0=torch.zeros(8, 1, dtype=F64), n_steps=10)
     assert eager.std(0).min() > 0.1  # the chains move
     torch.testing.assert_close(compiled, eager, rtol=1e-7, atol=1e-9)
+
+
+def test_conditioned_autograd_leaves_have_the_conditional_score_under_inference_mode():
+    # Inference mode used to make autograd scores zero. For E = ½ (x − μ)ᵀ P (x − μ) with
+    # x₁ clamped to c, the conditional score is s(x₂) = −(P₂₂ (x₂ − μ₂) + P₂₁ (c − μ₁)).
+    precision = torch.linalg.inv(COVARIANCE)
+    quadratic = eb.from_energy(
+        lambda x: 0.5 * (((x - MEAN) @ precision) * (x - MEAN)).sum(-1), 2, name="quadratic")
+    conditioned = quadratic.condition(FIRST, C)
+    x2 = torch.linspace(-3.0, 3.0, 7, dtype=F64)[:, None]
+    expected = -(precision[1, 1] * (x2 - MEAN[1]) + precision[1, 0] * (C - MEAN[0]))
+    gaussian = Gaussian(torch.zeros(1, dtype=F64), 1.0, name="g")
+    for model, score in ((conditioned, expected), (eb.compile(conditioned), expected),
+                         (eb.compile(conditioned & gaussian), expected - x2)):
+        with torch.inference_mode():
+            torch.testing.assert_close(model.score(x2.clone()), score)
+
+
+def test_numbers_are_clamped_in_the_dtype_of_the_model():
+    # Regression: numbers were stored in the default float32, so a float64 model's
+    # conditional energy was off by the rounding of 0.1 (~1e-9).
+    gaussian = Gaussian(torch.zeros(2, dtype=F64), 1.0, name="g")
+    x2 = torch.tensor([[0.3], [-1.2]], dtype=F64)
+    joint = gaussian.energy(torch.cat([torch.full_like(x2, 0.1), x2], 1))
+    for values in (0.1, [0.1, 7.0], torch.tensor([0.1, 7.0], dtype=F64)):
+        conditioned = gaussian.condition(FIRST, values)
+        assert conditioned.values.dtype == F64 and conditioned.values[0].item() == 0.1
+        torch.testing.assert_close(conditioned.energy(x2), joint, rtol=0, atol=0)
+    assert gaussian.condition(FIRST, torch.tensor([1, 0])).values.dtype == F64
+    float32 = Gaussian(torch.zeros(2), 1.0, name="g32").condition(FIRST, 0.1)
+    assert float32.values.dtype == torch.float32

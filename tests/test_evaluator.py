@@ -99,3 +99,30 @@ def test_scores_are_dense_tensors_even_when_the_reverse_pass_returns_its_seed():
         score.add_(1.0)  # an in-place update raises on a broadcast view
         _, again = evaluator.energy_and_score(program, x, None, False)
         torch.testing.assert_close(again, -torch.ones_like(x))
+
+
+def test_inference_mode_gives_the_scores_of_no_grad():
+    # The reverse passes must leave inference mode, where enable_grad() records nothing:
+    # over autograd leaves in products (the affine path), mixtures and the functional pass,
+    # and the one for the coefficients of a non-linear node over analytic leaves alone.
+    # Closed form of the network: s = −(x − shift) − 0.6 cos(3x).
+    a = Gaussian(torch.zeros(2, dtype=F64), 1.5, name="a")
+    b = Gaussian(torch.ones(2, dtype=F64), 0.5, name="b")
+    x = torch.randn(5, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    shift = NETWORK.module.shift.detach()
+    network_score = -(x - shift) - 0.6 * torch.cos(3 * x)
+    torch.testing.assert_close(NETWORK.score(x), network_score)
+    for expr in (a & NETWORK ** 2, a | NETWORK, (a | NETWORK) & NETWORK ** 0.5,
+                 eb.without(a, b, a | b)):
+        program = Program.build(expr)
+        for functional in (False, True):
+            with torch.no_grad():
+                expected = evaluator.energy_and_score(program, x, None, False,
+                                                      functional=functional)
+            with torch.inference_mode():
+                found = evaluator.energy_and_score(program, x.clone(), None, False,
+                                                   functional=functional)
+            torch.testing.assert_close(found, expected, rtol=0, atol=0)
+    with torch.inference_mode():
+        _, score = evaluator.energy_and_score(Program.build(a & NETWORK ** 2), x, None, False)
+    torch.testing.assert_close(score, -x / 1.5**2 + 2 * network_score)

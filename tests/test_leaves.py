@@ -220,3 +220,24 @@ def test_one_is_shape_free():
     assert torch.equal(eb.one.score(x), torch.zeros(3, 5))
     with pytest.raises(CapabilityError, match="identity"):
         eb.one.log_z()
+
+
+def test_autograd_scores_are_exact_under_inference_mode():
+    # torch.enable_grad() does not lift inference mode, which used to make every autograd
+    # score silently zero there. Closed forms: E = ½‖x‖² has s = −x, and the N(1, 2²)
+    # log-density has s = −(x − 1)/4.
+    quadratic = eb.from_energy(lambda x: 0.5 * (x**2).sum(-1), 2, name="q")
+    normal = eb.from_distribution(D.Independent(D.Normal(torch.ones(2, dtype=F64),
+                                                         2 * torch.ones(2, dtype=F64)), 1))
+    constant = eb.from_energy(lambda x: x.new_full((x.shape[0],), 3.0), 2, name="c")
+    outside = torch.tensor([[1.0, 2.0], [3.0, -1.0]], dtype=F64)
+    with torch.inference_mode():
+        x = outside.clone()  # an inference tensor, which autograd cannot save for backward
+        for points in (x, outside):
+            energy, score = quadratic.energy_and_score(points)
+            torch.testing.assert_close(score, -outside)
+            torch.testing.assert_close(energy, 0.5 * (outside**2).sum(-1))
+            torch.testing.assert_close(quadratic.score(points), -outside)
+            torch.testing.assert_close(normal.score(points), -(outside - 1.0) / 4.0)
+        assert torch.equal(constant.score(x), torch.zeros_like(x))
+        torch.testing.assert_close(x + quadratic.score(x), torch.zeros_like(x))  # usable here
