@@ -31,8 +31,10 @@ from torch import Tensor
 from torch.distributions import transforms as tt
 from torch.distributions.constraints import Constraint
 
+from ebmalgebra import validation
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
 from ebmalgebra.errors import CompositionError
+from ebmalgebra.leaves import inference_mode_blocks_autograd, recordable
 from ebmalgebra.operator import ATOM, Operator
 from ebmalgebra.reverse_pass import vector_jacobian
 
@@ -70,8 +72,9 @@ def _parts(transform: tt.Transform) -> list[tt.Transform]:
 
 
 def _summed(ladj: Tensor, n: int) -> Tensor:
-    """log|det J| per sample ``(n,)`` from an elementwise or per-event result."""
-    return ladj.reshape(n, -1).sum(-1) if ladj.dim() > 1 else ladj.expand(n)
+    """log|det J| per sample ``(n,)`` from an elementwise or per-event result (flattened,
+    not reshaped to ``(n, -1)``, which an empty batch leaves undetermined)."""
+    return ladj.flatten(1).sum(1) if ladj.dim() > 1 else ladj.expand(n)
 
 
 class Pushforward(Operator):
@@ -175,8 +178,12 @@ class Pushforward(Operator):
 
         Inside ``torch.compile``, which cannot trace ``torch.autograd.grad``, E(y) is
         differentiated whole with ``torch.func.vjp`` instead (one reverse pass through
-        the base's energy and the transform), the same score up to rounding.
+        the base's energy and the transform), the same score up to rounding. Under
+        ``torch.inference_mode()`` the passes run outside it, as for autograd leaves.
         """
+        if inference_mode_blocks_autograd():
+            with torch.inference_mode(False), torch.no_grad():
+                return self._pull_back(recordable(y), t, create_graph, with_energy)
         if with_energy and not create_graph and torch.compiler.is_compiling():
             energy, pullback = torch.func.vjp(lambda inputs: self._energy(inputs, t), y)
             (grad,) = pullback(torch.ones_like(energy))
@@ -278,6 +285,12 @@ def _check_transform(transform: object, base: EnergyModel) -> None:
     if not transform.bijective:
         raise CompositionError(f"pushforward of {base!r}: {transform!r} is not bijective, so "
                                "the density of T(x) has no change-of-variables form")
+    for part in _parts(transform):
+        affine = part.inv if isinstance(part, tt._InverseTransform) else part
+        if isinstance(affine, tt.AffineTransform):
+            # A zero scale is bijective to torch, but maps everything to loc.
+            validation.nonzero_entries(f"pushforward of {base!r}: AffineTransform scale",
+                                       torch.as_tensor(affine.scale))
     shape = base.event_shape
     if shape is not None and len(shape) < transform.domain.event_dim:
         raise CompositionError(f"pushforward of {base!r}: {transform!r} acts on "

@@ -42,10 +42,12 @@ __all__ = [
     "instance",
     "non_negative",
     "non_negative_entries",
+    "nonzero_entries",
     "one_of",
     "positive",
     "positive_entries",
     "real",
+    "same_event_shape",
 ]
 
 
@@ -230,3 +232,12 @@ def _entries(name: str, value: Tensor, bad: Tensor, constraint: str) -> Tensor:
     where = "" if value.numel() == 1 else (
         f" at index {first} ({int(bad.sum())} of {bad.numel()} entries)")
     raise ArgumentError(f"{name} must be {constraint}, got {value[first].item()!r}{where}")
+
+
+def nonzero_entries(name: str, value: Tensor) -> Tensor:
+    """``value`` if every entry is finite and ≠ 0; else name the first bad entry and how many.
+
+    E.g. ``AffineTransform scale must be non-zero, got 0.0`` (a map that is not invertible).
+    """
+    finite_entries(name, value)
+    return _entries(name, value, value == 0, "non-zero")

@@ -214,3 +214,53 @@ def test_to_moves_the_tensors_inside_the_transform():
     x = torch.rand(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
     torch.testing.assert_close(moved.energy(x), reference.energy(x), rtol=1e-13, atol=0)
     torch.testing.assert_close(moved.score(x), reference.score(x), rtol=1e-13, atol=0)
+
+
+def test_scores_are_exact_under_inference_mode():
+    # The pull-back through T⁻¹ is a reverse pass, which inference mode (not lifted by
+    # enable_grad) used to break: a raw torch error for a base scored by autograd. Closed
+    # form of the log-normal: s(y) = −1/y − (log y − μ)/(σ² y).
+    analytic = eb.targets.Gaussian(torch.tensor([0.3], dtype=F64), 0.7, name="g")
+    y = torch.linspace(0.05, 6.0, 40, dtype=F64)[:, None]
+    expected = -1.0 / y - (y.log() - 0.3) / (0.7**2 * y)
+    for base in (normal(0.3, 0.7), analytic):
+        lognormal = base.pushforward(tt.ExpTransform())
+        for model in (lognormal, eb.compile(lognormal), eb.compile(lognormal & eb.one)):
+            with torch.inference_mode():
+                inside = y.clone()
+                torch.testing.assert_close(model.score(inside), expected)
+                torch.testing.assert_close(model.energy_and_score(inside)[1], expected)
+
+
+def test_an_affine_map_with_a_zero_scale_is_refused_naming_the_scale():
+    # Regression: torch calls it bijective, and it failed only when evaluated, with a bare
+    # "math domain error".
+    message = r"^pushforward of n: AffineTransform scale must be non-zero, got 0.0"
+    for transform in (tt.AffineTransform(0.0, 0.0), tt.AffineTransform(1.0, 0.0).inv,
+                      tt.ComposeTransform([tt.ExpTransform(), tt.AffineTransform(
+                          0.0, torch.tensor([2.0, 0.0], dtype=F64))])):
+        with pytest.raises(eb.ArgumentError, match=message):
+            normal().pushforward(transform)
+    assert isinstance(normal().pushforward(tt.AffineTransform(0.0, -2.0)), Pushforward)
+
+
+def test_an_empty_batch_has_empty_energies_and_scores():
+    # Regression: log|det J| was reshaped to (0, -1), which torch refuses. Closed forms on
+    # a batch as well: E(y) = E_a(T⁻¹y) + log|det J_T|, i.e. + Σ log y for exp and
+    # + 6 log 2 for y = 1 + 2x over 2×3 events.
+    matrix = eb.targets.Gaussian(torch.zeros(2, 3, dtype=F64), 1.0, name="m")
+    y = torch.rand(4, 2, 3, dtype=F64, generator=torch.Generator().manual_seed(0)) + 0.5
+    vector = eb.targets.Gaussian(torch.zeros(1, dtype=F64), 1.0, name="v")
+    cases = ((vector.pushforward(tt.ExpTransform()), None),
+             (matrix.pushforward(tt.ExpTransform()),
+              matrix.energy(y.log()) + y.log().flatten(1).sum(1)),
+             (matrix.pushforward(tt.AffineTransform(1.0, 2.0)),
+              matrix.energy((y - 1.0) / 2.0) + 6 * math.log(2.0)))
+    for model, expected in cases:
+        empty = torch.zeros(0, *model.event_shape, dtype=F64)
+        for evaluated in (model, eb.compile(model)):
+            energy, score = evaluated.energy_and_score(empty)
+            assert energy.shape == (0,) and score.shape == empty.shape
+            assert evaluated.energy(empty).shape == (0,)
+            if expected is not None:
+                torch.testing.assert_close(evaluated.energy(y), expected)
