@@ -86,6 +86,46 @@ class AnalyticTarget(Leaf):
                            device=reference.device)
 
 
+class _ShapeParameterTarget(AnalyticTarget):
+    """A target whose shape parameters are Python floats (constants of its closed forms
+    and of compiled kernels), mirrored in the ``hyperparameters`` buffer so that
+    ``state_dict`` carries them.
+
+    Loading a state dict makes its values the model's own, as for any ``nn.Module``
+    (a Ring(radius=1) loaded with a radius-3 state evaluates radius 3); values that
+    break the constructor's constraints are refused before anything changes.
+    Subclasses name the floats in ``shape_parameters``, check them in
+    :meth:`_check_shape_parameters` and set them, with what derives from them, in
+    :meth:`_set_shape_parameters`.
+    """
+
+    shape_parameters: tuple[str, ...] = ()
+
+    def _check_shape_parameters(self, values: Sequence[float]) -> None:
+        """Raise :class:`ArgumentError` unless ``values`` fit the constructor's constraints."""
+
+    def _set_shape_parameters(self, values: Sequence[float]) -> None:
+        # Nodes are immutable to users; a loaded state is the one sanctioned update.
+        for name, value in zip(self.shape_parameters, values, strict=True):
+            object.__setattr__(self, name, float(value))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        loaded = state_dict.get(prefix + "hyperparameters")
+        if isinstance(loaded, Tensor) and loaded.shape == self.hyperparameters.shape:
+            try:
+                self._check_shape_parameters(loaded.tolist())
+            except ArgumentError as error:
+                raise ArgumentError(f"state_dict entry {prefix}hyperparameters: {error}"
+                                    ) from None
+        before = self.hyperparameters.clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        # Unchanged values keep their exact floats (the buffer holds them rounded).
+        if not torch.equal(self.hyperparameters, before):
+            self._set_shape_parameters(self.hyperparameters.tolist())
+
+
 class Gaussian(AnalyticTarget):
     """Diagonal Gaussian over any event shape: p(x) = Π_i N(x_i; μ_i, σ_i²).
 
@@ -121,7 +161,9 @@ class Gaussian(AnalyticTarget):
     ) -> tuple[Tensor, Tensor]:
         diff = x - self.loc.to(x)
         precision_diff = diff * self.precision.to(x)
-        energy = 0.5 * (diff * precision_diff).reshape(len(x), -1).sum(1) + self.log_constant.to(x)
+        # Rows of the event's size, not -1: an empty batch has no size to infer.
+        squares = (diff * precision_diff).reshape(len(x), self.loc.numel())
+        energy = 0.5 * squares.sum(1) + self.log_constant.to(x)
         return energy, -precision_diff
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
@@ -337,7 +379,7 @@ class GaussianMixture(AnalyticTarget):
             "bij,bj->bi", self.scale_trils[component], noise)
 
 
-class Banana(AnalyticTarget):
+class Banana(_ShapeParameterTarget):
     """Twisted Gaussian (Haario et al. 1999): x₁ ~ N(0, s²), x₂ | x₁ ~ N(b(x₁² − s²), σ²).
 
     With u = x₂ − b(x₁² − s²):
@@ -345,15 +387,21 @@ class Banana(AnalyticTarget):
     ∂E/∂x₁ = x₁/s² − 2b x₁ u/σ², ∂E/∂x₂ = u/σ².
     """
 
+    shape_parameters = ("scale", "curvature", "noise")
+
     def __init__(self, *, scale: float = 2.0, curvature: float = 0.5, noise: float = 1.0,
                  name: str = "banana"):
-        for value, what in ((scale, "scale"), (noise, "noise")):
-            _positive(value, f"{name}: {what}")
-        _as_tensor(curvature, f"{name}: curvature")
         super().__init__(torch.Size([2]), name)
+        self._check_shape_parameters((scale, curvature, noise))
         self.register_buffer("hyperparameters", torch.tensor([scale, curvature, noise]))
-        self.scale, self.curvature, self.noise = float(scale), float(curvature), float(noise)
+        self._set_shape_parameters((scale, curvature, noise))
         self._freeze()
+
+    def _check_shape_parameters(self, values: Sequence[float]) -> None:
+        scale, curvature, noise = values
+        for value, what in ((scale, "scale"), (noise, "noise")):
+            _positive(value, f"{self.name}: {what}")
+        _as_tensor(curvature, f"{self.name}: curvature")
 
     def _energy_and_score(
         self, x: Tensor, t: TimeLike, create_graph: bool
@@ -373,20 +421,25 @@ class Banana(AnalyticTarget):
         return torch.stack([x1, x2], dim=-1)
 
 
-class Funnel(AnalyticTarget):
+class Funnel(_ShapeParameterTarget):
     """Neal's funnel over (v, x₁ … x_{d−1}): v ~ N(0, s²), x_i | v ~ N(0, eᵛ).
 
     E = v²/(2s²) + log s + Σ_i (x_i² e^{−v}/2 + v/2) + (d/2) log 2π,
     ∂E/∂v = v/s² − ½ e^{−v} Σ x_i² + (d − 1)/2, ∂E/∂x_i = x_i e^{−v}.
     """
 
+    shape_parameters = ("scale",)
+
     def __init__(self, dim: int = 2, *, scale: float = 3.0, name: str = "funnel"):
         validation.count(f"{name}: dim", dim, 2)
-        _positive(scale, f"{name}: scale")
         super().__init__(torch.Size([dim]), name)
+        self._check_shape_parameters((scale,))
         self.register_buffer("hyperparameters", torch.tensor([float(scale)]))
-        self.scale = float(scale)
+        self._set_shape_parameters((scale,))
         self._freeze()
+
+    def _check_shape_parameters(self, values: Sequence[float]) -> None:
+        _positive(values[0], f"{self.name}: scale")
 
     def _energy_and_score(
         self, x: Tensor, t: TimeLike, create_graph: bool
@@ -407,7 +460,7 @@ class Funnel(AnalyticTarget):
         return torch.cat([v, z[:, 1:] * torch.exp(0.5 * v)], dim=-1)
 
 
-class Ring(AnalyticTarget):
+class Ring(_ShapeParameterTarget):
     """A 2-D ring: p(x) ∝ exp(−(‖x‖ − r)²/(2w²)), normalised exactly.
 
     Z = 2π [w² e^{−r²/2w²} + r w √(2π) Φ(r/w)], E = (‖x‖ − r)²/(2w²) + log Z,
@@ -416,18 +469,26 @@ class Ring(AnalyticTarget):
     two-sided Rayleigh in the radius ρ.
     """
 
+    shape_parameters = ("radius", "width")
+
     def __init__(self, *, radius: float = 2.0, width: float = 0.25, name: str = "ring"):
-        for value, what in ((radius, "radius"), (width, "width")):
-            _positive(value, f"{name}: {what}")
         super().__init__(torch.Size([2]), name)
-        self.radius, self.width = float(radius), float(width)
+        self._check_shape_parameters((radius, width))
+        self.register_buffer("hyperparameters", torch.tensor([radius, width]))
+        self._set_shape_parameters((radius, width))
+        self._freeze()
+
+    def _check_shape_parameters(self, values: Sequence[float]) -> None:
+        for value, what in zip(values, ("radius", "width"), strict=True):
+            _positive(value, f"{self.name}: {what}")
+
+    def _set_shape_parameters(self, values: Sequence[float]) -> None:
+        super()._set_shape_parameters(values)
         r, w = self.radius, self.width
         phi = 0.5 * math.erfc(-r / (w * math.sqrt(2.0)))
         log_z = math.log(2.0 * math.pi) + math.log(
             w * w * math.exp(-0.5 * (r / w) ** 2) + r * w * math.sqrt(2.0 * math.pi) * phi)
-        self.log_normalizer = log_z
-        self.register_buffer("hyperparameters", torch.tensor([radius, width]))
-        self._freeze()
+        object.__setattr__(self, "log_normalizer", log_z)
 
     def _energy_and_score(
         self, x: Tensor, t: TimeLike, create_graph: bool

@@ -257,3 +257,47 @@ class _Doubled(Ring):
     def _energy_and_score(self, x, t, create_graph):
         energy, score = super()._energy_and_score(x, t, create_graph)
         return energy, 2 * score
+
+
+@pytest.mark.parametrize("build,other", [
+    (lambda **kw: Ring(**kw), {"radius": 3.0, "width": 0.5}),
+    (lambda **kw: Banana(**kw), {"scale": 1.5, "curvature": -0.25, "noise": 0.5}),
+    (lambda **kw: Funnel(3, **kw), {"scale": 1.0}),
+], ids=["ring", "banana", "funnel"])
+def test_a_loaded_state_dict_sets_the_shape_parameters(build, other):
+    # Regression: the buffer took the loaded values while the energy kept the floats of
+    # the constructor. A model loaded with another's state must be that other model.
+    source, target = build(**other), build()
+    target.load_state_dict(source.state_dict())
+    x = _points(16, target.event_shape[0])
+    for got, expected in zip(target.energy_and_score(x), source.energy_and_score(x),
+                             strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert {name: getattr(target, name) for name in other} == other
+    draws = target.sample(4, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(draws, source.sample(4, torch.Generator().manual_seed(0)))
+
+
+def test_a_state_dict_of_the_same_values_keeps_the_exact_floats():
+    ring = Ring(radius=0.1, width=0.3)  # 0.1 and 0.3 are rounded in the float32 buffer
+    x = _points(8)
+    before = ring.energy(x)
+    ring.load_state_dict(Ring(radius=0.1, width=0.3).state_dict())
+    assert (ring.radius, ring.width) == (0.1, 0.3)
+    assert torch.equal(ring.energy(x), before)
+
+
+def test_a_state_dict_breaking_the_constraints_is_refused_and_changes_nothing():
+    ring = Ring(radius=2.0, name="r")
+    state = {"hyperparameters": torch.tensor([-1.0, 0.25])}
+    with pytest.raises(ArgumentError, match=r"^state_dict entry hyperparameters: r: radius "
+                                            r"must be positive, got -1.0$"):
+        ring.load_state_dict(state)
+    assert ring.radius == 2.0 and ring.hyperparameters.tolist() == [2.0, 0.25]
+
+
+@pytest.mark.parametrize("target", [*_every_target(), Gaussian(0.5, 2.0)], ids=repr)
+def test_an_empty_batch_has_empty_energies_and_scores(target):
+    x = torch.zeros(0, *target.event_shape, dtype=next(target.buffers()).dtype)
+    energy, score = target.energy_and_score(x)
+    assert energy.shape == (0,) and score.shape == x.shape
