@@ -52,6 +52,10 @@ class CompiledEnergy(EnergyModel):
         program: the folded form (``LeafRef`` / ``Affine`` / ``LogSumExp`` / ``Apply``).
         leaf_models: the distinct leaves, each evaluated once per call.
         backend: ``"eager"``, or ``"inductor"`` for :class:`ebmalgebra.jit.InductorEnergy`.
+
+    The program folds buffers such as a normalised node's log Z into constants;
+    ``load_state_dict`` on the compiled model (or a module holding it) lowers the
+    expression again, so that it evaluates with the loaded values.
     """
 
     backend = "eager"
@@ -74,6 +78,7 @@ class CompiledEnergy(EnergyModel):
         # Leaves without trainable parameters build no autograd graph on plain inputs,
         # so the no-grad context (a few µs per call) is only entered when it saves work.
         self._needs_no_grad = any(p.requires_grad for p in expr.parameters())
+        self.register_load_state_dict_post_hook(_lower_again)
         self._freeze()
 
     @property
@@ -163,6 +168,12 @@ class CompiledEnergy(EnergyModel):
                                           detach_parameters=self._needs_no_grad)
 
 
+def _lower_again(model: CompiledEnergy, incompatible_keys: object) -> None:
+    """After ``load_state_dict``: lower the expression again, so that constants the program
+    folded from buffers (a normalised node's log Z) are the loaded ones."""
+    object.__setattr__(model, "lowered", Program.build(model.expr))
+
+
 BACKENDS = ("eager", "inductor")
 
 
@@ -197,4 +208,3 @@ def compile(expr: EnergyModel, *, closed_form: bool = False,  # noqa: A001
 
         return InductorEnergy(expr, closed_form=closed_form)
     return CompiledEnergy(expr, closed_form=closed_form)
-

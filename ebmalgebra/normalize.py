@@ -522,7 +522,9 @@ def normalize(model: EnergyModel, *, log_z: float | Sequence[float] | None = Non
         raise CapabilityError(
             f"normalize: {_unreliable(model, estimate.ess, len(estimate.log_weights))}; or "
             "pass log_z= if it is known")
-    return Normalized(model, estimate.log_z, stderr=estimate.stderr)
+    # A closed form is exact: no standard error, and explain() must not call it estimated.
+    stderr = None if estimate.method == "exact" else estimate.stderr
+    return Normalized(model, estimate.log_z, stderr=stderr)
 
 
 def _normalize_noise_path(model: EnergyModel, log_z: Sequence[float] | None,

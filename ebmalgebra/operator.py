@@ -63,7 +63,7 @@ from ebmalgebra.reverse_pass import vector_jacobian
 if TYPE_CHECKING:
     from ebmalgebra.program import ProgramBuilder, ProgramNode
 
-__all__ = ["Operator"]
+__all__ = ["Operator", "logsumexp_and_softmax"]
 
 # Python precedence levels of the printed forms.
 MIXTURE, PRODUCT, WEIGHT, INVERT, POWER, ATOM = 1, 2, 3, 4, 5, 6
@@ -298,6 +298,20 @@ def combine_with_coefficients(function: Callable[[list[Tensor]], Tensor],
         grads = vector_jacobian((value,), (torch.ones_like(value),), inputs, in_graph)
     grads = [torch.zeros_like(value) if g is None else g for g in grads]
     return (value if in_graph else value.detach()), grads
+
+
+def logsumexp_and_softmax(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """log Σ_j e^{z_j} and the weights e^{z_j} / Σ_k e^{z_k} over dim 0 of ``logits``
+    ``(k, batch)``: shapes ``(batch,)`` and ``(k, batch)``.
+
+    Where every z_j is −∞ (every mixture component has E = +∞) the weights are 0,
+    not the 0/0 = NaN of ``torch.softmax``: no component is responsible, so the
+    mixture's score there is 0, eager and compiled alike. NaN logits stay NaN.
+    """
+    log_total = torch.logsumexp(logits, dim=0)
+    # The clamp only moves a −∞ total (finite ones are ≥ the largest finite logit).
+    floor = torch.finfo(log_total.dtype).min
+    return log_total, torch.exp(logits - log_total.clamp(min=floor))
 
 
 def _per_sample(coefficient: Tensor, like: Tensor) -> Tensor:

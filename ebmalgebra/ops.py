@@ -22,6 +22,7 @@ it (:class:`~ebmalgebra.operator.Operator`).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,16 @@ from ebmalgebra.base import (
     format_number,
 )
 from ebmalgebra.errors import ArgumentError, CapabilityError, CompositionError
-from ebmalgebra.operator import ATOM, INVERT, MIXTURE, POWER, PRODUCT, WEIGHT, Operator
+from ebmalgebra.operator import (
+    ATOM,
+    INVERT,
+    MIXTURE,
+    POWER,
+    PRODUCT,
+    WEIGHT,
+    Operator,
+    logsumexp_and_softmax,
+)
 
 if TYPE_CHECKING:
     from ebmalgebra.program import ProgramBuilder, ProgramNode
@@ -139,6 +149,9 @@ class Product(Operator):
 class Mixture(Operator):
     """Sum of measures p̃ = Σ p̃_i, E = −logsumexp_i(−E_i), s = Σ softmax(−E)_i s_i.
 
+    Where every component has E = +∞ (outside all supports) the responsibilities
+    softmax(−E) are 0, and so is the score.
+
     Because ``|`` adds unnormalised densities, component i carries weight
     w_i·Z_i. Only when every component is normalised (log Z known) does
     ``0.25 * a | 0.75 * b`` mean "a with probability 0.25"; see
@@ -217,10 +230,10 @@ class Mixture(Operator):
         pairs = [child._energy_and_score(x, t, create_graph) for child in self._children]
         energies = torch.stack([p[0] for p in pairs])
         scores = torch.stack([p[1] for p in pairs])
-        responsibilities = torch.softmax(-energies, dim=0)
+        log_total, responsibilities = logsumexp_and_softmax(-energies)
         shape = responsibilities.shape + (1,) * (scores.dim() - 2)
         score = (responsibilities.reshape(shape) * scores).sum(0)
-        return -torch.logsumexp(-energies, dim=0), score
+        return -log_total, score
 
     def _sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         probs = self.component_weights()
@@ -282,12 +295,20 @@ def _check_weight(weight: object, base: object) -> float:
     return weight
 
 
+def _folded_weight(weight: float) -> float | None:
+    """A weight folded from nested ones (w₁·w₂, w**β), or ``None`` where it left the
+    normal floats: rounded to 0, a subnormal or ∞, it would misstate E = E_base − log w,
+    so the nodes then stay nested, and their log-weights add exactly."""
+    return weight if sys.float_info.min <= weight <= sys.float_info.max else None
+
+
 class Weight(_Unary):
     """w · p̃: E = E_base − log w, same score; log Z = log Z_base + log w.
 
     ``weight`` must be a positive finite number. Weights give mixture
     components their mass: ``0.25 * a | 0.75 * b``. Canonical form: nested
-    weights multiply, ``Weight(1, a)`` is ``a``.
+    weights multiply, ``Weight(1, a)`` is ``a``; a product that would underflow
+    or overflow (``1e-300 * (1e-300 * a)``) stays nested.
     """
 
     symbol = "*"
@@ -298,7 +319,9 @@ class Weight(_Unary):
     def canonical(cls, weight: float, base: EnergyModel) -> EnergyModel | None:
         weight = _check_weight(weight, base)
         if type(base) is cls:
-            return cls(weight * base.weight, base.base)
+            folded = _folded_weight(weight * base.weight)
+            if folded is not None:
+                return cls(folded, base.base)
         return base if weight == 1.0 else None
 
     def __init__(self, weight: float, base: EnergyModel) -> None:
@@ -350,7 +373,8 @@ class Power(_Unary):
     ``compile(..., closed_form=True)``), and there is no exact sampler.
     Canonical form: nested powers multiply, ``a ** 1`` is ``a``, ``a ** 0`` and
     ``one ** β`` are ``one``, and weights pass through as
-    ``(w * a) ** β = w**β * a**β``.
+    ``(w * a) ** β = w**β * a**β`` unless w**β underflows or overflows
+    (``(1e-5 * a) ** 100`` stays as written).
     """
 
     symbol = "**"
@@ -365,7 +389,12 @@ class Power(_Unary):
         if exponent == 1.0:
             return base
         if isinstance(base, Weight):
-            return Weight(base.weight**exponent, cls(base.base, exponent))
+            try:
+                folded = _folded_weight(base.weight**exponent)
+            except OverflowError:
+                folded = None
+            if folded is not None:
+                return Weight(folded, cls(base.base, exponent))
         if type(base) is cls:
             return cls(base.base, exponent * base.exponent)
         return None
@@ -435,7 +464,9 @@ class Normalized(_Unary):
     ``log_z`` defaults to the base's known log normaliser; give it explicitly
     (e.g. from :func:`ebmalgebra.estimate_log_z`) for models whose Z is unknown,
     with its standard error ``stderr`` when estimated. It is stored as a buffer,
-    so it moves with ``.to()`` and is saved.
+    so it moves with ``.to()`` and is saved. Prints in the call form
+    ``normalized(a, log_z=1.5)``, which :func:`~ebmalgebra.expression_parser.parse_expression`
+    reads back.
     """
 
     symbol = "normalized"
@@ -445,7 +476,8 @@ class Normalized(_Unary):
                  stderr: float | None = None) -> None:
         super().__init__(base)
         self._given = log_z is not None
-        self.log_z_stderr = None if stderr is None else validation.real("stderr", stderr)
+        self.log_z_stderr = None if stderr is None else validation.non_negative("stderr",
+                                                                                stderr)
         if log_z is None:
             base.require("normalizer", "normalized() without log_z")
             value = base._log_z().detach()
@@ -464,9 +496,6 @@ class Normalized(_Unary):
     def params(self) -> dict[str, Any]:
         return {"log_z": float(self.log_normalizer) if self._given else None,
                 "stderr": self.log_z_stderr}
-
-    def spec(self) -> dict[str, Any]:
-        return {"log_z": self.params()["log_z"]}
 
     def with_operands(self, operands: list[EnergyModel]) -> EnergyModel:
         (base,) = operands
@@ -507,10 +536,10 @@ class Normalized(_Unary):
                 f"{self.log_z_stderr:.2g}, estimated)")
 
     def __repr__(self) -> str:
-        base = self.base.parenthesized(ATOM)
+        # The call form, as other operators print, which parse_expression reads back.
         if not self._given:
-            return f"{base}.normalized()"
-        return f"{base}.normalized(log_z={format_number(float(self.log_normalizer))})"
+            return f"normalized({self.base!r})"
+        return f"normalized({self.base!r}, log_z={format_number(float(self.log_normalizer))})"
 
 
 # ------------------------------------------------------------------ operators

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.base import EnergyModel, format_number
-from ebmalgebra.operator import combine_with_coefficients
+from ebmalgebra.operator import combine_with_coefficients, logsumexp_and_softmax
 
 __all__ = ["ANALYTIC", "AUTOGRAD", "SCORE_ONLY", "Affine", "Apply", "LeafRef", "LogSumExp",
            "Program", "ProgramBuilder", "ProgramNode", "format_program", "leaf_kind"]
@@ -115,7 +115,8 @@ class Affine:
 @dataclass(frozen=True)
 class LogSumExp:
     """E = −logsumexp_j(−(E_j + offset_j)) over ``terms = ((offset_j, node_j), ...)``;
-    c_l = Σ_j softmax_j · c_l^{(j)}."""
+    c_l = Σ_j softmax_j · c_l^{(j)}, with softmax_j = 0 where every E_j is +∞
+    (:func:`~ebmalgebra.operator.logsumexp_and_softmax`)."""
 
     terms: tuple[tuple[float, ProgramNode], ...]
 
@@ -127,11 +128,12 @@ class LogSumExp:
                               for (offset, _), (energy, _) in zip(self.terms, parts,
                                                                   strict=True)])
         found: Coefficients = {}
-        if coefficients:
-            weights = torch.softmax(logits, dim=0)
-            for weight, (_, sub_coefficients) in zip(weights, parts, strict=True):
-                _accumulate(found, sub_coefficients, weight)
-        return -torch.logsumexp(logits, dim=0), found
+        if not coefficients:
+            return -torch.logsumexp(logits, dim=0), found
+        log_total, weights = logsumexp_and_softmax(logits)
+        for weight, (_, sub_coefficients) in zip(weights, parts, strict=True):
+            _accumulate(found, sub_coefficients, weight)
+        return -log_total, found
 
     def render(self, names: list[str]) -> str:
         arguments = []

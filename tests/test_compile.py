@@ -142,6 +142,21 @@ def test_compiling_twice_returns_the_same_object():
     assert repr(compiled) == "compile(a & a)"
 
 
+def test_loaded_log_normalizers_reach_the_compiled_program():
+    left, right = CountingEnergy(1.0), CountingEnergy(-0.5)
+    a = eb.from_energy(left, 2, name="a").normalized(log_z=0.0)
+    b = eb.from_energy(right, 2, name="b").normalized(log_z=0.0)
+    x = torch.randn(4, 2, dtype=F64)
+    with torch.no_grad():
+        e_a, e_b = left(x) + 5.0, right(x) - 2.0  # with the log Z loaded below
+    for expr, expected in ((a | b, -torch.logaddexp(-e_a, -e_b)), (a & b ** 2, e_a + 2 * e_b)):
+        compiled = eb.compile(expr)
+        state = compiled.state_dict()
+        key_a, key_b = (key for key in state if key.endswith("log_normalizer"))  # a's first
+        compiled.load_state_dict({**state, key_a: torch.tensor(5.0), key_b: torch.tensor(-2.0)})
+        torch.testing.assert_close(compiled.energy(x), expected)
+        torch.testing.assert_close(compiled.energy_and_score(x)[0], expected)
+
 # ----------------------------------------------------------------- closed forms
 def _x(n=32, seed=0):
     return 2 * torch.randn(n, 1, generator=torch.Generator().manual_seed(seed), dtype=F64)

@@ -130,6 +130,20 @@ def test_a_call_builds_the_registered_operator_and_reprs_parse_back(names):
     torch.testing.assert_close(expr.energy(x), expected)
 
 
+@pytest.mark.parametrize("build", [
+    lambda a, b: a.normalized() ** 2,
+    lambda a, b: 0.25 * a.normalized() | (a & b).normalized(log_z=-1.5),
+    lambda a, b: ~(a & b).normalized(2.0),
+], ids=["default-log-z", "given-log-z", "inverse"])
+def test_normalized_nodes_print_in_a_form_that_parses_back(names, build):
+    a, b = names["a"], names["b"]
+    expr = build(a, b)
+    parsed = parse_expression(repr(expr), names)
+    assert repr(parsed) == repr(expr)
+    x = torch.randn(6, 2)
+    torch.testing.assert_close(parsed.energy(x), expr.energy(x))
+
+
 def test_call_arguments_may_be_expressions(names):
     expr = parse_expression("without(a & b, b ** 2, 0.5 * c | a, log_odds=2 ** 3)", names)
     assert repr(expr) == "without(a & b, b ** 2, 0.5 * c | a, log_odds=8)"

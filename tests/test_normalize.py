@@ -29,6 +29,10 @@ def test_exact_log_z_is_used_when_known():
     product = estimate_log_z(a & b)  # closed form: ∫ N(x; 0, I) N(x; 2, I) = N(2; 0, 2I)
     assert product.method == "exact"
     assert product.log_z == pytest.approx(-math.log(4 * math.pi) - 2.0, abs=1e-12)
+    # normalize() keeps the closed form as exact: no standard error, not "estimated".
+    node = normalize(a & b)
+    assert node.log_z_stderr is None and "estimated" not in node.explain()
+    assert float(node.log_normalizer) == pytest.approx(product.log_z, abs=1e-12)
 
 
 def _unnormalised_gaussian_10d():

@@ -1,10 +1,14 @@
 """Construction of expressions: canonical form, printing, capabilities and errors."""
 
+import math
+
 import pytest
 import torch
 
 import ebmalgebra as eb
 from ebmalgebra import ArgumentError, ArgumentTypeError, CapabilityError, CompositionError, one
+from ebmalgebra.expression_parser import parse_expression
+from ebmalgebra.leaves import Leaf
 from ebmalgebra.ops import Mixture, Normalized, Power, Product, Weight
 from ebmalgebra.targets import Gaussian, Ring
 
@@ -31,6 +35,24 @@ def test_canonical_identities(abc):
     nested = 2 * (3 * a)
     assert isinstance(nested, Weight) and nested.weight == 6
     assert ((2 * a) ** 2).structure() == (4 * a ** 2).structure()
+
+
+@pytest.mark.parametrize(("build", "log_weight", "exponent"), [
+    # (energy of a) · exponent − log_weight, with the log-weights summed by hand
+    (lambda a: (1e-5 * a) ** 100, 100 * math.log(1e-5), 100.0),
+    (lambda a: (1e200 * a) ** 2, 2 * math.log(1e200), 2.0),
+    (lambda a: 1e-300 * (1e-300 * a), 2 * math.log(1e-300), 1.0),
+    (lambda a: (1e-300 * a) ** -2, -2 * math.log(1e-300), -2.0),
+], ids=["power-underflow", "power-overflow", "product-underflow", "negative-power-overflow"])
+def test_weights_beyond_float_range_stay_nested_and_exact(abc, build, log_weight, exponent):
+    a, _, _ = abc
+    expr = build(a)  # w**β or w₁·w₂ is 0 or inf as a float: nothing to fold into one weight
+    x = torch.randn(4, 2, dtype=torch.float64)
+    expected = exponent * a.energy(x) - log_weight
+    torch.testing.assert_close(expr.energy(x), expected)
+    torch.testing.assert_close(eb.compile(expr).energy(x), expected)
+    # The printed form parses back to the same tree.
+    assert parse_expression(repr(expr), {"a": a}).structure() == expr.structure()
 
 
 @pytest.mark.parametrize("build,text", [
@@ -106,6 +128,44 @@ def test_exact_mixture_samples_follow_the_component_weights(build, p_right):
     fraction = float((draws[:, 0] > 0).double().mean())  # the modes are 10 sd from 0
     # Binomial standard error √(p(1 − p)/n) ≤ 0.0035; z ≤ 4. Equal weights (0.5) are 70 off.
     assert abs(fraction - p_right) < 4 * (p_right * (1 - p_right) / n) ** 0.5
+
+
+class _Box(Leaf):
+    """E = 0 on [low, low + 1]^2, +∞ outside; analytic score 0."""
+
+    analytic_score = True
+
+    def __init__(self, low: float, name: str) -> None:
+        super().__init__(torch.Size([2]), name, eb.Capabilities(
+            has_energy=True, has_score=True, normalizer_known=False, can_sample=False))
+        self.low = low
+
+    def _energy(self, x, t):
+        inside = ((x >= self.low) & (x <= self.low + 1)).all(-1)
+        return torch.where(inside, 0.0, torch.inf).to(x.dtype)
+
+    def _energy_and_score(self, x, t, create_graph):
+        return self._energy(x, t), torch.zeros_like(x)
+
+
+def test_mixture_score_is_zero_where_every_component_has_infinite_energy():
+    D = torch.distributions
+    uniform = eb.from_distribution(
+        D.Independent(D.Uniform(torch.zeros(2), torch.ones(2)), 1), name="u")
+    gamma_distribution = D.Independent(D.Gamma(2 * torch.ones(2), torch.ones(2)), 1)
+    gamma = eb.from_distribution(gamma_distribution, name="ga")
+    # Autograd leaves (from distributions) and analytic ones (boxes) take different paths.
+    for mixture in (0.5 * uniform | 0.5 * gamma, _Box(0.0, "left") | _Box(5.0, "right")):
+        outside = torch.tensor([[-0.5, 0.5], [-2.0, -3.0]])  # in no component's support
+        for model in (mixture, eb.compile(mixture)):
+            energy, score = model.energy_and_score(outside)
+            assert torch.equal(energy, torch.full((2,), torch.inf))
+            assert torch.equal(score, torch.zeros(2, 2))
+    # Inside one support the responsibilities are 0 and 1: the score is that component's.
+    inside = torch.tensor([[2.0, 3.0]], requires_grad=True)
+    (expected,) = torch.autograd.grad(gamma_distribution.log_prob(inside).sum(), inside)
+    for model in (0.5 * uniform | 0.5 * gamma, eb.compile(0.5 * uniform | 0.5 * gamma)):
+        torch.testing.assert_close(model.score(inside.detach()), expected)
 
 
 def test_errors_name_the_smallest_offending_subexpression(abc):
@@ -187,7 +247,7 @@ def test_normalized_requires_known_or_given_log_z(abc):
     assert isinstance(node, Normalized)
     x = torch.randn(4, 2)
     torch.testing.assert_close(node.log_prob(x), -(a & b).energy(x) - 2.5)
-    assert repr(node) == "(a & b).normalized(log_z=2.5)"
+    assert repr(node) == "normalized(a & b, log_z=2.5)"
 
 
 def test_explain_reports_capabilities_and_weights(abc):
