@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
+from torch.distributions import transforms as tt
 
 import ebmalgebra as eb
 from ebmalgebra import io
@@ -102,6 +103,21 @@ def test_compiled_and_normalized_nodes_round_trip():
         assert_identical(loaded, expr, x)
 
 
+def test_normalized_nodes_keep_their_stderr_and_old_files_load(tmp_path):
+    g = Gaussian(torch.zeros(2), 1.0, name="g")
+    node = eb.Normalized(g ** 2, 1.2, stderr=0.05)
+    loaded = round_trip(node)
+    assert loaded.log_z_stderr == 0.05
+    assert loaded.explain().splitlines()[0] == node.explain().splitlines()[0]
+    assert round_trip(eb.Normalized(g ** 2, 1.2)).log_z_stderr is None
+    # Files written before the stderr was saved have no "stderr" field.
+    eb.save(node, tmp_path / "new.safetensors")
+    document, tensors = read(tmp_path / "new.safetensors")
+    assert document["root"].pop("stderr") == 0.05
+    old = eb.load(write(tmp_path / "old.safetensors", document, tensors))
+    assert old.log_z_stderr is None and float(old.log_normalizer) == 1.2
+
+
 def test_module_backed_leaves_round_trip_with_weights_and_noise_levels():
     torch.manual_seed(0)
     mlp = as_model(MLPEnergy(2, hidden=(8, 8), activation="softplus"), name="mlp")
@@ -182,6 +198,50 @@ def test_loaded_parameters_are_trainable_and_shared_like_the_original():
     assert sum(1 for _ in loaded.parameters()) == sum(1 for _ in net.parameters())
     assert all(p.requires_grad for p in loaded.parameters())
 
+
+def test_a_module_shared_by_two_leaves_stays_shared(tmp_path):
+    hidden = nn.Linear(2, 3)
+    net = nn.Sequential(hidden, nn.Tanh(), nn.Linear(3, 1))
+    other = nn.Sequential(hidden, nn.Tanh(), nn.Linear(3, 1))  # shares the hidden layer
+    expr = (eb.from_energy(net, 2, name="e1") & eb.from_energy(net, 2, name="e2") ** 2
+            | eb.from_energy(other, 2, name="e3"))
+    eb.save(expr, tmp_path / "shared.safetensors")
+    loaded = eb.load(tmp_path / "shared.safetensors")
+    assert len(list(loaded.parameters())) == len(list(expr.parameters())) == 6
+    x = torch.randn(5, 2)
+    assert_identical(loaded, expr, x)
+    # One update reaches every leaf that uses the layer, as in the original.
+    with torch.no_grad():
+        next(loaded.parameters()).add_(1.0)
+        hidden.weight.add_(1.0)
+    assert_identical(loaded, expr, x)
+    # Files from before modules were shared repeat the module: they load, unshared.
+    document, tensors = read(tmp_path / "shared.safetensors")
+    first = document["leaves"][0]["config"]["fn"]
+    assert document["leaves"][1]["config"]["fn"] == {"$same_module": "leaves.0.config.fn"}
+    document["leaves"][1]["config"]["fn"] = first
+    document["leaves"][2]["config"]["fn"]["config"]["modules"][0] = first["config"]["modules"][0]
+    old = eb.load(write(tmp_path / "old.safetensors", document, tensors))
+    assert len(list(old.parameters())) == 12
+    assert_identical(old, eb.load(tmp_path / "shared.safetensors"), x)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d, t: d["leaves"][1]["config"].__setitem__("fn", {"$same_module": "leaves.9.x"}),
+     "refers to module 'leaves.9.x', which is not written before it"),
+    (lambda d, t: t.__setitem__("leaves.1.module.bias", t["leaves.1.module.bias"] + 1),
+     "shared with 'leaves.0.module.bias' but has other values"),
+])
+def test_broken_module_sharing_is_refused(tmp_path, edit, message):
+    net = nn.Linear(2, 1)
+    eb.save(eb.from_energy(net, 2, name="e1") & eb.from_energy(net, 2, name="e2") ** 2,
+            tmp_path / "shared.safetensors")
+    document, tensors = read(tmp_path / "shared.safetensors")
+    edit(document, tensors)
+    for key, tensor in tensors.items():  # a consistent forgery: records match the tensors
+        document["tensors"][key] = io.tensor_record(tensor)
+    with pytest.raises(SerializationError, match=message):
+        eb.load(write(tmp_path / "broken.safetensors", document, tensors))
 
 # --------------------------------------------------------------------- registry
 class Shifted(Leaf):
@@ -363,6 +423,34 @@ def test_tampered_files_are_refused_with_a_clear_error(saved, tmp_path, edit, me
     edit(document, tensors)
     with pytest.raises(SerializationError, match=message):
         eb.load(write(tmp_path / "tampered.safetensors", document, tensors))
+
+
+@pytest.mark.parametrize("transform, message", [
+    (["affine", 1.0, 0.0, 0], "'affine': scale must be .* nonzero, got 0.0"),
+    (["affine", [1.0, 2.0], 2.0, 0], r"'affine': loc must be .* got \[1.0, 2.0\]"),
+    (["affine", "1", 2.0, 0], "'affine': loc must be .* got '1'"),
+    (["affine", 1.0, float("nan"), 0], "'affine': scale must be .* got nan"),
+    (["affine", 1.0, 2.0, -1], "'affine': event_dim must be a non-negative integer"),
+    (["affine", 1.0, 2.0, 0.5], "'affine': event_dim must be a non-negative integer"),
+    (["compose", ["exp"], ["power", 0]], "'power': exponent must be .* nonzero, got 0"),
+    (["inverse", ["power", True]], "'power': exponent must be .* got True"),
+])
+def test_transform_arguments_are_checked_when_loading(tmp_path, transform, message):
+    a = Gaussian(torch.zeros(2), 1.0, name="a")
+    eb.save(a.pushforward(tt.AffineTransform(1.0, 2.0)), tmp_path / "push.safetensors")
+    document, tensors = read(tmp_path / "push.safetensors")
+    assert document["root"]["transform"] == ["affine", 1.0, 2.0, 0]
+    document["root"]["transform"] = transform
+    with pytest.raises(SerializationError, match=message):
+        eb.load(write(tmp_path / "bad.safetensors", document, tensors))
+
+
+def test_transforms_with_tensor_arguments_still_load():
+    a = Gaussian(torch.zeros(2), 1.0, name="a")
+    expr = a.pushforward(tt.AffineTransform(torch.tensor([1.0, -1.0]), torch.tensor([2.0, 0.5]),
+                                            event_dim=1)).pushforward(tt.PowerTransform(3.0))
+    x = torch.rand(5, 2) + 0.5
+    torch.testing.assert_close(round_trip(expr).energy(x), expr.energy(x))
 
 
 def test_consistent_forgeries_still_have_to_fit_the_rebuilt_leaf(saved, tmp_path):

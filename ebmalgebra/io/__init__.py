@@ -20,13 +20,17 @@ Nodes are ``{"leaf": i}`` or ``{"op": name, <spec fields>, "child": ...}``
 (``"children": [...]`` for two or more children, neither for none): the
 built-in ``{"op": "one"}``, ``{"op": "product" | "mixture", "children": [...]}``,
 ``{"op": "weight", "weight": w, "child": ...}``, ``{"op": "power", "exponent":
-beta, "child": ...}``, ``{"op": "normalized", "log_z": float | null, "child":
-...}``, ``{"op": "compile", "closed_form": bool, "backend": "eager" |
+beta, "child": ...}``, ``{"op": "normalized", "log_z": float | null, "stderr":
+float | null, "child": ...}`` (files without ``"stderr"`` load with none),
+``{"op": "compile", "closed_form": bool, "backend": "eager" |
 "inductor", "child": ...}`` and the operators of :mod:`ebmalgebra.pushforward`
 and :mod:`ebmalgebra.condition`. Each node class gives its spec
 (``node.spec()``) and rebuilds from it (``cls.rebuild(children, spec)``);
 register your own operators with :func:`register_operator`. A leaf used
-several times is stored once and comes back shared, as it was.
+several times is stored once and comes back shared, as it was. So does a
+module used by several leaves (one network in two ``from_energy`` leaves): its
+later uses are written ``{"$same_module": "leaves.0.config.fn"}``, the place of
+its first record (each leaf still stores the module's tensors under its own keys).
 
 **Leaf and module types come from a registry.** A leaf is stored as its
 registered type name plus a *config*: the keyword arguments that rebuild it,

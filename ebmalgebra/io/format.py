@@ -81,6 +81,9 @@ class _Writer:
         self.leaf_records: list[dict] = []
         self.tensors: dict[str, Tensor] = {}
         self._leaf_index: dict[int, int] = {}
+        # Where each module was first written: later uses refer to it, so that a module
+        # shared by several leaves comes back shared.
+        self._module_paths: dict[int, str] = {}
         self._n_nodes = 0
 
     def node(self, model: EnergyModel) -> dict:
@@ -159,6 +162,8 @@ class _Writer:
             self.tensors[key] = _storable(value)
             return {"$tensor": key}
         if isinstance(value, nn.Module):
+            if id(value) in self._module_paths:
+                return {"$same_module": self._module_paths[id(value)]}
             entry = MODULES.by_class.get(type(value))
             if entry is None:
                 raise SerializationError(
@@ -167,6 +172,7 @@ class _Writer:
                     f"@ebmalgebra.io.register_module(name) and give it a config() method "
                     f"(registered: {', '.join(MODULES.names())})"
                 )
+            self._module_paths[id(value)] = key
             sub = entry.config(value)
             return {"$module": entry.name,
                     "config": {str(k): self._value(v, f"{key}.{k}", {}, prefix, where)
@@ -297,6 +303,9 @@ class _Reader:
         self.records = records
         self.built: dict[int, EnergyModel] = {}
         self.used: set[str] = set()
+        self.modules: dict[str, nn.Module] = {}  # by the path the writer gave them
+        self.loaded: dict[int, str] = {}  # tensor id -> the file key loaded into it
+        self.n_nodes = 0  # operator nodes so far, numbered as the writer numbers them
 
     def error(self, message: str) -> SerializationError:
         return SerializationError(f"{self.where}: {message}")
@@ -355,7 +364,9 @@ class _Reader:
             children = [node["child"]] if "child" in node else []
         for field in OPERATORS.numbers.get(op, ()):
             self.number(node, field)
-        spec = {key: self.value(value, f"{op} node field {key!r}")
+        index = self.n_nodes
+        self.n_nodes += 1
+        spec = {key: self.value(value, f"{op} node field {key!r}", f"nodes.{index}.{key}")
                 for key, value in node.items() if key not in _NODE_KEYS}
         built = tuple(self.node(child, depth + 1) for child in children)
         try:
@@ -386,7 +397,8 @@ class _Reader:
                              f"types: {', '.join(LEAVES.names())}")
         prefix = f"leaves.{index}."
         config = self._object(record.get("config"), f"the config of leaf {index}")
-        kwargs = {key: self.value(value, f"leaf {index} ({type_name}) config {key!r}")
+        kwargs = {key: self.value(value, f"leaf {index} ({type_name}) config {key!r}",
+                                  f"{prefix}config.{key}")
                   for key, value in config.items()}
         try:
             leaf = entry.build(**kwargs)
@@ -425,14 +437,21 @@ class _Reader:
                 )
         with torch.no_grad():
             for name, tensor in expected.items():
+                earlier = self.loaded.get(id(tensor))
+                if earlier is not None and not torch.equal(tensor, given[name]):
+                    raise self.error(f"{what}: tensor {prefix + name!r} belongs to a module "
+                                     f"shared with {earlier!r} but has other values")
                 tensor.copy_(given[name])
+                self.loaded[id(tensor)] = prefix + name
         self.used.update(prefix + name for name in given)
 
-    def value(self, value: object, what: str) -> object:
+    def value(self, value: object, what: str, path: str) -> object:
+        """A config or spec value; ``path`` is where the writer put it (``leaves.0.config.fn``),
+        which later uses of the same module refer to."""
         if value is None or isinstance(value, bool | int | float | str):
             return value
         if isinstance(value, list):
-            return [self.value(v, what) for v in value]
+            return [self.value(v, what, f"{path}.{i}") for i, v in enumerate(value)]
         if isinstance(value, dict) and set(value) == {"$tensor"}:
             key = value["$tensor"]
             if not isinstance(key, str) or key not in self.tensors:
@@ -446,10 +465,19 @@ class _Reader:
                 raise self.error(f"{what} names unknown module type {name!r}; registered "
                                  f"module types: {', '.join(MODULES.names())}")
             config = self._object(value["config"], f"{what}: the config of module {name!r}")
-            kwargs = {k: self.value(v, f"{what} → {name}.{k}") for k, v in config.items()}
+            kwargs = {k: self.value(v, f"{what} → {name}.{k}", f"{path}.{k}")
+                      for k, v in config.items()}
             try:
                 module = entry.build(**kwargs)
             except Exception as error:  # any constructor failure is a bad file
                 raise self.error(f"{what}: cannot rebuild module {name}: {error}") from None
+            self.modules[path] = module
+            return module
+        if isinstance(value, dict) and set(value) == {"$same_module"}:
+            module = self.modules.get(value["$same_module"]) if isinstance(
+                value["$same_module"], str) else None
+            if module is None:
+                raise self.error(f"{what} refers to module {value['$same_module']!r}, which is "
+                                 "not written before it")
             return module
         raise self.error(f"{what}: unsupported value {json.dumps(value)[:80]}")

@@ -4,13 +4,19 @@ A transform is stored as a JSON list ``[kind, *arguments]`` (lists and tensors
 being what :mod:`ebmalgebra.io` already stores): ``["exp"]``, ``["sigmoid"]``,
 ``["tanh"]``, ``["softplus"]``, ``["power", exponent]``, ``["affine", loc,
 scale, event_dim]``, ``["inverse", part]`` and ``["compose", part, ...]``.
-Other transforms cannot be saved; the error names them.
+Other transforms cannot be saved; the error names them. Loading checks the
+arguments, so that a bad file fails there and not when the model is evaluated:
+``loc``, ``scale`` and ``exponent`` are numbers or floating tensors, finite,
+``scale`` and ``exponent`` nonzero, and ``event_dim`` a non-negative integer.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import torch
+from torch import Tensor
 from torch.distributions import transforms as tt
 
 from ebmalgebra.io.registry import SerializationError
@@ -48,8 +54,11 @@ def decode(value: object) -> tt.Transform:
         **{name: cls for name, cls in _PLAIN.items()},
         "compose": lambda *parts: tt.ComposeTransform([decode(p) for p in parts]),
         "inverse": lambda part: decode(part).inv,
-        "affine": lambda loc, scale, event_dim: tt.AffineTransform(loc, scale, event_dim),
-        "power": lambda exponent: tt.PowerTransform(exponent),
+        "affine": lambda loc, scale, event_dim: tt.AffineTransform(
+            _coefficient("affine", "loc", loc), _coefficient("affine", "scale", scale, True),
+            _event_dim(event_dim)),
+        "power": lambda exponent: tt.PowerTransform(
+            _coefficient("power", "exponent", exponent, True)),
     }
     if kind not in builders:
         raise SerializationError(f"unknown transform kind {kind!r}; known: "
@@ -58,3 +67,29 @@ def decode(value: object) -> tt.Transform:
         return builders[kind](*arguments)
     except TypeError as error:
         raise SerializationError(f"transform {kind!r}: {error}") from None
+
+
+def _coefficient(kind: str, field: str, value: object, nonzero: bool = False
+                 ) -> float | Tensor:
+    """``value`` checked as a finite (and, for a scale or exponent, nonzero) number or
+    floating tensor: anything else would only fail when the model is evaluated."""
+    if isinstance(value, Tensor):
+        valid = value.is_floating_point() and bool(torch.isfinite(value).all()) and not (
+            nonzero and bool((value == 0).any()))
+    else:
+        valid = (isinstance(value, int | float) and not isinstance(value, bool)
+                 and math.isfinite(value) and not (nonzero and value == 0))
+    if not valid:
+        wanted = "finite and nonzero" if nonzero else "finite"
+        shown = (f"a tensor of dtype {str(value.dtype).removeprefix('torch.')}"
+                 if isinstance(value, Tensor) else f"{value!r:.80}")
+        raise SerializationError(f"transform {kind!r}: {field} must be a number or a floating "
+                                 f"tensor, {wanted}, got {shown}")
+    return value
+
+
+def _event_dim(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SerializationError(f"transform 'affine': event_dim must be a non-negative "
+                                 f"integer, got {value!r:.80}")
+    return value
