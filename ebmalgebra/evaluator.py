@@ -25,13 +25,9 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.base import TimeLike
-from ebmalgebra.leaves import (
-    autograd_energy_and_score,
-    autograd_score,
-    inference_mode_blocks_autograd,
-    recordable,
-)
+from ebmalgebra.leaves import autograd_energy_and_score, autograd_score
 from ebmalgebra.program import ANALYTIC, AUTOGRAD, SCORE_ONLY, Program
+from ebmalgebra.reverse_pass import inference_mode_blocks_autograd, recordable
 
 __all__ = ["energy", "energy_and_score"]
 

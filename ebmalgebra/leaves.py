@@ -19,7 +19,7 @@ from torch.distributions import Distribution, Transform, constraints
 
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike, input_options
 from ebmalgebra.errors import ArgumentError, CompositionError
-from ebmalgebra.reverse_pass import vector_jacobian
+from ebmalgebra.reverse_pass import inference_mode_blocks_autograd, recordable, vector_jacobian
 
 if TYPE_CHECKING:
     from ebmalgebra.program import ProgramBuilder, ProgramNode
@@ -55,24 +55,6 @@ def autograd_energy_and_score(
         score = autograd_score(energy, inputs, create_graph)
     # Without create_graph the pass's result is already outside any graph.
     return (energy, score) if create_graph else (energy.detach(), score)
-
-
-def inference_mode_blocks_autograd() -> bool:
-    """Whether a score by autograd must leave ``torch.inference_mode()`` for its pass.
-
-    Inference mode records no graph even under ``torch.enable_grad()``, so a reverse
-    pass there would see a constant energy (a zero score). Callers then recompute under
-    ``torch.inference_mode(False)`` on :func:`recordable` inputs; their results are
-    ordinary tensors, which code inside inference mode uses as any other. Never true
-    while ``torch.compile`` traces (checked first: the mode query is a graph break).
-    """
-    return not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
-
-
-def recordable(x: Tensor) -> Tensor:
-    """x as a tensor autograd can save for backward (call outside inference mode): a
-    copy of an inference tensor, x itself otherwise."""
-    return x.clone() if x.is_inference() else x
 
 
 def autograd_score(energy: Tensor, inputs: Tensor, create_graph: bool) -> Tensor:

@@ -58,7 +58,7 @@ from ebmalgebra.base import (
     format_number,
 )
 from ebmalgebra.errors import CompositionError
-from ebmalgebra.reverse_pass import vector_jacobian
+from ebmalgebra.reverse_pass import inference_mode_blocks_autograd, recordable, vector_jacobian
 
 if TYPE_CHECKING:
     from ebmalgebra.program import ProgramBuilder, ProgramNode
@@ -290,6 +290,9 @@ def combine_with_coefficients(function: Callable[[list[Tensor]], Tensor],
     if torch.compiler.is_compiling():
         value, pullback = torch.func.vjp(lambda *inputs: function(list(inputs)), *energies)
         return value, list(pullback(torch.ones_like(value)))
+    if inference_mode_blocks_autograd():  # no graph is recorded there, even with grad on
+        with torch.inference_mode(False):
+            return combine_with_coefficients(function, [recordable(e) for e in energies])
     in_graph = any(energy.requires_grad for energy in energies)
     with torch.enable_grad():
         inputs = [energy if energy.requires_grad else energy.detach().requires_grad_(True)

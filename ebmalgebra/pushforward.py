@@ -34,9 +34,8 @@ from torch.distributions.constraints import Constraint
 from ebmalgebra import validation
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike
 from ebmalgebra.errors import CompositionError
-from ebmalgebra.leaves import inference_mode_blocks_autograd, recordable
 from ebmalgebra.operator import ATOM, Operator
-from ebmalgebra.reverse_pass import vector_jacobian
+from ebmalgebra.reverse_pass import inference_mode_blocks_autograd, recordable, vector_jacobian
 
 __all__ = ["Pushforward", "transform"]
 

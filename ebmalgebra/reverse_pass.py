@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["vector_jacobian"]
+__all__ = ["inference_mode_blocks_autograd", "recordable", "vector_jacobian"]
 
 _run_backward = getattr(getattr(torch.autograd.Variable, "_execution_engine", None),
                         "run_backward", None)
@@ -67,3 +67,21 @@ def _is_plain_cpu(outputs: Sequence[Tensor], inputs: Sequence[Tensor]) -> bool:
         if type(tensor) is not Tensor or tensor.device.type != "cpu":
             return False
     return True
+
+
+def inference_mode_blocks_autograd() -> bool:
+    """Whether a score by autograd must leave ``torch.inference_mode()`` for its pass.
+
+    Inference mode records no graph even under ``torch.enable_grad()``, so a reverse
+    pass there would see a constant energy (a zero score). Callers then recompute under
+    ``torch.inference_mode(False)`` on :func:`recordable` inputs; their results are
+    ordinary tensors, which code inside inference mode uses as any other. Never true
+    while ``torch.compile`` traces (checked first: the mode query is a graph break).
+    """
+    return not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
+
+
+def recordable(x: Tensor) -> Tensor:
+    """x as a tensor autograd can save for backward (call outside inference mode): a
+    copy of an inference tensor, x itself otherwise."""
+    return x.clone() if x.is_inference() else x

@@ -138,3 +138,18 @@ def test_program_formula_lives_next_to_the_program():
     a, b, _, _ = POOL
     assert cli_format_program is format_program
     assert format_program(2 * a | b) == f"E(x) = −logsumexp(−(E_a − {math.log(2):.4g}), −E_b)"
+
+
+def test_eager_nonlinear_operators_score_under_inference_mode():
+    # Regression: the reverse pass for ∂f/∂E_l of an eager non-linear operator raised
+    # "element 0 of tensors does not require grad" inside torch.inference_mode().
+    a = Gaussian(torch.zeros(2, dtype=F64), 1.5, name="a")
+    b = Gaussian(torch.ones(2, dtype=F64), 0.5, name="b")
+    expr = eb.without(a, b, a | b)
+    x = torch.randn(5, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    inputs = x.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(expr.energy(inputs).sum(), inputs)
+    with torch.inference_mode():
+        energy, score = expr.energy_and_score(x.clone())
+    torch.testing.assert_close(score, -gradient)
+    torch.testing.assert_close(energy, expr.energy(x))
