@@ -56,6 +56,32 @@ def test_info_tensors_that_are_not_per_chain_must_be_declared():
     assert samples.stats["pair"].shape == (2, 2)  # recorded whole, though 2 == n_chains
 
 
+class _WideInfo(NamedTuple):
+    acceptance_rate: torch.Tensor
+    nonfinite: torch.Tensor
+    extra: torch.Tensor
+
+
+class _ReusedWideInfoMALA(MALA):
+    """MALA reporting one ``(n_chains, 2)`` field, the same tensor object every step."""
+
+    def step(self, state, generator=None):
+        state, info = super().step(state, generator)
+        if not hasattr(self, "_extra"):
+            self._extra = torch.arange(2.0, dtype=state.position.dtype).expand(
+                len(state.position), 2).clone()
+        return state, _WideInfo(info.acceptance_rate, info.nonfinite, self._extra)
+
+
+def test_a_reused_per_chain_field_with_an_event_dimension_is_recorded():
+    # Regression: a block of one repeated (n_chains, k) tensor was expanded as if 1-D.
+    samples = eb.sample(gaussian(), _ReusedWideInfoMALA(), n_chains=4, n_steps=70,
+                        generator=torch.Generator().manual_seed(0))
+    assert samples.stats["extra"].shape == (70, 2)
+    assert torch.equal(samples.stats["extra"], torch.tensor([[0.0, 1.0]]).expand(70, 2).to(F64))
+    assert torch.equal(samples.chain_stats["extra"][:, :, 1], torch.ones(70, 4, dtype=F64))
+
+
 class _OneStepMALA(MALA):
     """MALA whose state reports its step size as one number, as a sampler of one's own may."""
 

@@ -47,3 +47,19 @@ def test_tempering_takes_per_chain_step_sizes(inner):
     exponent = inner().tempering_step_exponent  # hot replicas' steps are h / β^exponent
     expected = torch.cat([steps, steps / 0.25 ** exponent])
     torch.testing.assert_close(samples.state.replicas.step_size, expected)
+
+
+def test_tempering_reports_the_cold_replicas_divergences():
+    # Regression: the inner HMC's divergences stayed inside info.inner, so n_divergent was 0
+    # and summary() never warned. The count must equal what a callback sees in β = 1 rows.
+    model = eb.from_log_prob(lambda x: -0.5 * x.square().sum(-1) - 0.25 * x.pow(4).sum(-1),
+                             2, name="quartic")
+    inner = HMC(step_size=1.2, adapt_step_size=False, adapt_mass=False)
+    seen = []
+    samples = eb.sample(model, ParallelTempering(betas=[1.0, 0.5], sampler=inner), n_chains=8,
+                        n_steps=100, generator=torch.Generator().manual_seed(0),
+                        callback=lambda i, state, info: seen.append(info.inner.divergent[:8]))
+    expected = torch.stack(seen).sum(0)
+    assert expected.sum() > 0
+    assert torch.equal(samples.n_divergent, expected)
+    assert "divergent" in samples.summary().header

@@ -58,7 +58,9 @@ class Samples:
             (after warmup), e.g. ``chain_counts["divergent"]`` is ``(n_chains,)``.
         chain_stats: the per-chain info values of the transitions that produced the
             draws, ``(n_draws, n_chains)`` each, plus ``step_size`` and ``lp`` (the
-            unnormalised log density −E of each draw); see :meth:`to_arviz`.
+            unnormalised log density −E of each draw in the coordinates the chains ran
+            in: for a constrained model, of the unconstrained u, log|det J_T(u)|
+            included, as Stan's ``lp__``); see :meth:`to_arviz`.
         default_sampler: why the sampler was chosen, when :func:`sample` chose it.
         unconstrained: for a model with a constrained support, the bijection
             T: ℝᵏ → support the chains ran through (:mod:`ebmalgebra.constraints`);
@@ -358,7 +360,8 @@ class _Recorder:
                             block.expand(len(range(repeats)[kept_rows]), *block.shape[1:]))
                     n_kept = self._keep(name, rows)
                 reduced = self._reduce(name, block, repeats if sampling else 0)
-                reduced = reduced if repeats == 1 else reduced.expand(repeats)
+                reduced = (reduced if repeats == 1 else
+                           reduced.expand(repeats, *reduced.shape[1:]))
             else:
                 reduced = (block if repeats == 1 else
                            block.expand(repeats, *block.shape[1:])).clone()

@@ -82,6 +82,9 @@ class TemperingInfo(NamedTuple):
             step attempts only the even or only the odd pairs).
         replica_acceptance: ``(K,)`` mean move acceptance probability per replica.
         inner: the inner sampler's info over all ``K · n_chains`` rows.
+        divergent: the β = 1 replica's divergent transitions per chain, when the inner
+            sampler reports divergences (HMC, NUTS), so that ``n_divergent`` and
+            ``summary()`` see them; else ``None``.
 
     ``per_step_fields`` names the tensors that are not per chain, so that
     :func:`ebmalgebra.sample` records them whole even when ``n_chains`` equals K − 1
@@ -93,6 +96,7 @@ class TemperingInfo(NamedTuple):
     swap_acceptance: Tensor
     replica_acceptance: Tensor
     inner: NamedTuple
+    divergent: Tensor | None = None
 
     per_step_fields = ("swap_acceptance", "replica_acceptance")
 
@@ -191,8 +195,11 @@ class ParallelTempering(Sampler):
         acceptance = info.acceptance_rate.reshape(n_replicas, -1)
         nonfinite = info.nonfinite.reshape(n_replicas, -1).any(0)
         new_state = TemperingState(replicas, state.betas, state.iteration + 1, state.potential)
+        divergent = getattr(info, "divergent", None)
+        if divergent is not None:
+            divergent = divergent.reshape(n_replicas, -1)[0]
         return new_state, TemperingInfo(acceptance[0], nonfinite, swap_probability,
-                                        acceptance.mean(1), info)
+                                        acceptance.mean(1), info, divergent)
 
     def _swap(self, replicas: NamedTuple, betas: Tensor, iteration: int,
               generator: torch.Generator | None) -> tuple[NamedTuple, Tensor]:
