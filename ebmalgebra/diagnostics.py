@@ -32,7 +32,7 @@ different values.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -277,6 +277,24 @@ def _mcse_mean(x: np.ndarray) -> np.ndarray:
     return sd / np.sqrt(_ess(x, "mean"))
 
 
+def _by_coordinates(function: Callable[[np.ndarray], np.ndarray], x: np.ndarray
+                    ) -> np.ndarray:
+    """``function`` of ``x`` ``(n_draws, n_chains, n_coords)`` → ``(n_coords,)``, applied to
+    blocks of coordinates of at most :data:`_BLOCK_ELEMENTS` values each: the statistics
+    are per coordinate, and their temporaries (splits, ranks, FFTs) take ~10× their
+    input, so blocks bound the memory whatever the number of coordinates."""
+    n_draws, n_chains, n_coords = x.shape
+    width = max(1, _BLOCK_ELEMENTS // max(1, n_draws * n_chains))
+    if width >= n_coords:
+        return function(x)
+    return np.concatenate([function(x[:, :, start:start + width])
+                           for start in range(0, n_coords, width)])
+
+
+_BLOCK_ELEMENTS = 1 << 21
+"""Values per block of coordinates in :func:`_by_coordinates` (16 MiB of float64)."""
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -310,7 +328,7 @@ def ess(draws: Draws, kind: str = "bulk") -> Values:
         (2,)
     """
     prepared = _prepare(draws)
-    return prepared.wrap(_ess(prepared.values, kind))
+    return prepared.wrap(_by_coordinates(lambda x: _ess(x, kind), prepared.values))
 
 
 def rhat(draws: Draws) -> Values:
@@ -336,7 +354,7 @@ def rhat(draws: Draws) -> Values:
         True
     """
     prepared = _prepare(draws)
-    return prepared.wrap(_rhat(prepared.values))
+    return prepared.wrap(_by_coordinates(_rhat, prepared.values))
 
 
 def mcse_mean(draws: Draws) -> Values:
@@ -357,7 +375,7 @@ def mcse_mean(draws: Draws) -> Values:
         0.01
     """
     prepared = _prepare(draws)
-    return prepared.wrap(_mcse_mean(prepared.values))
+    return prepared.wrap(_by_coordinates(_mcse_mean, prepared.values))
 
 
 def mcse_chain_means(draws: Draws) -> Values:
@@ -516,11 +534,11 @@ def summary(draws: Draws, names: str | Sequence[str] | None = None, header: str 
         n_chains=n_chains,
         mean=pooled.mean(axis=0),
         sd=pooled.std(axis=0, ddof=1),
-        q5=_quantile(x, TAIL_PROBS[0]),
-        q95=_quantile(x, TAIL_PROBS[1]),
-        mcse_mean=_mcse_mean(x),
-        ess_bulk=_ess(x, "bulk"),
-        ess_tail=_ess(x, "tail"),
-        r_hat=_rhat(x),
+        q5=_by_coordinates(lambda block: _quantile(block, TAIL_PROBS[0]), x),
+        q95=_by_coordinates(lambda block: _quantile(block, TAIL_PROBS[1]), x),
+        mcse_mean=_by_coordinates(_mcse_mean, x),
+        ess_bulk=_by_coordinates(lambda block: _ess(block, "bulk"), x),
+        ess_tail=_by_coordinates(lambda block: _ess(block, "tail"), x),
+        r_hat=_by_coordinates(_rhat, x),
         header=header,
     )
