@@ -461,10 +461,12 @@ class SteadyRun:
     What it skips cannot change within a run: the route fixes the kernel, the shapes
     and dtypes, the Python constants and the argument objects, expression nodes are
     immutable, and so are a sampler state's potential and metric (a new one is a new
-    route). The one thing left, the model's parameters' metadata (a parameter
-    replaced, moved or cast, its ``requires_grad`` switched), :meth:`check` compares;
-    the driver calls it after each call of its callback, the one place where code
-    other than the library's runs between steps.
+    route). The one thing left, the metadata of the model's parameters and buffers (one
+    replaced, moved or cast, a parameter's ``requires_grad`` switched), :meth:`check`
+    compares; the driver calls it after each call of its callback, the one place where
+    code other than the library's runs between steps. Tensors a model reads otherwise
+    (in a closure, a dict) are not compared: a callback may change their values in
+    place, not replace them.
 
     Args:
         model: the model being sampled (its parameters are what :meth:`check` compares).
@@ -501,7 +503,7 @@ class SteadyRun:
         compare while no route is verified (eager samplers, or before the first call)."""
         if not self.verified:
             return
-        layout = _parameter_layout(self.model)
+        layout = _tensor_layout(self.model)
         if layout != self.layout:
             self.layout = layout
             self.verified.clear()
@@ -554,7 +556,7 @@ class SteadyRun:
         if len(self.verified) >= _MAX_VERIFIED:
             self.verified.clear()
         if not self.verified:  # the layout these full guards have just seen
-            self.layout = _parameter_layout(self.model)
+            self.layout = _tensor_layout(self.model)
         self.verified[route] = (kernel, [owner, *_objects(args)], state)
 
 
@@ -562,10 +564,10 @@ _this_thread = threading.local()
 """``steady``: the thread's current :class:`SteadyRun` (runs in other threads have theirs)."""
 
 
-def _parameter_layout(model: EnergyModel) -> tuple:
-    """Identity, dtype, device, shape, strides and ``requires_grad`` of every parameter of
-    ``model`` and its submodules, in a fixed order for a given module tree (a shared
-    parameter may appear more than once). :meth:`SteadyRun.check` takes it after every
+def _tensor_layout(model: EnergyModel) -> tuple:
+    """Identity, dtype, device, shape, strides and ``requires_grad`` of every parameter and
+    buffer of ``model`` and its submodules, in a fixed order for a given module tree (a
+    shared tensor may appear more than once). :meth:`SteadyRun.check` takes it after every
     callback, so it walks the modules' own tables instead of ``model.parameters()``, whose
     generators took ~2.5x as long (3.2 against 1.2 µs on eight schools; docs/performance.md).
     """
@@ -575,9 +577,11 @@ def _parameter_layout(model: EnergyModel) -> tuple:
         if module is None or id(module) in seen:
             continue
         seen.add(id(module))
-        for p in module._parameters.values():
-            if p is not None:
-                layout.append((id(p), p.dtype, p.device, p.shape, p.stride(), p.requires_grad))
+        for tensors in (module._parameters, module._buffers):
+            for p in tensors.values():
+                if p is not None:
+                    layout.append((id(p), p.dtype, p.device, p.shape, p.stride(),
+                                   p.requires_grad))
         stack.extend(module._modules.values())
     return tuple(layout)
 
@@ -662,7 +666,9 @@ def _energy_kernel(model: CompiledEnergy, x: Tensor, t: TimeLike) -> Tensor:
 
 
 def _as_input(t: TimeLike, x: Tensor) -> TimeLike:
-    if isinstance(t, int | float) and not isinstance(t, bool):
+    """A float noise level as a 0-d tensor of x's dtype (one kernel for every level); an
+    int stays an int, as the eager path gives it (it may index a table of levels)."""
+    if isinstance(t, float):
         return torch.tensor(t, dtype=x.dtype, device=x.device)
     return t
 
@@ -695,9 +701,10 @@ class InductorEnergy(CompiledEnergy):
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
         if torch.compiler.is_compiling() or torch.is_grad_enabled() and (
-                x.requires_grad or self._needs_no_grad):
+                x.requires_grad or any(p.requires_grad for p in self.parameters())):
             # Energies differentiable in x or in the parameters (contrastive divergence)
-            # stay eager: kernels run without autograd recording.
+            # stay eager: kernels run without autograd recording. The parameters are
+            # asked on each call: their requires_grad may have changed since compile().
             return super()._energy(x, t)
         return call_compiled(_energy_kernel, self, self, x, _as_input(t, x))
 

@@ -98,6 +98,17 @@ def test_noise_levels_share_one_kernel():
     assert len(jit.compile_seconds()) == 1
 
 
+def test_an_integer_noise_level_stays_an_integer():
+    # Regression: t=2 reached the kernel as a float tensor, so an energy indexing a table
+    # of levels with it failed ("tensors used as indices must be long…").
+    sigmas = torch.tensor([1.0, 0.5, 0.25, 0.1], dtype=F64)
+    model = eb.from_energy(lambda x, t: 0.5 * (x**2).sum(-1) / sigmas[t] ** 2, 2,
+                           name="indexed", noise_conditioned=True)
+    x = torch.randn(5, 2, dtype=F64)
+    expected = 0.5 * (x**2).sum(-1) / 0.25**2
+    torch.testing.assert_close(eb.compile(model, backend="inductor").energy(x, t=2), expected)
+
+
 def test_differentiable_evaluations_stay_eager():
     """Training needs scores differentiable in the parameters; those run the eager path."""
     nets, expr = network_mixture()
@@ -109,6 +120,26 @@ def test_differentiable_evaluations_stay_eager():
     energy.sum().backward()
     assert all(p.grad is not None for p in nets[0].parameters())
     assert jit.compile_seconds() == []
+
+
+def test_parameters_unfrozen_after_compiling_get_gradients():
+    # Regression: whether parameters need grad was read once, at compile(); unfrozen
+    # afterwards, the inductor backend returned energies detached from them (zero
+    # gradients, silently). The reference is the eager backend's gradient.
+    nets, expr = network_mixture()
+    for net in nets:
+        net.requires_grad_(False)
+    compiled = eb.compile(expr, backend="inductor")
+    for net in nets:
+        net.requires_grad_(True)
+    x = torch.randn(8, 3, dtype=F64)
+    gradients = []
+    for model in (compiled, eb.compile(expr)):
+        nets[0].zero_grad()
+        model.energy(x).sum().backward()
+        gradients.append(nets[0][0].weight.grad.clone())
+    assert gradients[1].abs().sum() > 0
+    torch.testing.assert_close(gradients[0], gradients[1])
 
 
 def test_backend_argument():

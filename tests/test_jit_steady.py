@@ -114,11 +114,12 @@ def test_a_parameter_replaced_between_steps_is_seen(skipped):
     torch.testing.assert_close(result, (x * net.weight).sum(-1).detach(), rtol=1e-12, atol=0)
 
 
-def test_the_parameter_layout_sees_every_parameter_and_its_changes():
-    """``check`` compares ``_parameter_layout``, which walks the modules' own tables: it
-    must list what ``model.parameters()`` lists (torch's own walk, the reference), through
-    nested, shared and absent (None) submodules, and change when a nested parameter is
-    replaced, cast or frozen, or a submodule is swapped."""
+def test_the_tensor_layout_sees_every_parameter_and_its_changes():
+    """``check`` compares ``_tensor_layout``, which walks the modules' own tables: it
+    must list what ``model.parameters()`` and ``model.buffers()`` list (torch's own
+    walks, the reference), through nested, shared and absent (None) submodules, and
+    change when a nested parameter is replaced, cast or frozen, a submodule is swapped,
+    or a buffer replaced."""
     shared = torch.nn.Linear(3, 3).to(F64)
     net = torch.nn.Sequential(torch.nn.Linear(3, 3).to(F64), torch.nn.Tanh(), shared,
                               torch.nn.Sequential(shared, torch.nn.Linear(3, 1).to(F64)))
@@ -127,21 +128,25 @@ def test_the_parameter_layout_sees_every_parameter_and_its_changes():
     model = eb.compile(eb.from_energy(net, 3, name="net") & Gaussian(torch.zeros(3, dtype=F64),
                                                                      1.0))
 
+    net[0].register_buffer("offset", torch.zeros(3, dtype=F64))
+
     def reference() -> set:
         return {(id(p), p.dtype, p.device, p.shape, p.stride(), p.requires_grad)
-                for p in model.parameters()}
+                for p in (*model.parameters(), *model.buffers())}
 
-    layouts = [jit._parameter_layout(model)]
-    assert set(layouts[-1]) == reference() and len(reference()) == 6
+    layouts = [jit._tensor_layout(model)]
+    n_buffers = len(list(model.buffers()))  # the offset and the Gaussian's own
+    assert set(layouts[-1]) == reference() and len(reference()) == 6 + n_buffers
     for change in (lambda: setattr(net[3][1], "bias", torch.nn.Parameter(net[3][1].bias)),
                    lambda: net[3][1].float(),
                    lambda: net[0].weight.requires_grad_(False),
-                   lambda: net[3].__setitem__(1, torch.nn.Linear(3, 1).to(F64))):
+                   lambda: net[3].__setitem__(1, torch.nn.Linear(3, 1).to(F64)),
+                   lambda: setattr(net[0], "offset", torch.ones(3))):
         change()
-        layouts.append(jit._parameter_layout(model))
+        layouts.append(jit._tensor_layout(model))
         assert set(layouts[-1]) == reference()
         assert layouts[-1] != layouts[-2]
-    assert jit._parameter_layout(model) == layouts[-1]
+    assert jit._tensor_layout(model) == layouts[-1]
 
 
 def test_a_steady_run_covers_its_own_thread_only(skipped):
@@ -305,6 +310,37 @@ def test_a_precompiled_kernel_sees_a_parameter_replaced_between_steps(fast):
         run.check()
         result = call_compiled(scaled_sum, model, net, x)
     torch.testing.assert_close(result, scaled_sum(net, x).detach(), rtol=1e-12, atol=0)
+
+
+class Centred(torch.nn.Module):
+    """E(x) = ‖x − c‖², c a buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("center", torch.zeros(3, dtype=F64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return centred_sum(self, x)
+
+
+def centred_sum(net: Centred, x: torch.Tensor) -> torch.Tensor:
+    return ((x - net.center) ** 2).sum(-1)
+
+
+@needs_precompile
+def test_a_precompiled_kernel_sees_a_buffer_replaced_between_steps(fast):
+    """Regression: ``check`` compared parameters only, so a precompiled kernel ran on its
+    recorded call state with a buffer a callback had replaced by a float32 one, and
+    silently read it as the old float64 (chains that ignored the new centre)."""
+    net = Centred()
+    model = eb.from_energy(net, 3, name="centred")
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model) as run:
+        call_compiled(centred_sum, model, net, x)
+        net.center = torch.tensor([1.0, -1.0, 2.0])
+        run.check()
+        result = call_compiled(centred_sum, model, net, x)
+    torch.testing.assert_close(result, centred_sum(net, x), rtol=1e-6, atol=0)
 
 
 def test_kernels_are_precompiled_only_on_request(monkeypatch):

@@ -518,8 +518,10 @@ def sample(
             terminal.
         callback: called as ``callback(step, state, info)`` after every step
             (``step`` counts from 0 over warmup and sampling). With a ``jit=True``
-            sampler it may change the model's tensors and parameters, but not plain
-            Python values its functions read (see :mod:`ebmalgebra.jit`, "Guards").
+            sampler it may change or replace the model's parameters and buffers, change
+            other tensors its functions read in place (same dtype, shape and strides), but
+            not replace those nor change plain Python values they read (see
+            :mod:`ebmalgebra.jit`, "Guards", and :class:`ebmalgebra.jit.SteadyRun`).
         on_nonfinite: ``"reject"`` (default): NaN/inf proposals are rejected and
             counted (unadjusted samplers freeze the chain); ``"raise"``: raise
             :class:`NonFiniteError` naming the step and the chains.
@@ -654,7 +656,7 @@ def sample(
                         energies[after // thin - 1] = state.energy
             if callback is not None:
                 callback(index, state, info)
-                steady.check()  # the callback may have changed the model's parameters
+                steady.check()  # the callback may have changed the model's parameters or buffers
             if bar is not None:
                 bar.update(1)
     finally:
