@@ -373,10 +373,13 @@ class Derived:
         self.value: Any = None
 
     def __call__(self, tensor: Tensor, *arguments: Any) -> Any:
-        if (tensor is not self.source or tensor._version != self.version
-                or arguments != self.arguments):
+        try:
+            version = tensor._version
+        except RuntimeError:  # an inference tensor keeps no version counter: no cache
+            return self.function(tensor, *arguments)
+        if tensor is not self.source or version != self.version or arguments != self.arguments:
             self.value = self.function(tensor, *arguments)
-            self.source, self.version, self.arguments = tensor, tensor._version, arguments
+            self.source, self.version, self.arguments = tensor, version, arguments
         return self.value
 
 
