@@ -173,6 +173,44 @@ def test_fit_checks_the_callback_before_any_step():
     assert_unchanged(net, before)
 
 
+def test_fit_checks_the_plot_path_before_any_step():
+    # Regression: a path matplotlib cannot write was found only after training.
+    net, model = gaussian_model()
+    before = parameters_of(net)
+    with pytest.raises(ValueError, match=r"fit: plot .*'\.txt'"):
+        fit(model, data(), partial(score_matching, method="exact"), plot="loss.txt",
+            progress=False)
+    assert_unchanged(net, before)
+
+
+def test_the_error_that_stops_training_is_not_hidden_by_the_plot(tmp_path, monkeypatch):
+    # Regression: the plot in fit's `finally` ran during the exception and a failure there
+    # replaced the error that had stopped training.
+    _, model = gaussian_model()
+    monkeypatch.setattr(History, "plot", lambda self, path: 1 / 0)
+    calls = []
+
+    def failing(model, batch, generator=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyError("the loss failed")
+        return score_matching(model, batch, method="exact")
+
+    with pytest.raises(KeyError, match="the loss failed"):
+        fit(model, data(), failing, batch_size=32, plot=tmp_path / "loss.png", progress=False)
+
+
+def test_a_stop_on_the_last_step_of_an_epoch_counts_the_epoch():
+    # Regression: history.epochs stayed 0 though the callback stopped after a whole epoch.
+    _, model = gaussian_model()
+    history = fit(model, data(256), partial(score_matching, method="exact"), epochs=3,
+                  batch_size=128, callback=lambda step, loss: step == 2, progress=False)
+    assert history.stopped_early and history.steps == 2 and history.epochs == 1
+    history = fit(model, data(256), partial(score_matching, method="exact"), epochs=3,
+                  batch_size=128, callback=lambda step, loss: step == 3, progress=False)
+    assert history.steps == 3 and history.epochs == 1
+
+
 @pytest.mark.parametrize("window", [0, -1, 2.5, True])
 def test_history_smoothing_window_must_be_a_positive_int(window):
     history = History(losses=[1.0, 2.0, 3.0])

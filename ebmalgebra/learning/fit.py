@@ -135,6 +135,10 @@ def fit(
     if max_grad_norm is not None and max_grad_norm != math.inf:  # inf: measure, never clip
         max_grad_norm = validation.positive("fit: max_grad_norm", max_grad_norm)
     validation.generator("fit: generator", generator)
+    if plot is not None:  # before training, not after it
+        from ebmalgebra.plotting import check_picture_path
+
+        plot = check_picture_path(plot, "fit: plot")
     _check_scheduler(scheduler, optimizer)
     if optimizer is None:
         parameters = [p for p in model.parameters() if p.requires_grad]
@@ -148,6 +152,7 @@ def fit(
     bar = progress_bar(epochs * steps_per_epoch, progress, "fit")
     start = time.perf_counter()
     restore_threads = use_threads(min(batch_size, n) * data[0].numel())
+    finished = False
     try:
         for epoch in range(epochs):
             order = torch.randperm(n, generator=generator).to(data.device)
@@ -180,15 +185,22 @@ def fit(
                         bar.set_postfix(loss=f"{history.smoothed(10)[-1]:.4g}")
                 if callback is not None and callback(history.steps, history.losses[-1]):
                     history.stopped_early = True
+                    history.epochs = epoch + (begin + batch_size >= n)  # completed ones
+                    finished = True
                     return history
             history.epochs = epoch + 1
+        finished = True
     finally:
         restore_threads()
         history.seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
         if plot is not None and history.losses:
-            history.plot(plot)
+            try:
+                history.plot(plot)
+            except Exception:
+                if finished:  # else the error that stopped training is the one to see
+                    raise
     return history
 
 
