@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ebmalgebra import validation
 from ebmalgebra.base import Capabilities, TimeLike
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentError, CompositionError
 from ebmalgebra.io import register_leaf
 from ebmalgebra.leaves import Leaf, as_event_shape
 
@@ -125,21 +125,25 @@ class BallEnvelope(Leaf):
             raise CompositionError(f"{self!r} is noise-conditioned: give a noise level, "
                                    "energy(x, t=sigma)")
         sigma = torch.as_tensor(t, dtype=offset.dtype, device=offset.device)
+        if not torch.compiler.is_compiling() and bool((sigma < 0).any()):
+            raise ArgumentError(f"{self!r}: the noise level t must be non-negative, got "
+                                f"{sigma.min().item()!r}")
         distance = offset.flatten(1).norm(dim=1)
         excess = (distance - self.radius_at(sigma)).clamp_min(0.0)
         return distance, excess, sigma.square()
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
         _, excess, variance = self._distance_excess_variance(self._offset(x), t)
-        return excess.square() / (2.0 * variance)
+        return _inside_zero(excess, excess.square() / (2.0 * variance))
 
     def _energy_and_score(self, x: Tensor, t: TimeLike, create_graph: bool
                           ) -> tuple[Tensor, Tensor]:
         offset = self._offset(x)
         distance, excess, variance = self._distance_excess_variance(offset, t)
-        energy = excess.square() / (2.0 * variance)
+        energy = _inside_zero(excess, excess.square() / (2.0 * variance))
         # Inside the ball excess = 0, so the clamp only keeps 0/0 out at the center.
-        pull = excess / (variance * distance.clamp_min(torch.finfo(x.dtype).tiny))
+        pull = _inside_zero(excess, excess / (variance * distance.clamp_min(
+            torch.finfo(x.dtype).tiny)))
         return energy, -pull.reshape(-1, *(1,) * (x.dim() - 1)) * offset
 
     def log_z_at(self, sigma: float, dim: int | None = None) -> float:
@@ -206,3 +210,9 @@ def enclosing_ball(data: Tensor, *, margin: float = 0.0) -> tuple[Tensor, float]
     center = data.mean(0)
     radius = float((data - center).flatten(1).norm(dim=1).max()) + margin
     return center, radius
+
+
+def _inside_zero(excess: Tensor, value: Tensor) -> Tensor:
+    """``value`` outside the flat ball and 0 inside it (excess = 0), also at σ = 0, where
+    the envelope is the hard wall E = 0 inside, +∞ outside, and the formulas give 0/0."""
+    return torch.where(excess > 0, value, torch.zeros_like(value))

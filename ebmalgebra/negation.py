@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ebmalgebra import validation
 from ebmalgebra.base import EnergyModel
 from ebmalgebra.operator import Operator
 
@@ -66,7 +67,7 @@ class Without(Operator):
     def __init__(self, a: EnergyModel, b: EnergyModel, reference: EnergyModel,
                  log_odds: float = 0.0) -> None:
         super().__init__(a, b, reference)
-        self.log_odds = float(log_odds)
+        self.log_odds = validation.real("without: log_odds", log_odds)
 
     def params(self) -> dict[str, Any]:
         return {"log_odds": self.log_odds}

@@ -94,7 +94,7 @@ def image_rows(figure: Any, rows: list[tuple[str, Tensor]], columns: int, *,
         for c in range(columns):
             axis = figure.add_subplot(grid[r, c])
             if c < len(images):
-                axis.imshow(images[c].detach().clamp(0, 1).numpy(), cmap="gray", vmin=0,
+                axis.imshow(images[c].detach().float().clamp(0, 1).numpy(), cmap="gray", vmin=0,
                             vmax=1, interpolation="nearest")
             axis.set_xticks([])
             axis.set_yticks([])
@@ -113,11 +113,11 @@ def samples_figure(samples: Tensor, title: str, *, max_columns: int = 16,
     """
     from matplotlib.figure import Figure
 
-    samples = samples.detach().cpu()
+    samples = samples.detach().cpu().float()  # NumPy has no bfloat16
     shape = tuple(samples.shape[1:])
     if len(shape) == 2 and min(shape) > 2:
-        columns = min(len(samples), max_columns)
-        n_rows = math.ceil(len(samples) / columns)
+        columns = max(1, min(len(samples), max_columns))  # an empty figure for no samples
+        n_rows = max(1, math.ceil(len(samples) / columns))
         figure = Figure(figsize=(columns * 0.6, n_rows * 0.6 + 0.6))
         grid = figure.add_gridspec(n_rows, columns, wspace=0.05, hspace=0.05, top=0.9)
         for i, image in enumerate(samples):

@@ -174,6 +174,19 @@ def test_bad_arguments_name_the_argument_and_the_constraint():
         eb.ball_envelope(1.0).energy(torch.zeros(2, 2))
     with pytest.raises(ArgumentError, match="margin must be non-negative"):
         enclosing_ball(torch.zeros(3, 2), margin=-0.1)
+    # Regression: a negative noise level shrank the ball silently.
+    with pytest.raises(ArgumentError, match="noise level t must be non-negative, got -0.5"):
+        eb.ball_envelope(1.0).energy(torch.zeros(2, 2), -0.5)
+
+
+def test_at_zero_noise_the_envelope_is_a_hard_wall():
+    # Regression: 0/0 made the energy and score NaN inside the ball at σ = 0.
+    envelope = eb.ball_envelope(1.0, noise_width=2.0)
+    x = torch.tensor([[0.0, 0.0], [0.6, 0.0], [3.0, 0.0]], dtype=F64)
+    energy, score = envelope.energy_and_score(x, 0.0)
+    assert torch.equal(energy, torch.tensor([0.0, 0.0, math.inf], dtype=F64))
+    assert torch.equal(envelope.energy(x, 0.0), energy)
+    assert torch.equal(score[:2], torch.zeros(2, 2, dtype=F64))
 
 
 def test_it_confines_a_face_model_at_small_noise():

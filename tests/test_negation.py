@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import ebmalgebra as eb
@@ -101,3 +102,11 @@ def test_the_node_prints_rebuilds_saves_and_compiles(tmp_path):
     torch.testing.assert_close(node.score(x), a.score(x) + weight * (reference.score(x)
                                                                      - b.score(x)))
     assert node.sampling_exponent() == 2.0
+
+
+def test_log_odds_must_be_a_finite_number():
+    # Regression: log_odds=nan was accepted, and every energy was NaN.
+    a = Gaussian(torch.zeros(2, dtype=F64), 1.0, name="a")
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match=f"without: log_odds must be finite, got {bad}"):
+            without(a, a, a, log_odds=bad)

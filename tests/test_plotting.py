@@ -35,6 +35,15 @@ def test_samples_figure_draws_images_and_points(tmp_path, shape):
     assert path.read_bytes()[:8] == PNG
 
 
+@pytest.mark.parametrize("samples", [torch.rand(0, 16, 16), torch.rand(5, 2).bfloat16(),
+                                     torch.rand(3, 8, 8).bfloat16()],
+                         ids=["no images", "bfloat16 points", "bfloat16 images"])
+def test_samples_figure_of_empty_or_bfloat16_samples(tmp_path, samples):
+    # Regression: no images divided by zero columns; bfloat16 failed in .numpy().
+    path = save_figure(samples_figure(samples, "title"), tmp_path / "grid.png")
+    assert path.read_bytes()[:8] == PNG
+
+
 def test_samples_of_another_shape_are_refused():
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         samples_figure(torch.zeros(4, 3), "title")
