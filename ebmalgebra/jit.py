@@ -219,7 +219,9 @@ class _Kernel:
             self.compiled = torch_compile(_own_code(function), options=self.options)
 
     def __call__(self, *args: Any) -> Any:
-        if self.compiled is None:
+        if self.compiled is None or _inside_functorch_transform():
+            # Dynamo cannot run inside vmap/grad/jacrev: such calls run eagerly, and the
+            # kernel compiles (or runs) on plain calls instead of being given up.
             return self.function(*args)
         if self.traced:
             return self.compiled(*args)
@@ -254,6 +256,12 @@ class _Kernel:
         self.traced = True
         self.seconds = (self.seconds or 0.0) + time.perf_counter() - start
         return result
+
+
+def _inside_functorch_transform() -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, jacrev, …) is running."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def _inductor_options(owner: EnergyModel, example: Tensor | None, differentiable: bool,

@@ -142,6 +142,22 @@ def test_parameters_unfrozen_after_compiling_get_gradients():
     torch.testing.assert_close(gradients[0], gradients[1])
 
 
+def test_a_first_call_inside_vmap_does_not_give_the_kernel_up():
+    # Regression: dynamo cannot trace inside a torch.func transform; the failed first call
+    # marked the kernel uncompilable for good (with a misleading fallback warning).
+    model = Banana() & Ring() ** 0.5
+    compiled = eb.compile(model, backend="inductor")
+    x = torch.randn(5, 2, dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jit.JitFallbackWarning)
+        in_vmap = torch.func.vmap(lambda row: compiled.score(row[None])[0])(x)
+        torch.testing.assert_close(in_vmap, model.score(x))
+        torch.testing.assert_close(compiled.score(x[:1]), model.score(x[:1]))
+        assert len(jit.compile_seconds()) == 1  # the plain call compiled the kernel
+        again = torch.func.vmap(lambda row: compiled.score(row[None])[0])(x)  # traced now
+        torch.testing.assert_close(again, in_vmap)
+
+
 def test_backend_argument():
     model = Banana()
     inductor = eb.compile(model, backend="inductor")
