@@ -132,6 +132,11 @@ def launched_group(backend: str = "gloo") -> Iterator[int]:
         dist.init_process_group(backend)
     try:
         yield dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if starts:
+            # Every rank done (the leader may still be writing files) before any tears
+            # the group down: one rank's teardown while another still works has aborted
+            # a gloo process ("terminate called without an active exception").
+            dist.barrier()
     finally:
         if starts:
             dist.destroy_process_group()
