@@ -298,11 +298,13 @@ def as_chain_values(value: float | Tensor, like: Tensor, what: str, *,
     """A hyper-parameter as one value per chain: ``(n_chains,)`` on ``like``'s device/dtype.
 
     Accepts a float, a 0-d tensor or a tensor ``(n_chains,)``; in a sharded run
-    (:func:`~ebmalgebra.distributed.active_shard`) the tensor has one value per chain of
-    all ranks, and this rank's are returned (:func:`local_chain_values`). Validated
+    (:func:`~ebmalgebra.distributed.active_shard`), for ``like`` of this rank's chains,
+    the tensor has one value per chain of all ranks and this rank's are returned. Validated
     once, at ``init``: it must be finite (and positive unless ``positive=False``).
     """
     shard = active_shard()
+    if shard is not None and like.shape[0] != shard.n_local:
+        shard = None  # not this rank's chains (e.g. tempering's replica rows)
     n_chains = like.shape[0] if shard is None else shard.n_chains
     if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
         raise ArgumentTypeError(f"{what} must be a float or a tensor of shape ({n_chains},), got "
@@ -319,7 +321,7 @@ def as_chain_values(value: float | Tensor, like: Tensor, what: str, *,
         kind = "positive and finite" if positive else "finite"
         raise ArgumentError(f"{what} must be {kind}, got {tensor[bad][0].item()!r} for chain "
                             f"{int(bad.nonzero()[0])}")
-    return local_chain_values(tensor).clone()
+    return (tensor if shard is None else shard.take(tensor)).clone()
 
 
 def local_chain_values(values: Tensor) -> Tensor:
