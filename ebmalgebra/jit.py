@@ -258,10 +258,13 @@ class _Kernel:
         return result
 
 
+_peek_functorch = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+
+
 def _inside_functorch_transform() -> bool:
-    """Whether a ``torch.func`` transform (vmap, grad, jacrev, …) is running."""
-    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
+    """Whether a ``torch.func`` transform (vmap, grad, jacrev, …) is running (asked on
+    every kernel call, so the private entry point is looked up once, at import)."""
+    return _peek_functorch is not None and _peek_functorch() is not None
 
 
 def _inductor_options(owner: EnergyModel, example: Tensor | None, differentiable: bool,

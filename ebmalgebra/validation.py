@@ -177,7 +177,7 @@ def same_event_shape(name: str, part: object, model: object) -> None:
     """Raise :class:`CompositionError` unless the model ``part`` (a base, a path's
     intermediate model) has the event shape of ``model``.
 
-    E.g. ``SMC: base 'g' has event_shape (1,), but the model 'm' has (3,)``.
+    E.g. ``SMC: base g has event_shape (1,), but the model m has (3,)``.
     """
     if tuple(part.event_shape or ()) != tuple(model.event_shape or ()):
         raise CompositionError(f"{name} {part!r} has event_shape {tuple(part.event_shape or ())}"
