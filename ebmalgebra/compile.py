@@ -53,9 +53,10 @@ class CompiledEnergy(EnergyModel):
         leaf_models: the distinct leaves, each evaluated once per call.
         backend: ``"eager"``, or ``"inductor"`` for :class:`ebmalgebra.jit.InductorEnergy`.
 
-    The program folds buffers such as a normalised node's log Z into constants;
-    ``load_state_dict`` on the compiled model (or a module holding it) lowers the
-    expression again, so that it evaluates with the loaded values.
+    The program folds buffers such as a normalised node's log Z into constants; when
+    one of them has been written (``load_state_dict`` into any module that holds it,
+    an in-place change), the next evaluation lowers the expression again, so that it
+    uses the new values.
     """
 
     backend = "eager"
@@ -78,13 +79,22 @@ class CompiledEnergy(EnergyModel):
         # Leaves without trainable parameters build no autograd graph on plain inputs,
         # so the no-grad context (a few µs per call) is only entered when it saves work.
         self._needs_no_grad = any(p.requires_grad for p in expr.parameters())
-        self.register_load_state_dict_post_hook(_lower_again)
         self._freeze()
+
+    def current_program(self) -> Program:
+        """``lowered``, built again first if a buffer it folded has changed
+        (:meth:`~ebmalgebra.program.Program.stale`; not inside a compiled region, which
+        guards on the program it traced)."""
+        lowered = self.lowered
+        if lowered.folded and not torch.compiler.is_compiling() and lowered.stale():
+            lowered = Program.build(self.expr)
+            object.__setattr__(self, "lowered", lowered)
+        return lowered
 
     @property
     def program(self) -> ProgramNode:
         """The folded form (``LeafRef`` / ``Affine`` / ``LogSumExp`` / ``Apply`` nodes)."""
-        return self.lowered.root
+        return self.current_program().root
 
     @property
     def leaf_models(self) -> tuple[EnergyModel, ...]:
@@ -149,7 +159,7 @@ class CompiledEnergy(EnergyModel):
 
     # ------------------------------------------------------------- evaluation
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
-        return evaluator.energy(self.lowered, x, t)
+        return evaluator.energy(self.current_program(), x, t)
 
     def _score(self, x: Tensor, t: TimeLike, create_graph: bool) -> Tensor:
         return self._evaluate(x, t, create_graph)[1]
@@ -163,15 +173,9 @@ class CompiledEnergy(EnergyModel):
         self, x: Tensor, t: TimeLike, create_graph: bool
     ) -> tuple[Tensor | None, Tensor]:
         # torch.compile cannot trace torch.autograd.grad; torch.func.vjp it can.
-        return evaluator.energy_and_score(self.lowered, x, t, create_graph,
+        return evaluator.energy_and_score(self.current_program(), x, t, create_graph,
                                           functional=torch.compiler.is_compiling(),
                                           detach_parameters=self._needs_no_grad)
-
-
-def _lower_again(model: CompiledEnergy, incompatible_keys: object) -> None:
-    """After ``load_state_dict``: lower the expression again, so that constants the program
-    folded from buffers (a normalised node's log Z) are the loaded ones."""
-    object.__setattr__(model, "lowered", Program.build(model.expr))
 
 
 BACKENDS = ("eager", "inductor")

@@ -524,7 +524,8 @@ class Normalized(_Unary):
         return energy + self.log_normalizer.to(x.dtype), score
 
     def lower(self, program: ProgramBuilder) -> ProgramNode:
-        return program.affine(float(self.log_normalizer), [(1.0, program.lower(self.base))])
+        return program.affine(program.buffer_value(self.log_normalizer),
+                              [(1.0, program.lower(self.base))])
 
     def gaussian_form(self, forms: list) -> object | None:
         return forms[0].shifted(self.log_normalizer.double())

@@ -164,7 +164,7 @@ class Apply:
         sub_energies = [e for e, _ in parts]
         if not coefficients:
             return self.function(sub_energies), {}
-        energy, derivatives = combine_with_coefficients(self.function, sub_energies)
+        energy, derivatives = combine_with_coefficients(self.function, _separate(sub_energies))
         found: Coefficients = {}
         for derivative, (_, sub_coefficients) in zip(derivatives, parts, strict=True):
             _accumulate(found, sub_coefficients, derivative)
@@ -174,7 +174,30 @@ class Apply:
         return f"{self.label}({', '.join(sub.render(names) for sub in self.terms)})"
 
 
+def _separate(energies: list[Tensor]) -> list[Tensor]:
+    """Each energy as a fresh view, so that the reverse pass for ∂f/∂E_j follows E_j's
+    own edge only: a leaf's energy listed twice (``without(a, a, r)``), or also inside
+    another term (``without(a, a ** 2, r)``), otherwise collects both derivatives."""
+    with torch.enable_grad():  # a view taken under no_grad would not be a graph node
+        return [energy.view_as(energy) if energy.requires_grad else energy
+                for energy in energies]
+
+
 ProgramNode = LeafRef | Affine | LogSumExp | Apply
+
+
+@dataclass(frozen=True, eq=False)
+class FoldedBuffer:
+    """A buffer whose value a program folded into a constant, and its version counter
+    then (bumped by in-place writes, such as ``load_state_dict``'s copies; expression
+    nodes refuse new buffers)."""
+
+    tensor: Tensor
+    version: int
+
+    def changed(self) -> bool:
+        """Whether the buffer was written since it was folded."""
+        return self.tensor._version != self.version
 
 
 class ProgramBuilder:
@@ -183,7 +206,14 @@ class ProgramBuilder:
 
     def __init__(self) -> None:
         self.leaves: list[EnergyModel] = []
+        self.folded: list[FoldedBuffer] = []
         self._index: dict[int, int] = {}
+
+    def buffer_value(self, buffer: Tensor) -> float:
+        """The value of a one-element ``buffer`` as a constant of the program, recorded
+        so that the program can tell when the buffer is written (:meth:`Program.stale`)."""
+        self.folded.append(FoldedBuffer(buffer, buffer._version))
+        return float(buffer)
 
     def lower(self, model: EnergyModel) -> ProgramNode:
         """The program of ``model``, by its own ``lower``."""
@@ -260,12 +290,14 @@ class Program:
         sole_kind: the kind of the one leaf when E is that leaf's energy alone
             (E = E_0), else ``None``: the evaluator's shortcut, decided once here (a
             plain attribute, which ``torch.compile`` reads without tracing code).
+        folded: the buffers folded into constants (a normalised node's log Z).
     """
 
     root: ProgramNode
     leaves: tuple[EnergyModel, ...]
     kinds: tuple[str, ...]
     linear: tuple[float, tuple[float, ...]] | None
+    folded: tuple[FoldedBuffer, ...] = ()
     sole_kind: str | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -278,7 +310,11 @@ class Program:
         root = builder.lower(expr)
         leaves = tuple(builder.leaves)
         return cls(root, leaves, tuple(leaf_kind(leaf) for leaf in leaves),
-                   _linear_form(root, len(leaves)))
+                   _linear_form(root, len(leaves)), tuple(builder.folded))
+
+    def stale(self) -> bool:
+        """Whether a buffer folded into the program has changed since it was built."""
+        return any(buffer.changed() for buffer in self.folded)
 
     @property
     def autograd(self) -> tuple[int, ...]:

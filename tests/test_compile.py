@@ -44,6 +44,20 @@ def test_a_leaf_mentioned_three_times_is_evaluated_once_per_call():
     assert_equivalent(compiled, expr, x)
 
 
+def test_an_autograd_leaf_repeated_inside_a_combine_operator_has_the_true_score():
+    # without(a, a, r) and without(a, a ** 2, r) hand the combine function one leaf's
+    # energy twice (or once inside another term); ∂f/∂E_j must follow each edge alone.
+    a = eb.from_energy(CountingEnergy(1.0), 2, name="a")
+    reference = Ring(name="r")
+    x = torch.randn(8, 2, dtype=F64)
+    for expr in (eb.without(a, a, reference, log_odds=0.5),
+                 eb.without(a, a ** 2, reference, log_odds=0.5)):
+        inputs = x.clone().requires_grad_(True)
+        true_score = -torch.autograd.grad(expr.energy(inputs).sum(), inputs)[0]
+        torch.testing.assert_close(eb.compile(expr).score(x), true_score)
+        torch.testing.assert_close(eb.compile(expr).energy_and_score(x)[1], true_score)
+
+
 def test_weights_and_temperatures_fold_into_coefficients():
     a = Gaussian(torch.zeros(2, dtype=F64), 1.0, name="a")
     b = Ring(name="b")
@@ -156,6 +170,29 @@ def test_loaded_log_normalizers_reach_the_compiled_program():
         compiled.load_state_dict({**state, key_a: torch.tensor(5.0), key_b: torch.tensor(-2.0)})
         torch.testing.assert_close(compiled.energy(x), expected)
         torch.testing.assert_close(compiled.energy_and_score(x)[0], expected)
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_log_normalizers_changed_outside_the_compiled_model_reach_it(backend):
+    # Loaded into the node itself or written in place: the compiled model sees each, for
+    # the eager evaluator and the compiled kernels alike (nodes refuse new buffers).
+    net = CountingEnergy(1.0)
+    node = eb.from_energy(net, 2, name="a").normalized(log_z=0.0)
+    compiled = eb.compile(node | eb.from_energy(CountingEnergy(-0.5), 2, name="b"),
+                          backend=backend)
+    x = torch.randn(4, 2, dtype=F64)
+    with torch.no_grad():
+        e_a, e_b = net(x), CountingEnergy(-0.5)(x)
+
+    def expected(log_z):
+        return -torch.logaddexp(-(e_a + log_z), -e_b)
+
+    torch.testing.assert_close(compiled.energy(x), expected(0.0))
+    node.load_state_dict({"log_normalizer": torch.tensor(3.0)}, strict=False)
+    torch.testing.assert_close(compiled.energy(x), expected(3.0))
+    with torch.no_grad():
+        node.log_normalizer.fill_(-1.5)
+    torch.testing.assert_close(compiled.energy_and_score(x)[0], expected(-1.5))
 
 # ----------------------------------------------------------------- closed forms
 def _x(n=32, seed=0):
