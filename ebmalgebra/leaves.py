@@ -392,6 +392,8 @@ class DistributionLeaf(Leaf):
         its stand-in elsewhere), so torch's own validation of x, which repeats that check
         (in the innermost distribution of an ``Independent``), is skipped: ~30 µs of a
         10-D Gamma's 75 µs log_prob."""
+        if x.shape[0] == 0:  # torch's event sums cannot reshape an empty batch
+            return (x.flatten(1) if x.dim() > 1 else x[:, None]).sum(1)
         distribution = self.distribution
         if checked:
             distribution = self._unvalidated()
@@ -422,6 +424,8 @@ class DistributionLeaf(Leaf):
         # positive_definite.check answers only symmetry for the whole batch as soon as one
         # matrix (e.g. one with a NaN) is not symmetric.
         finite = torch.isfinite(x.flatten(1) if x.dim() > 1 else x[:, None]).all(1)
+        if x.shape[0] == 0:  # torch's checks of event dims cannot reshape an empty batch
+            return finite
         # Compiled, the stand-in is put in unconditionally: reading the mask on the host
         # would break the graph.
         if torch.compiler.is_compiling() or not bool(finite.all()):

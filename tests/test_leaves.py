@@ -241,3 +241,18 @@ def test_autograd_scores_are_exact_under_inference_mode():
             torch.testing.assert_close(normal.score(points), -(outside - 1.0) / 4.0)
         assert torch.equal(constant.score(x), torch.zeros_like(x))
         torch.testing.assert_close(x + quadratic.score(x), torch.zeros_like(x))  # usable here
+
+
+@pytest.mark.parametrize("distribution", [
+    D.Independent(D.Normal(torch.zeros(3, dtype=F64), 1.0), 1),
+    D.Dirichlet(torch.ones(3, dtype=F64)),
+    D.Gamma(torch.tensor(2.0, dtype=F64), 1.0),
+], ids=["independent", "dirichlet", "gamma"])
+def test_distribution_leaves_take_empty_batches(distribution):
+    # torch's event-dim sums and support checks cannot reshape a batch of none.
+    model = eb.from_distribution(distribution)
+    x = torch.zeros(0, *distribution.event_shape, dtype=F64)
+    energy, score = model.energy_and_score(x)
+    assert energy.shape == (0,) and energy.dtype == F64
+    assert score.shape == x.shape
+    assert model.energy(x).shape == (0,) and model.score(x).shape == x.shape
