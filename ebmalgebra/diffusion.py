@@ -62,14 +62,15 @@ def _check_prediction(prediction: str, what: str) -> str:
     return prediction
 
 
-def _broadcast(scale: Tensor, x: Tensor) -> Tensor:
-    """A scalar or per-row ``(batch,)`` scale as ``(batch, 1, …)`` against ``x``."""
-    scale = scale.to(x)
+def _broadcast(scale: Tensor | float, x: Tensor) -> Tensor:
+    """A scalar (float or 0-d tensor) or per-row ``(batch,)`` scale as ``(batch, 1, …)``
+    against ``x``, in x's dtype and on its device."""
+    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
     return scale.reshape(-1, *([1] * (x.dim() - 1))) if scale.dim() > 0 else scale
 
 
-def score_from_prediction(output: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor,
-                          prediction: Prediction) -> Tensor:
+def score_from_prediction(output: Tensor, x: Tensor, alpha: Tensor | float,
+                          sigma: Tensor | float, prediction: Prediction) -> Tensor:
     """The score ∇ log p_t(x_t) from a network's ε, x₀ or v prediction at (α_t, σ_t).
 
     s = −ε̂/σ (ε; Ho et al. 2020), s = (α x̂₀ − x)/σ² (x₀), and for v (Salimans & Ho
@@ -78,7 +79,8 @@ def score_from_prediction(output: Tensor, x: Tensor, alpha: Tensor, sigma: Tenso
     Args:
         output: the prediction, shaped like ``x`` ``(batch, *event_shape)``.
         x: the noisy input x_t ``(batch, *event_shape)``.
-        alpha, sigma: α_t and σ_t > 0, scalars or one per row ``(batch,)``.
+        alpha, sigma: α_t and σ_t > 0, scalars (floats or 0-d tensors) or one per row
+            ``(batch,)``.
         prediction: ``"epsilon"``, ``"x0"`` or ``"v"``.
 
     Returns:
@@ -93,8 +95,8 @@ def score_from_prediction(output: Tensor, x: Tensor, alpha: Tensor, sigma: Tenso
     return -output / sigma
 
 
-def prediction_from_score(score: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor,
-                          prediction: Prediction) -> Tensor:
+def prediction_from_score(score: Tensor, x: Tensor, alpha: Tensor | float,
+                          sigma: Tensor | float, prediction: Prediction) -> Tensor:
     """The ε, x₀ or v prediction that a score corresponds to: the inverse of
     :func:`score_from_prediction`, by Tweedie's formula.
 
@@ -127,7 +129,8 @@ class DiscreteVP(NoiseSchedule):
     Noise levels must lie in [σ_0, σ_{T−1}], where the network was trained.
 
     Args:
-        alphas_cumprod: ᾱ ``(T,)``, decreasing in (0, 1].
+        alphas_cumprod: ᾱ ``(T,)``, strictly decreasing in (0, 1) (ᾱ = 1 would give
+            σ = 0, which the conversions divide by).
         timesteps: ``"interpolate"`` or ``"nearest"``.
     """
 

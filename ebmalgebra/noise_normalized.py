@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra.base import Capabilities, EnergyModel, TimeLike, format_number
-from ebmalgebra.errors import CompositionError
+from ebmalgebra.errors import ArgumentTypeError, CompositionError
 from ebmalgebra.leaves import Leaf
 from ebmalgebra.operator import ATOM, Operator
 
@@ -34,9 +34,14 @@ __all__ = ["LogZPath", "NoiseNormalized"]
 
 
 def _floats(values: Sequence[float] | Tensor, what: str) -> list[float]:
+    """``values`` (a sequence or tensor, one number per noise level) as a list of floats."""
     if isinstance(values, Tensor):
         values = values.detach().double().reshape(-1).tolist()
-    result = [float(v) for v in values]
+    try:
+        result = [float(v) for v in values]
+    except TypeError:
+        raise ArgumentTypeError(f"normalized over noise levels: {what} must be a sequence of "
+                                f"numbers, one per noise level, got {values!r:.80}") from None
     if not result or not all(math.isfinite(v) for v in result):
         raise CompositionError(f"normalized over noise levels: {what} must be a non-empty "
                                f"sequence of finite numbers, got {result}")
@@ -190,6 +195,12 @@ class NoiseNormalized(Operator):
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
         return self.base._energy(x, t) + self.path._energy(x, t)
+
+    def _score(self, x: Tensor, t: TimeLike, create_graph: bool) -> Tensor:
+        # log Z(t) is flat in x: the base's score, so score-only bases keep theirs; the
+        # level is still checked against the normalised range, as for the energy.
+        self.path.at(t)
+        return self.base._score(x, t, create_graph)
 
     def _energy_and_score(self, x: Tensor, t: TimeLike, create_graph: bool
                           ) -> tuple[Tensor, Tensor]:

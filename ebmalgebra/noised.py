@@ -26,10 +26,31 @@ from ebmalgebra.base import Capabilities, TimeLike
 from ebmalgebra.errors import CompositionError
 from ebmalgebra.leaves import Leaf
 from ebmalgebra.schedules import NoiseSchedule
+from ebmalgebra.targets import _as_tensor, _cholesky, _positive
 
 __all__ = ["NoisedGaussianMixture"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _checked_mixture(name: str, locs: Tensor, covariances: Tensor,
+                     weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """μ ``(K, d)``, Σ ``(K, d, d)`` symmetric positive definite and π ``(K,)`` > 0
+    normalised to sum 1, as detached floating tensors in μ's dtype."""
+    locs = _as_tensor(locs, f"{name}: locs")
+    if locs.dim() != 2:
+        raise CompositionError(f"{name}: locs must be (K, d), got {tuple(locs.shape)}")
+    n_components, dim = locs.shape
+    covariances = _as_tensor(covariances, f"{name}: covariances", locs.dtype).to(locs.dtype)
+    if covariances.shape != (n_components, dim, dim):
+        raise CompositionError(f"{name}: covariances must be ({n_components}, {dim}, {dim}), "
+                               f"got {tuple(covariances.shape)}")
+    _cholesky(covariances, f"{name}: covariances")
+    weights = _positive(weights, f"{name}: weights", locs.dtype).to(locs.dtype)
+    if weights.shape != (n_components,):
+        raise CompositionError(f"{name}: weights must be ({n_components},), got "
+                               f"{tuple(weights.shape)}")
+    return locs, covariances, weights / weights.sum()
 
 
 class NoisedGaussianMixture(Leaf):
@@ -45,7 +66,7 @@ class NoisedGaussianMixture(Leaf):
     Args:
         locs: component means μ ``(K, d)``.
         covariances: Σ ``(K, d, d)``, symmetric positive definite.
-        weights: mixture weights π ``(K,)``, normalised.
+        weights: mixture weights π ``(K,)``, positive (normalised here, so log Z = 0).
         schedule: a :class:`~ebmalgebra.schedules.NoiseSchedule` (``VE()`` or ``VP()``).
         name: printed name.
 
@@ -62,13 +83,14 @@ class NoisedGaussianMixture(Leaf):
                  schedule: NoiseSchedule, *, name: str = "gmm") -> None:
         validation.instance(f"{name}: schedule", schedule, NoiseSchedule,
                             "a NoiseSchedule (VE() or VP())")
+        locs, covariances, weights = _checked_mixture(name, locs, covariances, weights)
         super().__init__(torch.Size(locs.shape[1:]), name, Capabilities(
             has_energy=True, has_score=True, normalizer_known=True, can_sample=False))
         eigenvalues, eigenvectors = torch.linalg.eigh(0.5 * (covariances + covariances.mT))
-        self.register_buffer("locs", locs.detach().clone())
+        self.register_buffer("locs", locs)
         self.register_buffer("eigenvalues", eigenvalues)  # (K, d)
         self.register_buffer("eigenvectors", eigenvectors)  # (K, d, d), columns U_k
-        self.register_buffer("log_weights", weights.detach().log())
+        self.register_buffer("log_weights", weights.log())
         self.schedule = schedule
         self._freeze()
 

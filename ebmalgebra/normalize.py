@@ -39,7 +39,7 @@ from ebmalgebra.base import EnergyModel, input_options
 from ebmalgebra.compile import compile
 from ebmalgebra.distributed import ChainShard, all_chains, chain_shard
 from ebmalgebra.errors import ArgumentTypeError, CapabilityError, CompositionError
-from ebmalgebra.noise_normalized import NoiseNormalized
+from ebmalgebra.noise_normalized import NoiseNormalized, _floats
 from ebmalgebra.ops import Normalized
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.rewrites import Quadratic, closed_form
@@ -313,7 +313,7 @@ def estimate_log_z(
         base: a normalised model with exact sampling; default a Gaussian fitted to
             short-run MALA samples (:func:`fit_base`, vector event shapes only).
         n_particles: number of AIS particles N.
-        n_steps: MCMC transitions per temperature.
+        n_steps: MCMC transitions per temperature (≥ 0; 0 leaves plain importance weights).
         sampler: the transition kernel, which must leave each π_β invariant (declared
             by ``leaves_target_invariant``: ``MALA``, ``RandomWalkMH``, ``HMC``, ...);
             default MALA whose step size follows the population acceptance rate
@@ -339,6 +339,8 @@ def estimate_log_z(
             ``AnnealedLangevin``, ``ParallelTempering``, or a kernel of your own).
         CapabilityError: if a Gaussian part of ``model`` has a precision that is not
             positive definite (E unbounded below, Z = ∞); the error names the part.
+        CompositionError: if ``model`` is noise-conditioned without a closed-form log Z
+            (it has one per noise level: ``normalize(model, noise_levels=...)``).
 
     Warns:
         RuntimeWarning: when the final weights are degenerate, ESS < min(N, max(5, N/100)):
@@ -361,6 +363,7 @@ def estimate_log_z(
     validation.count("estimate_log_z: n_particles", n_particles, 2)
     if n_temps is not None:
         validation.count("estimate_log_z: n_temps", n_temps)
+    validation.count("estimate_log_z: n_steps", n_steps, 0)
     validation.in_interval("estimate_log_z: target_cess", target_cess)
     _check_transition(sampler)
     validation.one_of("estimate_log_z: method", method, ("ais", "smc"))
@@ -368,6 +371,7 @@ def estimate_log_z(
         value = exact_log_z(model)
         if value is not None:
             return LogZEstimate(value, 0.0, math.inf, "exact")
+    _check_not_noise_conditioned(model)
     if base is None:
         base = fit_base(model, generator=generator, group=group)
     else:
@@ -426,6 +430,18 @@ def estimate_log_z(
     )
 
 
+def _check_not_noise_conditioned(model: EnergyModel) -> None:
+    """AIS needs E(x) without a noise level; a noise-conditioned model has one Z per level."""
+    leaf = next((leaf for leaf in model.leaves() if getattr(leaf, "noise_conditioned", False)),
+                None)
+    if leaf is not None:
+        part = "" if leaf is model else f" (its part {leaf!r} takes a noise level t)"
+        raise CompositionError(
+            f"estimate_log_z: {model!r} is noise-conditioned{part}, so its log Z depends on "
+            "t; use normalize(model, noise_levels=...), which estimates log Z(t) at every "
+            "level by SMC")
+
+
 def _particle_shard(n_particles: int, group: dist.ProcessGroup | None,
                     generator: torch.Generator | None) -> ChainShard | None:
     shard = chain_shard(n_particles, group, operation="estimate_log_z")
@@ -482,10 +498,10 @@ def normalize(model: EnergyModel, *, log_z: float | Sequence[float] | None = Non
     """``model`` divided by its normaliser: E + log Z, so ``log_prob`` works and ``|`` gets
     true weights.
 
-    log Z is taken from ``log_z`` if given, else from closed forms, else estimated
-    by :func:`estimate_log_z` with ``options`` (e.g. ``n_particles=``,
-    ``generator=``). The node remembers the estimate's standard error
-    (``node.log_z_stderr``), shown by ``explain()``.
+    log Z is taken from ``log_z`` if given (then ``options`` would be unused and are
+    refused), else from closed forms, else estimated by :func:`estimate_log_z` with
+    ``options`` (e.g. ``n_particles=``, ``generator=``). The node remembers the
+    estimate's standard error (``node.log_z_stderr``), shown by ``explain()``.
 
     **Noise-conditioned models** (``noise_levels`` t_0 > … > t_K given): the result
     is a :class:`~ebmalgebra.noise_normalized.NoiseNormalized` with energy
@@ -513,6 +529,9 @@ def normalize(model: EnergyModel, *, log_z: float | Sequence[float] | None = Non
         >>> mixture = 0.25 * normalize(a) | 0.75 * normalize(b)   # weights 0.25 / 0.75
         >>> faces = normalize(glasses, noise_levels=levels) | normalize(hat, noise_levels=levels)
     """
+    if log_z is not None and options:
+        raise ArgumentTypeError(f"normalize: log_z= was given, so {sorted(options)} "
+                                "would be unused")
     if noise_levels is not None:
         return _normalize_noise_path(model, log_z, noise_levels, options)
     if log_z is not None:
@@ -531,12 +550,8 @@ def _normalize_noise_path(model: EnergyModel, log_z: Sequence[float] | None,
                           noise_levels: Sequence[float] | Tensor,
                           options: dict[str, object]) -> EnergyModel:
     """:func:`normalize` over noise levels: known ``log_z`` per level, or SMC runs."""
-    levels = (noise_levels.detach().double().reshape(-1).tolist()
-              if isinstance(noise_levels, Tensor) else [float(t) for t in noise_levels])
+    levels = _floats(noise_levels, "noise_levels")
     if log_z is not None:
-        if options:
-            raise ArgumentTypeError(f"normalize: log_z= was given, so {sorted(options)} "
-                                    "would be unused")
         return NoiseNormalized(model, levels, log_z)
     replicates = options.pop("replicates", 1)
     validation.count("normalize: replicates", replicates)

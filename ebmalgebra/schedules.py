@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra import validation
+from ebmalgebra.base import format_number
 from ebmalgebra.errors import ArgumentError
 
 __all__ = ["VE", "VP", "NoiseSchedule", "schedule_from_spec"]
@@ -116,7 +117,8 @@ class VP(NoiseSchedule):
         return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
 
     def __repr__(self) -> str:
-        return f"VP(beta_min={self.beta_min:g}, beta_max={self.beta_max:g})"
+        return (f"VP(beta_min={format_number(self.beta_min)}, "
+                f"beta_max={format_number(self.beta_max)})")
 
 
 def schedule_from_spec(spec: object) -> NoiseSchedule:

@@ -108,6 +108,23 @@ def test_prediction_from_score_inverts_the_conversion(prediction):
                                    score)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_conversions_take_plain_float_scales(dtype):
+    # α, σ as Python floats (as the docstring's "scalars" allows): the closed forms
+    # s = −ε̂/σ, s = (α x̂₀ − x)/σ², ε̂ = (α v̂ + σ x)/(α² + σ²), in x's dtype.
+    x = torch.randn(5, 2, generator=_seed(5), dtype=dtype)
+    output = torch.randn(5, 2, generator=_seed(6), dtype=dtype)
+    alpha, sigma = 0.6, 0.8
+    expected = {"epsilon": -output / sigma, "x0": (alpha * output - x) / sigma**2,
+                "v": -(alpha * output + sigma * x) / sigma}
+    for prediction, score in expected.items():
+        converted = score_from_prediction(output, x, alpha, sigma, prediction)
+        assert converted.dtype == dtype
+        torch.testing.assert_close(converted, score)
+        torch.testing.assert_close(prediction_from_score(score, x, alpha, sigma, prediction),
+                                   output)
+
+
 def test_dtype_follows_the_input_and_scores_train_the_network():
     torch.manual_seed(0)
     network = torch.nn.Linear(3, 2)  # ε̂ = W [x, t] + b

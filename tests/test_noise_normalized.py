@@ -107,6 +107,22 @@ def test_interpolation_is_linear_in_log_sigma_and_refuses_other_levels():
         normalize(noised, noise_levels=[1.0], log_z=[0.0], n_particles=10)
 
 
+def test_score_only_bases_keep_their_score():
+    """log Z(t) is flat in x, so a normalised score-only model has the base's score (its
+    capabilities say so); the level is checked as for energies."""
+    noised = GaussianMixture(torch.tensor([[1.0, -1.0]], dtype=F64), 0.5).noised(VE())
+    score_only = eb.from_score(noised.score, 2, name="s", noise_conditioned=True)
+    model = normalize(score_only, noise_levels=[0.1, 1.0], log_z=[0.0, 1.0])
+    assert model.capabilities.has_score and not model.capabilities.has_energy
+    x = torch.randn(4, 2, generator=_seed(10), dtype=F64)
+    per_row = torch.tensor([0.1, 0.3, 0.7, 1.0], dtype=F64)
+    for t in (0.5, per_row):
+        torch.testing.assert_close(model.score(x, t=t), noised.score(x, t=t))
+        torch.testing.assert_close((model & model).score(x, t=t), 2 * noised.score(x, t=t))
+    with pytest.raises(CompositionError, match="outside the levels"):
+        model.score(x, t=2.0)
+
+
 def test_a_path_whose_lineages_die_out_is_refused():
     model, _ = _shifted([[-3.0, 0.0], [2.0, 1.0]], 0.5, 0.0, "a")
     with pytest.warns(RuntimeWarning), pytest.raises(CapabilityError, match="n_particles"):

@@ -5,6 +5,7 @@ import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from ebmalgebra import CompositionError
+from ebmalgebra.noised import NoisedGaussianMixture
 from ebmalgebra.schedules import VE, VP
 from ebmalgebra.targets import GaussianMixture
 
@@ -75,3 +76,30 @@ def test_noised_leaf_needs_a_noise_level_and_a_schedule():
         _mixture().noised("ve")
     with pytest.raises(ValueError, match="beta_max"):
         VP(beta_min=2.0, beta_max=1.0)
+
+
+def test_direct_construction_normalises_weights_and_checks_its_arguments():
+    # log Z = 0 is claimed, so unnormalised weights must be normalised (they gave
+    # log_prob off by log Σπ), and malformed covariances must not give NaN energies.
+    noised = NoisedGaussianMixture(LOCS, COVARIANCES, 10.0 * WEIGHTS, VP(), name="g")
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    schedule = VP()
+    reference = _torch_noised(schedule.alpha(0.3), schedule.sigma(0.3)).log_prob(x)
+    torch.testing.assert_close(noised.log_prob(x, t=0.3), reference)
+    with pytest.raises(ValueError, match="g: covariances must be positive definite"):
+        NoisedGaussianMixture(LOCS, -COVARIANCES, WEIGHTS, VE(), name="g")
+    with pytest.raises(CompositionError, match=r"g: covariances must be \(3, 2, 2\)"):
+        NoisedGaussianMixture(LOCS, COVARIANCES[0], WEIGHTS, VE(), name="g")
+    with pytest.raises(CompositionError, match=r"g: weights must be \(3,\)"):
+        NoisedGaussianMixture(LOCS, COVARIANCES, WEIGHTS[:2], VE(), name="g")
+    with pytest.raises(ValueError, match="g: weights"):
+        NoisedGaussianMixture(LOCS, COVARIANCES, -WEIGHTS, VE(), name="g")
+
+
+def test_vp_prints_back_as_itself():
+    # Rounded to 6 digits (:g) it printed as another schedule, and annealed samplers
+    # compare schedules by their printed form.
+    schedule = VP(beta_min=0.123456789, beta_max=19.99999)
+    assert repr(schedule) == "VP(beta_min=0.123456789, beta_max=19.99999)"
+    assert eval(repr(schedule), {"VP": VP}).spec() == schedule.spec()
+    assert repr(VP()) == "VP(beta_min=0.1, beta_max=20)"

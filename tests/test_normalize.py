@@ -12,6 +12,7 @@ from ebmalgebra import CapabilityError, CompositionError
 from ebmalgebra.diagnostics import ess
 from ebmalgebra.normalize import estimate_log_z, fit_base, normalize
 from ebmalgebra.samplers import ULA, AnnealedLangevin, ParallelTempering, RandomWalkMH
+from ebmalgebra.schedules import VE
 from ebmalgebra.targets import Banana, Gaussian, GaussianMixture, Ring
 
 F64 = torch.float64
@@ -157,6 +158,34 @@ def test_normalize_with_known_log_z_and_errors():
         estimate_log_z(a, n_particles=1)
     with pytest.raises(CapabilityError, match="score-only"):
         estimate_log_z(eb.from_score(lambda x: -x, 1, name="s"))
+
+
+def test_unused_or_malformed_arguments_are_refused():
+    a, _ = _two_bumps()
+    # With log_z= nothing is estimated: options (here a typo) would be silently dropped.
+    with pytest.raises(TypeError, match=r"log_z= was given, so \['n_particle'\]"):
+        normalize(a, log_z=1.0, n_particle=10)
+    with pytest.raises(ValueError, match="n_steps must be an int ≥ 0"):
+        estimate_log_z(a, n_steps=-1)
+    with pytest.raises(ValueError, match="n_steps must be an int ≥ 0"):
+        estimate_log_z(a, n_steps=2.5)
+    noised = GaussianMixture(torch.zeros(1, 2, dtype=F64), 1.0).noised(VE())
+    with pytest.raises(TypeError, match="log_z must be a sequence of numbers, one per"):
+        normalize(noised, noise_levels=[0.1, 1.0], log_z=1.0)
+    with pytest.raises(TypeError, match="noise_levels must be a sequence of numbers"):
+        normalize(noised, noise_levels=0.5, log_z=[1.0])
+
+
+def test_noise_conditioned_models_are_sent_to_noise_levels():
+    # Closed forms still apply at every level; otherwise AIS failed on its first energy
+    # with "give a noise level, energy(x, t=...)", a call the user never made.
+    noised = GaussianMixture(torch.zeros(1, 2, dtype=F64), 1.0, name="g").noised(VE())
+    assert estimate_log_z(noised).method == "exact"
+    shifted = noised & eb.from_energy(lambda x: 0.1 * x.square().sum(-1), 2, name="q")
+    for estimate in (estimate_log_z, normalize):
+        with pytest.raises(CompositionError, match=r"\(its part g takes a noise level t\).*"
+                                                   r"normalize\(model, noise_levels=\.\.\.\)"):
+            estimate(shifted, generator=_seed(1))
 
 
 @pytest.mark.parametrize("sampler", [
