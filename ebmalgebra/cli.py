@@ -67,17 +67,31 @@ def _percent(value: float) -> str:
 
 def _check_out(text: str, *, tensors: bool = True) -> Path:
     """The ``--out`` path, checked before any sampling: a picture format matplotlib
-    writes, or (with ``tensors``) ``.safetensors``."""
+    writes, or (with ``tensors``) ``.safetensors``, in a writable folder."""
     from ebmalgebra.plotting import check_picture_path
 
     out = Path(text)
-    if tensors and out.suffix == ".safetensors":
-        return out
-    try:
-        return check_picture_path(out, "--out")
-    except ValueError as error:
-        also = ", or .safetensors for the samples tensor" if tensors else ""
-        raise _Failure(f"{error}{also}", EXIT_USAGE) from None
+    if not (tensors and out.suffix == ".safetensors"):
+        try:
+            check_picture_path(out, "--out")
+        except ValueError as error:
+            also = ", or .safetensors for the samples tensor" if tensors else ""
+            raise _Failure(f"{error}{also}", EXIT_USAGE) from None
+    _check_writable(out)
+    return out
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse, before any sampling, an ``--out`` that is a folder or lies in no writable
+    folder (its missing folders are created when writing)."""
+    if out.is_dir():
+        raise _Failure(f"--out {str(out)!r} is a folder; give a file name", EXIT_USAGE)
+    folder = out.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise _Failure(f"--out {str(out)!r}: cannot write into {str(folder)!r}, which is not "
+                       "a writable folder", EXIT_USAGE)
 
 
 def _write_samples(samples: torch.Tensor, title: str, out: Path) -> None:
@@ -154,7 +168,14 @@ def _zoo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_smc_count(args: argparse.Namespace) -> None:
+    if args.sampler == "smc" and args.n < 2:
+        raise _Failure(f"--n must be at least 2 with --sampler smc, which resamples among the "
+                       f"samples; got {args.n}", EXIT_USAGE)
+
+
 def _sample(args: argparse.Namespace) -> int:
+    _check_smc_count(args)
     out = _check_out(args.out)
     model = _parse(args.expression)
     start = time.perf_counter()
@@ -213,6 +234,7 @@ def _info(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise _Failure("--n must be positive", EXIT_USAGE)
+    _check_smc_count(args)
     out = _check_out(args.out, tensors=False)
     run_demo(n=args.n, alpha=args.alpha, log_odds=args.log_odds, seed=args.seed,
              steps=args.steps, sampler=args.sampler, out=out)
@@ -232,12 +254,20 @@ def _seed(text: str) -> int:
 
 
 def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "an integer ≥ 0")
+
+
+def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
 
 
@@ -299,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="compiled form, capabilities and sample "
                                "statistics of EXPR")
     info.add_argument("expression", metavar="EXPR")
-    info.add_argument("--n", type=int, default=64,
+    info.add_argument("--n", type=_non_negative_int, default=64,
                       help="samples for the statistics (default 64; 0 skips sampling)")
     info.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     info.set_defaults(run=_info)
@@ -345,5 +375,10 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"ebmalgebra {args.command}: error: {failure}", file=sys.stderr)
         return failure.status
     except EBMAlgebraError as error:
+        print(f"ebmalgebra {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        raise  # main's quiet stop
+    except OSError as error:  # e.g. writing --out: a full disk, a read-only file system
         print(f"ebmalgebra {args.command}: error: {error}", file=sys.stderr)
         return EXIT_FAILURE

@@ -348,9 +348,9 @@ def parse_expression(
             resolved once per call, so repeated names share one leaf.
 
     Raises:
-        ExpressionError: syntax errors, unknown names, numbers where models
-            are needed (and the reverse), invalid weights; the message points
-            at the position.
+        ExpressionError: syntax errors, unknown names, names bound to something
+            other than an EnergyModel, numbers where models are needed (and the
+            reverse), invalid weights; the message points at the position.
 
     Example:
         >>> from ebmalgebra.targets import Bar, Ring
@@ -373,7 +373,11 @@ def parse_expression(
                                   position)
         if model is None:
             known = sorted(models) if isinstance(models, Mapping) else []
+            known = [other for other in known if other != name]  # bound to None
             raise ExpressionError(_unknown("model", name, known), text, position)
+        if not isinstance(model, EnergyModel):
+            raise ExpressionError(f"{name!r} names a {type(model).__name__}, not a model "
+                                  "(an EnergyModel)", text, position)
         resolved[name] = model
         return model
 

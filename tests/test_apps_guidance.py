@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -97,6 +98,15 @@ def test_labels_and_shapes_are_validated():
     with pytest.raises(eb.CompositionError, match="callable"):
         ClassifierEnergy(3, 0, event_shape=4)
     assert ClassifierEnergy(classifier, torch.tensor(2), event_shape=4).label == 2
+
+
+def test_a_numpy_integer_label_is_an_int():
+    # Regression: labels read from arrays (np.int64) were refused as "not an int".
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    energy = ClassifierEnergy(classifier, np.int64(2), event_shape=4)
+    assert type(energy.label) is int and energy.label == 2 and repr(energy) == "classifier_2"
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(energy.energy(x), -classifier(x).log_softmax(1)[:, 2])
 
 
 def test_mlp_classifier_config_and_save_round_trip(tmp_path):

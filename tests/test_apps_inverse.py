@@ -159,6 +159,16 @@ def test_shape_errors_name_the_argument():
         Gaussian(torch.zeros(3), 1.0) & GaussianLikelihood(torch.zeros(4), 0.1)
 
 
+def test_an_empty_batch_of_observations_is_named():
+    # Regression: it failed inside posterior_estimate with "n_obs must be a positive int,
+    # got 0", an argument the caller never passed.
+    prior = Gaussian(torch.zeros(3), 1.0)
+    with pytest.raises(eb.CompositionError, match=r"denoise: y of shape \(0, 3\) holds no "):
+        denoise(prior, torch.zeros(0, 3), 0.3)
+    with pytest.raises(eb.CompositionError, match=r"inpaint: y of shape \(0, 3\) holds no "):
+        inpaint(prior, torch.zeros(0, 3), torch.ones(3, dtype=torch.bool))
+
+
 def test_bad_method_and_sampler_combinations_raise():
     prior = Gaussian(torch.zeros(2), 1.0)
     with pytest.raises(ValueError, match="method must be one of"):

@@ -108,6 +108,61 @@ def test_an_output_matplotlib_cannot_write_exits_2_before_sampling(capsys, tmp_p
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["sample", "demo"])
+@pytest.mark.parametrize("where", ["inside a file", "a folder"])
+def test_an_output_that_cannot_be_written_exits_2_before_sampling(capsys, tmp_path,
+                                                                 monkeypatch, command, where):
+    # Regression: the path was first written after sampling (minutes for the demo), and
+    # mkdir's or savefig's OSError ended the CLI with a traceback.
+    def never(*args, **kwargs):
+        raise AssertionError("sampled although --out was unusable")
+
+    monkeypatch.setattr(zoo, "draw", never)
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    if where == "a folder":
+        out = tmp_path / "grid.png"
+        out.mkdir()
+    else:
+        out = tmp_path / "notes.txt" / "figures" / "grid.png"
+    argv = [command, "ring"] if command == "sample" else [command]
+    status, stdout, err = run(capsys, *argv, "--out", str(out))
+    assert status == 2 and stdout == ""
+    assert str(out) in err and "folder" in err and "Traceback" not in err
+
+
+def test_a_failed_write_exits_1_with_the_reason(capsys, tmp_path, monkeypatch):
+    from ebmalgebra import plotting
+
+    def refuse(figure, path, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(plotting, "save_figure", refuse)
+    out = tmp_path / "grid.png"
+    status, _, err = run(capsys, "sample", "ring", "--n", "2", "--steps", "10", "--out", str(out))
+    assert status == 1
+    assert err == f"ebmalgebra sample: error: [Errno 13] Permission denied: '{out}'\n"
+
+
+@pytest.mark.parametrize("command", ["sample", "demo"])
+def test_smc_with_one_sample_exits_2_before_any_output(capsys, tmp_path, command):
+    # Regression: the demo printed its introduction, then failed with status 1 and
+    # "n must be an int ≥ 2", naming no option.
+    argv = [command, "ring"] if command == "sample" else [command]
+    status, stdout, err = run(capsys, *argv, "--n", "1", "--sampler", "smc",
+                              "--out", str(tmp_path / "grid.png"))
+    assert status == 2 and stdout == ""
+    assert err == (f"ebmalgebra {command}: error: --n must be at least 2 with --sampler smc, "
+                   "which resamples among the samples; got 1\n")
+
+
+def test_info_refuses_a_negative_sample_count(capsys):
+    # Regression: --n -3 was taken, and silently sampled nothing, like --n 0.
+    with pytest.raises(SystemExit) as caught:
+        main(["info", "ring", "--n", "-3"])
+    assert caught.value.code == 2
+    assert "argument --n: expected an integer ≥ 0, got -3" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text", ["(" * 300 + "ring" + ")" * 300, "~" * 2000 + "ring",
                                   "ring" + " ** 1" * 300],
                          ids=["300 parentheses", "2000 tildes", "300 powers"])

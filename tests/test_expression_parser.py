@@ -111,6 +111,23 @@ def test_lookup_may_be_a_function(names):
         parse_expression("nope", names.get)
 
 
+@pytest.mark.parametrize("value", [torch.nn.Linear(2, 1), "a", 2.0],
+                         ids=["module", "string", "number"])
+def test_a_name_bound_to_a_non_model_is_named_at_its_position(names, value):
+    # Regression: the value reached the operators, and the message formatting failed with
+    # "float() argument must be a string or a real number, not 'Linear'".
+    with pytest.raises(ExpressionError) as caught:
+        parse_expression("a & net", {"a": names["a"], "net": value})
+    assert f"'net' names a {type(value).__name__}, not a model" in str(caught.value)
+    assert caught.value.position == 4
+
+
+def test_a_name_bound_to_none_is_unknown_without_suggesting_itself(names):
+    with pytest.raises(ExpressionError) as caught:
+        parse_expression("a & x", {"a": names["a"], "x": None})
+    assert caught.value.reason == "unknown model 'x' (known: a)"
+
+
 def test_nesting_up_to_the_limit_parses(names):
     depth = MAX_NESTING - 1
     assert repr(parse_expression("(" * depth + "c" + ")" * depth, names)) == "c"

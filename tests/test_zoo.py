@@ -111,6 +111,52 @@ def test_two_d_compositions_land_where_the_algebra_says():
     assert abs(float(ring_and_bar.norm(dim=1).median()) - 2.0) < 0.1
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"sigma_min": 0.0}, "SamplingPlan: sigma_min must be positive, got 0.0"),
+    ({"sigma_max": -1.0}, "SamplingPlan: sigma_max must be positive, got -1.0"),
+    ({"n_levels": 2.5}, "SamplingPlan: n_levels must be a positive int, got 2.5"),
+    ({"steps_per_level": 0}, "SamplingPlan: steps_per_level must be a positive int, got 0"),
+    ({"step_size": float("nan")}, "SamplingPlan: step_size must be finite, got nan"),
+])
+def test_a_bad_sampling_plan_names_the_setting(settings, message):
+    # Regression: σ_min ≤ 0 failed in noise_levels() with "math domain error", a float
+    # n_levels with "'float' object cannot be interpreted as an integer".
+    with pytest.raises(ValueError) as caught:
+        zoo.plan_for(zoo.load("ring"), **settings)
+    assert str(caught.value) == message
+    with pytest.raises(ValueError):
+        zoo.SamplingPlan(**settings)
+
+
+def test_draw_names_a_generator_that_is_not_one():
+    # Regression: a seed passed as generator= failed inside torch.randn.
+    with pytest.raises(TypeError, match="draw: generator must be a torch.Generator or None"):
+        zoo.draw(zoo.load("ring"), 2, steps=40, generator=0)
+    with pytest.raises(TypeError, match="run_smc: generator must be a torch.Generator"):
+        zoo.run_smc(zoo.load("ring"), 2, steps=40, generator=0)
+
+
+def test_demo_row_seeds_wrap_past_the_top_of_the_generator_range(monkeypatch):
+    # Regression: `demo --seed 18446744073709551615` (2⁶⁴ − 1, accepted by the CLI) crashed
+    # on the second row with "Overflow when unpacking long long".
+    from ebmalgebra.zoo import faces
+
+    seeds = []
+
+    def record(model, n, *, generator, **kwargs):
+        seeds.append(generator.initial_seed())
+        return torch.zeros(n, 16, 16)
+
+    monkeypatch.setattr(zoo, "draw", record)
+    monkeypatch.setattr(faces, "attribute_rates", lambda images: dict.fromkeys(
+        faces.RATE_COLUMNS, 0.5))  # the detectors' calibration is not under test
+    run_demo(n=2, seed=2**64 - 2, out=None, echo=lambda *a: None)
+    assert seeds == [2**64 - 2, 2**64 - 1, 0, 1, 2, 3]
+    seeds.clear()
+    run_demo(n=2, seed=-1, out=None, echo=lambda *a: None)  # torch reads −1 as 2⁶⁴ − 1
+    assert seeds == [2**64 - 1, 0, 1, 2, 3, 4]
+
+
 def test_smc_draws_are_the_run_smc_particles_without_its_log_z_warning(recwarn):
     """``draw(kernel="smc")`` returns ``run_smc(...).samples`` for the same seed, and the
     run spends steps_per_level + 1 evaluations per noise level, as annealed Langevin does,

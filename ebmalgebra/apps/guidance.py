@@ -25,6 +25,7 @@ option and the shipped ``glasses_classifier`` uses it.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -93,8 +94,9 @@ class ClassifierEnergy(Leaf):
             noise_conditioned = bool(getattr(classifier, "noise_conditioned", False))
         if isinstance(label, Tensor) and label.numel() == 1 and not label.is_floating_point():
             label = int(label)
-        if isinstance(label, bool) or not isinstance(label, int):
+        if isinstance(label, bool) or not isinstance(label, numbers.Integral):
             raise CompositionError(f"{name}: label must be an int class index, got {label!r}")
+        label = int(label)  # NumPy integers too, as labels read from arrays are
         n_classes = _count_classes(classifier, shape, bool(noise_conditioned), name)
         if not 0 <= label < n_classes:
             raise CompositionError(f"{name}: label must be in [0, {n_classes}) for a classifier "

@@ -211,6 +211,9 @@ def _as_batch(y: Tensor, prior: EnergyModel, what: str) -> tuple[Tensor, bool]:
     if tuple(y.shape) == tuple(event_shape):
         return y[None], True
     if y.dim() == len(event_shape) + 1 and tuple(y.shape[1:]) == tuple(event_shape):
+        if len(y) == 0:
+            raise CompositionError(f"{what}: y of shape {tuple(y.shape)} holds no observations; "
+                                   "give one observation or a batch of at least one")
         return y, False
     raise CompositionError(f"{what}: y has shape {tuple(y.shape)}, but the prior {prior!r} has "
                            f"event_shape {tuple(event_shape)}; y must be one observation of "

@@ -111,7 +111,7 @@ def run_demo(*, n: int = 256, alpha: float = DEMO_ALPHA, log_odds: float = DEMO_
              out: str | Path | None = "ebmalgebra_demo.png", columns: int = 8,
              progress: bool | None = None,
              echo: Callable[[str], object] = print) -> list[DemoRow]:
-    """Sample each demo expression (``n`` faces, seeds ``seed``, ``seed + 1``, …) by
+    """Sample each demo expression (``n`` faces, seeds ``seed``, ``seed + 1``, … mod 2⁶⁴) by
     ``sampler`` (``"annealed"`` or ``"smc"``; default: each row's in
     :data:`DEMO_SAMPLERS`), measure, print through ``echo`` and draw to ``out``
     (``None``: no picture).
@@ -194,7 +194,9 @@ def _sample_row(model: EnergyModel, n: int, sampler: str, *, steps: int | None, 
     plan = zoo.plan_for(model, **DEMO_SAMPLING)
     if steps is not None:
         plan = replace(plan, steps_per_level=max(1, steps // plan.n_levels))
-    generator = torch.Generator().manual_seed(seed)
+    # The generator takes seeds in [−2⁶³, 2⁶⁴) and reads a negative one mod 2⁶⁴, so this
+    # changes no seed it accepts and lets seed + row run past the top.
+    generator = torch.Generator().manual_seed(seed % 2**64)
     if sampler == "annealed":
         return zoo.draw(model, n, plan=plan, generator=generator, progress=progress), None
     with warnings.catch_warnings():

@@ -50,6 +50,10 @@ class SamplingPlan:
         step_size: ε at σ_min (level k uses ε (σ_k / σ_min)²).
         mala_below: levels with σ below this are MALA-corrected.
         init_mean: chains start at ``init_mean + sigma_max · ξ``.
+
+    Raises:
+        ArgumentError: a σ or ε that is not a finite positive number, a count that
+            is not a positive int, or a non-finite ``mala_below`` / ``init_mean``.
     """
 
     sigma_max: float = 12.0
@@ -59,6 +63,14 @@ class SamplingPlan:
     step_size: float = 2.5e-5
     mala_below: float = 0.5
     init_mean: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("sigma_max", "sigma_min", "step_size"):
+            validation.positive(f"SamplingPlan: {name}", getattr(self, name))
+        for name in ("n_levels", "steps_per_level"):
+            validation.count(f"SamplingPlan: {name}", getattr(self, name))
+        for name in ("mala_below", "init_mean"):
+            validation.real(f"SamplingPlan: {name}", getattr(self, name))
 
     def noise_levels(self) -> list[float]:
         """σ_max … σ_min, geometrically spaced, ``n_levels`` values."""
@@ -150,7 +162,7 @@ def draw(
             resampling) over the same noise levels, or by tempering from N(0, 3² I) for
             models without noise levels, and returns its equally weighted particles.
         steps: total Langevin steps over all levels (annealed kernels; spread
-            evenly over the levels) or HMC / MCMC steps (``"hmc"`` and models
+            evenly over the levels, at least one each) or HMC / MCMC steps (``"hmc"`` and models
             without noise levels). Default: the plan's.
         plan: annealing settings; default :func:`plan_for` ``(model)``.
         generator: the only source of randomness: same seed, same samples.
@@ -175,6 +187,7 @@ def draw(
     validation.count("n", n)
     if steps is not None:
         validation.count("steps", steps)
+    validation.generator("draw: generator", generator)
     event_shape = model.event_shape
     if event_shape is None:
         raise CompositionError(f"draw: {model!r} has no event shape")
@@ -291,6 +304,7 @@ def run_smc(model: EnergyModel, n: int, *, plan: SamplingPlan | None = None,
     from ebmalgebra.targets import Gaussian
 
     validation.count("n", n, 2)
+    validation.generator("run_smc: generator", generator)
     event_shape = model.event_shape
     dtype = input_options(model)["dtype"]
     if not is_noise_conditioned(model):
