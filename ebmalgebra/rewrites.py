@@ -6,7 +6,9 @@ are quadratic forms E(x) = ½ xᵀPx − hᵀx + c, ``&`` adds them, ``** β`` s
 them, weights and ``normalized`` shift c, and ``|`` collects Gaussian
 components with masses w_k Z_k. A sub-expression whose form exists and is
 proper becomes one Gaussian (mixture) leaf with exact log Z and exact
-sampling; the rest is left as it is, each node rewriting its children
+sampling (weighted by its mass, in nested weights where one float cannot hold
+it; a mixture whose lighter components' weights round to 0 is left to its
+parts); the rest is left as it is, each node rewriting its children
 (``node.rewrite(rewrite_closed_forms)``; a product also folds its Gaussian
 factors together).
 """
@@ -38,7 +40,6 @@ def closed_form(model: EnergyModel) -> Form | None:
 
 def _materialise(form: Form, source: EnergyModel) -> EnergyModel | None:
     """A Gaussian (mixture) leaf, weighted by its normaliser, equal in energy to ``form``."""
-    from ebmalgebra.ops import Weight
     from ebmalgebra.targets import GaussianMixture, MultivariateGaussian
 
     components = form.as_components() if isinstance(form, Quadratic) else form
@@ -51,12 +52,34 @@ def _materialise(form: Form, source: EnergyModel) -> EnergyModel | None:
         leaf = MultivariateGaussian(components.means[0].to(dtype),
                                     components.covariances[0].to(dtype), name=name)
     else:
+        weights = torch.softmax(components.log_masses, 0).to(dtype)
+        if not bool((weights > 0).all()):
+            # A component e^{−745} (float64) times lighter than another has weight 0, which
+            # a GaussianMixture cannot hold, and it can still dominate far out: the parts
+            # are rewritten one by one instead.
+            return None
         leaf = GaussianMixture(components.means.to(dtype),
                                covariances=components.covariances.to(dtype),
-                               weights=torch.softmax(components.log_masses, 0).to(dtype),
-                               name=name)
+                               weights=weights, name=name)
+    return _weighted(float(log_mass), leaf)
+
+
+_LARGEST_LOG_WEIGHT = 700.0
+"""|log w| of the weights :func:`_weighted` nests: e^±700 is a normal float."""
+
+
+def _weighted(log_mass: float, leaf: EnergyModel) -> EnergyModel:
+    """``leaf`` weighted by the mass e^{log m}. A mass beyond the floats (two Gaussians far
+    apart, log m ≈ −3600) is split into nested weights, whose log-weights add exactly."""
+    from ebmalgebra.ops import Weight
+
     # A mass within float round-off of 1 is 1: no weight node for it.
-    return leaf if abs(float(log_mass)) < 1e-12 else Weight(math.exp(float(log_mass)), leaf)
+    if abs(log_mass) < 1e-12:
+        return leaf
+    pieces = math.ceil(abs(log_mass) / _LARGEST_LOG_WEIGHT)
+    for _ in range(pieces):
+        leaf = Weight(math.exp(log_mass / pieces), leaf)
+    return leaf
 
 
 def rewrite_closed_forms(model: EnergyModel) -> EnergyModel:

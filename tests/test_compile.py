@@ -211,6 +211,31 @@ def test_product_of_gaussians_is_the_textbook_gaussian():
     assert float(rewritten.log_z()) == pytest.approx(expected, abs=1e-12)
 
 
+def test_a_normaliser_beyond_the_floats_is_kept_exactly():
+    # Regression: log Z = log N(60; 0, 2) ≈ −901 made the weight e^{log Z} round to 0,
+    # and compile raised "weight must be positive"; e^{+1381} overflowed.
+    a = Gaussian(torch.zeros(1, dtype=F64), 1.0, name="a")
+    b = Gaussian(torch.full((1,), 60.0, dtype=F64), 1.0, name="b")
+    for expr, expected in ((a & b, -0.5 * math.log(2 * math.pi * 2) - 3600.0 / 4.0),
+                           (1e300 * (1e300 * a), 600 * math.log(10.0))):
+        rewritten = eb.compile(expr, closed_form=True)
+        assert float(rewritten.log_z()) == pytest.approx(expected, rel=1e-12)
+        torch.testing.assert_close(rewritten.energy(_x()), expr.energy(_x()))
+
+
+def test_a_mixture_component_too_light_for_the_floats_is_kept_apart():
+    # Regression: a & b has mass e^{−901} next to a's 1, so its GMM weight was 0 and
+    # compile raised; it also dominates far out (x = 100, where a's density is e^{−5000}).
+    a = Gaussian(torch.zeros(1, dtype=F64), 1.0, name="a")
+    b = Gaussian(torch.full((1,), 60.0, dtype=F64), 1.0, name="b")
+    far = Gaussian(torch.full((1,), 100.0, dtype=F64), 1.0, name="far")
+    x = torch.cat([_x(), torch.tensor([[30.0], [100.0]], dtype=F64)])
+    for expr in ((a & b) | a, a | 1e-300 * (1e-300 * far)):
+        rewritten = eb.compile(expr, closed_form=True)
+        torch.testing.assert_close(rewritten.energy(x), expr.energy(x))
+        torch.testing.assert_close(rewritten.score(x), expr.score(x))
+
+
 def test_tempered_gaussian_has_variance_over_beta():
     a = Gaussian(torch.zeros(1, dtype=F64), 1.0, name="a")
     rewritten = eb.compile(a ** 0.25, closed_form=True)

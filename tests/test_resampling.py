@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from ebmalgebra.samplers.resampling import RESAMPLING, resample, residual, systematic
+from ebmalgebra.samplers.resampling import (
+    RESAMPLING,
+    _inverse_cdf,
+    resample,
+    residual,
+    systematic,
+)
 
 F64 = torch.float64
 WEIGHTS = torch.tensor([0.31, 0.005, 0.12, 0.0, 0.2, 0.045, 0.07, 0.15, 0.1, 0.0], dtype=F64)
@@ -77,6 +83,15 @@ def test_all_weight_on_one_particle():
     weights[4] = 1.0
     for method in RESAMPLING:
         assert (resample(weights, torch.Generator().manual_seed(0), method=method) == 4).all()
+
+
+def test_a_point_rounded_up_to_one_never_picks_a_zero_weight_particle():
+    # In float32 the last point (n − 1 + U)/n of systematic and stratified resampling
+    # rounds to 1 when U > 1 − ulp(n − 1)/2 (for n = 2²³ half the time); that point
+    # belongs to the last particle with positive weight, as does any u < 1.
+    weights = torch.tensor([0.25, 0.75, 0.0, 0.0])
+    points = torch.tensor([0.0, 0.5, 0.9999999, 1.0])
+    assert _inverse_cdf(weights, points).tolist() == [0, 1, 1, 1]
 
 
 def test_bad_arguments_name_the_problem():

@@ -88,6 +88,20 @@ def test_annealed_adaptation_cannot_grow_steps_without_bound_on_a_flat_energy():
         AnnealedLangevin(models=[gaussian()], max_step_growth=0.5)
 
 
+def test_an_infinite_max_step_growth_removes_the_ceiling():
+    # Regression: the documented math.inf was refused as "must be finite". On the flat
+    # energy above, 300 accepted steps grow ε far beyond any finite ceiling used there.
+    flat = eb.from_energy(lambda x, t: 0.5 * (x * x).sum(-1) / (1e12 + t**2), 3,
+                          name="flat", noise_conditioned=True)
+    sampler = AnnealedLangevin(noise_levels=[1.0, 0.5, 0.1], steps_per_level=100, mala=True,
+                               step_size=1e-3, adapt_step_size=True, max_step_growth=math.inf)
+    state = sampler.init(torch.zeros(2, 3, dtype=F64), flat)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(sampler.n_annealing_steps):
+        state, _ = sampler.step(state, generator)
+    assert (state.base_step_size > 1e3 * 1e-3).all()
+
+
 def test_step_sizes_follow_the_models_noise_schedule():
     """ε_k = ε (σ(t_k)/σ(t_{K−1}))²: for VP() the level t is time, and σ(t) is far from t
     (σ(1) ≈ 1, σ(0.05) ≈ 0.17), so (t_k/t_{K−1})² would give 400 where σ² gives ≈ 34."""

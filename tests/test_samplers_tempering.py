@@ -8,7 +8,7 @@ import torch
 from sampler_helpers import gaussian
 
 import ebmalgebra as eb
-from ebmalgebra.samplers import HMC, MALA, ParallelTempering
+from ebmalgebra.samplers import HMC, MALA, SMC, ParallelTempering
 
 
 @pytest.mark.parametrize("n_chains", [2, 3])
@@ -63,3 +63,11 @@ def test_tempering_reports_the_cold_replicas_divergences():
     assert expected.sum() > 0
     assert torch.equal(samples.n_divergent, expected)
     assert "divergent" in samples.summary().header
+
+
+def test_tempering_refused_as_a_transition_gives_the_true_reason():
+    # Regression: the reason said the hot replicas restart from the particles at every
+    # temperature, which is what annealing does, not tempering.
+    with pytest.raises(ValueError, match="tempered replicas held in its state") as raised:
+        SMC(kernel=ParallelTempering(betas=[1.0, 0.5]))
+    assert "restart" not in str(raised.value)

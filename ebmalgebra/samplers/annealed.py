@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -160,7 +161,8 @@ class AnnealedLangevin(Sampler):
             raise ArgumentError(f"{self.name}: mala must be True, False or a positive noise "
                                 f"threshold, got {mala!r}")
         validation.in_interval(f"{self.name}: target_accept", target_accept)
-        validation.at_least(f"{self.name}: max_step_growth", max_step_growth, 1)
+        if not (isinstance(max_step_growth, int | float) and max_step_growth == math.inf):
+            validation.at_least(f"{self.name}: max_step_growth", max_step_growth, 1)
         self.steps_per_level = steps_per_level
         self.step_size = check_step_size(step_size, f"{self.name}: step_size")
         self.mala = mala

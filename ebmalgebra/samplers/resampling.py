@@ -46,11 +46,12 @@ def _check_weights(weights: Tensor, what: str) -> Tensor:
 def _inverse_cdf(weights: Tensor, points: Tensor) -> Tensor:
     """Indices i with F_{i−1} ≤ u < F_i for sorted or unsorted points u ∈ [0, 1)."""
     cumulative = torch.cumsum(weights, 0)
-    # Rounding can leave F_N a hair below 1; a point beyond it belongs to the last particle
-    # with positive weight, never to a zero-weight one.
+    # Rounding can leave F_N a hair below 1, or round a point (n − 1 + U)/n up to 1; a
+    # point at or beyond F_N belongs to the last particle with positive weight (the first
+    # i with F_i = F_N), never to a zero-weight one.
     cumulative = cumulative / cumulative[-1]
     indices = torch.searchsorted(cumulative, points.to(cumulative.dtype), right=True)
-    return indices.clamp_(max=weights.shape[0] - 1)
+    return torch.minimum(indices, torch.searchsorted(cumulative, cumulative[-1:]))
 
 
 def _uniforms(n: int, weights: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -143,8 +143,9 @@ class ParallelTempering(Sampler):
 
     name = "ParallelTempering"
     not_invariant_because = (
-        "its hot replicas restart from the particles at every temperature, so its β = 1 "
-        "replica is not a target-invariant move")
+        "a step moves its β = 1 chains together with the tempered replicas held in its "
+        "state, and leaves the product of the K tempered targets invariant, not the target "
+        "on its chains alone")
 
     def __init__(self, *, betas: Sequence[float] | Tensor, sampler: Sampler | None = None,
                  adapt_step_size: bool = True) -> None:
