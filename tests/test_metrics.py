@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import ebmalgebra as eb
-from ebmalgebra import CompositionError
-from ebmalgebra.samplers import HMC
+from ebmalgebra import ArgumentTypeError, CompositionError
+from ebmalgebra.samplers import HMC, NUTS
 from ebmalgebra.samplers.metrics import DenseMetric, DiagonalMetric, metric_class
 from ebmalgebra.targets import Gaussian
 
@@ -157,3 +157,14 @@ def test_metric_methods_trace_without_graph_breaks(kind):
     x, p = torch.randn(4, 3), torch.randn(4, 3)
     for got, want in zip(compiled(x, p), kinetic_after_drift(x, p), strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("sampler", [HMC, NUTS])
+def test_a_list_inverse_mass_is_taken_in_the_positions_dtype(sampler):
+    # A list of numbers failed with "'list' object has no attribute 'detach'".
+    state = sampler(inverse_mass=[0.1, 3.0]).init(torch.zeros(4, 2, dtype=F64),
+                                                   Gaussian(torch.zeros(2, dtype=F64), 1.0))
+    assert state.metric.inverse_mass.dtype == F64
+    assert state.metric.inverse_mass.tolist() == [0.1, 3.0]
+    with pytest.raises(ArgumentTypeError, match="inverse_mass"):
+        sampler(inverse_mass="diag")

@@ -26,7 +26,7 @@ from ebmalgebra.samplers.base import (
     sum_is_finite_eagerly,
 )
 from ebmalgebra.samplers.integrators import PhasePoint, integrate
-from ebmalgebra.samplers.metrics import Metric, metric_class
+from ebmalgebra.samplers.metrics import Metric, given_inverse_mass, metric_class
 
 __all__ = ["HMC", "HMCInfo", "HMCState"]
 
@@ -163,7 +163,7 @@ class HMC(StepSizeSampler):
         self.n_leapfrog = n_leapfrog
         self.jitter = float(jitter)
         self.metric = metric
-        self.inverse_mass = None if inverse_mass is None else inverse_mass.detach()
+        self.inverse_mass = given_inverse_mass(inverse_mass, self.name)
         self.adapt_mass = adapt_mass
         validation.positive(f"{self.name}: max_energy_error", max_energy_error)
         self.max_energy_error = float(max_energy_error)

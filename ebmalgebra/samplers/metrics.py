@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ebmalgebra import validation
-from ebmalgebra.errors import ArgumentError, CompositionError
+from ebmalgebra.errors import ArgumentError, ArgumentTypeError, CompositionError
 
 __all__ = ["DenseMetric", "DiagonalMetric", "Metric", "metric_class"]
 
@@ -238,6 +238,18 @@ class DenseMetric(Metric):
 
 
 _KINDS: dict[str, type[Metric]] = {"diag": DiagonalMetric, "dense": DenseMetric}
+
+
+def given_inverse_mass(value: object, operation: str) -> Tensor | None:
+    """A sampler's ``inverse_mass`` argument as a detached tensor (a list or array in
+    float64, cast to the positions' dtype at the start), or ``None``."""
+    if value is None or isinstance(value, Tensor):
+        return None if value is None else value.detach()
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ArgumentTypeError(f"{operation}: inverse_mass must be a tensor (or a list of "
+                                f"numbers), got {type(value).__name__}") from None
 
 
 def metric_class(kind: str | type[Metric], operation: str) -> type[Metric]:

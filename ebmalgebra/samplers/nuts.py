@@ -81,7 +81,7 @@ from ebmalgebra.samplers.base import (
     sum_event,
 )
 from ebmalgebra.samplers.integrators import PhasePoint, leapfrog
-from ebmalgebra.samplers.metrics import Metric, metric_class
+from ebmalgebra.samplers.metrics import Metric, given_inverse_mass, metric_class
 
 __all__ = ["NUTS", "NUTSInfo", "NUTSState"]
 
@@ -371,7 +371,7 @@ class NUTS(StepSizeSampler):
         self.max_depth = max_depth
         self.metric = metric
         self._metric_class = metric_class(metric, self.name)
-        self.inverse_mass = None if inverse_mass is None else inverse_mass.detach()
+        self.inverse_mass = given_inverse_mass(inverse_mass, self.name)
         self.adapt_mass = adapt_mass
         validation.positive("NUTS: max_energy_error", max_energy_error)
         self.max_energy_error = float(max_energy_error)
