@@ -33,11 +33,20 @@ from ebmalgebra.operator import ATOM, Operator
 __all__ = ["Conditioned", "condition"]
 
 
+def _tensor(value: object, what: str, base: EnergyModel, **options: Any) -> Tensor:
+    """``torch.as_tensor(value)``, with an error naming ``what`` for non-numeric data."""
+    try:
+        return torch.as_tensor(value, **options)
+    except (TypeError, ValueError, RuntimeError):
+        raise CompositionError(f"condition of {base!r}: {what} must be a tensor or nested "
+                               f"lists of numbers, got {value!r:.80}") from None
+
+
 def _as_mask(mask: object, base: EnergyModel) -> Tensor:
     shape = base.event_shape
     if shape is None:
         raise CompositionError(f"condition: {base!r} has no event shape to clamp")
-    mask = torch.as_tensor(mask)
+    mask = _tensor(mask, "mask", base)
     if mask.dtype != torch.bool or tuple(mask.shape) != tuple(shape):
         raise CompositionError(f"condition of {base!r}: mask must be a bool tensor of the "
                                f"event shape {tuple(shape)}, got {mask.dtype} "
@@ -49,7 +58,7 @@ def _as_values(values: object, mask: Tensor, base: EnergyModel) -> Tensor:
     # Numbers take the base's dtype and device: clamped in the default float32, a float64
     # model's conditional would be off by the values' rounding. A floating tensor is kept.
     if not isinstance(values, Tensor):
-        values = torch.as_tensor(values, **input_options(base))
+        values = _tensor(values, "values", base, **input_options(base))
     elif not values.is_floating_point():
         values = values.to(input_options(base)["dtype"])
     try:
@@ -132,7 +141,7 @@ class Conditioned(Operator):
         """The base's support on the free coordinates; only elementwise ones split."""
         from ebmalgebra.constraints import elementwise_support
 
-        return elementwise_support(self, self.base.support)
+        return elementwise_support(self, self.base.support, ~self.mask)
 
     def structure(self) -> tuple:
         return ("Conditioned", (tuple(self.mask.flatten().tolist()),

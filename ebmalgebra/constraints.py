@@ -28,6 +28,7 @@ factors; :func:`unconstraining_transform` adds them (:class:`LowerCholeskyVector
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Sequence
@@ -69,7 +70,9 @@ def is_real(support: tc.Constraint) -> bool:
 
 
 def same_support(first: tc.Constraint, second: tc.Constraint) -> bool:
-    """Structural equality of two constraints (torch's compare by identity)."""
+    """Structural equality of two constraints (torch's compare by identity); bounds are
+    equal when they are everywhere, broadcast together (``interval(0, 1)`` and a
+    ``Uniform(zeros(2), ones(2))``'s interval)."""
     if first is second:
         return True
     if type(first) is not type(second):
@@ -83,30 +86,38 @@ def same_support(first: tc.Constraint, second: tc.Constraint) -> bool:
             if not (isinstance(other, tc.Constraint) and same_support(value, other)):
                 return False
         elif isinstance(value, Tensor) or isinstance(other, Tensor):
-            if not torch.equal(torch.as_tensor(value), torch.as_tensor(other)):
+            if not _equal_everywhere(value, other):
                 return False
         elif value != other:
             return False
     return True
 
 
-def _unwrapped(support: tc.Constraint) -> tuple[tc.Constraint, int]:
-    ndims = 0
+def _equal_everywhere(first: object, second: object) -> bool:
+    """Whether two bounds (numbers or tensors) are equal entry by entry once broadcast."""
+    first, second = torch.as_tensor(first), torch.as_tensor(second)
+    try:
+        return bool((first == second.to(first.device)).all())
+    except RuntimeError:  # shapes that do not broadcast
+        return False
+
+
+def _unwrapped(support: tc.Constraint) -> tc.Constraint:
+    """``support`` without its ``independent`` wrappers."""
     while isinstance(support, tc.independent):
-        ndims += support.reinterpreted_batch_ndims
         support = support.base_constraint
-    return support, ndims
+    return support
 
 
 def compatible(first: tc.Constraint, second: tc.Constraint) -> bool:
-    """Whether two supports are equal up to their boundary: the same constraint, or
-    ones that ``biject_to`` maps from ℝ by the same bijection (``positive`` and
-    ``nonnegative``, a HalfNormal's and a Gamma's), with the same event dims."""
+    """Whether two supports of events of one shape are equal up to their boundary: the
+    same constraint, or ones that ``biject_to`` maps from ℝ by the same bijection
+    (``positive`` and ``nonnegative``, a HalfNormal's and a Gamma's). ``independent``
+    only says how many dims an event has, not which set it lies in, so
+    ``independent(positive, 1)`` and ``positive`` are one support of vectors."""
+    first, second = _unwrapped(first), _unwrapped(second)
     if same_support(first, second):
         return True
-    (first, first_ndims), (second, second_ndims) = _unwrapped(first), _unwrapped(second)
-    if first_ndims != second_ndims:
-        return False
     try:
         return bool(biject_to(first) == biject_to(second))
     except NotImplementedError:
@@ -343,25 +354,56 @@ def _is_identity(transform: tt.Transform) -> bool:
             and isinstance(transform.scale, int | float) and transform.scale == 1)
 
 
+def _is_discrete(support: tc.Constraint) -> bool:
+    """Whether ``support`` is a set of integers (False where torch cannot tell, as for
+    ``constraints.dependent``)."""
+    try:
+        return bool(support.is_discrete)
+    except NotImplementedError:
+        return False
+
+
+def _matrix_transform(support: tc.Constraint, event_shape: Sequence[int]
+                      ) -> tt.Transform | None:
+    """:class:`PositiveDefiniteVector` or :class:`LowerCholeskyVector` onto ``support``,
+    in ``IndependentTransform`` for each ``independent`` around it; ``None`` for other
+    supports."""
+    if isinstance(support, tc.independent):
+        inner = _matrix_transform(support.base_constraint, event_shape)
+        return None if inner is None else tt.IndependentTransform(
+            inner, support.reinterpreted_batch_ndims)
+    if not isinstance(support, (type(tc.positive_definite), type(tc.lower_cholesky))):
+        return None
+    shape = tuple(event_shape)
+    if len(shape) < 2 or shape[-1] != shape[-2]:
+        raise CapabilityError(f"support {support} needs square (n, n) events, got "
+                              f"event shape {shape}")
+    if isinstance(support, type(tc.lower_cholesky)):
+        return LowerCholeskyVector(shape[-1])
+    return PositiveDefiniteVector(shape[-1])
+
+
 def unconstraining_transform(support: tc.Constraint, event_shape: Sequence[int]
                              ) -> tt.Transform:
     """A bijection T from unconstrained ℝᵏ onto ``support`` for events of ``event_shape``.
 
     ``torch.distributions.biject_to`` where torch registers one; positive-definite
-    matrices and lower Cholesky factors of ``event_shape`` (n, n) use
-    :class:`PositiveDefiniteVector` and :class:`LowerCholeskyVector` (k = n(n+1)/2).
+    matrices and lower Cholesky factors of ``event_shape`` (..., n, n) use
+    :class:`PositiveDefiniteVector` and :class:`LowerCholeskyVector` (k = n(n+1)/2 per
+    matrix), through ``constraints.independent`` (an ``Independent`` Wishart).
 
     Raises:
-        CapabilityError: when no bijection onto ``support`` is known.
+        CapabilityError: when no bijection onto ``support`` is known, or the support
+            is discrete (no bijection from ℝᵏ reaches it).
     """
-    if isinstance(support, (type(tc.positive_definite), type(tc.lower_cholesky))):
-        shape = tuple(event_shape)
-        if len(shape) < 2 or shape[-1] != shape[-2]:
-            raise CapabilityError(f"support {support} needs square (n, n) events, got "
-                                  f"event shape {shape}")
-        if isinstance(support, type(tc.lower_cholesky)):
-            return LowerCholeskyVector(shape[-1])
-        return PositiveDefiniteVector(shape[-1])
+    if _is_discrete(support):
+        raise CapabilityError(f"the support {support} is discrete: no bijection from ℝᵏ "
+                              "maps onto it, and the samplers move x continuously, so they "
+                              "cannot sample it (with unconstrain=False every proposal off "
+                              "the support is rejected and the chains never move)")
+    matrices = _matrix_transform(support, event_shape)
+    if matrices is not None:
+        return matrices
     blockwise = _blockwise(support, event_shape)
     if blockwise is not None:
         return blockwise
@@ -403,13 +445,19 @@ def unconstrain(model: EnergyModel) -> Unconstrained | None:
     Built once per model (nodes are immutable) and kept on it: every ``sample()`` of
     the model then runs the same pushforward expression, so compiled kernels
     (``jit=True``), which are cached per expression, are traced once, not per call.
+    Built again when the model's dtype or device has changed (``.float()``, ``.to()``),
+    so that T's tensors (a Uniform's bounds) follow it.
 
     Raises:
         CapabilityError: for mixed supports or a support without a known bijection.
     """
+    from ebmalgebra.base import input_options
+
+    options = input_options(model)
+    key = (options["dtype"], options["device"])
     cached = model.__dict__.get("_unconstrained")
-    if cached is not None:
-        return cached[0]
+    if cached is not None and cached[0] == key:
+        return cached[1]
     support = model.support
     if is_real(support) or isinstance(support, tc._Dependent):
         result = None  # ℝ, or a support torch cannot state: sample the model as it is
@@ -419,23 +467,67 @@ def unconstrain(model: EnergyModel) -> Unconstrained | None:
             raise CapabilityError(f"{model!r} has support {support} but no event shape")
         bijection = unconstraining_transform(support, event_shape)
         result = Unconstrained(model.pushforward(bijection.inv), bijection)
-    # A one-tuple, so that "no bijection needed" is cached too; not a submodule.
-    object.__setattr__(model, "_unconstrained", (result,))
+    # A tuple, so that "no bijection needed" is cached too; not a submodule.
+    object.__setattr__(model, "_unconstrained", (key, result))
     return result
 
 
-def elementwise_support(node: EnergyModel, support: tc.Constraint) -> tc.Constraint:
-    """``support`` on a vector of some of its coordinates (for ``condition``).
+def elementwise_support(node: EnergyModel, support: tc.Constraint,
+                        kept: Tensor | None = None) -> tc.Constraint:
+    """``support`` on the vector of the coordinates where ``kept`` (bool, of the event
+    shape; all coordinates when ``None``) is True, in row-major order (for ``condition``).
+    Tensor bounds (a ``Uniform``'s per-coordinate interval) and the blocks of a
+    ``constraints.cat`` keep the entries of those coordinates only.
 
     Raises:
-        CapabilityError: when ``support`` ties coordinates together (a simplex).
+        CapabilityError: when ``support`` ties coordinates together (a simplex), or its
+            bounds or blocks do not fit the event shape.
     """
-    base = support
-    while isinstance(base, tc.independent):
-        base = base.base_constraint
+    base = _unwrapped(support)
     if is_real(base):
         return tc.real_vector
     if base.event_dim != 0:
         raise CapabilityError(f"{node!r}: the support {support} ties the coordinates "
                               "together, so the free ones have no support of their own")
+    if kept is not None:
+        base = _restricted(node, base, kept)
     return tc.independent(base, 1)
+
+
+def _restricted(node: EnergyModel, support: tc.Constraint, kept: Tensor) -> tc.Constraint:
+    """An elementwise ``support`` on the coordinates where ``kept`` is True: a copy whose
+    tensor attributes (bounds) are broadcast to ``kept.shape`` and masked, and a ``cat``
+    along a vector event cut to the kept coordinates of each block."""
+    if isinstance(support, tc._Cat):
+        return _restricted_cat(node, support, kept)
+    tensors = {name: value for name, value in vars(support).items()
+               if isinstance(value, Tensor) and value.dim() > 0}
+    if not tensors:
+        return support
+    restricted = copy.copy(support)
+    for name, value in tensors.items():
+        try:
+            full = torch.broadcast_to(value, kept.shape)
+        except RuntimeError:
+            raise CapabilityError(f"{node!r}: the {name} of the support {support} has shape "
+                                  f"{tuple(value.shape)}, which does not broadcast to the "
+                                  f"event shape {tuple(kept.shape)}") from None
+        setattr(restricted, name, full[kept.to(value.device)])
+    return restricted
+
+
+def _restricted_cat(node: EnergyModel, support: tc.Constraint, kept: Tensor
+                    ) -> tc.Constraint:
+    lengths = [int(length) for length in support.lengths]
+    if kept.dim() != 1 or support.dim != -1 or sum(lengths) != kept.numel():
+        raise CapabilityError(f"{node!r}: the support {support} (lengths {lengths} along "
+                              f"dim {support.dim}) is not split along a vector event of "
+                              f"{tuple(kept.shape)}, so its free coordinates have no support")
+    parts, kept_lengths, start = [], [], 0
+    for part, length in zip(support.cseq, lengths, strict=True):
+        block = kept[start:start + length]
+        start += length
+        if block.any():
+            parts.append(_restricted(node, part, block))
+            kept_lengths.append(int(block.sum()))
+    return tc.cat(parts, -1, kept_lengths)

@@ -43,7 +43,8 @@ __all__ = ["Pushforward", "transform"]
 def _moved(transform: tt.Transform, fn: Callable[[Tensor], Tensor]) -> tt.Transform:
     """``transform`` with ``fn`` (what ``.to()`` / ``.double()`` apply) applied to the
     tensors it holds (an affine's loc and scale, a power's exponent), through
-    compositions and inverses; the transform itself when it holds none."""
+    compositions, inverses and the transforms it wraps (an ``IndependentTransform``'s
+    base, a ``CatTransform``'s blocks); the transform itself when it holds none."""
     if isinstance(transform, tt.ComposeTransform):
         parts = [_moved(part, fn) for part in transform.parts]
         if all(new is old for new, old in zip(parts, transform.parts, strict=True)):
@@ -52,15 +53,34 @@ def _moved(transform: tt.Transform, fn: Callable[[Tensor], Tensor]) -> tt.Transf
     if isinstance(transform, tt._InverseTransform):
         inner = _moved(transform.inv, fn)
         return transform if inner is transform.inv else inner.inv
-    tensors = {name: value for name, value in vars(transform).items()
-               if isinstance(value, Tensor)}
-    if not tensors:
+    changed = {}
+    for name, value in vars(transform).items():
+        if name not in ("_inv", "_cached_x_y"):  # the inverse and the cache are not state
+            new = _moved_value(value, fn)
+            if new is not value:
+                changed[name] = new
+    if not changed:
         return transform
     moved = copy.copy(transform)
-    for name, value in tensors.items():
-        setattr(moved, name, fn(value))
+    for name, value in changed.items():
+        setattr(moved, name, value)
     moved._inv = None  # the copy's inverse is built afresh from the moved tensors
     return moved
+
+
+def _moved_value(value: object, fn: Callable[[Tensor], Tensor]) -> object:
+    """An attribute of a transform with ``fn`` applied to its tensors (the attribute
+    itself when it has none): a tensor, a transform, or a list or tuple of them."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, tt.Transform):
+        return _moved(value, fn)
+    if isinstance(value, list | tuple) and not isinstance(value, torch.Size):
+        items = [_moved_value(item, fn) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return type(value)(items)
+    return value
 
 
 def _parts(transform: tt.Transform) -> list[tt.Transform]:

@@ -140,6 +140,16 @@ def test_bad_masks_are_refused():
         g.condition(FIRST, torch.zeros(3))
 
 
+def test_masks_and_values_that_are_not_numbers_are_refused_naming_them():
+    # Regression: a mask of None raised torch's "Could not infer dtype of NoneType" (and
+    # a file with a null mask escaped load's SerializationError).
+    g = MultivariateGaussian(MEAN, COVARIANCE, name="g")
+    with pytest.raises(CompositionError, match="condition of g: mask must be a tensor"):
+        g.condition(None, [1.0, 0.0])
+    with pytest.raises(CompositionError, match="condition of g: values must be a tensor"):
+        g.condition(FIRST, "observed")
+
+
 def test_conditions_save_and_load(tmp_path):
     expr = MultivariateGaussian(MEAN, COVARIANCE, name="g").condition(FIRST, [C, 0.0]) ** 0.5
     eb.save(expr, tmp_path / "cond.safetensors")

@@ -13,6 +13,8 @@ from torch.distributions import (
     HalfNormal,
     Independent,
     Normal,
+    Poisson,
+    Uniform,
     Wishart,
     constraints,
 )
@@ -314,3 +316,92 @@ def test_unconstrained_autograd_model_takes_one_reverse_pass(monkeypatch) -> Non
     assert len(passes) == 1
     torch.testing.assert_close(energy, (0.5 * (2 * u).exp() - u)[:, 0])
     torch.testing.assert_close(score, 1 - (2 * u).exp())
+
+
+def test_condition_keeps_the_bounds_and_blocks_of_the_free_coordinates() -> None:
+    # Regression: the conditioned support kept the bounds of every coordinate, so the
+    # unconstraining map returned 3 coordinates for a model of 1 (and ignored the clamp).
+    uniform = eb.from_distribution(Independent(Uniform(torch.tensor([0.0, 10.0, 100.0]),
+                                                       torch.tensor([1.0, 20.0, 200.0])), 1))
+    clamp = torch.tensor([True, False, True])
+    conditioned = uniform.condition(clamp, torch.tensor([0.5, 0.0, 150.0]))
+    support = conditioned.support.base_constraint
+    assert support.lower_bound.tolist() == [10.0] and support.upper_bound.tolist() == [20.0]
+    samples = eb.sample(conditioned, HMC(), n_chains=4, n_steps=20, warmup=20,
+                        generator=torch.Generator().manual_seed(0))
+    assert samples.draws.shape == (20, 4, 1)
+    assert samples.draws.min() > 10 and samples.draws.max() < 20
+    # A cat keeps the blocks of its free coordinates: (0, ∞) and (−1, 2) of BLOCKS.
+    blocks = eb.from_log_prob(lambda x: -x.sum(-1), 6, support=BLOCKS)
+    free = blocks.condition(torch.tensor([True, False, True, True, False, True]),
+                            torch.full((6,), 4.0)).support
+    u = torch.tensor([[-30.0, 30.0], [0.0, 0.0]])
+    x = unconstraining_transform(free, (2,))(u)
+    assert x.shape == (2, 2) and bool(free.check(x).all())
+    torch.testing.assert_close(x[1], torch.tensor([1.0, 0.5]))  # exp(0), −1 + 3·σ(0)
+
+
+def test_elementwise_and_independent_forms_of_one_support_compose() -> None:
+    # Regression: ``positive`` and ``independent(positive, 1)`` on (0, ∞)² were refused as
+    # different supports. Exp(1) & Gamma(3, 1) per coordinate is Gamma(3, 2).
+    exponential = eb.from_log_prob(lambda x: -x.sum(-1), 2, support=constraints.positive)
+    gamma = eb.from_distribution(Independent(Gamma(torch.full((2,), 3.0), torch.ones(2)), 1))
+    x0 = 0.5 + torch.rand(N_CHAINS, 2, generator=torch.Generator().manual_seed(1))
+    samples = _run(exponential & gamma, x0=x0)
+    assert samples.unconstrained is not None and samples.draws.min() > 0
+    _assert_moments(samples.draws, torch.full((2,), 1.5), torch.full((2,), 0.75))
+
+
+def test_per_coordinate_bounds_equal_to_scalar_ones_are_one_support() -> None:
+    # Regression: a Uniform(0, 1)² prior's interval with tensor bounds and a likelihood's
+    # unit_interval were refused as different supports. p³(1 − p) × 1 is Beta(4, 2):
+    # mean 2/3, variance ab/((a+b)²(a+b+1)) = 8/252.
+    prior = eb.from_distribution(Independent(Uniform(torch.zeros(2), torch.ones(2)), 1))
+    likelihood = eb.from_log_prob(lambda p: (3 * p.log() + (1 - p).log()).sum(-1), 2,
+                                  support=constraints.unit_interval)
+    assert same_support(prior.support.base_constraint, constraints.unit_interval)
+    assert not same_support(constraints.interval(torch.tensor([0.0, 0.5]), torch.ones(2)),
+                            constraints.interval(0.0, 1.0))
+    assert not same_support(constraints.interval(torch.zeros(2), torch.ones(2)),
+                            constraints.interval(torch.zeros(3), torch.ones(3)))
+    x0 = 0.2 + 0.6 * torch.rand(N_CHAINS, 2, generator=torch.Generator().manual_seed(4))
+    samples = _run(prior & likelihood, x0=x0)
+    assert samples.draws.min() > 0 and samples.draws.max() < 1
+    _assert_moments(samples.draws, torch.full((2,), 2 / 3), torch.full((2,), 8 / 252))
+
+
+def test_discrete_supports_are_refused_as_discrete() -> None:
+    # Regression: the error suggested unconstrain=False, whose chains never leave their
+    # starting integers.
+    poisson = eb.from_distribution(Poisson(torch.tensor(3.0)))
+    with pytest.raises(CapabilityError, match="is discrete"):
+        eb.sample(poisson, HMC(), n_chains=2, n_steps=1)
+
+
+def test_independent_wisharts_are_sampled_on_positive_definite_matrices() -> None:
+    # Regression: independent(positive_definite, 1) had no bijection. Two Wisharts with
+    # ν = 5, 7 and Σ = I: E W = ν I, Var W_ij = ν (δ_ij + 1).
+    df = torch.tensor([5.0, 7.0], dtype=torch.float64)
+    model = eb.from_distribution(Independent(Wishart(df, torch.eye(2, dtype=torch.float64)
+                                                     .expand(2, 2, 2)), 1))
+    jitter = torch.rand(N_CHAINS, 1, 1, 1, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(2))
+    eye = torch.eye(2, dtype=torch.float64)
+    samples = _run(model, x0=df[:, None, None] * eye * (0.5 + 2 * jitter))
+    assert samples.unconstrained_draws.shape[-2:] == (2, 3)
+    assert torch.linalg.eigvalsh(samples.draws).min() > 0
+    _assert_moments(samples.draws, df[:, None, None] * eye,
+                    df[:, None, None] * (eye + 1))
+
+
+def test_unconstrained_coordinates_follow_the_models_dtype() -> None:
+    # Regression: the bijection was kept from the first sample(), so after .float() a
+    # Uniform's float64 bounds ran the float32 model's chains in float64.
+    bounds = torch.tensor([0.0, 10.0], dtype=torch.float64), torch.tensor([1.0, 20.0],
+                                                                          dtype=torch.float64)
+    model = eb.from_distribution(Independent(Uniform(*bounds), 1))
+    assert eb.sample(model, HMC(), n_chains=2, n_steps=2).draws.dtype == torch.float64
+    model.float()
+    samples = eb.sample(model, HMC(), x0=torch.tensor([[0.5, 15.0]]), n_steps=2)
+    assert samples.draws.dtype == samples.unconstrained_draws.dtype == torch.float32
+    assert unconstrain(model) is unconstrain(model)  # still built once per dtype

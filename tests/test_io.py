@@ -192,6 +192,20 @@ def test_supports_of_function_leaves_are_saved(tmp_path):
                                support=constraints.simplex), tmp_path / "s.safetensors")
 
 
+def test_supports_with_tensor_bounds_are_saved_with_their_dtype():
+    # Regression: saving a per-coordinate interval (a Uniform's bounds) raised a bare
+    # ValueError from float(tensor).
+    from torch.distributions import constraints
+
+    lower = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    upper = torch.tensor([2.0, 3.5], dtype=torch.float64)
+    support = constraints.independent(constraints.interval(lower, upper), 1)
+    model = eb.from_log_prob(nn.Sequential(nn.Linear(2, 1)), 2, name="box", support=support)
+    loaded = round_trip(model).support.base_constraint
+    assert torch.equal(loaded.lower_bound, lower) and torch.equal(loaded.upper_bound, upper)
+    assert loaded.lower_bound.dtype == torch.float64
+
+
 def test_loaded_parameters_are_trainable_and_shared_like_the_original():
     net = as_model(MLPEnergy(2, hidden=(4,)), name="net")
     loaded = round_trip(net & net ** 3)
@@ -460,6 +474,24 @@ def test_consistent_forgeries_still_have_to_fit_the_rebuilt_leaf(saved, tmp_path
     document["tensors"][key] = io._tensor_record(tensors[key])
     with pytest.raises(SerializationError, match=r"leaf 0 .* expects float32 \[1, 4\]"):
         eb.load(write(tmp_path / "forged.safetensors", document, tensors))
+
+
+def test_files_nested_past_the_stack_are_refused(saved, tmp_path):
+    # Regression: JSON or transforms nested ~1000 deep raised RecursionError, not
+    # SerializationError.
+    document, tensors = read(saved)
+    text = json.dumps(document).replace('"root": ', '"root": ' + "[" * 5000, 1)
+    with pytest.raises(SerializationError, match="nested too deeply"):
+        eb.load(write(tmp_path / "json.safetensors", text, tensors))
+    push = Gaussian(torch.zeros(2), 1.0, name="a").pushforward(tt.ExpTransform())
+    eb.save(push, tmp_path / "push.safetensors")
+    document, tensors = read(tmp_path / "push.safetensors")
+    transform = ["exp"]
+    for _ in range(600):  # JSON reads it; decoding it recursively would not
+        transform = ["inverse", transform]
+    document["root"]["transform"] = transform
+    with pytest.raises(SerializationError, match="nested too deeply"):
+        eb.load(write(tmp_path / "deep.safetensors", document, tensors))
 
 
 def test_malformed_and_foreign_files_are_refused(saved, tmp_path):

@@ -216,6 +216,28 @@ def test_to_moves_the_tensors_inside_the_transform():
     torch.testing.assert_close(moved.score(x), reference.score(x), rtol=1e-13, atol=0)
 
 
+def test_to_reaches_transforms_wrapped_in_independent_and_cat_transforms():
+    # Regression: ``.float()`` left the tensors of an IndependentTransform's (biject_to of
+    # a Uniform's support) or a CatTransform's affine blocks in float64, so float32 inputs
+    # gave float64 energies and draws.
+    loc = torch.tensor([0.125, -0.375], dtype=F64)
+    scale = torch.tensor([2.0, 0.75], dtype=F64)
+    wrapped = (tt.IndependentTransform(tt.AffineTransform(loc, scale), 1),
+               tt.CatTransform([tt.AffineTransform(loc[:1], scale[:1]),
+                                tt.AffineTransform(loc[1:], scale[1:])], dim=-1, lengths=[1, 1]))
+    y = torch.tensor([[0.5, 1.0], [-1.0, 0.25]])
+    for transform in wrapped:
+        model = eb.targets.Gaussian(torch.zeros(2, dtype=F64), 1.25, name="g").pushforward(
+            transform).float()
+        # E(y) = E_g((y − loc)/scale) + Σ log scale, evaluated in float32 throughout.
+        x = (y - loc.float()) / scale.float()
+        expected = 0.5 * (x / 1.25) ** 2 + math.log(2 * math.pi * 1.25**2) / 2
+        energy = model.energy(y)
+        assert energy.dtype == torch.float32
+        torch.testing.assert_close(energy, expected.sum(1) + scale.float().log().sum())
+        assert model.sample(3, generator=torch.Generator().manual_seed(0)).dtype == torch.float32
+
+
 def test_scores_are_exact_under_inference_mode():
     # The pull-back through T⁻¹ is a reverse pass, which inference mode (not lifted by
     # enable_grad) used to break: a raw torch error for a base scored by autograd. Closed

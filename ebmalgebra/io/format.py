@@ -244,12 +244,24 @@ def load_bytes(data: bytes, where: str = "<bytes>") -> EnergyModel:
     if METADATA_KEY not in metadata:
         raise SerializationError(f"{where} is a safetensors file but not an ebmalgebra "
                                  f"expression (no {METADATA_KEY!r} metadata)")
+    # Lists or transforms nested a thousand deep exhaust Python's stack before any check
+    # of ours can see them: that is a bad file too.
     try:
         document = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as error:
         raise SerializationError(f"{where}: malformed JSON in the expression description: "
                                  f"{error}") from None
-    return _Reader(document, tensors, where).model()
+    except RecursionError:
+        raise _too_deep(where) from None
+    try:
+        return _Reader(document, tensors, where).model()
+    except RecursionError:
+        raise _too_deep(where) from None
+
+
+def _too_deep(where: str) -> SerializationError:
+    return SerializationError(f"{where}: the expression description is nested too deeply "
+                              "to read")
 
 
 def read_header(data: bytes, where: str) -> dict:

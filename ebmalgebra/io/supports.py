@@ -4,12 +4,14 @@ A support is stored as a JSON list ``[kind, *arguments]``: ``["real"]``,
 ``["positive"]``, ``["nonnegative"]``, ``["unit_interval"]``,
 ``["interval", lower, upper]``, ``["greater_than", lower]``,
 ``["greater_than_eq", lower]``, ``["less_than", upper]`` and
-``["independent", base, reinterpreted_batch_ndims]``. Other constraints cannot be
+``["independent", base, reinterpreted_batch_ndims]``. A bound is a number, or a
+tensor (per-coordinate bounds, as a ``Uniform``'s). Other constraints cannot be
 saved; the error names them.
 """
 
 from __future__ import annotations
 
+from torch import Tensor
 from torch.distributions import constraints as c
 
 from ebmalgebra.io.registry import SerializationError
@@ -31,7 +33,7 @@ def encode(support: c.Constraint, where: object) -> list:
             return [name]
     for name, (cls, fields) in _BOUNDED.items():
         if type(support) is cls:
-            return [name, *(float(getattr(support, field)) for field in fields)]
+            return [name, *(_bound(getattr(support, field)) for field in fields)]
     if isinstance(support, c.independent):
         return ["independent", encode(support.base_constraint, where),
                 support.reinterpreted_batch_ndims]
@@ -47,8 +49,18 @@ def decode(value: object) -> c.Constraint:
     if kind in _PLAIN and not arguments:
         return _PLAIN[kind]
     if kind in _BOUNDED and len(arguments) == len(_BOUNDED[kind][1]):
+        for argument in arguments:
+            if not ((isinstance(argument, int | float) and not isinstance(argument, bool))
+                    or (isinstance(argument, Tensor) and argument.is_floating_point())):
+                raise SerializationError(f"support {kind!r}: a bound must be a number or a "
+                                         f"floating tensor, got {argument!r:.80}")
         return _BOUNDED[kind][0](*arguments)
     if kind == "independent" and len(arguments) == 2:
         return c.independent(decode(arguments[0]), arguments[1])
     raise SerializationError(f"unknown support {value!r:.80}; known kinds: "
                              f"{', '.join([*_PLAIN, *_BOUNDED, 'independent'])}")
+
+
+def _bound(value: object) -> float | Tensor:
+    """A bound for the file: a number, or the tensor itself when it has one per coordinate."""
+    return value if isinstance(value, Tensor) and value.dim() > 0 else float(value)
