@@ -41,19 +41,31 @@ def fresh_jit():
 
 
 @pytest.fixture
-def skipped(monkeypatch) -> list[int]:
-    """Counts the calls that ran with dynamo's guards skipped (kernels are not precompiled
-    unless requested: see the precompiled tests below)."""
+def skipped(monkeypatch) -> list[str]:
+    """Records the calls that ran with dynamo's guards skipped, each as ``"stance"`` (dynamo
+    with its skip stance) or ``"direct"`` (dynamo's code called directly); kernels are not
+    precompiled unless requested (see the precompiled tests below)."""
     monkeypatch.delenv(jit.PRECOMPILE_ENV, raising=False)
-    counts = []
-    enter = jit._SkipStance.enter
+    calls = []
+    enter, dynamo_code = jit._SkipStance.enter, jit._dynamo_code
 
     def counting(self):
-        counts.append(1)
+        calls.append("stance")
         return enter(self)
 
+    def counted_code(compiled):
+        direct = dynamo_code(compiled)
+        if direct is None:
+            return None
+
+        def run(*args):
+            calls.append("direct")
+            return direct(*args)
+        return run
+
     monkeypatch.setattr(jit._SkipStance, "enter", counting)
-    return counts
+    monkeypatch.setattr(jit, "_dynamo_code", counted_code)
+    return calls
 
 
 def weighted_sum(net: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +90,39 @@ def test_a_steady_run_checks_every_guard_once_then_skips_them(skipped):
     expected = (x * net.weight).sum(-1).detach()
     torch.testing.assert_close(first, expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(second, expected, rtol=1e-12, atol=0)
+
+
+def test_a_verified_route_calls_dynamos_code_directly_with_the_same_results(skipped):
+    """After the first call a route runs dynamo's compiled code without dynamo, bit for bit
+    as through dynamo, while the call's state (strides, grad and inference mode, …) is
+    that of the verified call; another state goes through dynamo's skip stance."""
+    net, model = linear_model()
+    x = torch.randn(4, 3, dtype=F64)
+    with SteadyRun(model):
+        first = call_compiled(weighted_sum, model, net, x)
+        second = call_compiled(weighted_sum, model, net, x)
+        assert skipped == ["direct"]
+        with torch.inference_mode():
+            third = call_compiled(weighted_sum, model, net, x)
+        assert skipped == ["direct", "stance"]
+    assert torch.equal(first, second) and torch.equal(first, third)
+    torch.testing.assert_close(first, (x * net.weight).sum(-1).detach(), rtol=1e-12, atol=0)
+
+
+def test_nuts_draws_are_the_same_with_dynamos_code_called_directly(skipped, monkeypatch):
+    model = Gaussian(torch.zeros(3, dtype=F64), torch.tensor([0.5, 1.0, 2.0], dtype=F64))
+    x0 = torch.randn(8, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        return eb.sample(model, NUTS(jit=True), x0=x0, n_steps=8, warmup=4,
+                         generator=torch.Generator().manual_seed(1), progress=False)
+
+    direct = run()
+    assert "direct" in skipped
+    monkeypatch.setattr(jit, "_dynamo_code", lambda compiled: None)
+    through_dynamo = run()
+    assert torch.equal(direct.draws, through_dynamo.draws)
+    assert torch.equal(direct.chain_stats["n_leapfrog"], through_dynamo.chain_stats["n_leapfrog"])
 
 
 def test_a_call_the_skipped_guards_reject_runs_with_every_guard(skipped):
