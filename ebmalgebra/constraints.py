@@ -50,6 +50,7 @@ __all__ = [
     "LowerCholeskyVector",
     "PositiveDefiniteVector",
     "Unconstrained",
+    "check_continuous",
     "compatible",
     "elementwise_support",
     "intersect",
@@ -363,6 +364,15 @@ def _is_discrete(support: tc.Constraint) -> bool:
         return False
 
 
+def check_continuous(support: tc.Constraint) -> None:
+    """Raise :class:`~ebmalgebra.CapabilityError` when ``support`` is discrete."""
+    if _is_discrete(support):
+        raise CapabilityError(f"the support {support} is discrete: no bijection from ℝᵏ "
+                              "maps onto it, and the samplers move x continuously, so they "
+                              "cannot sample it (with unconstrain=False every proposal off "
+                              "the support is rejected and the chains never move)")
+
+
 def _matrix_transform(support: tc.Constraint, event_shape: Sequence[int]
                       ) -> tt.Transform | None:
     """:class:`PositiveDefiniteVector` or :class:`LowerCholeskyVector` onto ``support``,
@@ -396,11 +406,7 @@ def unconstraining_transform(support: tc.Constraint, event_shape: Sequence[int]
         CapabilityError: when no bijection onto ``support`` is known, or the support
             is discrete (no bijection from ℝᵏ reaches it).
     """
-    if _is_discrete(support):
-        raise CapabilityError(f"the support {support} is discrete: no bijection from ℝᵏ "
-                              "maps onto it, and the samplers move x continuously, so they "
-                              "cannot sample it (with unconstrain=False every proposal off "
-                              "the support is rejected and the chains never move)")
+    check_continuous(support)
     matrices = _matrix_transform(support, event_shape)
     if matrices is not None:
         return matrices

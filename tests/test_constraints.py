@@ -376,6 +376,9 @@ def test_discrete_supports_are_refused_as_discrete() -> None:
     poisson = eb.from_distribution(Poisson(torch.tensor(3.0)))
     with pytest.raises(CapabilityError, match="is discrete"):
         eb.sample(poisson, HMC(), n_chains=2, n_steps=1)
+    # Nor sampled as it is: every proposal off the integers would be rejected.
+    with pytest.raises(CapabilityError, match="is discrete"):
+        eb.sample(poisson, HMC(), n_chains=2, n_steps=1, unconstrain=False)
 
 
 def test_independent_wisharts_are_sampled_on_positive_definite_matrices() -> None:

@@ -13,9 +13,9 @@ from torch import Tensor
 from ebmalgebra import diagnostics, validation
 from ebmalgebra.base import EnergyModel, input_options
 from ebmalgebra.compile import compile
-from ebmalgebra.constraints import Unconstrained, unconstrain
+from ebmalgebra.constraints import Unconstrained, check_continuous, unconstrain
 from ebmalgebra.distributed import ChainShard, chain_shard, enter_shard, leave_shard
-from ebmalgebra.errors import ArgumentError, CompositionError
+from ebmalgebra.errors import ArgumentError, CapabilityError, CompositionError
 from ebmalgebra.jit import SteadyRun
 from ebmalgebra.progress import progress_bar
 from ebmalgebra.samplers.base import NonFiniteError, Sampler, is_nonfinite
@@ -536,7 +536,7 @@ def sample(
             bijection T⁻¹ (log-Jacobian included) and return ``draws = T(u)``, with
             ``x0`` given in the constrained space (:mod:`ebmalgebra.constraints`).
             ``False`` samples the model as it is (proposals outside the support
-            are rejected).
+            are rejected); discrete supports are refused either way.
 
     Returns:
         :class:`Samples` with ``draws`` ``(n_steps // thin, n_chains, *event_shape)``.
@@ -576,6 +576,8 @@ def sample(
     if n_chains is not None:
         validation.count("sample: n_chains", n_chains, 1)
     validation.generator("sample: generator", generator)
+    if isinstance(model, EnergyModel) and not unconstrain:
+        _check_continuous(model)
     unconstrained = _unconstrain(model) if unconstrain else None
     if unconstrained is not None:
         model = unconstrained.model
@@ -672,6 +674,15 @@ def sample(
     return Samples(draws, state, sampler, warmup, thin, stats, counts, chain_stats,
                    default_sampler, shard=shard,
                    unconstrained=unconstrained, unconstrained_draws=unconstrained_draws)
+
+
+def _check_continuous(model: EnergyModel) -> None:
+    """Refuse a discrete support; mixed supports are left to the samplers' rejections."""
+    try:
+        support = model.support
+    except CapabilityError:
+        return
+    check_continuous(support)
 
 
 def _unconstrain(model: EnergyModel) -> Unconstrained | None:
