@@ -753,7 +753,7 @@ class InductorEnergy(CompiledEnergy):
                   ) -> tuple[Tensor | None, Tensor]:
         if create_graph or torch.compiler.is_compiling():
             return super()._evaluate(x, t, create_graph)
-        self.current_program()
+        self.current_program()  # the kernel reads self.lowered: refreshed first if stale
         return call_compiled(_energy_and_score_kernel, self, self, x, _as_input(t, x))
 
     def _energy(self, x: Tensor, t: TimeLike) -> Tensor:
@@ -763,7 +763,7 @@ class InductorEnergy(CompiledEnergy):
             # stay eager: kernels run without autograd recording. The parameters are
             # asked on each call: their requires_grad may have changed since compile().
             return super()._energy(x, t)
-        self.current_program()
+        self.current_program()  # as in _evaluate
         return call_compiled(_energy_kernel, self, self, x, _as_input(t, x))
 
     def __repr__(self) -> str:

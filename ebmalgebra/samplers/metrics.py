@@ -243,8 +243,10 @@ _KINDS: dict[str, type[Metric]] = {"diag": DiagonalMetric, "dense": DenseMetric}
 def given_inverse_mass(value: object, operation: str) -> Tensor | None:
     """A sampler's ``inverse_mass`` argument as a detached tensor (a list or array in
     float64, cast to the positions' dtype at the start), or ``None``."""
-    if value is None or isinstance(value, Tensor):
-        return None if value is None else value.detach()
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return value.detach()
     try:
         return torch.as_tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
